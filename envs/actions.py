@@ -1,0 +1,75 @@
+"""Mapping from the policy's Box action to target portfolio weights.
+
+The spot action is a vector ``a`` in ``[-1, 1]^(N+1)``: one entry per risky asset, then one for cash
+(the numeraire). It maps to target weights by *clipped linear normalization*::
+
+    x_i = (clip(a_i, -1, 1) + 1) / 2          # each in [0, 1]
+    w_i = x_i / sum_j x_j                     # on the simplex over N assets + cash
+    w   = cash only                           # when sum_j x_j == 0 (every output at -1)
+
+Why not a softmax: over outputs bounded to [-1, 1], a softmax caps any single weight at
+e^2 / (e^2 + N), about 0.6 for five assets, so concentrated portfolios and all-cash are unreachable.
+Here an asset at +1 with every other output at -1 gets weight exactly 1, ``a = 0`` gives equal
+weights, and the map is piecewise smooth. Target weights that differ from the current ones by less
+than the no-trade band are left alone (the band saves fees and gas on small rebalances).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ZERO_MASS = 1e-12
+
+
+def validate_actions(actions: np.ndarray, n_envs: int, action_dim: int) -> np.ndarray:
+    """Return ``actions`` as a float64 ``(n_envs, action_dim)`` array or raise a clear ValueError."""
+    arr = np.asarray(actions, dtype=np.float64)
+    if arr.ndim == 1 and n_envs == 1:
+        arr = arr[None, :]
+    if arr.shape != (n_envs, action_dim):
+        raise ValueError(
+            f"action has shape {np.shape(actions)}; expected ({action_dim},) for one env "
+            f"or ({n_envs}, {action_dim}) for {n_envs} envs"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+        raise ValueError(f"action contains NaN or inf at index {bad}; actions must be finite in [-1, 1]")
+    return arr
+
+
+def actions_to_weights(actions: np.ndarray) -> np.ndarray:
+    """Map ``(..., N+1)`` actions in [-1, 1] to ``(..., N+1)`` target weights (last = cash).
+
+    Values outside [-1, 1] are clipped first (SB3 clips Gaussian samples the same way).
+    """
+    x = (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5
+    mass = x.sum(axis=-1, keepdims=True)
+    empty = mass <= ZERO_MASS
+    weights = x / np.where(empty, 1.0, mass)
+    if np.any(empty):
+        cash_only = np.zeros_like(weights)
+        cash_only[..., -1] = 1.0
+        weights = np.where(empty, cash_only, weights)
+    return weights
+
+
+def weights_to_actions(weights: np.ndarray) -> np.ndarray:
+    """A right inverse of :func:`actions_to_weights`: an action that yields exactly ``weights``.
+
+    The largest weight is sent to +1 and the others scaled proportionally, so any point of the simplex
+    is reachable from inside the Box (used by tests and by fixed-weight baseline policies).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if np.any(w < -1e-12) or not np.allclose(w.sum(axis=-1), 1.0, atol=1e-9):
+        raise ValueError("weights must be non-negative and sum to 1 along the last axis")
+    top = np.max(w, axis=-1, keepdims=True)
+    return np.clip(2.0 * w / top - 1.0, -1.0, 1.0)
+
+
+def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float) -> np.ndarray:
+    """Boolean ``(..., N)`` mask of risky assets worth trading: ``|target - current| > band``.
+
+    ``target`` and ``current`` are ``(..., N+1)`` weights including cash; cash is never traded
+    directly (it is what the trades of the other assets leave).
+    """
+    return np.abs(target[..., :-1] - current[..., :-1]) > band

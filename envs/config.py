@@ -1,0 +1,288 @@
+"""Validated configuration of a simulation: the ``market`` section and the ``env`` section.
+
+A config is a YAML file whose top-level keys are sections. A section may be given inline or as a
+path to its own YAML file (relative to the file that names it, or to the repository root)::
+
+    market: configs/market/default.yaml
+    env: configs/env/default.yaml
+
+Every model forbids unknown keys and bounds its numbers, so a typo or an out-of-range value fails
+on load with the dotted key, the value and what is allowed (see :func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envs.market.config import MarketConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PoolTier(StrictModel):
+    """One constant-product pool of a pair: its fee tier and its share of the pair's depth."""
+
+    fee: float = Field(ge=0.0, lt=0.1, description="swap fee as a fraction (0.003 = 30 bp)")
+    depth_share: float = Field(gt=0.0, le=1.0, description="share of the pair's total depth")
+
+
+class AmmConfig(StrictModel):
+    """Fragmented liquidity: every risky asset trades against the numeraire in several pools."""
+
+    tiers: list[PoolTier] = Field(
+        default_factory=lambda: [
+            PoolTier(fee=0.0005, depth_share=0.5),
+            PoolTier(fee=0.003, depth_share=0.35),
+            PoolTier(fee=0.01, depth_share=0.15),
+        ],
+        min_length=1,
+        max_length=4,
+    )
+    depth_usd: dict[str, float] = Field(
+        default_factory=lambda: {
+            "BTC": 150e6,
+            "ETH": 250e6,
+            "SOL": 30e6,
+            "LINK": 12e6,
+            "AVAX": 8e6,
+        },
+        description="baseline total value locked per pair in USD (both sides), before the regime multiplier",
+    )
+    default_depth_usd: float = Field(default=10e6, gt=0.0, description="depth of pairs not listed")
+    price_noise_bps: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description="reserved: pools start each step at the market price (arbitraged within the fee band)",
+    )
+
+    @field_validator("depth_usd")
+    @classmethod
+    def _positive_depths(cls, value: dict[str, float]) -> dict[str, float]:
+        for asset, depth in value.items():
+            if not depth > 0:
+                raise ValueError(f"depth_usd[{asset}]={depth} must be > 0")
+        return value
+
+    @model_validator(mode="after")
+    def _shares_sum_to_one(self) -> AmmConfig:
+        total = sum(t.depth_share for t in self.tiers)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"tiers depth_share values sum to {total:.6f}; they must sum to 1")
+        return self
+
+    def pair_depth_usd(self, asset: str) -> float:
+        return float(self.depth_usd.get(asset, self.default_depth_usd))
+
+
+class GasConfig(StrictModel):
+    """Gas units per operation (price and ETH come from the market path)."""
+
+    router_overhead_units: float = Field(default=29_000, ge=0.0, description="per swap order")
+    units_per_pool: float = Field(default=73_000, ge=0.0, description="per pool touched (pair swap)")
+    enabled: bool = True
+
+
+class ActionConfig(StrictModel):
+    """How the Box action becomes target weights (see envs/actions.py)."""
+
+    no_trade_band: float = Field(
+        default=0.01, ge=0.0, le=0.5, description="skip an asset whose |target - current| weight is below this"
+    )
+
+
+class ObservationConfig(StrictModel):
+    """Observation features (see envs/features.py for the layout)."""
+
+    return_window: int = Field(default=10, ge=1, le=120, description="trailing log returns per asset")
+    vol_window: int = Field(default=20, ge=2, le=250, description="steps in the realized-vol window")
+    corr_halflife: float = Field(default=20.0, gt=0.0, le=250.0, description="EWMA correlation half-life, steps")
+    corr_window: int = Field(default=60, ge=5, le=500, description="EWMA correlation window, steps")
+    return_scale: float = Field(default=0.05, gt=0.0, description="per-step log return that maps to 1.0")
+    clip: float = Field(default=10.0, gt=0.0, description="every feature is clipped to [-clip, clip]")
+
+    @property
+    def history_needed(self) -> int:
+        """Number of past price points a full observation needs (warmup must be at least this)."""
+        return max(self.return_window, self.vol_window, self.corr_window) + 1
+
+
+class RewardConfig(StrictModel):
+    """Per-step reward."""
+
+    kind: Literal["log_growth", "differential_sharpe", "drawdown_penalized"] = "log_growth"
+    scale: float = Field(default=1.0, gt=0.0, description="multiplies the reward")
+    dsr_eta: float = Field(default=0.01, gt=0.0, lt=1.0, description="EMA rate of the differential Sharpe")
+    drawdown_penalty: float = Field(default=1.0, ge=0.0, description="weight on the drawdown increase")
+
+
+class EnvConfig(StrictModel):
+    """The portfolio environment: capital, horizon and the cost/feature/reward models."""
+
+    initial_value_usd: float = Field(default=100_000.0, gt=0.0)
+    horizon: int = Field(default=365, ge=1, le=100_000, description="decision steps per episode")
+    warmup: int = Field(default=61, ge=1, le=5_000, description="history points before the first decision")
+    ruin_fraction: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="terminate when value < ruin_fraction * initial value"
+    )
+    initial_weights: Literal["cash", "equal"] = "cash"
+    amm: AmmConfig = Field(default_factory=AmmConfig)
+    gas: GasConfig = Field(default_factory=GasConfig)
+    action: ActionConfig = Field(default_factory=ActionConfig)
+    observation: ObservationConfig = Field(default_factory=ObservationConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+
+    @model_validator(mode="after")
+    def _warmup_covers_windows(self) -> EnvConfig:
+        need = self.observation.history_needed
+        if self.warmup < need:
+            raise ValueError(
+                f"warmup={self.warmup} must be >= {need} (the longest observation window + 1)"
+            )
+        return self
+
+
+class SimulationConfig(StrictModel):
+    """Everything a simulation needs: the market scenarios and the environment."""
+
+    market: MarketConfig = Field(default_factory=MarketConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the resolved config (for MLflow tags and export manifests)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded: the message names the key, the value and what is allowed."""
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """Turn a pydantic error into lines ``key.path = value: what is allowed``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (value {shown}); check the spelling against the documented keys")
+        else:
+            lines.append(f"{loc} = {shown}: {item['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _resolve_path(name: str, base: Path) -> Path:
+    candidate = Path(name)
+    if candidate.is_absolute():
+        return candidate
+    for root in (base, Path.cwd(), REPO_ROOT):
+        if (root / candidate).is_file():
+            return root / candidate
+    return base / candidate
+
+
+def _resolve_sections(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Replace a section given as a YAML path by the file's contents."""
+    out = dict(data)
+    for key, value in data.items():
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            out[key] = _read_yaml(_resolve_path(value, base))
+    return out
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse the right side of ``key=value`` as YAML (numbers, bools, lists) with strings as fallback."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``env.horizon``, or ``env__horizon``) in a nested dict, returning a new dict."""
+    result = json.loads(json.dumps(data, default=str))
+    for dotted, value in overrides.items():
+        parts = dotted.replace("__", ".").split(".")
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
+    """``["env.horizon=100", "market.source=replay"]`` -> ``{"env.horizon": 100, ...}``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = parse_override_value(value.strip())
+    return overrides
+
+
+def load_config(
+    config: str | Path | dict[str, Any] | SimulationConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SimulationConfig:
+    """Load and validate a simulation config.
+
+    Args:
+        config: a YAML path, a dict of sections, a ready :class:`SimulationConfig`, or None for
+            ``configs/default.yaml``.
+        overrides: dotted keys to set before validation, e.g. ``{"env.horizon": 100}``.
+
+    Raises:
+        ConfigError: naming every bad key with its value and the allowed range.
+    """
+    if isinstance(config, SimulationConfig):
+        if not overrides:
+            return config
+        data: dict[str, Any] = config.model_dump(mode="json")
+        base = REPO_ROOT
+    elif config is None or isinstance(config, str | Path):
+        path = Path(config) if config is not None else DEFAULT_CONFIG_PATH
+        path = _resolve_path(str(path), Path.cwd())
+        data = _read_yaml(path)
+        base = path.parent
+    elif isinstance(config, dict):
+        data, base = config, Path.cwd()
+    else:
+        raise ConfigError(f"config must be a path, dict or SimulationConfig, got {type(config).__name__}")
+    data = _resolve_sections(data, base)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -1,0 +1,56 @@
+"""``DeFiMarket-v0``: the single Gymnasium environment (the batched simulator with one env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.config import SimulationConfig, load_config
+from envs.simulator import PortfolioSimulator
+
+PATH_SEED_HIGH = 2**63 - 1
+
+
+class DeFiMarketEnv(gym.Env):
+    """Allocate a portfolio across DeFi spot assets and cash, trading through AMM pools.
+
+    Action: ``Box(-1, 1, (N+1,))`` mapped to target weights over the ``N`` assets and cash (see
+    ``envs/actions.py``). Observation: ``Box(-clip, clip, (obs_dim,))`` float32 (layout in
+    ``envs/features.py``). Each ``reset`` draws a fresh market path from the env's seeded generator.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: SimulationConfig | dict | str | Path | None = None, **overrides: Any) -> None:
+        super().__init__()
+        self.config = load_config(config, overrides or None)
+        self.sim = PortfolioSimulator(self.config, n_envs=1)
+        clip = self.config.env.observation.clip
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-clip, clip, shape=(self.sim.obs_dim,), dtype=np.float32)
+        self._index = np.zeros(1, dtype=np.int64)
+        self._needs_reset = True
+
+    @property
+    def asset_names(self) -> tuple[str, ...]:
+        """Names aligned with ``info['holdings']``, ``info['weights']`` and ``info['prices']`` (cash last)."""
+        return (*self.sim.asset_names, self.config.market.numeraire)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        path_seed = self.np_random.integers(0, PATH_SEED_HIGH, size=1, dtype=np.int64)
+        paths = (options or {}).get("paths")
+        self.sim.reset_envs(self._index, path_seed, paths=paths)
+        self._needs_reset = False
+        return self.sim.observe()[0], self.sim.info(0)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step() (and after an episode ends)")
+        result = self.sim.step(np.asarray(action)[None, :] if np.ndim(action) == 1 else action)
+        terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
+        self._needs_reset = terminated or truncated
+        return self.sim.observe()[0], float(result.reward[0]), terminated, truncated, self.sim.info(0, result)

@@ -1,0 +1,62 @@
+"""Per-step rewards, vectorized over a batch of envs.
+
+All rewards are computed from the portfolio value before the step (``value_before``, USD, marked at
+the market before trading) and after it (``value_after``, after trading costs and the market move), so
+every cost the env charges lowers the reward.
+
+- ``log_growth``: ``log(V_t+1 / V_t)`` (net of all costs); its sum is the episode's log wealth growth.
+- ``differential_sharpe``: Moody & Saffell (1998): with exponential moving moments ``A`` and ``B`` of the
+  simple return ``R`` (rate ``eta``), ``D = (B dA - A dB / 2) / (B - A^2)^(3/2)``; zero while the
+  variance estimate is not yet positive.
+- ``drawdown_penalized``: ``log growth - penalty * max(0, DD_t+1 - DD_t)`` where ``DD = 1 - V / peak``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.config import RewardConfig
+
+
+class RewardModel:
+    """Stateful (per env) reward; ``reset(mask)`` clears the state of the envs that start a new episode."""
+
+    def __init__(self, cfg: RewardConfig, n_envs: int) -> None:
+        self.cfg = cfg
+        self.ema_mean = np.zeros(n_envs)
+        self.ema_sq = np.zeros(n_envs)
+
+    def reset(self, mask: np.ndarray) -> None:
+        self.ema_mean[mask] = 0.0
+        self.ema_sq[mask] = 0.0
+
+    def __call__(
+        self,
+        value_before: np.ndarray,
+        value_after: np.ndarray,
+        drawdown_before: np.ndarray,
+        drawdown_after: np.ndarray,
+    ) -> np.ndarray:
+        """Reward ``(B,)`` for one step; values in USD, drawdowns as fractions in [0, 1]."""
+        ratio = np.maximum(value_after, 1e-300) / value_before
+        growth = np.log(ratio)
+        kind = self.cfg.kind
+        if kind == "log_growth":
+            reward = growth
+        elif kind == "drawdown_penalized":
+            reward = growth - self.cfg.drawdown_penalty * np.maximum(drawdown_after - drawdown_before, 0.0)
+        else:
+            reward = self._differential_sharpe(ratio - 1.0)
+        return self.cfg.scale * reward
+
+    def _differential_sharpe(self, simple_return: np.ndarray) -> np.ndarray:
+        eta = self.cfg.dsr_eta
+        a, b = self.ema_mean, self.ema_sq
+        d_a = simple_return - a
+        d_b = simple_return**2 - b
+        variance = b - a**2
+        safe = variance > 1e-12
+        dsr = np.where(safe, (b * d_a - 0.5 * a * d_b) / np.where(safe, variance, 1.0) ** 1.5, 0.0)
+        self.ema_mean = a + eta * d_a
+        self.ema_sq = b + eta * d_b
+        return dsr

@@ -1,0 +1,237 @@
+"""Batched portfolio simulator: ``B`` independent envs stepped in one vectorized numpy computation.
+
+The single env (:class:`envs.env.DeFiMarketEnv`) is this simulator with ``B = 1``, and the batched env
+(:class:`envs.vec_env.DeFiMarketVecEnv`) is the same code with ``B > 1``, so the two agree exactly for the
+same seeds.
+
+Timing of one step (no look-ahead): at decision time ``t`` the policy sees prices up to ``t``; its
+trades execute against the pools' state at ``t`` and are valued at the market price at ``t``; then the
+market moves to ``t + 1`` (prices, regime, depth, gas), pools are arbitraged back toward the new market
+price, and the portfolio is marked at the new market prices. Hence, per env and step,
+
+    V(t+1) = V(t) - fees - slippage - gas + sum_i holdings_i(t+1) * (p_i(t+1) - p_i(t))
+
+where the sum includes the numeraire (cash units times the change of its USD price).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions
+from envs.config import SimulationConfig
+from envs.execution.costs import GasModel, TradeCosts
+from envs.execution.pools import PoolBook
+from envs.execution.rebalance import execute_rebalance
+from envs.features import market_features, n_market_features, observation_size
+from envs.market.paths import MarketPaths
+from envs.market.sources import sample_paths
+from envs.rewards import RewardModel
+
+
+@dataclass
+class StepResult:
+    """Outcome of one batched step; arrays have a leading env axis ``B``."""
+
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    value_usd: np.ndarray
+    costs: TradeCosts
+    turnover: np.ndarray
+    regime: np.ndarray
+
+
+class PortfolioSimulator:
+    """State and dynamics of ``n_envs`` portfolios trading a multi-asset DeFi spot market."""
+
+    def __init__(self, config: SimulationConfig, n_envs: int) -> None:
+        if n_envs < 1:
+            raise ValueError(f"n_envs={n_envs} must be >= 1")
+        self.config = config
+        self.n_envs = n_envs
+        env_cfg = config.env
+        self.asset_names: tuple[str, ...] = tuple(config.market.assets)
+        self.n_assets = len(self.asset_names)
+        self.action_dim = self.n_assets + 1
+        self.obs_dim = observation_size(self.n_assets, env_cfg.observation)
+        self.warmup = env_cfg.warmup
+        self.horizon = env_cfg.horizon
+        self.path_length = self.warmup + self.horizon + 1
+        self.initial_value = env_cfg.initial_value_usd
+        self.band = env_cfg.action.no_trade_band
+        self.gas = GasModel(env_cfg.gas)
+        self.rewards = RewardModel(env_cfg.reward, n_envs)
+        tiers = env_cfg.amm.tiers
+        self.pools = PoolBook.empty(
+            n_envs,
+            np.array([t.fee for t in tiers]),
+            np.array([t.depth_share for t in tiers]),
+            np.array([env_cfg.amm.pair_depth_usd(a) for a in self.asset_names]),
+        )
+        b, length, n = n_envs, self.path_length, self.n_assets
+        self._rows = np.arange(b)
+        self.close = np.ones((b, length, n))
+        self.low = np.ones((b, length, n))
+        self.high = np.ones((b, length, n))
+        self.numeraire = np.ones((b, length))
+        self.depth = np.ones((b, length))
+        self.gas_gwei = np.ones((b, length))
+        self.eth = np.ones((b, length))
+        self.regime = np.zeros((b, length), dtype=np.int8)
+        self.features = np.zeros((b, length, n_market_features(n, env_cfg.observation)), dtype=np.float32)
+        self.regime_names: tuple[str, ...] = ()
+        self.dates: np.ndarray | None = None
+        self.t = np.zeros(b, dtype=np.int64)
+        self.units = np.zeros((b, n))
+        self.cash = np.zeros(b)
+        self.peak = np.ones(b)
+        self.value = np.ones(b)
+
+    # ------------------------------------------------------------------ reset
+    def reset_envs(self, index: np.ndarray, seeds: np.ndarray, paths: MarketPaths | None = None) -> None:
+        """Start new episodes for envs ``index`` on market paths drawn from ``seeds`` (or given ``paths``)."""
+        index = np.asarray(index, dtype=np.int64)
+        if paths is None:
+            paths = sample_paths(self.config.market, np.asarray(seeds), self.path_length, self.warmup)
+        if paths.length != self.path_length or paths.n_assets != self.n_assets:
+            raise ValueError(
+                f"market paths have length {paths.length} and {paths.n_assets} assets; "
+                f"expected {self.path_length} and {self.n_assets}"
+            )
+        self.close[index] = paths.close
+        self.low[index] = paths.low
+        self.high[index] = paths.high
+        self.numeraire[index] = paths.numeraire_usd
+        self.depth[index] = paths.depth_multiplier
+        self.gas_gwei[index] = paths.gas_price_gwei
+        self.eth[index] = paths.eth_usd
+        self.regime[index] = paths.regime
+        self.regime_names = paths.regime_names
+        if paths.dates is not None:
+            if self.dates is None:
+                self.dates = np.full((self.n_envs, self.path_length), np.datetime64("NaT"), dtype="datetime64[D]")
+            self.dates[index] = np.broadcast_to(paths.dates, (len(index), self.path_length))
+        self.features[index] = market_features(
+            paths.close,
+            paths.numeraire_usd,
+            paths.depth_multiplier,
+            paths.gas_price_gwei,
+            self.config.env.observation,
+            paths.step_days,
+        )
+        tau = self.warmup
+        price = paths.close[:, tau]
+        num = paths.numeraire_usd[:, tau]
+        self.t[index] = 0
+        self._initial_positions(index, price, num)
+        self.value[index] = self.initial_value
+        self.peak[index] = self.initial_value
+        self.pools.set_at_market(index, price, num, paths.depth_multiplier[:, tau])
+        self.rewards.reset(np.isin(self._rows, index))
+
+    def _initial_positions(self, index: np.ndarray, price: np.ndarray, num: np.ndarray) -> None:
+        if self.config.env.initial_weights == "equal":
+            share = self.initial_value / (self.n_assets + 1)
+            self.units[index] = share / price
+            self.cash[index] = share / num
+        else:
+            self.units[index] = 0.0
+            self.cash[index] = self.initial_value / num
+
+    # ------------------------------------------------------------------ views
+    def _tau(self) -> np.ndarray:
+        return self.warmup + self.t
+
+    def prices_now(self) -> tuple[np.ndarray, np.ndarray]:
+        """Market prices ``(B, N)`` USD and numeraire USD price ``(B,)`` at the current decision time."""
+        tau = self._tau()
+        return self.close[self._rows, tau], self.numeraire[self._rows, tau]
+
+    def weights(self, price: np.ndarray, num: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Current weights ``(B, N+1)`` (cash last) at the given prices."""
+        w = np.empty((self.n_envs, self.n_assets + 1))
+        w[:, :-1] = self.units * price / value[:, None]
+        w[:, -1] = self.cash * num / value
+        return w
+
+    def trailing_prices(self, lookback: int) -> np.ndarray:
+        """Close prices ``(B, lookback, N)`` USD up to and including the decision time (no future rows)."""
+        if not 1 <= lookback <= self.warmup + 1:
+            raise ValueError(f"lookback={lookback} must be in [1, warmup + 1 = {self.warmup + 1}]")
+        offsets = np.arange(-lookback + 1, 1)
+        return self.close[self._rows[:, None], self._tau()[:, None] + offsets]
+
+    def observe(self) -> np.ndarray:
+        """Observation ``(B, obs_dim)`` float32 at the current decision time (layout: envs/features.py)."""
+        price, num = self.prices_now()
+        obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
+        n_mkt = self.features.shape[2]
+        obs[:, :n_mkt] = self.features[self._rows, self._tau()]
+        obs[:, n_mkt:-1] = self.weights(price, num, self.value)
+        obs[:, -1] = 1.0 - self.value / self.peak
+        return obs
+
+    # ------------------------------------------------------------------ step
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance every env by one step. ``actions``: ``(B, N+1)`` in [-1, 1] (see envs/actions.py)."""
+        actions = validate_actions(actions, self.n_envs, self.action_dim)
+        rows, tau = self._rows, self._tau()
+        price, num = self.close[rows, tau], self.numeraire[rows, tau]
+        value_before = self.value
+        current = self.weights(price, num, value_before)
+        target = actions_to_weights(actions)
+        mask = apply_no_trade_band(target, current, self.band)
+        fills = execute_rebalance(
+            self.units,
+            self.cash,
+            target,
+            mask,
+            price,
+            num,
+            self.pools,
+            self.gas,
+            self.gas_gwei[rows, tau],
+            self.eth[rows, tau],
+        )
+        self.units = self.units + fills.asset_delta
+        self.cash = self.cash + fills.cash_delta
+        turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
+
+        tau1 = tau + 1
+        new_price, new_num = self.close[rows, tau1], self.numeraire[rows, tau1]
+        self.pools.realign(new_price, new_num, self.depth[rows, tau1])
+        value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
+        dd_before = 1.0 - value_before / self.peak
+        self.peak = np.maximum(self.peak, value_after)
+        dd_after = 1.0 - value_after / self.peak
+        reward = self.rewards(value_before, value_after, dd_before, dd_after)
+        self.value = value_after
+        self.t = self.t + 1
+        terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
+        truncated = (self.t >= self.horizon) & ~terminated
+        return StepResult(reward, terminated, truncated, value_after, fills.costs, turnover, self.regime[rows, tau1])
+
+    def info(self, index: int, result: StepResult | None = None) -> dict:
+        """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
+        price, num = self.prices_now()
+        value = self.value[index]
+        tau = int(self._tau()[index])
+        costs = result.costs.as_dict(index) if result is not None else {"fees": 0.0, "slippage": 0.0, "gas": 0.0}
+        holdings = np.append(self.units[index], self.cash[index])
+        info = {
+            "portfolio_value": float(value),
+            "holdings": holdings,
+            "weights": self.weights(price, num, self.value)[index],
+            "prices": np.append(price[index], num[index]),
+            "costs": costs,
+            "turnover": float(result.turnover[index]) if result is not None else 0.0,
+            "regime": self.regime_names[int(self.regime[index, tau])] if self.regime_names else "",
+            "drawdown": float(1.0 - value / self.peak[index]),
+            "step": int(self.t[index]),
+        }
+        if self.dates is not None:
+            info["date"] = str(self.dates[index, tau])
+        return info

@@ -1,0 +1,118 @@
+"""``defialloc`` command line. Heavy imports happen inside commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+app = typer.Typer(help="defialloc: RL allocation research for DeFi markets.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)")
+OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
+
+
+def _load(config: Path | None, overrides: list[str] | None):
+    from envs.config import ConfigError, load_config, parse_cli_overrides
+
+    try:
+        return load_config(config, parse_cli_overrides(overrides or []))
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def simulate(
+    overrides: list[str] = OVERRIDES_ARG,
+    config: Path = CONFIG_OPTION,
+    weights: str = typer.Option("equal", help="fixed policy: equal | cash | BTC=0.5,ETH=0.3 (rest cash)"),
+    seed: int = typer.Option(0, help="scenario seed"),
+    scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
+) -> None:
+    """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
+    import numpy as np
+
+    from agents.policy import FixedWeightsPolicy, parse_weights
+    from evaluation.rollout import run_policy
+    from training.summary import print_episode_summary
+
+    cfg = _load(config, overrides)
+    try:
+        w = parse_weights(weights, tuple(cfg.market.assets))
+    except ValueError as exc:
+        console.print(f"[red]--weights: {exc}[/red]")
+        raise typer.Exit(code=2) from None
+    record = run_policy(cfg, FixedWeightsPolicy(w, name=f"fixed:{weights}"), np.arange(seed, seed + scenarios))
+    print_episode_summary(record, cfg, console)
+
+
+@app.command()
+def demo() -> None:
+    """The main job of `make demo`."""
+    from training.demo import run_demo
+
+    run_demo(console)
+
+
+@bench_app.command("env")
+def bench_env_cmd(
+    overrides: list[str] = OVERRIDES_ARG,
+    config: Path = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+    quick: bool = typer.Option(False, help="fewer steps (smoke run)"),
+) -> None:
+    """Steps/s of the single env and of the batched env at n_envs 1, 64 and 256."""
+    from envs.bench import bench_env
+
+    cfg = _load(config, overrides)
+    result = bench_env(cfg, quick=quick)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="env throughput (uniform random actions, resets included)")
+    table.add_column("env")
+    table.add_column("env-steps/s", justify="right")
+    table.add_row("single DeFiMarketEnv", f"{result['single_steps_per_s']:,.0f}")
+    for n, v in result["batched_env_steps_per_s"].items():
+        table.add_row(f"batched, n_envs={n}", f"{v:,.0f}")
+    console.print(table)
+
+
+@app.command()
+def calibrate(
+    data_dir: Path = typer.Option(Path("data/crypto-daily"), help="folder of SYMBOL-USD.csv files"),
+    out: Path = typer.Option(Path("configs/market/calibrated.yaml"), help="market config to write"),
+    assets: str = typer.Option("BTC,ETH,SOL,LINK,AVAX", help="comma-separated risky assets"),
+    numeraire: str = typer.Option("USDC"),
+    end: str = typer.Option("2022-12-31", help="last date used for fitting (held-out data starts 2023-01-01)"),
+    allow_held_out: bool = typer.Option(False, help="allow end > 2022-12-31 (research hygiene: don't)"),
+) -> None:
+    """Fit the synthetic market (GARCH-t, regimes, correlations, jumps) to OHLCV files and write a config."""
+    from envs.market.calibrate import run_calibration
+
+    try:
+        run_calibration(
+            data_dir=data_dir,
+            out_path=out,
+            assets=[a.strip() for a in assets.split(",")],
+            numeraire=numeraire,
+            end=end,
+            allow_held_out=allow_held_out,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from None
+
+
+if __name__ == "__main__":
+    app()
