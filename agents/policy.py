@@ -26,6 +26,9 @@ class MarketView:
         weights: ``(B, N+1)`` current portfolio weights, cash last.
         step: ``(B,)`` decision step within the episode.
         step_days: step length in days.
+        oracle: None, except for policies that declare ``uses_oracle = True`` (upper references
+            that know the synthetic scenario's true state): then a dict of ``(B,)`` arrays, e.g.
+            ``{"regime": true current regime codes}`` (see ``evaluation.rollout.oracle_info``).
     """
 
     asset_names: tuple[str, ...]
@@ -33,6 +36,7 @@ class MarketView:
     weights: np.ndarray
     step: np.ndarray
     step_days: float = 1.0
+    oracle: dict[str, np.ndarray] | None = None
 
     @property
     def log_returns(self) -> np.ndarray:
@@ -46,6 +50,8 @@ class Policy(ABC):
     name: str = "policy"
     #: trailing price points the policy needs in its MarketView (1 = only the current prices)
     lookback: int = 1
+    #: True only for upper-reference policies that are told the scenario's true state (MarketView.oracle)
+    uses_oracle: bool = False
 
     def reset(self, n_envs: int) -> None:
         """Called at the start of every episode batch."""

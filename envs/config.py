@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from envs.kill_switch import KillSwitchConfig
 from envs.market.config import MarketConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +145,7 @@ class EnvConfig(StrictModel):
     action: ActionConfig = Field(default_factory=ActionConfig)
     observation: ObservationConfig = Field(default_factory=ObservationConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    kill_switch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
 
     @model_validator(mode="after")
     def _warmup_covers_windows(self) -> EnvConfig:

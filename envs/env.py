@@ -9,9 +9,9 @@ import gymnasium as gym
 import numpy as np
 
 from envs.config import SimulationConfig, load_config
+from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator
 
-PATH_SEED_HIGH = 2**63 - 1
 
 
 class DeFiMarketEnv(gym.Env):
@@ -19,7 +19,9 @@ class DeFiMarketEnv(gym.Env):
 
     Action: ``Box(-1, 1, (N+1,))`` mapped to target weights over the ``N`` assets and cash (see
     ``envs/actions.py``). Observation: ``Box(-clip, clip, (obs_dim,))`` float32 (layout in
-    ``envs/features.py``). Each ``reset`` draws a fresh market path from the env's seeded generator.
+    ``envs/features.py``). Each ``reset`` draws a fresh market path from the env's seeded generator,
+    in the training seed range (see ``envs/seeds.py``); ``reset(options={"paths": MarketPaths})`` runs
+    a given evaluation path instead.
     """
 
     metadata = {"render_modes": []}
@@ -41,7 +43,7 @@ class DeFiMarketEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        path_seed = self.np_random.integers(0, PATH_SEED_HIGH, size=1, dtype=np.int64)
+        path_seed = np.array([draw_training_path_seed(self.np_random)], dtype=np.int64)
         paths = (options or {}).get("paths")
         self.sim.reset_envs(self._index, path_seed, paths=paths)
         self._needs_reset = False

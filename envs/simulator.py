@@ -28,6 +28,7 @@ from envs.execution.rebalance import execute_rebalance
 from envs.features import market_features, n_market_features, observation_size
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
+from envs.kill_switch import KillSwitch
 from envs.rewards import RewardModel
 
 
@@ -42,6 +43,32 @@ class StepResult:
     costs: TradeCosts
     turnover: np.ndarray
     regime: np.ndarray
+    kill_switch: np.ndarray
+
+
+@dataclass
+class Execution:
+    """What :meth:`PortfolioSimulator.execute` did at the decision time (arrays ``(B,)``)."""
+
+    value_before: np.ndarray
+    costs: TradeCosts
+    turnover: np.ndarray
+    kill_switch: np.ndarray
+
+
+def _cash_only(n_assets: int) -> np.ndarray:
+    w = np.zeros(n_assets + 1)
+    w[-1] = 1.0
+    return w
+
+
+class _CashOnly(dict):
+    def __missing__(self, n: int) -> np.ndarray:
+        self[n] = _cash_only(n)
+        return self[n]
+
+
+CASH_ONLY = _CashOnly()
 
 
 class PortfolioSimulator:
@@ -64,6 +91,8 @@ class PortfolioSimulator:
         self.band = env_cfg.action.no_trade_band
         self.gas = GasModel(env_cfg.gas)
         self.rewards = RewardModel(env_cfg.reward, n_envs)
+        self.kill_switch = KillSwitch(env_cfg.kill_switch, n_envs)
+        self._pending: Execution | None = None
         tiers = env_cfg.amm.tiers
         self.pools = PoolBook.empty(
             n_envs,
@@ -130,7 +159,9 @@ class PortfolioSimulator:
         self.value[index] = self.initial_value
         self.peak[index] = self.initial_value
         self.pools.set_at_market(index, price, num, paths.depth_multiplier[:, tau])
-        self.rewards.reset(np.isin(self._rows, index))
+        reset_mask = np.isin(self._rows, index)
+        self.rewards.reset(reset_mask)
+        self.kill_switch.reset(reset_mask)
 
     def _initial_positions(self, index: np.ndarray, price: np.ndarray, num: np.ndarray) -> None:
         if self.config.env.initial_weights == "equal":
@@ -176,14 +207,29 @@ class PortfolioSimulator:
 
     # ------------------------------------------------------------------ step
     def step(self, actions: np.ndarray) -> StepResult:
-        """Advance every env by one step. ``actions``: ``(B, N+1)`` in [-1, 1] (see envs/actions.py)."""
+        """Advance every env by one step: :meth:`execute` at ``t``, then :meth:`advance` to ``t + 1``.
+
+        ``actions``: ``(B, N+1)`` in [-1, 1] (see envs/actions.py).
+        """
+        self.execute(actions)
+        return self.advance()
+
+    def execute(self, actions: np.ndarray) -> Execution:
+        """Trade toward the actions' targets against the pools at the current decision time ``t``.
+
+        The kill-switch (when enabled) replaces the target by all-cash while it is active.
+        """
         actions = validate_actions(actions, self.n_envs, self.action_dim)
         rows, tau = self._rows, self._tau()
         price, num = self.close[rows, tau], self.numeraire[rows, tau]
         value_before = self.value
         current = self.weights(price, num, value_before)
         target = actions_to_weights(actions)
+        active = self.kill_switch.update(1.0 - value_before / self.peak)
+        if active.any():
+            target = np.where(active[:, None], CASH_ONLY[self.n_assets], target)
         mask = apply_no_trade_band(target, current, self.band)
+        mask |= active[:, None] & (self.units > 0.0)
         fills = execute_rebalance(
             self.units,
             self.cash,
@@ -199,12 +245,23 @@ class PortfolioSimulator:
         self.units = self.units + fills.asset_delta
         self.cash = self.cash + fills.cash_delta
         turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
+        self._pending = Execution(value_before, fills.costs, turnover, active)
+        return self._pending
 
-        tau1 = tau + 1
+    def advance(self) -> StepResult:
+        """Move the market from ``t`` to ``t + 1``: realign the pools, mark the portfolio, score the step."""
+        if self._pending is None:
+            raise RuntimeError("advance() needs an execute() first")
+        done, self._pending = self._pending, None
+        rows, tau1 = self._rows, self._tau() + 1
         new_price, new_num = self.close[rows, tau1], self.numeraire[rows, tau1]
         self.pools.realign(new_price, new_num, self.depth[rows, tau1])
         value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
+        value_before = done.value_before
         dd_before = 1.0 - value_before / self.peak
+        released = done.kill_switch & ~self.kill_switch.active
+        if self.kill_switch.cfg.reset_peak_after_cooldown and released.any():
+            self.peak = np.where(released, value_after, self.peak)
         self.peak = np.maximum(self.peak, value_after)
         dd_after = 1.0 - value_after / self.peak
         reward = self.rewards(value_before, value_after, dd_before, dd_after)
@@ -212,7 +269,31 @@ class PortfolioSimulator:
         self.t = self.t + 1
         terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
         truncated = (self.t >= self.horizon) & ~terminated
-        return StepResult(reward, terminated, truncated, value_after, fills.costs, turnover, self.regime[rows, tau1])
+        return StepResult(
+            reward, terminated, truncated, value_after, done.costs, done.turnover, self.regime[rows, tau1],
+            done.kill_switch,
+        )
+
+    # ------------------------------------------------------------------ state
+    STATE_FIELDS = ("t", "units", "cash", "peak", "value")
+
+    def snapshot(self, index: int) -> dict:
+        """JSON-serializable state of env ``index`` (positions, pools, risk state), for ledgers and resumes."""
+        state = {name: np.asarray(getattr(self, name)[index]).tolist() for name in self.STATE_FIELDS}
+        state["reserve_asset"] = self.pools.reserve_asset[index].tolist()
+        state["reserve_num"] = self.pools.reserve_num[index].tolist()
+        state["kill_switch_remaining"] = int(self.kill_switch.remaining[index])
+        state["reward_ema"] = [float(self.rewards.ema_mean[index]), float(self.rewards.ema_sq[index])]
+        return state
+
+    def restore(self, index: int, state: dict) -> None:
+        """Inverse of :meth:`snapshot` (the market path must already be loaded)."""
+        for name in self.STATE_FIELDS:
+            getattr(self, name)[index] = np.asarray(state[name])
+        self.pools.reserve_asset[index] = np.asarray(state["reserve_asset"])
+        self.pools.reserve_num[index] = np.asarray(state["reserve_num"])
+        self.kill_switch.remaining[index] = int(state["kill_switch_remaining"])
+        self.rewards.ema_mean[index], self.rewards.ema_sq[index] = state["reward_ema"]
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
@@ -231,6 +312,7 @@ class PortfolioSimulator:
             "regime": self.regime_names[int(self.regime[index, tau])] if self.regime_names else "",
             "drawdown": float(1.0 - value / self.peak[index]),
             "step": int(self.t[index]),
+            "kill_switch": bool(result.kill_switch[index]) if result is not None else False,
         }
         if self.dates is not None:
             info["date"] = str(self.dates[index, tau])

@@ -21,7 +21,7 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from envs.config import SimulationConfig
-from envs.env import PATH_SEED_HIGH
+from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator, StepResult
 
 
@@ -53,9 +53,7 @@ class DeFiMarketVecEnv(VecEnv):
         return [None if seed is None else seed + i for i in range(self.num_envs)]
 
     def _draw_path_seeds(self, index: np.ndarray) -> np.ndarray:
-        return np.array(
-            [self._rngs[i].integers(0, PATH_SEED_HIGH, size=1, dtype=np.int64)[0] for i in index], dtype=np.int64
-        )
+        return np.array([draw_training_path_seed(self._rngs[i]) for i in index], dtype=np.int64)
 
     def reset(self) -> np.ndarray:
         index = np.arange(self.num_envs)

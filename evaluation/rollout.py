@@ -3,18 +3,31 @@
 All ``K`` scenarios run side by side in one batched simulator, so every policy given the same seeds
 sees exactly the same market paths (paired comparisons). Nothing resets mid-run: an env that is
 ruined stays flat (its later steps are masked out by ``alive``).
+
+The record is open to extension: every cost kind of the step's ``TradeCosts`` (fields ending in
+``_usd``) lands in ``costs_usd``, and every other per-env ``(B,)`` array a :class:`StepResult`
+carries beyond the core fields (health factor, liquidations, kill-switch, ... once the env has them)
+lands in ``extras`` under its field name, without changes here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from agents.policy import MarketView, Policy
 from envs.config import SimulationConfig
 from envs.market.paths import MarketPaths
-from envs.simulator import PortfolioSimulator
+from envs.seeds import check_evaluation_seeds
+from envs.simulator import PortfolioSimulator, StepResult
+
+#: StepResult fields recorded by dedicated EpisodeRecord attributes (everything else goes to extras)
+CORE_STEP_FIELDS = frozenset(
+    {"reward", "terminated", "truncated", "value_usd", "costs", "turnover", "regime"}
+)
 
 
 @dataclass
@@ -22,27 +35,79 @@ class EpisodeRecord:
     """Per-step series of one policy on ``K`` scenarios over ``T`` steps (arrays ``(K, T, ...)``).
 
     ``value_usd[:, 0]`` is the initial value; ``value_usd[:, t+1]`` the value after step ``t``.
+    ``weights[:, t]`` are the weights right after trading at decision time ``t`` (before the move).
+    ``close_usd[:, t]`` are the asset close prices at decision time ``t`` (``t = T``: the final mark).
+    ``costs_usd`` maps each cost kind (``"fees"``, ``"slippage"``, ``"gas"``, and later ones such
+    as funding or interest) to its ``(K, T)`` USD series; ``extras`` maps other per-step series the
+    env reports (e.g. ``health_factor``, ``liquidations_usd``, ``kill_switch_active``) to ``(K, T)``.
+    Steps after an env was ruined (``~alive``) record zero costs and NaN (float) / False (bool) extras.
     """
 
     policy: str
     seeds: np.ndarray
     asset_names: tuple[str, ...]
     value_usd: np.ndarray  # (K, T+1)
-    weights: np.ndarray  # (K, T, N+1) weights after trading at each decision time... before the move
+    weights: np.ndarray  # (K, T, N+1), cash last
     fees_usd: np.ndarray  # (K, T)
-    slippage_usd: np.ndarray
-    gas_usd: np.ndarray
-    turnover: np.ndarray
+    slippage_usd: np.ndarray  # (K, T)
+    gas_usd: np.ndarray  # (K, T)
+    turnover: np.ndarray  # (K, T) one-sided, fraction of the value before the step
     regime: np.ndarray  # (K, T) regime codes during each step's move
     regime_names: tuple[str, ...]
     alive: np.ndarray  # (K, T) bool: the env had not been ruined before this step
     step_days: float
-    dates: np.ndarray | None = None
+    dates: np.ndarray | None = None  # (K, T) datetime64[D] of each step's end (replay only)
+    close_usd: np.ndarray | None = None  # (K, T+1, N)
+    costs_usd: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def returns(self) -> np.ndarray:
         """Per-step simple returns ``(K, T)`` net of every cost."""
         return self.value_usd[:, 1:] / self.value_usd[:, :-1] - 1.0
+
+    @property
+    def n_scenarios(self) -> int:
+        return int(self.value_usd.shape[0])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.value_usd.shape[1] - 1)
+
+
+def _cost_kinds(costs: object) -> dict[str, np.ndarray]:
+    """``{"fees": (B,), "slippage": (B,), ...}`` from any dataclass whose fields end in ``_usd``."""
+    return {
+        f.name.removesuffix("_usd"): np.asarray(getattr(costs, f.name), dtype=np.float64)
+        for f in dataclasses.fields(costs)  # type: ignore[arg-type]
+        if f.name.endswith("_usd")
+    }
+
+
+def _extra_series(result: StepResult, n_envs: int) -> dict[str, np.ndarray]:
+    """Per-env ``(B,)`` arrays of a StepResult beyond the core fields (None-valued fields skipped)."""
+    out: dict[str, np.ndarray] = {}
+    for f in dataclasses.fields(result):
+        if f.name in CORE_STEP_FIELDS:
+            continue
+        value = getattr(result, f.name)
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if arr.shape == (n_envs,) and (arr.dtype.kind in "biuf"):
+            out[f.name] = arr
+    return out
+
+
+def _dead_fill(dtype: np.dtype) -> object:
+    return False if dtype.kind == "b" else np.nan
+
+
+def oracle_info(sim: PortfolioSimulator) -> dict[str, np.ndarray]:
+    """What an ``uses_oracle`` policy is told at the current decision time: the true regime ``(B,)``
+    the market is in at time ``t`` (its next move's regime is still random)."""
+    tau = sim.warmup + sim.t
+    return {"regime": sim.regime[np.arange(sim.n_envs), tau].astype(np.int64)}
 
 
 def run_policy(
@@ -50,9 +115,20 @@ def run_policy(
     policy: Policy,
     seeds: np.ndarray,
     paths: MarketPaths | None = None,
+    *,
+    on_step: Callable[[int], None] | None = None,
 ) -> EpisodeRecord:
-    """Run ``policy`` for one full episode on each scenario ``seeds[k]`` (or on the given ``paths``)."""
-    seeds = np.asarray(seeds, dtype=np.int64)
+    """Run ``policy`` for one full episode on each scenario ``seeds[k]`` (or on the given ``paths``).
+
+    Args:
+        config: the simulation config (market + env).
+        policy: the allocator; if it declares ``uses_oracle = True`` its MarketView carries
+            ``oracle`` (see :func:`oracle_info`), otherwise ``oracle`` is None.
+        seeds: ``(K,)`` evaluation scenario seeds (training-range seeds are refused).
+        paths: optional ready market paths (``K = paths.n_paths``) instead of sampling from seeds.
+        on_step: optional callback called with the step index after every step (progress bars).
+    """
+    seeds = check_evaluation_seeds(seeds)
     k = len(seeds) if paths is None else paths.n_paths
     sim = PortfolioSimulator(config, n_envs=k)
     sim.reset_envs(np.arange(k), seeds, paths=paths)
@@ -60,42 +136,64 @@ def run_policy(
     horizon, n = sim.horizon, sim.n_assets
     value = np.empty((k, horizon + 1))
     value[:, 0] = sim.value
+    close = np.empty((k, horizon + 1, n))
     weights = np.empty((k, horizon, n + 1))
-    series = {name: np.zeros((k, horizon)) for name in ("fees", "slippage", "gas", "turnover")}
+    turnover = np.zeros((k, horizon))
+    costs: dict[str, np.ndarray] = {}
+    extras: dict[str, np.ndarray] = {}
     regime = np.zeros((k, horizon), dtype=np.int8)
     alive = np.ones((k, horizon), dtype=bool)
     dead = np.zeros(k, dtype=bool)
     lookback = max(1, min(policy.lookback, sim.warmup + 1))
+    uses_oracle = bool(getattr(policy, "uses_oracle", False))
     for t in range(horizon):
         price, num = sim.prices_now()
-        view = MarketView(sim.asset_names, sim.trailing_prices(lookback), sim.weights(price, num, sim.value),
-                          sim.t.copy(), config.market.step_days)
+        close[:, t] = price
+        view = MarketView(
+            sim.asset_names,
+            sim.trailing_prices(lookback),
+            sim.weights(price, num, sim.value),
+            sim.t.copy(),
+            config.market.step_days,
+            oracle=oracle_info(sim) if uses_oracle else None,
+        )
         actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
         result = sim.step(actions)
-        weights[:, t] = sim.weights(price, num, np.maximum((sim.units * price).sum(1) + sim.cash * num, 1e-300))
+        held = np.maximum((sim.units * price).sum(1) + sim.cash * num, 1e-300)
+        weights[:, t] = sim.weights(price, num, held)
         alive[:, t] = ~dead
-        value[:, t + 1] = np.where(dead, value[:, t], result.value_usd)
         live = ~dead
-        series["fees"][:, t] = np.where(live, result.costs.fees_usd, 0.0)
-        series["slippage"][:, t] = np.where(live, result.costs.slippage_usd, 0.0)
-        series["gas"][:, t] = np.where(live, result.costs.gas_usd, 0.0)
-        series["turnover"][:, t] = np.where(live, result.turnover, 0.0)
+        value[:, t + 1] = np.where(dead, value[:, t], result.value_usd)
+        turnover[:, t] = np.where(live, result.turnover, 0.0)
+        for kind, series in _cost_kinds(result.costs).items():
+            costs.setdefault(kind, np.zeros((k, horizon)))[:, t] = np.where(live, series, 0.0)
+        for name, series in _extra_series(result, k).items():
+            if name not in extras:
+                extras[name] = np.full((k, horizon), _dead_fill(series.dtype), dtype=series.dtype)
+            extras[name][:, t] = np.where(live, series, _dead_fill(series.dtype))
         regime[:, t] = result.regime
         dead = dead | result.terminated
+        if on_step is not None:
+            on_step(t)
+    close[:, horizon] = sim.prices_now()[0]
     dates = None if sim.dates is None else sim.dates[:, sim.warmup + 1 : sim.warmup + horizon + 1]
+    zeros = np.zeros((k, horizon))
     return EpisodeRecord(
         policy=policy.name,
         seeds=seeds,
         asset_names=sim.asset_names,
         value_usd=value,
         weights=weights,
-        fees_usd=series["fees"],
-        slippage_usd=series["slippage"],
-        gas_usd=series["gas"],
-        turnover=series["turnover"],
+        fees_usd=costs.get("fees", zeros),
+        slippage_usd=costs.get("slippage", zeros),
+        gas_usd=costs.get("gas", zeros),
+        turnover=turnover,
         regime=regime,
         regime_names=sim.regime_names,
         alive=alive,
         step_days=config.market.step_days,
         dates=dates,
+        close_usd=close,
+        costs_usd=costs,
+        extras=extras,
     )

@@ -114,5 +114,15 @@ def calibrate(
         raise typer.Exit(code=2) from None
 
 
+def _register_subcommands() -> None:
+    """Commands of later layers live in their own modules, each exposing ``register(app)``."""
+    from training import cli_evaluate, cli_paper, cli_train
+
+    for module in (cli_evaluate, cli_train, cli_paper):
+        module.register(app, bench_app)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,369 @@
+"""Baseline allocators as :class:`~agents.policy.Policy` objects, batched over ``B`` envs.
+
+They act through the env like any agent (so they pay the same fees, slippage and gas) and see only the
+:class:`~agents.policy.MarketView`: trailing close prices up to the decision time and the current
+weights. The one exception, :class:`OracleMeanVariancePolicy`, is an UPPER REFERENCE that is also
+told the synthetic scenario's true current regime and knows the generating model's parameters.
+
+Cost awareness (so the baselines are not strawmen):
+
+- a rebalance schedule (``rebalance_every`` steps, counted from the episode start);
+- a policy-level no-trade band: a scheduled rebalance is skipped for an env when no risky weight
+  would move by at least ``no_trade_band`` (the env's own per-asset band applies on top);
+- mean-variance utility (and the oracle) subtract ``turnover_cost * ||w - w_now||_1 / rebalance_every``:
+  the one-way cost of a unit of turnover, amortized over the steps the new weights are held.
+
+Moments are estimated per env on the trailing ``lookback`` prices: per-step SIMPLE returns
+``p_t / p_{t-1} - 1`` (``(lookback - 1, N)``), covariance by Ledoit-Wolf, EWMA or sample, expected
+returns shrunk toward zero or the cross-sectional mean. Constraints: long-only, a per-asset cap
+``max_weight`` and a fixed cash share ``cash_weight`` (risky budget ``1 - cash_weight``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
+from agents.baselines.optimizers import (
+    solve_max_sharpe,
+    solve_mean_variance,
+    solve_min_variance,
+    solve_risk_parity,
+)
+from agents.baselines.oracle import true_moments_by_regime
+from agents.policy import MarketView, Policy
+from envs.config import REPO_ROOT, SimulationConfig, format_validation_error
+
+DEFAULT_PARAMS_PATH = REPO_ROOT / "configs" / "evaluation" / "default.yaml"
+
+
+# ---------------------------------------------------------------------------------------- params
+class BaselineParams(BaseModel):
+    """Schedule and constraints shared by every baseline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rebalance_every: int = Field(
+        default=7, ge=1, le=100_000, description="steps between rebalances"
+    )
+    no_trade_band: float = Field(
+        default=0.02, ge=0.0, le=0.5, description="skip if max |dw| < band"
+    )
+    cash_weight: float = Field(default=0.0, ge=0.0, lt=1.0, description="fixed cash share")
+    max_weight: float | None = Field(default=None, gt=0.0, le=1.0, description="per-asset cap")
+
+
+class EstimationParams(BaselineParams):
+    """Trailing-window moment estimation."""
+
+    lookback: int = Field(default=61, ge=3, le=5_001, description="trailing price points")
+    cov_estimator: Literal["ledoit_wolf", "ewma", "sample"] = "ledoit_wolf"
+    ewma_halflife: float = Field(default=20.0, gt=0.0, le=1_000.0, description="steps")
+    mean_target: Literal["zero", "grand_mean"] = "grand_mean"
+    mean_shrinkage: float = Field(default=0.5, ge=0.0, le=1.0, description="1 = the target only")
+
+
+class MaxSharpeParams(EstimationParams):
+    risk_free: float = Field(default=0.0, ge=-0.01, le=0.01, description="per step")
+
+
+class MeanVarianceParams(EstimationParams):
+    risk_aversion: float = Field(default=5.0, gt=0.0, le=1e4, description="gamma")
+    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit one-way")
+
+
+class OracleParams(BaselineParams):
+    risk_aversion: float = Field(default=5.0, gt=0.0, le=1e4, description="gamma")
+    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit one-way")
+
+
+# ---------------------------------------------------------------------------------------- base
+class BaselinePolicy(Policy):
+    """Scheduled, banded rebalancing toward :meth:`_targets`; between rebalances it holds."""
+
+    params_model: type[BaselineParams] = BaselineParams
+
+    def __init__(self, n_assets: int, name: str | None = None, **params: Any) -> None:
+        if n_assets < 1:
+            raise ValueError(f"n_assets={n_assets} must be >= 1")
+        try:
+            self.params = self.params_model(**params)
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, prefix=self.name)) from None
+        p = self.params
+        if p.max_weight is not None and p.max_weight * n_assets < 1.0 - p.cash_weight - 1e-12:
+            raise ValueError(
+                f"{self.name}: max_weight={p.max_weight} * {n_assets} assets < risky budget "
+                f"{1.0 - p.cash_weight} (1 - cash_weight): infeasible; raise max_weight or cash_weight"
+            )
+        self.n_assets = n_assets
+        self.name = name or self.name
+        self.budget = 1.0 - p.cash_weight
+        self.lookback = int(getattr(p, "lookback", 1))
+        self.solves = 0
+        self.fallbacks = 0
+
+    def target_weights(self, view: MarketView) -> np.ndarray:
+        current = _clean_weights(view.weights)
+        if current.shape[1] != self.n_assets + 1:
+            raise ValueError(
+                f"{self.name} was built for {self.n_assets} assets but the view has "
+                f"{current.shape[1] - 1} (weights are assets + cash)"
+            )
+        due = np.flatnonzero(np.asarray(view.step) % self.params.rebalance_every == 0)
+        if due.size == 0:
+            return current
+        target = self._targets(view, due, current[due])
+        move = np.abs(target[:, :-1] - current[due, :-1]).max(axis=1)
+        trade = move >= max(self.params.no_trade_band, 1e-12)
+        out = current.copy()
+        out[due[trade]] = target[trade]
+        return out
+
+    def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """Target weights ``(len(index), N+1)`` (cash last) for the envs ``index`` due to rebalance."""
+        raise NotImplementedError
+
+    def _with_cash(self, risky: np.ndarray) -> np.ndarray:
+        """``(M, N)`` risky weights -> ``(M, N+1)`` with cash last, clipped to the simplex."""
+        risky = np.clip(risky, 0.0, None)
+        total = risky.sum(axis=1, keepdims=True)
+        risky = np.where(total > 1.0, risky / np.where(total > 0, total, 1.0), risky)
+        return np.concatenate([risky, 1.0 - risky.sum(axis=1, keepdims=True)], axis=1)
+
+    @property
+    def diagnostics(self) -> dict[str, int]:
+        """Optimizer solves and solver fallbacks (no trade or equal weight) since construction."""
+        return {"solves": self.solves, "fallbacks": self.fallbacks}
+
+
+def _clean_weights(weights: np.ndarray) -> np.ndarray:
+    """Current weights made a valid simplex point (a ruined env's tiny value can give NaN)."""
+    w = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    w = np.clip(w, 0.0, None)
+    total = w.sum(axis=1, keepdims=True)
+    cash = np.zeros_like(w)
+    cash[:, -1] = 1.0
+    return np.where(total > 0, w / np.where(total > 0, total, 1.0), cash)
+
+
+class EqualWeightPolicy(BaselinePolicy):
+    """``(1 - cash_weight) / N`` in every risky asset, rebalanced every ``rebalance_every`` steps."""
+
+    name = "equal_weight"
+
+    def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
+        risky = np.full((index.size, self.n_assets), self.budget / self.n_assets)
+        return self._with_cash(risky)
+
+
+class BuyAndHoldPolicy(BaselinePolicy):
+    """Equal weight at the first step, then never trades (it returns the current weights).
+
+    The env trades only assets whose target differs from the current weight by more than its
+    no-trade band, so "current weights" means no order (with ``env.action.no_trade_band = 0``
+    floating-point residues could still trigger dust orders that pay gas).
+    """
+
+    name = "buy_and_hold"
+
+    def target_weights(self, view: MarketView) -> np.ndarray:
+        current = _clean_weights(view.weights)
+        first = np.flatnonzero(np.asarray(view.step) == 0)
+        if first.size:
+            risky = np.full((first.size, self.n_assets), self.budget / self.n_assets)
+            current[first] = self._with_cash(risky)
+        return current
+
+
+class EstimatingPolicy(BaselinePolicy):
+    """Baselines that estimate moments on the trailing window and solve an optimizer per env."""
+
+    params_model: type[BaselineParams] = EstimationParams
+
+    def _moments(self, view: MarketView, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-step ``mu (M, N)`` and ``cov (M, N, N)`` of simple returns for the envs ``index``."""
+        p: EstimationParams = self.params  # type: ignore[assignment]
+        prices = np.asarray(view.prices, dtype=np.float64)[index]
+        returns = prices[:, 1:] / prices[:, :-1] - 1.0
+        mu = np.empty((index.size, self.n_assets))
+        cov = np.empty((index.size, self.n_assets, self.n_assets))
+        for j in range(index.size):  # one optimizer problem per env: the solver is not batched
+            window = returns[j]
+            if p.cov_estimator == "ledoit_wolf":
+                cov[j] = ledoit_wolf_cov(window)
+            elif p.cov_estimator == "ewma":
+                cov[j] = ewma_cov(window, p.ewma_halflife)
+            else:
+                cov[j] = sample_cov(window)
+            mu[j] = shrunk_mean(window, target=p.mean_target, shrinkage=p.mean_shrinkage)
+        return mu, cov
+
+    def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
+        if view.prices.shape[1] < 3:
+            # too little history to estimate anything: hold equal weight until the window fills
+            return self._with_cash(
+                np.full((index.size, self.n_assets), self.budget / self.n_assets)
+            )
+        mu, cov = self._moments(view, index)
+        risky = np.empty((index.size, self.n_assets))
+        for j in range(index.size):
+            risky[j], info = self._solve(mu[j], cov[j], current[j, :-1])
+            self.solves += 1
+            self.fallbacks += int(info.fallback_used)
+        return self._with_cash(risky)
+
+    def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+
+class MinVariancePolicy(EstimatingPolicy):
+    """Minimum variance ``argmin w'Σw`` (long-only, capped)."""
+
+    name = "min_variance"
+
+    def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        return solve_min_variance(
+            cov, max_weight=self.params.max_weight, budget=self.budget, prev_weights=prev
+        )
+
+
+class MaxSharpePolicy(EstimatingPolicy):
+    """Tangency portfolio on shrunk means (falls back to min variance when no mean beats risk_free)."""
+
+    name = "max_sharpe"
+    params_model = MaxSharpeParams
+
+    def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        p: MaxSharpeParams = self.params  # type: ignore[assignment]
+        return solve_max_sharpe(
+            mu, cov, p.risk_free, max_weight=p.max_weight, budget=self.budget, prev_weights=prev
+        )
+
+
+class MeanVariancePolicy(EstimatingPolicy):
+    """Quadratic utility ``w'mu - gamma/2 w'Σw - turnover_cost/rebalance_every ||w - w_now||_1``."""
+
+    name = "mean_variance"
+    params_model = MeanVarianceParams
+
+    def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        p: MeanVarianceParams = self.params  # type: ignore[assignment]
+        return solve_mean_variance(
+            mu, cov, p.risk_aversion, max_weight=p.max_weight, budget=self.budget,
+            prev_weights=prev, turnover_penalty=p.turnover_cost / p.rebalance_every,
+        )  # fmt: skip
+
+
+class RiskParityPolicy(EstimatingPolicy):
+    """Equal risk contribution (long-only by construction; ``max_weight`` is not applied)."""
+
+    name = "risk_parity"
+
+    def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        return solve_risk_parity(cov, budget=self.budget, prev_weights=prev)
+
+
+class OracleMeanVariancePolicy(BaselinePolicy):
+    """UPPER REFERENCE, not a feasible strategy: mean-variance on the TRUE next-step moments.
+
+    It is told each env's true current regime (``MarketView.oracle["regime"]``) and knows the
+    synthetic model's parameters, so its moments are the model's conditional mean and covariance of
+    the next step's simple returns given that regime (see :mod:`agents.baselines.oracle`). Only
+    valid on ``market.source = synthetic``.
+    """
+
+    name = "oracle_mean_variance"
+    uses_oracle = True
+    params_model = OracleParams
+
+    def __init__(
+        self, n_assets: int, config: SimulationConfig, name: str | None = None, **params: Any
+    ):
+        super().__init__(n_assets, name=name, **params)
+        if config.market.source != "synthetic":
+            raise ValueError(
+                f"{self.name} needs market.source='synthetic' (true parameters), got "
+                f"{config.market.source!r}; leave it out of replay/bootstrap evaluations"
+            )
+        self.mu_by_regime, self.cov_by_regime = true_moments_by_regime(config.market)
+
+    def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
+        if view.oracle is None or "regime" not in view.oracle:
+            raise ValueError(f"{self.name} needs MarketView.oracle['regime'] (uses_oracle=True)")
+        regime = np.asarray(view.oracle["regime"])[index]
+        p: OracleParams = self.params  # type: ignore[assignment]
+        risky = np.empty((index.size, self.n_assets))
+        for j in range(index.size):
+            r = int(regime[j])
+            risky[j], info = solve_mean_variance(
+                self.mu_by_regime[r], self.cov_by_regime[r], p.risk_aversion,
+                max_weight=p.max_weight, budget=self.budget, prev_weights=current[j, :-1],
+                turnover_penalty=p.turnover_cost / p.rebalance_every,
+            )  # fmt: skip
+            self.solves += 1
+            self.fallbacks += int(info.fallback_used)
+        return self._with_cash(risky)
+
+
+# ---------------------------------------------------------------------------------------- registry
+BASELINES: dict[str, type[BaselinePolicy]] = {
+    "equal_weight": EqualWeightPolicy,
+    "buy_and_hold": BuyAndHoldPolicy,
+    "min_variance": MinVariancePolicy,
+    "max_sharpe": MaxSharpePolicy,
+    "mean_variance": MeanVariancePolicy,
+    "risk_parity": RiskParityPolicy,
+    "oracle_mean_variance": OracleMeanVariancePolicy,
+}
+#: baselines that are feasible strategies (the oracle is an upper reference, not a yardstick to beat)
+FEASIBLE_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if n != "oracle_mean_variance")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_params_file(path: str) -> dict[str, dict[str, Any]]:
+    file = Path(path)
+    if not file.is_file():
+        return {}
+    data = yaml.safe_load(file.read_text()) or {}
+    section = data.get("policies", {}) or {}
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: 'policies' must map policy names to parameter mappings")
+    unknown = sorted(set(section) - set(BASELINES))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown policies {unknown} under 'policies'; known: {sorted(BASELINES)}"
+        )
+    return {k: dict(v or {}) for k, v in section.items()}
+
+
+def default_policy_params(name: str, params_path: str | Path | None = None) -> dict[str, Any]:
+    """The parameters of baseline ``name`` in ``configs/evaluation/default.yaml`` (or ``params_path``)."""
+    return dict(_read_params_file(str(params_path or DEFAULT_PARAMS_PATH)).get(name, {}))
+
+
+def make_policy(
+    name: str, config: SimulationConfig, *, params_path: str | Path | None = None, **params: Any
+) -> BaselinePolicy:
+    """Build baseline ``name`` for ``config``'s assets.
+
+    Parameters come from ``policies.<name>`` of ``params_path`` (default
+    ``configs/evaluation/default.yaml``), overridden by ``params``.
+
+    Raises:
+        ValueError: unknown name (listing the known ones) or a bad parameter (naming it).
+    """
+    if name not in BASELINES:
+        raise ValueError(f"unknown policy {name!r}; known baselines: {', '.join(BASELINES)}")
+    merged = default_policy_params(name, params_path) | params
+    n_assets = len(config.market.assets)
+    cls = BASELINES[name]
+    if cls is OracleMeanVariancePolicy:
+        return OracleMeanVariancePolicy(n_assets, config, **merged)
+    return cls(n_assets, **merged)

@@ -1,0 +1,584 @@
+"""Aave-v3-like lending market: health factor, liquidations, kinked interest rates, borrower cascades.
+
+Pure vectorized numpy. Shapes: ``...`` is any batch of positions (e.g. ``(B,)`` envs), ``N`` the
+collateral assets (last axis), ``K`` the HF buckets of the borrower population. Per-asset
+parameters are ``(N,)`` and broadcast. Money is USD, quantities are token units, rates are annual
+fractions unless a name says otherwise. Every position has one stablecoin debt (``debt_usd``); a
+depegged numeraire is the caller's job (pass ``debt_units * numeraire_usd``).
+
+Liquidation semantics (see docs/leverage.md):
+
+* The env passes the step's LOW price as ``prices``: the health check and the seizure both use
+  it, so a position that touched HF < 1 inside the step is liquidated at that price.
+* One ``liquidationCall`` per position per step (``max_rounds=1``); more rounds re-check the HF
+  after each call, as competing liquidators in later blocks would.
+* ``seizure_order="largest_first"`` (default): each call seizes ONE collateral asset, the largest by
+  USD value (Aave takes one collateral per call; liquidators pick the biggest bag). If the bag is too
+  small for ``repay * (1 + bonus)``, the whole bag is seized and the repaid debt shrinks to
+  ``bag / (1 + bonus)``, exactly as Aave's ``_calculateAvailableCollateralToLiquidate``.
+  ``"pro_rata"`` spreads the repayment over all collateral by USD value (smoother approximation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from envs.protocols.params import (
+    LendingParams,
+    PopulationParams,
+    RegimeProcess,
+    ReserveArrays,
+    check_range,
+)
+
+SeizureOrder = Literal["largest_first", "pro_rata"]
+
+
+# ---------------------------------------------------------------------------------------- health
+def health_factor(
+    collateral_usd: np.ndarray, liq_threshold: np.ndarray, debt_usd: np.ndarray
+) -> np.ndarray:
+    """HF = sum_i(C_i * LT_i) / D; ``inf`` where D == 0.
+
+    Args:
+        collateral_usd: ``(..., N)`` collateral value per asset, >= 0.
+        liq_threshold: ``(N,)`` liquidation thresholds in [0, 1].
+        debt_usd: ``(...)`` debt value, >= 0.
+
+    Returns:
+        ``(...)`` health factor (dimensionless); liquidatable where < 1.
+    """
+    collateral = check_range("collateral_usd", collateral_usd, 0.0)
+    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
+    debt = check_range("debt_usd", debt_usd, 0.0)
+    weighted = (collateral * threshold).sum(axis=-1)
+    shape = np.broadcast_shapes(weighted.shape, debt.shape)
+    hf = np.full(shape, np.inf)
+    with np.errstate(over="ignore"):  # dust debt: HF overflows to inf, which is the right answer
+        np.divide(
+            np.broadcast_to(weighted, shape), np.broadcast_to(debt, shape), out=hf, where=debt > 0
+        )
+    return hf
+
+
+def borrow_capacity_usd(collateral_usd: np.ndarray, ltv: np.ndarray) -> np.ndarray:
+    """Total borrowing power sum_i(C_i * LTV_i), ``(..., N) -> (...)`` USD."""
+    collateral = check_range("collateral_usd", collateral_usd, 0.0)
+    return (collateral * check_range("ltv", ltv, 0.0, 1.0)).sum(axis=-1)
+
+
+def available_borrows_usd(
+    collateral_usd: np.ndarray, ltv: np.ndarray, debt_usd: np.ndarray
+) -> np.ndarray:
+    """Additional debt allowed now: max(capacity - debt, 0), ``(...)`` USD."""
+    debt = check_range("debt_usd", debt_usd, 0.0)
+    return np.maximum(borrow_capacity_usd(collateral_usd, ltv) - debt, 0.0)
+
+
+def close_factor(
+    hf: np.ndarray,
+    *,
+    threshold: float = 0.95,
+    default: float = 0.5,
+    total_collateral_usd: np.ndarray | None = None,
+    debt_usd: np.ndarray | None = None,
+    full_close_below_usd: float = 0.0,
+) -> np.ndarray:
+    """Share of the debt one liquidation may repay: 0 at HF >= 1, ``default`` for threshold < HF < 1, 1 at HF <= threshold.
+
+    With ``full_close_below_usd > 0`` (Aave v3.3+), positions whose total collateral or debt is below
+    it are closed 100 % as well (needs ``total_collateral_usd`` and ``debt_usd``, ``(...)``).
+    """
+    check_range("threshold", threshold, 0.0, 1.0, lower_open=True)
+    check_range("default", default, 0.0, 1.0, lower_open=True)
+    check_range("full_close_below_usd", full_close_below_usd, 0.0)
+    hf = np.asarray(hf, dtype=float)
+    full = hf <= threshold
+    if full_close_below_usd > 0.0:
+        if total_collateral_usd is None or debt_usd is None:
+            raise ValueError("full_close_below_usd > 0 needs total_collateral_usd and debt_usd")
+        small = (np.asarray(total_collateral_usd) < full_close_below_usd) | (
+            np.asarray(debt_usd) < full_close_below_usd
+        )
+        full = full | small
+    return np.where(hf < 1.0, np.where(full, 1.0, default), 0.0)
+
+
+@dataclass(frozen=True)
+class LiquidationResult:
+    """Outcome of the liquidation calls of one step (summed over rounds).
+
+    Attributes:
+        debt_repaid_usd: ``(...)`` debt repaid by liquidators.
+        collateral_seized_units: ``(..., N)`` collateral taken from the borrower (liquidator + protocol).
+        protocol_fee_units: ``(..., N)`` part of the seized units that goes to the protocol treasury.
+        penalty_usd: ``(...)`` value the borrower loses beyond the repaid debt (the bonus, incl. the fee).
+        health_factor_before: ``(...)`` HF at the low price before liquidation.
+        health_factor_after: ``(...)`` HF at the low price after liquidation.
+        bad_debt_usd: ``(...)`` debt left on positions whose collateral is all gone (insolvent).
+    """
+
+    debt_repaid_usd: np.ndarray
+    collateral_seized_units: np.ndarray
+    protocol_fee_units: np.ndarray
+    penalty_usd: np.ndarray
+    health_factor_before: np.ndarray
+    health_factor_after: np.ndarray
+    bad_debt_usd: np.ndarray
+
+    @property
+    def liquidated(self) -> np.ndarray:
+        """``(...)`` bool: some debt was repaid this step."""
+        return self.debt_repaid_usd > 0.0
+
+    @property
+    def liquidator_received_units(self) -> np.ndarray:
+        """``(..., N)`` units the liquidators keep (and typically sell)."""
+        return self.collateral_seized_units - self.protocol_fee_units
+
+
+def _snap_to_bag(seized: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Clip seizures to the bag, and make a capped seizure take it exactly.
+
+    The capped case computes ``bag / lb * lb / p``, which can miss the bag by an ulp either way;
+    a dust remainder would hide an insolvent position from the bad-debt accounting.
+    """
+    return np.where(seized >= units * (1.0 - 1e-9), units, seized)
+
+
+def _seize_one_round(
+    debt: np.ndarray,
+    units: np.ndarray,
+    prices: np.ndarray,
+    threshold: np.ndarray,
+    bonus: np.ndarray,
+    cf_kwargs: dict,
+    order: SeizureOrder,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One liquidationCall per position: ``(repaid (...), seized_units (..., N))``."""
+    collateral_usd = units * prices
+    hf = health_factor(collateral_usd, threshold, debt)
+    target = (
+        close_factor(
+            hf, total_collateral_usd=collateral_usd.sum(axis=-1), debt_usd=debt, **cf_kwargs
+        )
+        * debt
+    )
+    lb = np.broadcast_to(1.0 + bonus, collateral_usd.shape)
+    if order == "largest_first":
+        pick = np.argmax(collateral_usd, axis=-1)[..., None]
+        bag_usd = np.take_along_axis(collateral_usd, pick, axis=-1)[..., 0]
+        lb_pick = np.take_along_axis(lb, pick, axis=-1)[..., 0]
+        repaid = np.minimum(target, bag_usd / lb_pick)
+        onehot = np.arange(collateral_usd.shape[-1]) == pick
+        seized_usd = np.where(onehot, (repaid * lb_pick)[..., None], 0.0)
+    elif order == "pro_rata":
+        total_usd = collateral_usd.sum(axis=-1)
+        # the asset with the highest bonus runs out first: cap the repayment at its bag
+        max_lb = np.where(collateral_usd > 0.0, lb, 0.0).max(axis=-1)
+        cap = np.divide(total_usd, max_lb, out=np.zeros_like(total_usd), where=max_lb > 0.0)
+        repaid = np.minimum(target, cap)
+        share = np.divide(
+            collateral_usd,
+            total_usd[..., None],
+            out=np.zeros_like(collateral_usd),
+            where=total_usd[..., None] > 0.0,
+        )
+        seized_usd = repaid[..., None] * share * lb
+    else:
+        raise ValueError(f"seizure_order={order!r} must be 'largest_first' or 'pro_rata'")
+    seized = np.divide(seized_usd, prices, out=np.zeros_like(seized_usd), where=prices > 0.0)
+    return repaid, _snap_to_bag(seized, units)
+
+
+def liquidation(
+    debt_usd: np.ndarray,
+    collateral_units: np.ndarray,
+    prices: np.ndarray,
+    liq_threshold: np.ndarray,
+    bonus: np.ndarray,
+    protocol_fee_share: np.ndarray | float,
+    *,
+    close_factor_threshold: float = 0.95,
+    default_close_factor: float = 0.5,
+    full_close_below_usd: float = 0.0,
+    seizure_order: SeizureOrder = "largest_first",
+    max_rounds: int = 1,
+) -> LiquidationResult:
+    """Liquidate every position whose HF at ``prices`` (the step's LOW) is below 1.
+
+    Per call: repay ``close_factor * debt``, seize collateral worth ``repaid * (1 + bonus)`` at
+    ``prices`` (capped at the collateral held, repayment reduced to ``bag / (1 + bonus)``); the
+    protocol keeps ``protocol_fee_share`` of the bonus part ``seized * bonus / (1 + bonus)``.
+
+    Args:
+        debt_usd: ``(...)`` debt, >= 0.
+        collateral_units: ``(..., N)`` collateral held, >= 0.
+        prices: ``(..., N)`` USD per unit, >= 0 (the step's low).
+        liq_threshold: ``(N,)`` in [0, 1].
+        bonus: ``(N,)`` liquidation bonus in [0, 1) (0.05 -> LB 1.05).
+        protocol_fee_share: scalar or ``(N,)`` in [0, 1], share of the bonus taken by the protocol.
+        close_factor_threshold, default_close_factor, full_close_below_usd: see :func:`close_factor`.
+        seizure_order: ``"largest_first"`` or ``"pro_rata"`` (module docstring).
+        max_rounds: liquidation calls per position in this step (>= 1).
+    """
+    debt = check_range("debt_usd", debt_usd, 0.0)
+    units = check_range("collateral_units", collateral_units, 0.0)
+    prices = check_range("prices", prices, 0.0)
+    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
+    bonus = check_range("bonus", bonus, 0.0, 1.0, upper_open=True)
+    fee_share = check_range("protocol_fee_share", protocol_fee_share, 0.0, 1.0)
+    if not (isinstance(max_rounds, int | np.integer) and max_rounds >= 1):
+        raise ValueError(f"max_rounds={max_rounds!r} must be an integer >= 1")
+    units, prices = np.broadcast_arrays(units, prices)
+    batch = np.broadcast_shapes(units.shape[:-1], debt.shape)
+    debt = np.broadcast_to(debt, batch).copy()
+    units = np.broadcast_to(units, (*batch, units.shape[-1])).copy()
+    prices = np.broadcast_to(prices, units.shape)
+    cf_kwargs = {
+        "threshold": close_factor_threshold,
+        "default": default_close_factor,
+        "full_close_below_usd": full_close_below_usd,
+    }
+    hf_before = health_factor(units * prices, threshold, debt)
+    repaid_total = np.zeros(batch)
+    seized_total = np.zeros(units.shape)
+    for _ in range(max_rounds):
+        repaid, seized = _seize_one_round(
+            debt, units, prices, threshold, bonus, cf_kwargs, seizure_order
+        )
+        debt = np.maximum(debt - repaid, 0.0)
+        units = units - seized
+        repaid_total += repaid
+        seized_total += seized
+    fee_units = seized_total * (bonus / (1.0 + bonus)) * fee_share
+    penalty = (seized_total * prices).sum(axis=-1) - repaid_total
+    return LiquidationResult(
+        debt_repaid_usd=repaid_total,
+        collateral_seized_units=seized_total,
+        protocol_fee_units=fee_units,
+        penalty_usd=np.maximum(penalty, 0.0),
+        health_factor_before=hf_before,
+        health_factor_after=health_factor(units * prices, threshold, debt),
+        bad_debt_usd=np.where((units * prices).sum(axis=-1) <= 0.0, debt, 0.0),
+    )
+
+
+def liquidation_from_params(
+    debt_usd: np.ndarray,
+    collateral_units: np.ndarray,
+    prices: np.ndarray,
+    reserves: ReserveArrays,
+    params: LendingParams,
+) -> LiquidationResult:
+    """:func:`liquidation` with the thresholds, bonuses, fees and rules of a loaded snapshot."""
+    return liquidation(
+        debt_usd,
+        collateral_units,
+        prices,
+        reserves.liq_threshold,
+        reserves.liq_bonus,
+        reserves.liq_protocol_fee,
+        close_factor_threshold=params.close_factor.hf_threshold,
+        default_close_factor=params.close_factor.default,
+        full_close_below_usd=params.close_factor.full_close_below_usd,
+        seizure_order=params.liquidation.seizure_order,
+        max_rounds=params.liquidation.max_rounds_per_step,
+    )
+
+
+# ---------------------------------------------------------------------------------------- rates
+def borrow_rate(
+    utilization: np.ndarray,
+    base: np.ndarray | float,
+    slope1: np.ndarray | float,
+    slope2: np.ndarray | float,
+    u_optimal: np.ndarray | float,
+) -> np.ndarray:
+    """Annual variable borrow rate of the kinked model.
+
+    ``base + slope1 * U / Uopt`` for U <= Uopt, else ``base + slope1 + slope2 * (U - Uopt) / (1 - Uopt)``.
+    All arguments broadcast (e.g. utilization ``(..., N)`` with ``(N,)`` parameters).
+    """
+    u = check_range("utilization", utilization, 0.0, 1.0)
+    base = check_range("base", base, 0.0)
+    slope1 = check_range("slope1", slope1, 0.0)
+    slope2 = check_range("slope2", slope2, 0.0)
+    u_opt = check_range("u_optimal", u_optimal, 0.0, 1.0, lower_open=True, upper_open=True)
+    below = base + slope1 * u / u_opt
+    above = base + slope1 + slope2 * (u - u_opt) / (1.0 - u_opt)
+    return np.where(u <= u_opt, below, above)
+
+
+def supply_rate(
+    utilization: np.ndarray, borrow_rate_annual: np.ndarray, reserve_factor: np.ndarray | float
+) -> np.ndarray:
+    """Annual supply rate = borrow_rate * U * (1 - reserve_factor) (suppliers share the interest pro rata)."""
+    u = check_range("utilization", utilization, 0.0, 1.0)
+    r = check_range("borrow_rate_annual", borrow_rate_annual, 0.0)
+    rf = check_range("reserve_factor", reserve_factor, 0.0, 1.0)
+    return r * u * (1.0 - rf)
+
+
+def reserve_rates(
+    utilization: np.ndarray, reserves: ReserveArrays
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(borrow, supply)`` annual rates, each ``(..., N)``, for utilization ``(..., N)``."""
+    borrow = borrow_rate(
+        utilization, reserves.base, reserves.slope1, reserves.slope2, reserves.u_optimal
+    )
+    return borrow, supply_rate(utilization, borrow, reserves.reserve_factor)
+
+
+def accrue_debt(
+    debt: np.ndarray, annual_rate: np.ndarray, dt_years: float | np.ndarray
+) -> np.ndarray:
+    """Variable debt after ``dt_years`` at a constant annual rate, compounded continuously: D * exp(r dt)."""
+    check_range("annual_rate", annual_rate, 0.0)
+    check_range("dt_years", dt_years, 0.0)
+    return np.asarray(debt, dtype=float) * np.exp(np.asarray(annual_rate) * np.asarray(dt_years))
+
+
+def accrue_supply(
+    balance: np.ndarray, annual_supply_rate: np.ndarray, dt_years: float | np.ndarray
+) -> np.ndarray:
+    """Supplied balance after ``dt_years``: linear within a step, B * (1 + r dt).
+
+    Aave's liquidity index grows by linear interest between updates; one update per step makes it
+    compound step by step (daily steps: 365 compoundings a year).
+    """
+    check_range("annual_supply_rate", annual_supply_rate, 0.0)
+    check_range("dt_years", dt_years, 0.0)
+    return np.asarray(balance, dtype=float) * (
+        1.0 + np.asarray(annual_supply_rate) * np.asarray(dt_years)
+    )
+
+
+def regime_utilization(
+    regime_codes: np.ndarray,
+    params: RegimeProcess,
+    rng_or_noise: np.random.Generator | np.ndarray,
+    previous: np.ndarray | None = None,
+) -> np.ndarray:
+    """Utilization of each reserve this step, ``(..., N)`` in [lower, upper] within [0, 1].
+
+    Mean-reverting AR(1) toward the regime's mean (calm < bull < crash); ``params`` comes from
+    :meth:`LendingParams.utilization_process` and ``regime_codes`` ``(...)`` index its rows.
+    """
+    if np.any(np.asarray(params.lower) < 0.0) or np.any(np.asarray(params.upper) > 1.0):
+        raise ValueError(f"utilization bounds [{params.lower}, {params.upper}] must lie in [0, 1]")
+    return params.draw(regime_codes, rng_or_noise, previous)
+
+
+# ---------------------------------------------------------------------------------------- population
+@dataclass(frozen=True)
+class BorrowerPopulation:
+    """Other borrowers, one stablecoin debt and a single collateral asset each, in K HF buckets per asset.
+
+    Attributes:
+        collateral_units: ``(..., N, K)`` collateral of each bucket.
+        debt_usd: ``(..., N, K)`` debt of each bucket.
+        fresh_collateral_units: ``(..., N, K)`` bucket sizes of a newly levered population (refresh).
+        entry_hf: ``(K,)`` entry health factor of each bucket (geometric bucket midpoints).
+    """
+
+    collateral_units: np.ndarray
+    debt_usd: np.ndarray
+    fresh_collateral_units: np.ndarray
+    entry_hf: np.ndarray
+
+
+@dataclass(frozen=True)
+class PopulationStepResult:
+    """One step of population liquidations; every array is ``(..., N)`` per collateral asset."""
+
+    population: BorrowerPopulation
+    forced_sale_units: np.ndarray
+    debt_repaid_usd: np.ndarray
+    bad_debt_usd: np.ndarray
+
+
+def init_population(
+    entry_price: np.ndarray,
+    pool_depth_usd: np.ndarray,
+    liq_threshold: np.ndarray,
+    params: PopulationParams,
+) -> BorrowerPopulation:
+    """Borrowers entering at ``entry_price`` ``(..., N)`` with HF log-uniform on [hf_entry_min, hf_entry_max].
+
+    Total collateral per asset is ``collateral_share_of_depth * pool_depth_usd`` (``(..., N)`` or
+    ``(N,)``), split equally over ``n_buckets`` equal-log-width buckets (log-uniform mass).
+    """
+    price = check_range("entry_price", entry_price, 0.0, lower_open=True)
+    depth = check_range("pool_depth_usd", pool_depth_usd, 0.0)
+    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
+    edges = np.geomspace(params.hf_entry_min, params.hf_entry_max, params.n_buckets + 1)
+    entry_hf = np.sqrt(edges[:-1] * edges[1:])
+    units_total = params.collateral_share_of_depth * depth / price
+    units = np.broadcast_to(
+        units_total[..., None] / params.n_buckets, (*units_total.shape, params.n_buckets)
+    )
+    debt = units * (price * threshold)[..., None] / entry_hf
+    return BorrowerPopulation(units.copy(), debt, units.copy(), entry_hf)
+
+
+def liquidate_population(
+    population: BorrowerPopulation,
+    price_low: np.ndarray,
+    liq_threshold: np.ndarray,
+    bonus: np.ndarray,
+    protocol_fee_share: np.ndarray | float,
+    params: PopulationParams,
+    *,
+    close_factor_threshold: float = 0.95,
+    default_close_factor: float = 0.5,
+) -> PopulationStepResult:
+    """Liquidate every bucket whose HF at ``price_low`` ``(..., N)`` is below 1.
+
+    Each call executes at ``low + (1 - execution_lag) * (crossing - low)``, where ``crossing`` is
+    the bucket's liquidation price (HF = 1): lag 1 liquidates at the low (the pessimistic
+    default), lag 0 as soon as the price crosses. Up to ``max_rounds_per_step`` calls per bucket.
+    Liquidators sell ``sell_fraction`` of the units they keep. Buckets left with debt but no
+    collateral are written off as bad debt (the protocol absorbs it).
+    """
+    p_low = check_range("price_low", price_low, 0.0, lower_open=True)[..., None]
+    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)[:, None]
+    lb = 1.0 + check_range("bonus", bonus, 0.0, 1.0, upper_open=True)[:, None]
+    fee_share = np.asarray(check_range("protocol_fee_share", protocol_fee_share, 0.0, 1.0))
+    fee_share = fee_share[:, None] if fee_share.ndim else fee_share
+    # the protocol keeps fee_share of the bonus part (LB - 1) / LB of every seized unit
+    kept_by_liquidators = (1.0 - (lb - 1.0) / lb * fee_share)[:, 0]
+    lag = params.execution_lag
+    units, debt = population.collateral_units, population.debt_usd
+    batch = units.shape[:-1]
+    seized_total, repaid_total, bad_total = np.zeros(batch), np.zeros(batch), np.zeros(batch)
+    for _ in range(params.max_rounds_per_step):
+        # HF < 1  <=>  C * LT < D: no division, and zero debt needs no special case
+        liquidatable = units * (p_low * threshold) < debt
+        if not liquidatable.any():  # the common calm step
+            break
+        if lag < 1.0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                crossing = np.where(units > 0.0, debt / (units * threshold), 0.0)
+            price = p_low + (1.0 - lag) * np.maximum(crossing - p_low, 0.0)
+        else:
+            price = np.broadcast_to(p_low, units.shape)
+        full = units * price * threshold <= close_factor_threshold * debt
+        repaid = np.where(liquidatable, np.where(full, debt, default_close_factor * debt), 0.0)
+        np.minimum(repaid, units * price / lb, out=repaid)
+        seized = _snap_to_bag(repaid * lb / price, units)
+        units = units - seized
+        debt = debt - repaid
+        insolvent = (units <= 0.0) & (debt > 0.0)
+        bad_total += np.sum(debt, axis=-1, where=insolvent)
+        np.copyto(debt, 0.0, where=insolvent)
+        seized_total += seized.sum(axis=-1)
+        repaid_total += repaid.sum(axis=-1)
+    if not repaid_total.any() and not bad_total.any():
+        return PopulationStepResult(population, seized_total, repaid_total, bad_total)
+    return PopulationStepResult(
+        population=BorrowerPopulation(
+            units, debt, population.fresh_collateral_units, population.entry_hf
+        ),
+        forced_sale_units=params.sell_fraction * seized_total * kept_by_liquidators,
+        debt_repaid_usd=repaid_total,
+        bad_debt_usd=bad_total,
+    )
+
+
+def refresh_population(
+    population: BorrowerPopulation,
+    price: np.ndarray,
+    liq_threshold: np.ndarray,
+    refresh_rate: float,
+) -> BorrowerPopulation:
+    """Replace ``refresh_rate`` of every bucket by fresh positions levered at ``price`` ``(..., N)``.
+
+    Borrowers re-lever as prices rise (and new ones arrive after a crash), so the HF distribution
+    relaxes back toward the entry distribution instead of drifting to all-safe or all-liquidated.
+    """
+    check_range("refresh_rate", refresh_rate, 0.0, 1.0)
+    p = check_range("price", price, 0.0)[..., None]
+    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)[:, None]
+    if refresh_rate == 0.0:
+        return population
+    fresh_units = population.fresh_collateral_units
+    keep = 1.0 - refresh_rate
+    fresh = np.multiply(fresh_units, p * threshold * refresh_rate)
+    fresh /= population.entry_hf
+    debt = np.multiply(population.debt_usd, keep)
+    debt += fresh
+    units = np.multiply(fresh_units, refresh_rate, out=fresh)
+    units += keep * population.collateral_units
+    return BorrowerPopulation(units, debt, fresh_units, population.entry_hf)
+
+
+def population_step(
+    population: BorrowerPopulation,
+    price_low: np.ndarray,
+    price_close: np.ndarray,
+    liq_threshold: np.ndarray,
+    bonus: np.ndarray,
+    protocol_fee_share: np.ndarray | float,
+    params: PopulationParams,
+) -> PopulationStepResult:
+    """Liquidate at the step's low, then re-lever ``refresh_rate_per_step`` at the close."""
+    result = liquidate_population(
+        population, price_low, liq_threshold, bonus, protocol_fee_share, params
+    )
+    refreshed = refresh_population(
+        result.population, price_close, liq_threshold, params.refresh_rate_per_step
+    )
+    return PopulationStepResult(
+        refreshed, result.forced_sale_units, result.debt_repaid_usd, result.bad_debt_usd
+    )
+
+
+def population_liquidations(
+    price_path_low: np.ndarray,
+    entry_price: np.ndarray,
+    pool_depth_usd: np.ndarray,
+    liq_threshold: np.ndarray,
+    bonus: np.ndarray,
+    protocol_fee_share: np.ndarray | float,
+    params: PopulationParams,
+    price_path_close: np.ndarray | None = None,
+) -> np.ndarray:
+    """Forced collateral sales of the borrower population along price paths (no price feedback).
+
+    Args:
+        price_path_low: ``(..., T, N)`` low price of each step.
+        entry_price: ``(..., N)`` price at which the population levered up (before step 0).
+        pool_depth_usd: ``(N,)`` or ``(..., N)`` pool depth sizing the population.
+        price_path_close: ``(..., T, N)`` close of each step for the refresh (default: the low).
+
+    Returns:
+        ``(..., T, N)`` collateral units sold into the pools in each step. For cascades with price
+        impact, call :func:`population_step` inside the env loop with the post-impact low instead.
+    """
+    low = check_range("price_path_low", price_path_low, 0.0)
+    close = low if price_path_close is None else np.asarray(price_path_close, dtype=float)
+    if close.shape != low.shape:
+        raise ValueError(
+            f"price_path_close shape {close.shape} must equal price_path_low shape {low.shape}"
+        )
+    population = init_population(entry_price, pool_depth_usd, liq_threshold, params)
+    sales = np.zeros(
+        np.broadcast_shapes(low.shape, (*population.debt_usd.shape[:-2], 1, low.shape[-1]))
+    )
+    for t in range(low.shape[-2]):
+        step = population_step(
+            population,
+            low[..., t, :],
+            close[..., t, :],
+            liq_threshold,
+            bonus,
+            protocol_fee_share,
+            params,
+        )
+        population = step.population
+        sales[..., t, :] = step.forced_sale_units
+    return sales

@@ -1,0 +1,382 @@
+"""Paired multi-scenario backtests of several policies, on synthetic scenarios or a replayed period.
+
+Every policy runs on the SAME market paths: the paths of each chunk of scenario seeds are sampled
+once and handed to every policy, so the comparison is paired scenario by scenario. Seeds must be
+evaluation seeds (``envs.seeds.scenario_seeds``), never training ones. The work is split into tasks
+(policy x seed chunk) defined independently of ``workers``, and each task builds or copies its own
+policy, so ``workers=N`` gives exactly the numbers of ``workers=1``.
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm.auto import tqdm
+
+from agents.baselines.policies import DEFAULT_PARAMS_PATH, make_policy
+from agents.policy import Policy
+from envs.config import SimulationConfig, format_validation_error, load_config
+from envs.market.paths import MarketPaths
+from envs.market.sources import sample_paths
+from envs.seeds import check_evaluation_seeds
+from evaluation.metrics import periods_per_year_from_step, summarize_returns
+from evaluation.rollout import EpisodeRecord, run_policy
+
+HELD_OUT_START = date(2023, 1, 1)
+#: extras names (as the env reports them) -> summarize_returns argument
+EXTRA_METRIC_ARGS = {
+    "liquidations_count": "liquidations_count",
+    "n_liquidations": "liquidations_count",
+    "liquidations_usd": "liquidations_usd",
+    "liquidated_usd": "liquidations_usd",
+    "kill_switch_active": "kill_switch_active",
+    "kill_switch": "kill_switch_active",
+}
+
+
+# ------------------------------------------------------------------------------------ config
+class PeriodSpec(BaseModel):
+    """A named real period: decisions from ``start`` to the day before ``end`` (both dates in data)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: date
+    end: date
+
+    @property
+    def held_out(self) -> bool:
+        return self.end >= HELD_OUT_START
+
+    @property
+    def n_steps(self) -> int:
+        """Daily steps from the close of ``start`` to the close of ``end``."""
+        return (self.end - self.start).days
+
+
+class EvaluationConfig(BaseModel):
+    """``configs/evaluation/default.yaml`` minus the ``policies`` section (read by make_policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+    policies_to_run: list[str] = Field(default_factory=lambda: ["equal_weight", "min_variance"])
+    scenario_set: str = Field(default="test", pattern="^(test|validation)$")
+    scenarios: int = Field(default=64, ge=1, le=100_000)
+    workers: int = Field(default=1, ge=1, le=256)
+    experiment: str = "defialloc-evaluation"
+    periods: dict[str, PeriodSpec] = Field(default_factory=dict)
+    policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def load_evaluation_config(path: str | Path | None = None) -> EvaluationConfig:
+    """Read and validate an evaluation YAML (default ``configs/evaluation/default.yaml``)."""
+    file = Path(path or DEFAULT_PARAMS_PATH)
+    if not file.is_file():
+        raise ValueError(f"evaluation config not found: {file}")
+    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        return EvaluationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{file}: " + format_validation_error(exc)) from None
+
+
+def resolve_period(name: str, eval_config: EvaluationConfig | None = None) -> PeriodSpec:
+    """The :class:`PeriodSpec` called ``name`` in the evaluation config (e.g. ``heldout_2023``)."""
+    periods = (eval_config or load_evaluation_config()).periods
+    if name not in periods:
+        raise ValueError(f"unknown period {name!r}; named periods: {', '.join(sorted(periods))}")
+    return periods[name]
+
+
+# ------------------------------------------------------------------------------------ result
+@dataclass
+class BacktestResult:
+    """Per-policy :class:`EpisodeRecord` on the same ``K`` scenarios.
+
+    ``scenario_set`` names where the scenarios came from (``"test"``, ``"validation"``, ``"custom"``
+    or ``"period:<name>"``); ``period`` holds the replayed period's name and dates, if any.
+    """
+
+    config: SimulationConfig
+    records: dict[str, EpisodeRecord]
+    seeds: np.ndarray
+    scenario_set: str
+    period: dict[str, str] | None = None
+    elapsed_s: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def policies(self) -> list[str]:
+        return list(self.records)
+
+    @property
+    def periods_per_year(self) -> float:
+        return periods_per_year_from_step(self.config.market.step_days)
+
+    @property
+    def held_out(self) -> bool:
+        return bool(self.period and date.fromisoformat(self.period["end"]) >= HELD_OUT_START)
+
+    def metrics_table(self, risk_free: float = 0.0, level: float = 0.95) -> pd.DataFrame:
+        """One row per (policy, scenario): seed, final value and every metric of summarize_returns.
+
+        Costs by kind are per-scenario totals in USD; turnover is one-sided. ``risk_free`` is per step.
+        """
+        rows = []
+        ppy = self.periods_per_year
+        for name, rec in self.records.items():
+            returns = rec.returns
+            for k in range(rec.n_scenarios):
+                extra = {
+                    EXTRA_METRIC_ARGS[key]: np.nan_to_num(series[k].astype(np.float64))
+                    for key, series in rec.extras.items()
+                    if key in EXTRA_METRIC_ARGS
+                }
+                metrics = summarize_returns(
+                    returns[k], ppy, risk_free=risk_free, level=level,
+                    turnover_per_period=rec.turnover[k],
+                    costs_usd={kind: c[k] for kind, c in rec.costs_usd.items()},
+                    **extra,
+                )  # fmt: skip
+                rows.append(
+                    {
+                        "policy": name,
+                        "scenario": k,
+                        "seed": int(rec.seeds[k]) if k < len(rec.seeds) else k,
+                        "final_value_usd": float(rec.value_usd[k, -1]),
+                        "ruined": bool(not rec.alive[k, -1]),
+                        **metrics,
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def series_frame(self) -> pd.DataFrame:
+        """Long per-step table (policy, scenario, step): value, return, weights, costs, extras."""
+        frames = []
+        for name, rec in self.records.items():
+            k, t = rec.turnover.shape
+            cols: dict[str, Any] = {
+                "policy": np.full(k * t, name),
+                "scenario": np.repeat(np.arange(k), t),
+                "seed": np.repeat(rec.seeds[:k] if len(rec.seeds) >= k else np.arange(k), t),
+                "step": np.tile(np.arange(t), k),
+            }
+            if rec.dates is not None:
+                cols["date"] = rec.dates.reshape(-1)
+            cols["value_usd"] = rec.value_usd[:, 1:].reshape(-1)
+            cols["return"] = rec.returns.reshape(-1)
+            for i, asset in enumerate((*rec.asset_names, "cash")):
+                cols[f"w_{asset}"] = rec.weights[:, :, i].reshape(-1)
+            for kind, series in rec.costs_usd.items():
+                cols[f"cost_{kind}_usd"] = series.reshape(-1)
+            cols["turnover"] = rec.turnover.reshape(-1)
+            names = np.asarray(rec.regime_names or ("",), dtype=object)
+            cols["regime"] = names[np.clip(rec.regime, 0, len(names) - 1)].reshape(-1)
+            cols["alive"] = rec.alive.reshape(-1)
+            for key, series in rec.extras.items():
+                cols[key] = series.reshape(-1)
+            frames.append(pd.DataFrame(cols))
+        return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------ running
+def _policy_label(spec: str | Policy) -> str:
+    return spec if isinstance(spec, str) else spec.name
+
+
+def _build_policy(spec: str | Policy, config: SimulationConfig, params_path: str | None) -> Policy:
+    if isinstance(spec, str):
+        return make_policy(spec, config, params_path=params_path)
+    return copy.deepcopy(spec)
+
+
+def _run_task(
+    config: SimulationConfig,
+    spec: str | Policy,
+    seeds: np.ndarray,
+    paths: MarketPaths,
+    params_path: str | None,
+) -> tuple[EpisodeRecord, dict[str, int], float]:
+    """One policy on one chunk of scenarios (top-level so spawned workers can import it)."""
+    start = time.perf_counter()
+    policy = _build_policy(spec, config, params_path)
+    record = run_policy(config, policy, seeds, paths=paths)
+    diagnostics = dict(getattr(policy, "diagnostics", {}) or {})
+    return record, diagnostics, time.perf_counter() - start
+
+
+def _concat_records(parts: list[EpisodeRecord]) -> EpisodeRecord:
+    """Stack chunk records of one policy along the scenario axis (chunks in seed order)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+
+    def cat(attr: str) -> np.ndarray:
+        return np.concatenate([getattr(p, attr) for p in parts], axis=0)
+
+    return EpisodeRecord(
+        policy=first.policy, seeds=cat("seeds"), asset_names=first.asset_names,
+        value_usd=cat("value_usd"), weights=cat("weights"), fees_usd=cat("fees_usd"),
+        slippage_usd=cat("slippage_usd"), gas_usd=cat("gas_usd"), turnover=cat("turnover"),
+        regime=cat("regime"), regime_names=first.regime_names, alive=cat("alive"),
+        step_days=first.step_days, dates=None if first.dates is None else cat("dates"),
+        close_usd=None if first.close_usd is None else cat("close_usd"),
+        costs_usd={k: np.concatenate([p.costs_usd[k] for p in parts]) for k in first.costs_usd},
+        extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
+    )  # fmt: skip
+
+
+def _sample_chunk(config: SimulationConfig, seeds: np.ndarray) -> MarketPaths:
+    warmup = config.env.warmup
+    return sample_paths(config.market, seeds, warmup + config.env.horizon + 1, warmup)
+
+
+def run_backtest(
+    config: SimulationConfig,
+    policies: Sequence[str | Policy],
+    seeds: np.ndarray,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    chunk_size: int | None = None,
+    params_path: str | Path | None = None,
+    scenario_set: str = "custom",
+    paths: MarketPaths | None = None,
+    period: dict[str, str] | None = None,
+) -> BacktestResult:
+    """Run every policy on the same scenarios ``seeds`` (paired) and collect the records.
+
+    Args:
+        config: simulation config.
+        policies: baseline names (see ``agents.baselines.BASELINES``) or Policy objects (each task
+            runs a deep copy; with ``workers > 1`` they must be picklable).
+        seeds: ``(K,)`` evaluation scenario seeds; training-range seeds raise ValueError.
+        workers: processes (spawn); 1 runs in this process. Results do not depend on it.
+        progress: show a tqdm progress bar (steps of all tasks).
+        chunk_size: scenarios per task (default: all K in one task per policy).
+        params_path: baseline parameter YAML (default ``configs/evaluation/default.yaml``).
+        scenario_set: label recorded with the result (``test``, ``validation``, ...).
+        paths: ready market paths (e.g. a replayed period) instead of sampling them from ``seeds``.
+        period: name/start/end of a replayed period, recorded with the result.
+    """
+    seeds = check_evaluation_seeds(np.atleast_1d(np.asarray(seeds)))
+    if seeds.size == 0:
+        raise ValueError("seeds is empty; pass at least one evaluation scenario seed")
+    if not policies:
+        raise ValueError("policies is empty; pass at least one policy name or Policy")
+    labels = [_policy_label(p) for p in policies]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"policy names must be unique, got {labels}")
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
+    k = seeds.size if paths is None else paths.n_paths
+    size = k if chunk_size is None else int(chunk_size)
+    if size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    chunks = [np.arange(i, min(i + size, k)) for i in range(0, k, size)]
+    params = None if params_path is None else str(params_path)
+    for spec in policies:  # fail fast on a bad name or parameter, before any simulation
+        if isinstance(spec, str):
+            make_policy(spec, config, params_path=params)
+    chunk_paths = [
+        paths.take(c) if paths is not None else _sample_chunk(config, seeds[c]) for c in chunks
+    ]
+    chunk_seeds = [seeds[c] if paths is None else seeds[np.minimum(c, seeds.size - 1)] for c in chunks]
+    tasks = [(p, c) for p in range(len(policies)) for c in range(len(chunks))]
+    horizon = config.env.horizon
+    bar = tqdm(total=len(tasks) * horizon, disable=not progress, unit="step", desc="backtest")
+    outputs: dict[tuple[int, int], tuple[EpisodeRecord, dict[str, int], float]] = {}
+    try:
+        if workers == 1:
+            for p, c in tasks:
+                bar.set_postfix_str(labels[p])
+                outputs[(p, c)] = _run_task(
+                    config, policies[p], chunk_seeds[c], chunk_paths[c], params
+                )
+                bar.update(horizon)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                futures = {
+                    pool.submit(
+                        _run_task, config, policies[p], chunk_seeds[c], chunk_paths[c], params
+                    ): (p, c)
+                    for p, c in tasks
+                }
+                for fut in futures:
+                    outputs[futures[fut]] = fut.result()
+                    bar.update(horizon)
+    finally:
+        bar.close()
+    records, elapsed, diagnostics = {}, {}, {}
+    for p, label in enumerate(labels):
+        parts = [outputs[(p, c)] for c in range(len(chunks))]
+        record = _concat_records([part[0] for part in parts])
+        record.policy = label
+        records[label] = record
+        elapsed[label] = float(sum(part[2] for part in parts))
+        diag: dict[str, int] = {}
+        for part in parts:
+            for key, value in part[1].items():
+                diag[key] = diag.get(key, 0) + int(value)
+        diagnostics[label] = diag
+    return BacktestResult(config, records, seeds, scenario_set, period, elapsed, diagnostics)
+
+
+def period_config(config: SimulationConfig, spec: PeriodSpec) -> SimulationConfig:
+    """``config`` replaying ``spec`` from data: ``market.source=replay``, the period's dates and
+    ``env.horizon`` = its number of daily steps (the warmup history comes from before ``start``)."""
+    if config.market.step_days != 1.0:
+        raise ValueError(f"period replay needs daily steps (market.step_days=1), got {config.market.step_days}")
+    if spec.n_steps < 1:
+        raise ValueError(f"period end {spec.end} must be after start {spec.start}")
+    return load_config(
+        config,
+        {
+            "market.source": "replay",
+            "market.start": spec.start.isoformat(),
+            "market.end": spec.end.isoformat(),
+            "env.horizon": spec.n_steps,
+        },
+    )
+
+
+def run_period_backtest(
+    config: SimulationConfig,
+    policies: Sequence[str | Policy],
+    start: str | date,
+    end: str | date,
+    *,
+    name: str | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    params_path: str | Path | None = None,
+) -> BacktestResult:
+    """Replay the real period ``start..end`` (one scenario) for every policy.
+
+    ``env.horizon`` becomes the number of daily steps in the period; the first decision is at the
+    close of ``start`` and the last mark at the close of ``end``. Use :func:`resolve_period` for
+    named periods (``heldout_2023`` = 2023-01-01..2024-04-09 is held out: evaluate on it, never tune).
+    """
+    spec = PeriodSpec(start=start, end=end)  # type: ignore[arg-type]
+    cfg = period_config(config, spec)
+    for p in policies:
+        if getattr(p, "uses_oracle", False) or p == "oracle_mean_variance":
+            raise ValueError(f"policy {_policy_label(p)!r} needs synthetic true parameters; a replayed period has none")
+    seeds = np.array([0], dtype=np.int64)
+    paths = _sample_chunk(cfg, seeds)
+    label = name or f"{spec.start}..{spec.end}"
+    period = {"name": label, "start": spec.start.isoformat(), "end": spec.end.isoformat()}
+    return run_backtest(
+        cfg, policies, seeds, workers=workers, progress=progress, params_path=params_path,
+        scenario_set=f"period:{label}", paths=paths, period=period,
+    )  # fmt: skip

@@ -1,0 +1,350 @@
+"""Compare the evaluation runs of an MLflow experiment: terminal table and Markdown/HTML report.
+
+Runs are grouped by (scenario set, seeds, config hash): only runs on the same scenarios and the same
+simulation config are paired. Within a group, each policy's per-scenario scores form an
+``(n_runs, n_scenarios)`` array (runs = training seeds of an agent; identical duplicate runs of a
+deterministic baseline are kept once). For every policy and metric the report gives the mean and the
+IQM with 95% stratified-bootstrap CIs over scenarios; against the best FEASIBLE baseline (highest mean
+of the primary metric; the oracle is an upper reference, never the yardstick) the paired mean
+difference and the probability of improvement with CIs; and the probabilistic / deflated Sharpe
+ratios of the per-step returns pooled over scenarios (DSR deflates for all policies in the group).
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from agents.baselines.policies import FEASIBLE_BASELINES
+from evaluation import statistics as st
+from evaluation.tracking import (
+    EVALUATION_KIND,
+    EVALUATION_TAG,
+    METRICS_ARTIFACT,
+    PLOTS_DIR,
+    SERIES_ARTIFACT,
+    setup_mlflow,
+    tracking_uri,
+)
+
+HIGHER_IS_BETTER = {
+    "sharpe_ratio": True, "sortino_ratio": True, "annual_return": True, "calmar_ratio": True,
+    "total_return": True, "final_value_usd": True, "annual_volatility": False, "max_drawdown": False,
+    "value_at_risk": False, "conditional_value_at_risk": False, "cornish_fisher_var": False,
+    "cost_total_usd": False, "turnover_annual": False,
+}  # fmt: skip
+REPORT_METRICS = (
+    "sharpe_ratio", "sortino_ratio", "annual_return", "annual_volatility", "max_drawdown",
+    "calmar_ratio", "value_at_risk", "conditional_value_at_risk", "cost_total_usd", "turnover_annual",
+)  # fmt: skip
+PERCENT_METRICS = {"annual_return", "annual_volatility", "max_drawdown", "value_at_risk",
+                   "conditional_value_at_risk", "total_return", "turnover_annual"}  # fmt: skip
+ORACLE = "oracle_mean_variance"
+
+
+def fmt(metric: str, value: float) -> str:
+    """A metric value for a table: percents, USD or a ratio."""
+    if not np.isfinite(value):
+        return "nan"
+    if metric in PERCENT_METRICS:
+        return f"{100 * value:.1f}%"
+    if metric.endswith("_usd"):
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+@dataclass
+class GroupComparison:
+    """The comparison of every policy evaluated on one scenario set with one config."""
+
+    scenario_set: str
+    config_hash: str
+    run_ids: list[str]
+    n_scenarios: int
+    primary_metric: str
+    best_baseline: str | None
+    summary: pd.DataFrame  # index (policy, metric): n, mean, CI, iqm, CI
+    improvement: pd.DataFrame  # index policy: diff_mean, CI, prob_improvement, CI, significant
+    sharpe_tests: pd.DataFrame  # index policy: n_returns, sharpe_annual, psr, dsr
+    statements: list[str] = field(default_factory=list)
+    plot_files: list[Path] = field(default_factory=list)
+
+
+def _download(run_id: str, artifact: str, dst: Path) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+
+
+def _scores(table: pd.DataFrame, policy: str, metric: str) -> np.ndarray:
+    """``(n_runs, n_scenarios)`` scores of ``policy``; identical duplicate runs kept once."""
+    sub = table[table["policy"] == policy]
+    wide = sub.pivot_table(index="run_id", columns="seed", values=metric, aggfunc="first", sort=True)
+    return wide.drop_duplicates().to_numpy(dtype=float)
+
+
+def _finite_columns(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop scenarios where any policy's score is NaN (e.g. a Sharpe of a flat series)."""
+    ok = np.logical_and.reduce([np.isfinite(s).all(axis=0) for s in scores.values()])
+    return {k: v[:, ok] for k, v in scores.items()}
+
+
+def _compare_group(
+    table: pd.DataFrame, returns: dict[str, np.ndarray], metric: str, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str | None]:
+    policies = list(dict.fromkeys(table["policy"]))
+    rows = []
+    for m in [x for x in REPORT_METRICS if x in table.columns]:
+        scores = _finite_columns({p: _scores(table, p, m) for p in policies})
+        if next(iter(scores.values())).shape[1] == 0:
+            continue
+        summary = st.summarize_scores(scores, n_boot=n_boot, seed=seed)
+        rows.append(summary.assign(metric=m).reset_index().set_index(["policy", "metric"]))
+    summary = pd.concat(rows) if rows else pd.DataFrame()
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+    primary = _finite_columns({p: sign * _scores(table, p, metric) for p in policies})
+    baselines = [p for p in policies if p in FEASIBLE_BASELINES] or [p for p in policies if p != ORACLE]
+    best = max(baselines, key=lambda p: float(primary[p].mean())) if baselines else None
+    improvement = pd.DataFrame()
+    if best is not None and primary[best].shape[1] > 0:
+        imp = st.summarize_scores(primary, baseline=best, n_boot=n_boot, seed=seed)
+        cols = ["diff_mean", "diff_ci_low", "diff_ci_high"]
+        imp[cols] = sign * imp[cols]
+        if sign < 0:  # the CI of -x has the bounds swapped
+            imp[["diff_ci_low", "diff_ci_high"]] = imp[["diff_ci_high", "diff_ci_low"]].to_numpy()
+        improvement = imp[[*cols, "prob_improvement", "poi_ci_low", "poi_ci_high", "significant"]]
+    sr = {p: st.sharpe_per_period(r) for p, r in returns.items() if r.size > 1}
+    trials = [v for v in sr.values() if np.isfinite(v)]
+    tests = []
+    for p, r in returns.items():
+        psr = st.probabilistic_sharpe_ratio(r) if r.size > 1 else np.nan
+        dsr = st.deflated_sharpe_ratio(r, trials) if len(trials) >= 2 and r.size > 1 else np.nan
+        tests.append({"policy": p, "n_returns": r.size, "sharpe_per_step": sr.get(p, np.nan), "psr": psr, "dsr": dsr})
+    return summary, improvement, pd.DataFrame(tests).set_index("policy"), best
+
+
+def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
+    out = []
+    if g.n_scenarios == 1:
+        out.append(
+            "One scenario (a single replayed path): the scenario-bootstrap CIs are degenerate and no "
+            "paired test across scenarios is possible; significance here rests on PSR/DSR over the "
+            "per-step returns, which assume stationary, independent returns."
+        )
+    if ORACLE in g.sharpe_tests.index:
+        out.append(f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy.")
+    m = g.primary_metric
+    for p, row in g.improvement.iterrows():
+        if p == g.best_baseline:
+            continue
+        verdict = "significant" if row["significant"] else "NOT significant"
+        direction = "better" if row["prob_improvement"] > 0.5 else "worse"
+        out.append(
+            f"`{p}` vs best baseline `{g.best_baseline}` on {m}: mean difference {row['diff_mean']:+.3f} "
+            f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}], P(improvement) = "
+            f"{row['prob_improvement']:.2f} [{row['poi_ci_low']:.2f}, {row['poi_ci_high']:.2f}]: {verdict} "
+            f"at {level:.0%} ({direction} on {'most' if abs(row['prob_improvement'] - 0.5) > 0.1 else 'about half of the'} scenarios)."
+        )
+    for p, row in g.sharpe_tests.iterrows():
+        if not np.isfinite(row["psr"]):
+            continue
+        sig = "significantly > 0" if row["psr"] > level else "NOT significantly > 0"
+        dsr = row["dsr"]
+        dsr_txt = (
+            f"; deflated for {len(g.sharpe_tests)} candidates DSR = {dsr:.3f} ({'significant' if dsr > level else 'not significant'})"
+            if np.isfinite(dsr) else ""
+        )  # fmt: skip
+        out.append(f"`{p}`: PSR = {row['psr']:.3f}, Sharpe {sig} at {level:.0%}{dsr_txt}.")
+    return out
+
+
+def load_group_tables(experiment: str, tmp: Path) -> list[tuple[tuple[str, str, str], pd.DataFrame, list[str]]]:
+    """Evaluation runs of ``experiment`` -> ``[(group key, metrics table with run_id, run ids)]``."""
+    import mlflow
+
+    setup_mlflow(experiment)
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
+    tag = f"tags.{EVALUATION_TAG}"
+    if runs.empty or tag not in runs.columns:
+        raise ValueError(f"experiment {experiment!r} at {tracking_uri()} has no evaluation runs")
+    runs = runs[(runs[tag] == EVALUATION_KIND) & (runs["status"] == "FINISHED")]
+    runs = runs.sort_values("start_time", ascending=False)
+    groups: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
+    ids: dict[tuple[str, str, str], list[str]] = {}
+    for _, run in runs.iterrows():
+        rid = run["run_id"]
+        key = (run["params.scenario_set"], run["params.seeds"], run["params.config_hash"])
+        table = pd.read_csv(_download(rid, METRICS_ARTIFACT, tmp / rid))
+        groups.setdefault(key, []).append(table.assign(run_id=rid))
+        ids.setdefault(key, []).append(rid)
+    return [(key, pd.concat(tables, ignore_index=True), ids[key]) for key, tables in groups.items()]
+
+
+def _pooled_returns(run_ids: list[str], policies: list[str], tmp: Path) -> dict[str, np.ndarray]:
+    """Per-step returns of each policy pooled over scenarios (and distinct runs)."""
+    pooled: dict[str, list[np.ndarray]] = {p: [] for p in policies}
+    seen: dict[str, set[bytes]] = {p: set() for p in policies}
+    for rid in run_ids:
+        frame = pd.read_parquet(_download(rid, SERIES_ARTIFACT, tmp / rid), columns=["policy", "return"])
+        for p, sub in frame.groupby("policy", sort=False):
+            r = sub["return"].to_numpy(dtype=float)
+            digest = r.tobytes()
+            if p in pooled and digest not in seen[p]:
+                seen[p].add(digest)
+                pooled[p].append(r)
+    return {p: np.concatenate(v) if v else np.array([]) for p, v in pooled.items()}
+
+
+def compare(
+    experiment: str,
+    out: str | Path | None = None,
+    *,
+    metric: str = "sharpe_ratio",
+    n_boot: int = 2000,
+    seed: int = 0,
+    console: Console | None = None,
+) -> list[GroupComparison]:
+    """Compare every evaluation run of ``experiment``; print tables; write ``out`` (.md or .html)."""
+    console = console or Console()
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.suffix not in (".md", ".html"):
+        raise ValueError(f"out={out_path} must end in .md or .html")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for (scenario_set, _seeds, config_hash), table, run_ids in load_group_tables(experiment, tmp):
+            if metric not in table.columns:
+                raise ValueError(f"metric {metric!r} is not in the metrics table; choose one of {list(REPORT_METRICS)}")
+            policies = list(dict.fromkeys(table["policy"]))
+            returns = _pooled_returns(run_ids, policies, tmp)
+            summary, improvement, tests, best = _compare_group(table, returns, metric, n_boot, seed)
+            n_scen = int(table.groupby(["run_id", "policy"]).size().max())
+            group = GroupComparison(scenario_set, config_hash, run_ids, n_scen, metric, best, summary, improvement, tests)
+            group.statements = _statements(group)
+            if out_path is not None:
+                files = out_path.parent / f"{out_path.stem}_files" / f"{scenario_set.replace(':', '_')}_{config_hash}"
+                group.plot_files = _download_plots(run_ids[0], files)
+            print_group(group, console)
+            results.append(group)
+    if out_path is not None:
+        write_report(results, out_path, experiment)
+        console.print(f"report written to {out_path}")
+    return results
+
+
+def _download_plots(run_id: str, dst: Path) -> list[Path]:
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        folder = _download(run_id, PLOTS_DIR, dst)
+    except Exception:  # a run logged without plots
+        return []
+    return sorted(folder.glob("*.png"))
+
+
+def _cell(summary: pd.DataFrame, policy: str, metric: str, what: str = "mean") -> str:
+    if (policy, metric) not in summary.index:
+        return "-"
+    row = summary.loc[(policy, metric)]
+    return f"{fmt(metric, row[what])} [{fmt(metric, row[what + '_ci_low'])}, {fmt(metric, row[what + '_ci_high'])}]"
+
+
+def print_group(g: GroupComparison, console: Console) -> None:
+    """Rich table: mean [95% CI] and IQM of key metrics, P(improvement), PSR and DSR per policy."""
+    table = Table(title=f"{g.scenario_set} ({g.n_scenarios} scenarios, config {g.config_hash}, {len(g.run_ids)} run(s)); "
+                  f"mean [95% CI]; best baseline: {g.best_baseline}")  # fmt: skip
+    cols = ("sharpe_ratio", "annual_return", "max_drawdown", "conditional_value_at_risk", "cost_total_usd")
+    table.add_column("policy")
+    for c in cols:
+        table.add_column(c, justify="right")
+    table.add_column("Sharpe IQM", justify="right")
+    table.add_column(f"P({g.primary_metric} > best) [CI]", justify="right")
+    table.add_column("PSR", justify="right")
+    table.add_column("DSR", justify="right")
+    for p in g.sharpe_tests.index:
+        poi = "-"
+        if p in g.improvement.index and p != g.best_baseline:
+            r = g.improvement.loc[p]
+            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (" *" if r["significant"] else "")
+        iqm = fmt("sharpe_ratio", g.summary.loc[(p, "sharpe_ratio"), "iqm"]) if (p, "sharpe_ratio") in g.summary.index else "-"
+        t = g.sharpe_tests.loc[p]
+        table.add_row(p, *[_cell(g.summary, p, c) for c in cols], iqm, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
+    console.print(table)
+    for line in g.statements:
+        console.print(f"- {line}", markup=False)
+
+
+# ------------------------------------------------------------------------------------ writing
+def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
+    blocks: list[tuple[str, object]] = [
+        ("h2", f"{g.scenario_set}: {g.n_scenarios} scenario(s), config {g.config_hash}"),
+        ("p", f"Runs: {', '.join(g.run_ids)}. Primary metric: {g.primary_metric}; best feasible baseline: {g.best_baseline}."),
+    ]  # fmt: skip
+    if not g.summary.empty:
+        policies = list(dict.fromkeys(g.summary.index.get_level_values(0)))
+        metrics = list(dict.fromkeys(g.summary.index.get_level_values(1)))
+        for what, label in (("mean", "Mean [95% stratified-bootstrap CI]"), ("iqm", "IQM [95% CI]")):
+            frame = pd.DataFrame({m: [_cell(g.summary, p, m, what) for p in policies] for m in metrics}, index=policies)
+            blocks += [("h3", f"{label} per policy and metric"), ("table", frame)]
+    if not g.improvement.empty:
+        imp = g.improvement.copy()
+        blocks += [("h3", f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}"), ("table", imp.round(3))]
+    blocks += [("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
+               ("table", g.sharpe_tests.round(4))]  # fmt: skip
+    blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
+    for path in g.plot_files:
+        blocks.append(("img", path))
+    return blocks
+
+
+def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> Path:
+    """Write the comparison as Markdown (plots beside it) or HTML (plots embedded)."""
+    blocks: list[tuple[str, object]] = [
+        ("h1", f"Evaluation report: experiment {experiment}"),
+        ("p", f"Tracking URI: {tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
+              "(2000 resamples, seed 0). P(improvement): paired P(X > best baseline), ties 1/2. "
+              "PSR: P(true Sharpe > 0); DSR: PSR against the expected maximum Sharpe of all policies tried."),
+    ]  # fmt: skip
+    for g in groups:
+        blocks += _group_blocks(g)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    html = out.suffix == ".html"
+    parts = []
+    for kind, value in blocks:
+        if kind in ("h1", "h2", "h3"):
+            level = int(kind[1])
+            parts.append(f"<{kind}>{value}</{kind}>" if html else f"{'#' * level} {value}\n")
+        elif kind == "p":
+            parts.append(f"<p>{value}</p>" if html else f"{value}\n")
+        elif kind == "ul":
+            items = list(value)  # type: ignore[call-overload]
+            parts.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if html else "\n".join(f"- {i}" for i in items) + "\n")
+        elif kind == "table":
+            frame: pd.DataFrame = value  # type: ignore[assignment]
+            parts.append(frame.to_html() if html else frame.to_markdown() + "\n" if _has_tabulate() else "```\n" + frame.to_string() + "\n```\n")
+        elif kind == "img":
+            path: Path = value  # type: ignore[assignment]
+            if html:
+                data = base64.b64encode(path.read_bytes()).decode()
+                parts.append(f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
+            else:
+                parts.append(f"![{path.stem}]({path.relative_to(out.parent).as_posix()})\n")
+    text = "\n".join(parts)
+    if html:
+        text = f"<!doctype html><html><head><meta charset='utf-8'><title>{experiment}</title></head><body>{text}</body></html>"
+    out.write_text(text)
+    return out
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True

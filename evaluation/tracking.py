@@ -1,0 +1,181 @@
+"""MLflow tracking of evaluations: one run per backtest.
+
+Tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else an embedded SQLite store ``mlflow.db`` in the
+working folder (artifacts beside it in ``mlartifacts/``). Each run holds:
+
+- params: policies, scenario set, number of scenarios, seeds, config hash
+  (``SimulationConfig.config_hash()``), git commit, market source, horizon, period dates;
+- metrics: ``<metric>.<policy>`` = the mean across scenarios of each column of the metrics table
+  (e.g. ``sharpe_ratio.min_variance``, ``max_drawdown.equal_weight``);
+- artifacts: ``metrics.csv`` (policy x scenario table), ``series.parquet`` (per-step series),
+  ``config.yaml`` (resolved simulation config) and ``plots/*.png``;
+- tags: ``defialloc.kind = evaluation``, scenario set, config hash, git commit, held-out flag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from envs.config import REPO_ROOT, SimulationConfig
+
+if TYPE_CHECKING:
+    from evaluation.backtest import BacktestResult
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+EVALUATION_TAG = "defialloc.kind"
+EVALUATION_KIND = "evaluation"
+METRICS_ARTIFACT = "metrics.csv"
+SERIES_ARTIFACT = "series.parquet"
+PLOTS_DIR = "plots"
+#: MLflow caps a param value at 6000 characters; longer seed lists are summarized
+MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return uri or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """Artifact folder for a local SQLite store (``<db folder>/mlartifacts``), None otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts").resolve().as_uri()
+
+
+def setup_mlflow(experiment: str) -> str:
+    """Point mlflow at :func:`tracking_uri`, create ``experiment`` if needed; return its id."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    root = _local_artifact_root(uri)
+    location = None if root is None else f"{root}/{experiment}"
+    return client.create_experiment(experiment, artifact_location=location)
+
+
+def git_commit() -> str:
+    """HEAD commit of the repository (``+dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def format_seeds(seeds: np.ndarray) -> str:
+    """``"2000000..2000063"`` for a contiguous range, else a comma list (summarized if too long)."""
+    s = np.asarray(seeds, dtype=np.int64)
+    if s.size > 1 and np.all(np.diff(s) == 1):
+        return f"{s[0]}..{s[-1]}"
+    text = ",".join(str(int(v)) for v in s)
+    if len(text) > MAX_PARAM_CHARS:
+        text = f"{s.size} seeds: {s[0]},{s[1]},...,{s[-1]} (all in seeds.json)"
+    return text
+
+
+def policy_means(table: Any) -> dict[str, float]:
+    """``{"<metric>.<policy>": mean across scenarios}`` for every numeric column of the table."""
+    skip = {"scenario", "seed"}
+    out: dict[str, float] = {}
+    numeric = [c for c in table.columns if c not in skip and c != "policy" and table[c].dtype.kind in "biuf"]
+    for policy, group in table.groupby("policy", sort=False):
+        for col in numeric:
+            values = group[col].to_numpy(dtype=float)
+            finite = values[np.isfinite(values)]
+            out[f"{col}.{policy}"] = float(finite.mean()) if finite.size else math.nan
+    return out
+
+
+def log_backtest(
+    result: BacktestResult,
+    experiment: str,
+    run_name: str | None,
+    config: SimulationConfig | None = None,
+    extra_params: dict[str, Any] | None = None,
+    *,
+    plots: bool = True,
+) -> str:
+    """Log one evaluation run (params, per-policy metrics, artifacts); returns the run id.
+
+    Args:
+        result: the backtest to log.
+        experiment: MLflow experiment name (created if missing).
+        run_name: run name (None lets MLflow pick one).
+        config: the config to hash and store (default ``result.config``).
+        extra_params: more params (e.g. the trained model's run id); values are stringified.
+        plots: also render and log the PNG plots.
+    """
+    import mlflow
+
+    from evaluation.plots import save_plots
+
+    cfg = config or result.config
+    experiment_id = setup_mlflow(experiment)
+    table = result.metrics_table()
+    commit = git_commit()
+    rec = next(iter(result.records.values()))
+    params: dict[str, Any] = {
+        "policies": ",".join(result.policies),
+        "scenario_set": result.scenario_set,
+        "n_scenarios": rec.n_scenarios,
+        "seeds": format_seeds(result.seeds),
+        "config_hash": cfg.config_hash(),
+        "git_commit": commit,
+        "market_source": cfg.market.source,
+        "horizon": cfg.env.horizon,
+        "step_days": cfg.market.step_days,
+        "assets": ",".join(cfg.market.assets),
+    }
+    if result.period:
+        params |= {f"period_{k}": v for k, v in result.period.items()}
+    params |= {k: str(v) for k, v in (extra_params or {}).items()}
+    tags = {
+        EVALUATION_TAG: EVALUATION_KIND,
+        "scenario_set": result.scenario_set,
+        "config_hash": cfg.config_hash(),
+        "git_commit": commit,
+        "held_out": str(result.held_out).lower(),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
+        mlflow.log_metrics(policy_means(table))
+        for policy, seconds in result.elapsed_s.items():
+            mlflow.log_metric(f"elapsed_s.{policy}", seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            table.to_csv(folder / METRICS_ARTIFACT, index=False)
+            result.series_frame().to_parquet(folder / SERIES_ARTIFACT, index=False)
+            (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            (folder / "diagnostics.json").write_text(json.dumps(result.diagnostics, indent=1))
+            (folder / "seeds.json").write_text(json.dumps([int(s) for s in result.seeds]))
+            for name in (METRICS_ARTIFACT, SERIES_ARTIFACT, "config.yaml", "diagnostics.json", "seeds.json"):
+                mlflow.log_artifact(str(folder / name))
+            if plots:
+                for path in save_plots(result, folder / PLOTS_DIR):
+                    mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR)
+        return run.info.run_id

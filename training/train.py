@@ -1,0 +1,356 @@
+"""Train a PPO or SAC agent from a :class:`~training.config.TrainConfig`, tracked in MLflow.
+
+One call of :func:`train` is one MLflow run (or the continuation of one, with ``resume_run_id``):
+
+1. seeds (python, numpy, torch, envs) and torch threads (1 by default: fastest for small MLPs on CPU);
+2. the batched env (``envs.make_vec_env``, training path seeds) under ``VecNormalize``;
+3. params (the flattened resolved config), tags (algo, config hash, git commit), the resolved config
+   YAML as an artifact; SB3's metrics streamed through :class:`~training.mlflow_logger.MLflowKVWriter`;
+4. periodic validation on ``scenario_seeds("validation", n)`` with the best model kept, and
+   checkpoints at rollout boundaries (Ctrl-C stops at the next boundary with a checkpoint);
+5. the final and best models (+ VecNormalize statistics) as artifacts, the policy (best by validation)
+   as a pyfunc model registered in the Model Registry with an alias;
+6. the final backtest of the agent against the baselines (``training.final_eval``).
+
+Files of a run live in ``<output_dir>/<run_id>/``: ``config.yaml``, ``checkpoint/``, ``best/``, ``final/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+
+from agents.sb3 import load_model, make_agent, resolve_device
+from envs import make_vec_env
+from envs.config import REPO_ROOT, ConfigError
+from envs.seeds import scenario_seeds
+from training.callbacks import (
+    BEST_FILE,
+    MODEL_FILE,
+    REPLAY_BUFFER_FILE,
+    STATE_FILE,
+    VECNORMALIZE_FILE,
+    CheckpointCallback,
+    RunState,
+    TrainingInterrupted,
+    ValidationCallback,
+    save_checkpoint,
+)
+from training.config import TrainConfig, load_train_config
+from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
+
+RUN_DIR_TAG = "defialloc.run_dir"
+STATUS_TAG = "defialloc.status"
+CONFIG_FILE = "config.yaml"
+#: keys a resumed run may change (everything else must match the interrupted run's config)
+RESUMABLE_OVERRIDES = frozenset({"total_timesteps", "device", "torch_threads", "eval.final", "eval.workers"})
+
+
+@dataclass
+class TrainResult:
+    """What a training call produced. Steps are env steps summed over all envs."""
+
+    run_id: str
+    experiment_id: str
+    algo: str
+    num_timesteps: int
+    completed: bool
+    run_dir: Path
+    env_steps_per_s: float
+    best_metric: float | None = None
+    best_step: int | None = None
+    model_version: str | None = None
+    evaluation_run_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def best_model_dir(self) -> Path:
+        return self.run_dir / "best"
+
+    @property
+    def final_model_dir(self) -> Path:
+        return self.run_dir / "final"
+
+    def policy_dir(self) -> Path:
+        """The model to use: the best validated one if any, else the final one."""
+        return self.best_model_dir if (self.best_model_dir / MODEL_FILE).is_file() else self.final_model_dir
+
+
+def git_commit() -> str:
+    """HEAD's commit (``+dirty`` when tracked files changed), or ``unknown`` outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        # --no-optional-locks: a read-only status that never takes the index lock
+        dirty = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def configure_torch(seed: int, threads: int) -> None:
+    """Seed python/numpy/torch and set torch's intra-op threads."""
+    torch.set_num_threads(threads)
+    set_random_seed(seed)
+
+
+def build_env(cfg: TrainConfig, seed: int, vecnormalize_path: Path | None = None) -> VecNormalize:
+    """The batched training env wrapped in VecNormalize (statistics restored from a file if given)."""
+    venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
+    if vecnormalize_path is not None:
+        env = VecNormalize.load(str(vecnormalize_path), venv)
+        env.training = True
+        return env
+    gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
+    return VecNormalize(
+        venv,
+        norm_obs=cfg.normalize.obs,
+        norm_reward=cfg.normalize.reward,
+        clip_obs=cfg.normalize.clip_obs,
+        clip_reward=cfg.normalize.clip_reward,
+        gamma=gamma,
+    )
+
+
+def run_dir_of(run_id: str, client: MlflowClient | None = None) -> Path:
+    """The local folder of a run, from its ``defialloc.run_dir`` tag."""
+    run = (client or MlflowClient()).get_run(run_id)
+    folder = run.data.tags.get(RUN_DIR_TAG)
+    if folder is None:
+        raise ValueError(f"run {run_id} has no {RUN_DIR_TAG} tag: it was not started by `defialloc train`")
+    return Path(folder)
+
+
+def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The stored config of run ``run_id`` with the overrides a resume may change."""
+    bad = sorted(set(overrides or {}) - RESUMABLE_OVERRIDES)
+    if bad:
+        raise ConfigError(
+            f"cannot change {', '.join(bad)} when resuming; allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}"
+        )
+    try:
+        folder = run_dir_of(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ConfigError(f"--resume {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})") from None
+    except ValueError as exc:
+        raise ConfigError(f"--resume {run_id}: {exc}") from None
+    if not (folder / "checkpoint" / STATE_FILE).is_file():
+        raise ConfigError(f"--resume {run_id}: no checkpoint in {folder / 'checkpoint'}")
+    return load_train_config(folder / CONFIG_FILE, overrides)
+
+
+@contextlib.contextmanager
+def _graceful_sigint(checkpoint: CheckpointCallback) -> Iterator[None]:
+    """First Ctrl-C: stop at the next rollout boundary with a checkpoint; second: abort at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if checkpoint.stop_requested:
+            raise KeyboardInterrupt
+        checkpoint.stop_requested = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start_run(cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient) -> tuple[Any, Path, RunState]:
+    """Start (or reopen) the MLflow run; return it with the run folder and the restored state."""
+    if resume_run_id is None:
+        experiment = mlflow.set_experiment(cfg.mlflow.experiment)
+        run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=cfg.mlflow.run_name)
+        run_dir = (Path(cfg.output_dir) / run.info.run_id).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
+        mlflow.log_params(cfg.flat_params())
+        mlflow.set_tags(
+            {
+                "algo": cfg.algo,
+                "config_hash": cfg.config_hash(),
+                "simulation_config_hash": cfg.simulation.config_hash(),
+                "git_commit": git_commit(),
+                "kind": "training",
+                RUN_DIR_TAG: str(run_dir),
+            }
+        )
+        mlflow.log_text(cfg.to_yaml(), "config/train_config.yaml")
+        state = RunState(
+            next_validation_step=cfg.eval.every_steps or 0, next_checkpoint_step=cfg.checkpoint.every_steps or 0
+        )
+        return run, run_dir, state
+    run_dir = run_dir_of(resume_run_id, client)
+    run = mlflow.start_run(run_id=resume_run_id)
+    state = RunState.load(run_dir / "checkpoint" / STATE_FILE)
+    best_file = run_dir / "best" / BEST_FILE
+    if best_file.is_file():  # the best model may be newer than the last checkpoint
+        import json
+
+        best = json.loads(best_file.read_text())
+        state.best_metric, state.best_step = float(best["value"]), int(best["step"])
+    mlflow.set_tag(f"resumed_at_step_{state.num_timesteps}", str(cfg.total_timesteps))
+    return run, run_dir, state
+
+
+def _build_model(
+    cfg: TrainConfig, venv: VecEnv, device: str, run_dir: Path, resume: bool
+) -> BaseAlgorithm:
+    if not resume:
+        return make_agent(cfg.algo, venv, cfg.agent_kwargs(), device, seed=cfg.seed)
+    model = load_model(cfg.algo, run_dir / "checkpoint" / MODEL_FILE, venv, device)
+    buffer = run_dir / "checkpoint" / REPLAY_BUFFER_FILE
+    if cfg.algo == "sac" and buffer.is_file():
+        model.load_replay_buffer(buffer)
+    return model
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume_run_id: str | None = None,
+    progress: bool = True,
+    callbacks: Sequence[BaseCallback] = (),
+    register: bool | None = None,
+    final_evaluation: bool | None = None,
+) -> TrainResult:
+    """Train (or continue training) an agent; see the module docstring for what is logged where.
+
+    Args:
+        cfg: the resolved training config (for a resume: :func:`load_resume_config`).
+        resume_run_id: continue this run from its last checkpoint; the step count carries on and
+            training stops at ``cfg.total_timesteps`` (SB3 rounds up to whole rollouts).
+        progress: show SB3's progress bar (tqdm + rich).
+        callbacks: extra SB3 callbacks (run after validation and checkpointing).
+        register: override ``cfg.mlflow.register_model``.
+        final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
+
+    Returns:
+        A :class:`TrainResult`; ``completed`` is False when the run was stopped (Ctrl-C) before
+        ``total_timesteps``: it is then marked KILLED in MLflow and resumable.
+    """
+    configure_torch(cfg.seed, cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    client = MlflowClient()
+    run, run_dir, state = _start_run(cfg, resume_run_id, client)
+    run_id = run.info.run_id
+    mlflow.set_tag(STATUS_TAG, "running")
+    resume = resume_run_id is not None
+    # a resumed run draws fresh training paths instead of replaying the first session's
+    env_seed = cfg.seed + (state.num_timesteps if resume else 0)
+    venv = build_env(cfg, env_seed, run_dir / "checkpoint" / VECNORMALIZE_FILE if resume else None)
+    model = _build_model(cfg, venv, device, run_dir, resume)
+    model.set_logger(make_sb3_logger(run_id, client=client))
+    validation = ValidationCallback(
+        cfg.simulation,
+        scenario_seeds("validation", cfg.eval.n_scenarios),
+        cfg.eval.every_steps,
+        cfg.eval.metric,
+        run_id,
+        run_dir / "best",
+        state,
+        client,
+        name=cfg.algo,
+    )
+    checkpoint = CheckpointCallback(
+        run_dir / "checkpoint", cfg.checkpoint.every_steps, state, cfg.checkpoint.replay_buffer
+    )
+    steps_before, start = int(model.num_timesteps), time.perf_counter()
+    remaining = cfg.total_timesteps - steps_before
+    completed = True
+    try:
+        if remaining > 0:
+            with _graceful_sigint(checkpoint):
+                model.learn(
+                    remaining,
+                    callback=CallbackList([validation, checkpoint, *callbacks]),
+                    log_interval=1 if cfg.algo == "ppo" else cfg.n_envs,
+                    reset_num_timesteps=not resume,
+                    progress_bar=progress,
+                )
+        completed = model.num_timesteps >= cfg.total_timesteps
+    except TrainingInterrupted:
+        completed = False
+    except BaseException:
+        mlflow.set_tag(STATUS_TAG, "failed")
+        mlflow.end_run(status="FAILED")
+        raise
+    elapsed = time.perf_counter() - start
+    speed = (model.num_timesteps - steps_before) / elapsed if elapsed > 0 else float("nan")
+    log_metrics(run_id, {"time/session_env_steps_per_s": speed}, int(model.num_timesteps), client)
+    result = TrainResult(run_id, run.info.experiment_id, cfg.algo, int(model.num_timesteps), completed, run_dir, speed)
+    if not completed:
+        mlflow.set_tag(STATUS_TAG, "interrupted")
+        mlflow.end_run(status="KILLED")
+        result.best_metric, result.best_step = state.best_metric, state.best_step
+        return result
+
+    if validation.last_validated_step != model.num_timesteps:
+        validation.validate()
+    state.completed = True
+    save_checkpoint(model, venv, state, run_dir / "checkpoint", cfg.checkpoint.replay_buffer)
+    _finish(cfg, model, venv, run_dir, result, register)
+    result.best_metric, result.best_step = state.best_metric, state.best_step
+    mlflow.set_tag(STATUS_TAG, "completed")
+    mlflow.end_run()
+    venv.close()
+
+    if cfg.eval.final if final_evaluation is None else final_evaluation:
+        from training.final_eval import evaluate_after_training
+
+        result.evaluation_run_ids = evaluate_after_training(cfg, result)
+    return result
+
+
+def _finish(
+    cfg: TrainConfig, model: BaseAlgorithm, venv: VecNormalize, run_dir: Path, result: TrainResult, register: bool | None
+) -> None:
+    """Save and log the final model, log the best one, register the policy (best if validated)."""
+    final = run_dir / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    model.save(final / MODEL_FILE)
+    venv.save(str(final / VECNORMALIZE_FILE))
+    mlflow.log_artifacts(str(final), "final")
+    if (run_dir / "best" / MODEL_FILE).is_file():
+        mlflow.log_artifacts(str(run_dir / "best"), "best")
+    if not (cfg.mlflow.register_model if register is None else register):
+        return
+    chosen = result.policy_dir()
+    obs_dim = int(venv.observation_space.shape[0])
+    action_dim = int(venv.action_space.shape[0])
+    version = log_policy_model(
+        cfg.algo,
+        chosen / MODEL_FILE,
+        chosen / VECNORMALIZE_FILE,
+        obs_dim,
+        action_dim,
+        cfg.registered_name,
+        cfg.mlflow.alias,
+    )
+    if version is not None:
+        result.model_version = str(version.version)
+        mlflow.set_tag("registered_model", f"{cfg.registered_name}/{version.version}")
