@@ -130,6 +130,54 @@ class RewardConfig(StrictModel):
     drawdown_penalty: float = Field(default=1.0, ge=0.0, description="weight on the drawdown increase")
 
 
+class LendingConfig(StrictModel):
+    """Aave-v3-like lending market (see docs/env_leverage.md): borrow the numeraire against risky holdings."""
+
+    enabled: bool = False
+    params_path: str = Field(
+        default="configs/protocols/aave_v3_2023-10-31.yaml",
+        min_length=1,
+        description="dated protocol snapshot (envs/protocols/params.py:LendingParams)",
+    )
+    max_leverage: float = Field(
+        default=2.0, ge=0.0, le=50.0, description="debt / equity at the leverage action's top (a = +1)"
+    )
+    ltv_buffer: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="usable share of the LTV borrowing capacity for targets"
+    )
+
+
+class PerpsConfig(StrictModel):
+    """Perpetual futures hedges, USDC-margined (the numeraire cash is the cross margin)."""
+
+    enabled: bool = False
+    params_path: str = Field(
+        default="configs/protocols/perps.yaml",
+        min_length=1,
+        description="venue parameters (envs/protocols/params.py:PerpsParams)",
+    )
+    margin_buffer: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=20.0,
+        description="cash must cover margin_buffer x the initial margin; hedges are scaled down otherwise",
+    )
+    gas_units_per_order: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=2_000_000.0,
+        description="gas per perp asset traded (0: dYdX v4-like venue; ~350k for an on-chain GMX-like one)",
+    )
+
+
+class CascadesConfig(StrictModel):
+    """Liquidations of a simulated borrower population selling into the agent's pools."""
+
+    enabled: bool | None = Field(
+        default=None, description="None: on exactly when lending is on"
+    )
+
+
 class EnvConfig(StrictModel):
     """The portfolio environment: capital, horizon and the cost/feature/reward models."""
 
@@ -146,6 +194,19 @@ class EnvConfig(StrictModel):
     observation: ObservationConfig = Field(default_factory=ObservationConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     kill_switch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
+    lending: LendingConfig = Field(default_factory=LendingConfig)
+    perps: PerpsConfig = Field(default_factory=PerpsConfig)
+    cascades: CascadesConfig = Field(default_factory=CascadesConfig)
+
+    @property
+    def cascades_enabled(self) -> bool:
+        """Whether the borrower population's forced sales run (default: with lending)."""
+        return self.lending.enabled if self.cascades.enabled is None else self.cascades.enabled
+
+    @property
+    def protocols_enabled(self) -> bool:
+        """True when any of lending, perps or cascades is on (the spot-only fast path is off)."""
+        return self.lending.enabled or self.perps.enabled or self.cascades_enabled
 
     @model_validator(mode="after")
     def _warmup_covers_windows(self) -> EnvConfig:

@@ -54,12 +54,15 @@ def observation_size(n_assets: int, cfg: ObservationConfig) -> int:
     return n_market_features(n_assets, cfg) + n_assets + 2
 
 
-def _lagged(x: np.ndarray, lag: int) -> np.ndarray:
-    """``x`` shifted forward in time by ``lag`` along axis 1 (zeros where undefined)."""
+def _lagged(x: np.ndarray, lag: int, axis: int = 1) -> np.ndarray:
+    """``x`` shifted forward in time by ``lag`` along ``axis`` (zeros where undefined)."""
     if lag == 0:
         return x
     out = np.zeros_like(x)
-    out[:, lag:] = x[:, :-lag]
+    src = [slice(None)] * x.ndim
+    dst = [slice(None)] * x.ndim
+    src[axis], dst[axis] = slice(None, -lag), slice(lag, None)
+    out[tuple(dst)] = x[tuple(src)]
     return out
 
 
@@ -73,20 +76,40 @@ def _rolling_std(r: np.ndarray, window: int) -> np.ndarray:
     return np.sqrt(var)
 
 
-def _ewma_window_sum(x: np.ndarray, decay: float, window: int) -> np.ndarray:
-    """``sum_{k < window} decay^k x[t-k]`` along axis 1, as an IIR filter minus its delayed tail."""
-    infinite = lfilter([1.0], [1.0, -decay], x, axis=1)
-    return infinite - decay**window * _lagged(infinite, window)
+def _ewma_window_sum(x: np.ndarray, decay: float, window: int, axis: int = 1) -> np.ndarray:
+    """``sum_{k < window} decay^k x[t-k]`` along ``axis``, as an IIR filter minus its delayed tail."""
+    infinite = lfilter([1.0], [1.0, -decay], x, axis=axis)
+    return infinite - decay**window * _lagged(infinite, window, axis)
+
+
+def _pair_correlations(r: np.ndarray, halflife: float, window: int) -> np.ndarray:
+    """Zero-mean EWMA correlations ``(B, L, N(N-1)/2)`` of the upper-triangle pairs (row-major)."""
+    b, length, n = r.shape
+    iu, ju = np.triu_indices(n, k=0)
+    # time on the last (contiguous) axis: the IIR filter runs several times faster there
+    rt = np.ascontiguousarray(r.transpose(0, 2, 1))
+    products = rt[:, iu] * rt[:, ju]
+    moments = _ewma_window_sum(products, 0.5 ** (1.0 / halflife), window, axis=-1)
+    diag_pos = np.flatnonzero(iu == ju)
+    scale = np.sqrt(np.maximum(moments[:, diag_pos], 1e-30))
+    pos_of = {i: k for k, i in enumerate(iu[diag_pos])}
+    off = np.flatnonzero(iu != ju)
+    si = np.array([pos_of[i] for i in iu[off]], dtype=np.int64)
+    sj = np.array([pos_of[j] for j in ju[off]], dtype=np.int64)
+    corr = moments[:, off] / (scale[:, si] * scale[:, sj])
+    return corr.transpose(0, 2, 1)
 
 
 def ewma_correlation(r: np.ndarray, halflife: float, window: int) -> np.ndarray:
-    """Zero-mean EWMA correlation ``(B, L, N, N)`` of log returns ``r`` ``(B, L, N)``."""
-    decay = 0.5 ** (1.0 / halflife)
-    outer = r[..., :, None] * r[..., None, :]
-    b, length, n, _ = outer.shape
-    cov = _ewma_window_sum(outer.reshape(b, length, n * n), decay, window).reshape(b, length, n, n)
-    diag = np.sqrt(np.maximum(np.diagonal(cov, axis1=-2, axis2=-1), 1e-30))
-    return cov / (diag[..., :, None] * diag[..., None, :])
+    """Zero-mean EWMA correlation matrices ``(B, L, N, N)`` of log returns ``r`` ``(B, L, N)``."""
+    n = r.shape[-1]
+    corr = np.ones((*r.shape[:2], n, n))
+    if n > 1:
+        iu, ju = np.triu_indices(n, k=1)
+        pairs = _pair_correlations(r, halflife, window)
+        corr[..., iu, ju] = pairs
+        corr[..., ju, iu] = pairs
+    return corr
 
 
 def market_features(
@@ -107,16 +130,22 @@ def market_features(
         ``(B, L, n_market_features)`` float64; row ``t`` is valid once ``t >= cfg.history_needed - 1``.
     """
     b, length, n = close.shape
-    r = np.zeros_like(close, dtype=np.float64)
-    r[:, 1:] = np.log(close[:, 1:] / close[:, :-1])
-    blocks = [_lagged(r, k) / cfg.return_scale for k in range(cfg.return_window)]
-    blocks.append(_rolling_std(r, cfg.vol_window) * np.sqrt(365.0 / step_days))
-    if n > 1:
-        corr = ewma_correlation(r, cfg.corr_halflife, cfg.corr_window)
-        iu, ju = np.triu_indices(n, k=1)
-        blocks.append(corr[..., iu, ju])
-    blocks.append(np.log(depth_multiplier)[..., None])
-    blocks.append(np.log(gas_price_gwei / GAS_REFERENCE_GWEI)[..., None])
-    blocks.append(((numeraire_usd - 1.0) * 20.0)[..., None])
-    feats = np.concatenate(blocks, axis=-1)
-    return np.clip(feats, -cfg.clip, cfg.clip)
+    w = cfg.return_window
+    out = np.zeros((b, length, n_market_features(n, cfg)))
+    r = np.zeros((b, length, n))
+    np.log(close[:, 1:] / close[:, :-1], out=r[:, 1:])
+    scaled = r / cfg.return_scale
+    for k in range(w):
+        out[:, k:, k * n : (k + 1) * n] = scaled[:, : length - k]
+    col = w * n
+    out[:, :, col : col + n] = _rolling_std(r, cfg.vol_window) * np.sqrt(365.0 / step_days)
+    col += n
+    n_pairs = n * (n - 1) // 2
+    if n_pairs:
+        out[:, :, col : col + n_pairs] = _pair_correlations(r, cfg.corr_halflife, cfg.corr_window)
+    col += n_pairs
+    out[:, :, col] = np.log(depth_multiplier)
+    out[:, :, col + 1] = np.log(gas_price_gwei / GAS_REFERENCE_GWEI)
+    out[:, :, col + 2] = (numeraire_usd - 1.0) * 20.0
+    np.clip(out, -cfg.clip, cfg.clip, out=out)
+    return out

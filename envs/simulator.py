@@ -12,6 +12,12 @@ price, and the portfolio is marked at the new market prices. Hence, per env and 
     V(t+1) = V(t) - fees - slippage - gas + sum_i holdings_i(t+1) * (p_i(t+1) - p_i(t))
 
 where the sum includes the numeraire (cash units times the change of its USD price).
+
+With lending, perps or cascades on (``env.lending/perps/cascades``), the action, the state (debt,
+perp sizes), the observation and the step gain the protocol parts described in
+:mod:`envs.leverage` (action layout, execution order) and :mod:`envs.leverage_move` (interest,
+funding, cascades, liquidations, and the extended identity); with all of them off the spot code
+path below runs unchanged.
 """
 
 from __future__ import annotations
@@ -24,17 +30,26 @@ from envs.actions import actions_to_weights, apply_no_trade_band, validate_actio
 from envs.config import SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
-from envs.execution.rebalance import execute_rebalance
+from envs.execution.rebalance import execute_rebalance, target_units
 from envs.features import market_features, n_market_features, observation_size
+from envs.kill_switch import KillSwitch
+from envs.leverage import LeverageEngine, StepCosts
+from envs.leverage_move import MoveOutcome, protocol_move
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
-from envs.kill_switch import KillSwitch
 from envs.rewards import RewardModel
 
 
 @dataclass
 class StepResult:
-    """Outcome of one batched step; arrays have a leading env axis ``B``."""
+    """Outcome of one batched step; arrays have a leading env axis ``B``.
+
+    The protocol fields are None in spot-only mode. ``health_factor`` (inf without debt),
+    ``debt_usd``, ``collateral_usd`` and ``perp_notional_usd`` are after the step, at ``t + 1``
+    prices; ``liquidations`` counts this step's liquidation events (lending + perp account);
+    ``liquidation_penalty_usd`` is the lending part of ``costs.liquidation_usd``; ``insurance_usd``
+    is perp loss beyond the cash, absorbed by the venue (adds back to the value).
+    """
 
     reward: np.ndarray
     terminated: np.ndarray
@@ -44,6 +59,15 @@ class StepResult:
     turnover: np.ndarray
     regime: np.ndarray
     kill_switch: np.ndarray
+    health_factor: np.ndarray | None = None
+    debt_usd: np.ndarray | None = None
+    collateral_usd: np.ndarray | None = None
+    liquidations: np.ndarray | None = None
+    liquidation_penalty_usd: np.ndarray | None = None
+    interest_usd: np.ndarray | None = None
+    funding_usd: np.ndarray | None = None
+    perp_notional_usd: np.ndarray | None = None
+    insurance_usd: np.ndarray | None = None
 
 
 @dataclass
@@ -84,6 +108,12 @@ class PortfolioSimulator:
         self.n_assets = len(self.asset_names)
         self.action_dim = self.n_assets + 1
         self.obs_dim = observation_size(self.n_assets, env_cfg.observation)
+        self.protocols: LeverageEngine | None = None
+        if env_cfg.protocols_enabled:
+            self.protocols = LeverageEngine(config, n_envs, self.asset_names)
+            self.action_dim = self.protocols.layout.dim
+            self.obs_dim += self.protocols.obs_size
+        self._move: MoveOutcome | None = None
         self.warmup = env_cfg.warmup
         self.horizon = env_cfg.horizon
         self.path_length = self.warmup + self.horizon + 1
@@ -159,6 +189,8 @@ class PortfolioSimulator:
         self.value[index] = self.initial_value
         self.peak[index] = self.initial_value
         self.pools.set_at_market(index, price, num, paths.depth_multiplier[:, tau])
+        if self.protocols is not None:
+            self.protocols.reset(index, paths, np.asarray(seeds))
         reset_mask = np.isin(self._rows, index)
         self.rewards.reset(reset_mask)
         self.kill_switch.reset(reset_mask)
@@ -201,8 +233,13 @@ class PortfolioSimulator:
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
         n_mkt = self.features.shape[2]
         obs[:, :n_mkt] = self.features[self._rows, self._tau()]
-        obs[:, n_mkt:-1] = self.weights(price, num, self.value)
-        obs[:, -1] = 1.0 - self.value / self.peak
+        n_spot = self.obs_dim if self.protocols is None else self.obs_dim - self.protocols.obs_size
+        obs[:, n_mkt : n_spot - 1] = self.weights(price, num, self.value)
+        obs[:, n_spot - 1] = 1.0 - self.value / self.peak
+        if self.protocols is not None:
+            block = self.protocols.observation(self.units, price, num, self.value, self._tau())
+            clip = self.config.env.observation.clip
+            obs[:, n_spot:] = np.clip(block, -clip, clip)
         return obs
 
     # ------------------------------------------------------------------ step
@@ -219,6 +256,8 @@ class PortfolioSimulator:
 
         The kill-switch (when enabled) replaces the target by all-cash while it is active.
         """
+        if self.protocols is not None:
+            return self._execute_levered(actions)
         actions = validate_actions(actions, self.n_envs, self.action_dim)
         rows, tau = self._rows, self._tau()
         price, num = self.close[rows, tau], self.numeraire[rows, tau]
@@ -233,7 +272,7 @@ class PortfolioSimulator:
         fills = execute_rebalance(
             self.units,
             self.cash,
-            target,
+            target_units(target, value_before, price),
             mask,
             price,
             num,
@@ -248,6 +287,27 @@ class PortfolioSimulator:
         self._pending = Execution(value_before, fills.costs, turnover, active)
         return self._pending
 
+    def _execute_levered(self, actions: np.ndarray) -> Execution:
+        """:meth:`execute` with lending / perps: borrow, rebalance, repay, trade perps (envs/leverage.py)."""
+        engine = self.protocols
+        assert engine is not None
+        arr = np.asarray(actions, dtype=np.float64)
+        spot_only = arr.shape[-1] == self.n_assets + 1 and self.action_dim > self.n_assets + 1
+        actions = validate_actions(actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim)
+        rows, tau = self._rows, self._tau()
+        price, num = self.close[rows, tau], self.numeraire[rows, tau]
+        value_before = self.value
+        hf = engine.health_factor(self.units, price, num) if engine.lending_on else None
+        active = self.kill_switch.update(1.0 - value_before / self.peak, hf)
+        fills = engine.execute(
+            self.units, self.cash, actions, active, price, num, value_before, tau,
+            self.pools, self.gas, self.gas_gwei[rows, tau], self.eth[rows, tau],
+        )
+        self.units, self.cash = fills.units, fills.cash
+        turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
+        self._pending = Execution(value_before, fills.costs, turnover, active)
+        return self._pending
+
     def advance(self) -> StepResult:
         """Move the market from ``t`` to ``t + 1``: realign the pools, mark the portfolio, score the step."""
         if self._pending is None:
@@ -256,7 +316,17 @@ class PortfolioSimulator:
         rows, tau1 = self._rows, self._tau() + 1
         new_price, new_num = self.close[rows, tau1], self.numeraire[rows, tau1]
         self.pools.realign(new_price, new_num, self.depth[rows, tau1])
-        value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
+        engine = self.protocols
+        if engine is not None:
+            move = protocol_move(
+                engine, self.units, self.cash, tau1 - 1, self.close[rows, tau1 - 1], new_price, new_num,
+                self.low[rows, tau1], self.high[rows, tau1], self.pools,
+            )
+            self._move = move
+            self.units, self.cash = move.units, move.cash
+            value_after = (self.units * new_price).sum(axis=1) + (self.cash - engine.debt) * new_num
+        else:
+            value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
         value_before = done.value_before
         dd_before = 1.0 - value_before / self.peak
         released = done.kill_switch & ~self.kill_switch.active
@@ -269,10 +339,31 @@ class PortfolioSimulator:
         self.t = self.t + 1
         terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
         truncated = (self.t >= self.horizon) & ~terminated
-        return StepResult(
+        result = StepResult(
             reward, terminated, truncated, value_after, done.costs, done.turnover, self.regime[rows, tau1],
             done.kill_switch,
         )
+        if engine is not None:
+            self._protocol_fields(result, done.costs, new_price, new_num)
+        return result
+
+    def _protocol_fields(self, result: StepResult, costs: TradeCosts, price: np.ndarray, num: np.ndarray) -> None:
+        engine, move = self.protocols, self._move
+        assert engine is not None and move is not None
+        result.costs = StepCosts(
+            costs.fees_usd, costs.slippage_usd, costs.gas_usd,
+            move.interest_usd, move.funding_usd, move.liquidation_usd,
+        )
+        result.health_factor = engine.health_factor(self.units, price, num)
+        result.debt_usd = engine.debt * num
+        collateral = (self.units * price).sum(axis=1)
+        result.collateral_usd = collateral if engine.lending_on else np.zeros(self.n_envs)
+        result.liquidations = move.liquidations
+        result.liquidation_penalty_usd = move.liquidation_penalty_usd
+        result.interest_usd = move.interest_usd
+        result.funding_usd = move.funding_usd
+        result.perp_notional_usd = (np.abs(engine.perp_size) * price).sum(axis=1)
+        result.insurance_usd = move.insurance_usd
 
     # ------------------------------------------------------------------ state
     STATE_FIELDS = ("t", "units", "cash", "peak", "value")
@@ -284,6 +375,9 @@ class PortfolioSimulator:
         state["reserve_num"] = self.pools.reserve_num[index].tolist()
         state["kill_switch_remaining"] = int(self.kill_switch.remaining[index])
         state["reward_ema"] = [float(self.rewards.ema_mean[index]), float(self.rewards.ema_sq[index])]
+        if self.protocols is not None:
+            state["debt"] = float(self.protocols.debt[index])
+            state["perp_size"] = self.protocols.perp_size[index].tolist()
         return state
 
     def restore(self, index: int, state: dict) -> None:
@@ -294,6 +388,9 @@ class PortfolioSimulator:
         self.pools.reserve_num[index] = np.asarray(state["reserve_num"])
         self.kill_switch.remaining[index] = int(state["kill_switch_remaining"])
         self.rewards.ema_mean[index], self.rewards.ema_sq[index] = state["reward_ema"]
+        if self.protocols is not None:
+            self.protocols.debt[index] = float(state.get("debt", 0.0))
+            self.protocols.perp_size[index] = np.asarray(state.get("perp_size", 0.0))
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
@@ -301,6 +398,8 @@ class PortfolioSimulator:
         value = self.value[index]
         tau = int(self._tau()[index])
         costs = result.costs.as_dict(index) if result is not None else {"fees": 0.0, "slippage": 0.0, "gas": 0.0}
+        for kind in ("interest", "funding", "liquidation"):
+            costs.setdefault(kind, 0.0)
         holdings = np.append(self.units[index], self.cash[index])
         info = {
             "portfolio_value": float(value),
@@ -316,4 +415,41 @@ class PortfolioSimulator:
         }
         if self.dates is not None:
             info["date"] = str(self.dates[index, tau])
+        if self.protocols is not None:
+            info.update(self._protocol_info(index, tau, price, num, result))
+        return info
+
+    def _protocol_info(
+        self, index: int, tau: int, price: np.ndarray, num: np.ndarray, result: StepResult | None
+    ) -> dict:
+        """Protocol keys of ``info`` (see docs/env_leverage.md); flows are zero right after a reset."""
+        engine = self.protocols
+        assert engine is not None
+        p, n = price[index], float(num[index])
+        debt_units = float(engine.debt[index])
+        info: dict = {
+            "health_factor": float(engine.health_factor(self.units[index : index + 1], p[None], num[index : index + 1])[0])
+            if engine.lending_on
+            else float("inf"),
+            "debt_usd": debt_units * n,
+            "debt_units": debt_units,
+            "collateral_usd": float(self.units[index] @ p) if engine.lending_on else 0.0,
+            "perp_size": engine.perp_size[index].copy(),
+            "perp_notional_usd": float(np.abs(engine.perp_size[index]) @ p),
+            "mark_prices": engine.paths.mark[index, tau].copy() if engine.perps_on else p.copy(),
+        }
+        flows = ("liquidations", "liquidation_penalty_usd", "interest_usd", "funding_usd", "insurance_usd")
+        move = self._move
+        if result is None or move is None:
+            info.update({k: 0 if k == "liquidations" else 0.0 for k in flows})
+            info["holdings_during_move"] = np.append(self.units[index], self.cash[index])
+            info["debt_units_during_move"] = debt_units
+            info["perp_size_during_move"] = engine.perp_size[index].copy()
+            return info
+        for key in flows:
+            value = getattr(result, key)[index]
+            info[key] = int(value) if key == "liquidations" else float(value)
+        info["holdings_during_move"] = np.append(move.units_during_move[index], move.cash_during_move[index])
+        info["debt_units_during_move"] = float(move.debt_during_move[index])
+        info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
         return info

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -205,11 +205,12 @@ def _run_task(
     seeds: np.ndarray,
     paths: MarketPaths,
     params_path: str | None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[EpisodeRecord, dict[str, int], float]:
     """One policy on one chunk of scenarios (top-level so spawned workers can import it)."""
     start = time.perf_counter()
     policy = _build_policy(spec, config, params_path)
-    record = run_policy(config, policy, seeds, paths=paths)
+    record = run_policy(config, policy, seeds, paths=paths, on_step=on_step)
     diagnostics = dict(getattr(policy, "diagnostics", {}) or {})
     return record, diagnostics, time.perf_counter() - start
 
@@ -300,9 +301,9 @@ def run_backtest(
             for p, c in tasks:
                 bar.set_postfix_str(labels[p])
                 outputs[(p, c)] = _run_task(
-                    config, policies[p], chunk_seeds[c], chunk_paths[c], params
-                )
-                bar.update(horizon)
+                    config, policies[p], chunk_seeds[c], chunk_paths[c], params,
+                    on_step=lambda _t: bar.update(1),
+                )  # fmt: skip
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:

@@ -55,7 +55,9 @@ def equity_curves(result: BacktestResult, level: float = 0.95) -> Figure:
             half = z * growth.std(axis=0, ddof=1) / np.sqrt(growth.shape[0])
             ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set(xlabel=xlabel, ylabel="value / initial value", title=_title(result, f"Equity, mean with {level:.0%} CI"))
+    k = next(iter(result.records.values())).n_scenarios
+    what = f"Equity, mean with {level:.0%} CI" if k > 1 else "Equity"
+    ax.set(xlabel=xlabel, ylabel="value / initial value", title=_title(result, what))
     ax.legend(fontsize=8, ncol=2)
     fig.autofmt_xdate() if xlabel == "date" else None
     fig.tight_layout()

@@ -13,6 +13,7 @@ ratios of the per-step returns pooled over scenarios (DSR deflates for all polic
 from __future__ import annotations
 
 import base64
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,13 @@ from rich.table import Table
 
 from agents.baselines.policies import FEASIBLE_BASELINES
 from evaluation import statistics as st
+from evaluation.plots import PLOTS
 from evaluation.tracking import (
     EVALUATION_KIND,
     EVALUATION_TAG,
     METRICS_ARTIFACT,
     PLOTS_DIR,
     SERIES_ARTIFACT,
-    setup_mlflow,
     tracking_uri,
 )
 
@@ -119,7 +120,11 @@ def _compare_group(
         imp[cols] = sign * imp[cols]
         if sign < 0:  # the CI of -x has the bounds swapped
             imp[["diff_ci_low", "diff_ci_high"]] = imp[["diff_ci_high", "diff_ci_low"]].to_numpy()
-        improvement = imp[[*cols, "prob_improvement", "poi_ci_low", "poi_ci_high", "significant"]]
+        imp["diff_significant"] = [st.is_significant(tuple(r)) for r in imp[["diff_mean", *cols[1:]]].to_numpy()]
+        imp = imp.rename(columns={"significant": "poi_significant"}).drop(index=best)
+        if primary[best].size < 2:  # one paired cell: a degenerate bootstrap proves nothing
+            imp[["diff_significant", "poi_significant"]] = False
+        improvement = imp[[*cols, "diff_significant", "prob_improvement", "poi_ci_low", "poi_ci_high", "poi_significant"]]
     sr = {p: st.sharpe_per_period(r) for p, r in returns.items() if r.size > 1}
     trials = [v for v in sr.values() if np.isfinite(v)]
     tests = []
@@ -138,19 +143,24 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
             "paired test across scenarios is possible; significance here rests on PSR/DSR over the "
             "per-step returns, which assume stationary, independent returns."
         )
+    elif g.n_scenarios < 10:
+        out.append(f"Only {g.n_scenarios} scenarios: percentile-bootstrap CIs are unreliable (too narrow) at this size.")
     if ORACLE in g.sharpe_tests.index:
         out.append(f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy.")
     m = g.primary_metric
     for p, row in g.improvement.iterrows():
-        if p == g.best_baseline:
+        if g.n_scenarios == 1:
+            out.append(
+                f"`{p}` vs `{g.best_baseline}` on {m}: difference {row['diff_mean']:+.3f} on the single path; "
+                "no CI across scenarios, so its significance cannot be assessed here."
+            )
             continue
-        verdict = "significant" if row["significant"] else "NOT significant"
-        direction = "better" if row["prob_improvement"] > 0.5 else "worse"
+        diff_sig = "significant: CI excludes 0" if row["diff_significant"] else "NOT significant: CI contains 0"
+        poi_sig = "significant: CI excludes 0.5" if row["poi_significant"] else "NOT significant: CI contains 0.5"
         out.append(
             f"`{p}` vs best baseline `{g.best_baseline}` on {m}: mean difference {row['diff_mean']:+.3f} "
-            f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}], P(improvement) = "
-            f"{row['prob_improvement']:.2f} [{row['poi_ci_low']:.2f}, {row['poi_ci_high']:.2f}]: {verdict} "
-            f"at {level:.0%} ({direction} on {'most' if abs(row['prob_improvement'] - 0.5) > 0.1 else 'about half of the'} scenarios)."
+            f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}] ({diff_sig}); P(`{p}` better) = "
+            f"{row['prob_improvement']:.2f} [{row['poi_ci_low']:.2f}, {row['poi_ci_high']:.2f}] ({poi_sig})."
         )
     for p, row in g.sharpe_tests.iterrows():
         if not np.isfinite(row["psr"]):
@@ -169,7 +179,9 @@ def load_group_tables(experiment: str, tmp: Path) -> list[tuple[tuple[str, str, 
     """Evaluation runs of ``experiment`` -> ``[(group key, metrics table with run_id, run ids)]``."""
     import mlflow
 
-    setup_mlflow(experiment)
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
+        raise ValueError(f"experiment {experiment!r} not found at {tracking_uri()}: no evaluation runs to compare")
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     tag = f"tags.{EVALUATION_TAG}"
     if runs.empty or tag not in runs.columns:
@@ -212,6 +224,7 @@ def compare(
     console: Console | None = None,
 ) -> list[GroupComparison]:
     """Compare every evaluation run of ``experiment``; print tables; write ``out`` (.md or .html)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = console or Console()
     out_path = Path(out) if out is not None else None
     if out_path is not None and out_path.suffix not in (".md", ".html"):
@@ -229,13 +242,14 @@ def compare(
             group = GroupComparison(scenario_set, config_hash, run_ids, n_scen, metric, best, summary, improvement, tests)
             group.statements = _statements(group)
             if out_path is not None:
-                files = out_path.parent / f"{out_path.stem}_files" / f"{scenario_set.replace(':', '_')}_{config_hash}"
+                folder = tmp if out_path.suffix == ".html" else out_path.parent / f"{out_path.stem}_files"
+                files = folder / f"{scenario_set.replace(':', '_')}_{config_hash}"
                 group.plot_files = _download_plots(run_ids[0], files)
             print_group(group, console)
             results.append(group)
-    if out_path is not None:
-        write_report(results, out_path, experiment)
-        console.print(f"report written to {out_path}")
+        if out_path is not None:  # inside the temporary folder: HTML embeds the plots from there
+            write_report(results, out_path, experiment)
+            console.print(f"report written to {out_path}")
     return results
 
 
@@ -245,37 +259,42 @@ def _download_plots(run_id: str, dst: Path) -> list[Path]:
         folder = _download(run_id, PLOTS_DIR, dst)
     except Exception:  # a run logged without plots
         return []
-    return sorted(folder.glob("*.png"))
+    order = {name: i for i, name in enumerate(PLOTS)}
+    return sorted(folder.glob("*.png"), key=lambda f: (order.get(f.stem, len(order)), f.stem))
 
 
 def _cell(summary: pd.DataFrame, policy: str, metric: str, what: str = "mean") -> str:
     if (policy, metric) not in summary.index:
         return "-"
     row = summary.loc[(policy, metric)]
+    if row["n"] < 2:  # one scenario: the interval is the point itself
+        return fmt(metric, row[what])
     return f"{fmt(metric, row[what])} [{fmt(metric, row[what + '_ci_low'])}, {fmt(metric, row[what + '_ci_high'])}]"
 
 
 def print_group(g: GroupComparison, console: Console) -> None:
-    """Rich table: mean [95% CI] and IQM of key metrics, P(improvement), PSR and DSR per policy."""
-    table = Table(title=f"{g.scenario_set} ({g.n_scenarios} scenarios, config {g.config_hash}, {len(g.run_ids)} run(s)); "
-                  f"mean [95% CI]; best baseline: {g.best_baseline}")  # fmt: skip
-    cols = ("sharpe_ratio", "annual_return", "max_drawdown", "conditional_value_at_risk", "cost_total_usd")
-    table.add_column("policy")
+    """Two rich tables: mean [95% CI] of key metrics; then IQM, P(improvement), PSR and DSR."""
+    title = f"{g.scenario_set}: {g.n_scenarios} scenario(s), config {g.config_hash}, {len(g.run_ids)} run(s)"
+    cols = ("sharpe_ratio", "annual_return", "max_drawdown", "cost_total_usd")
+    metrics = Table(title=f"{title}\nmean [95% stratified-bootstrap CI] across scenarios")
+    metrics.add_column("policy")
     for c in cols:
-        table.add_column(c, justify="right")
-    table.add_column("Sharpe IQM", justify="right")
-    table.add_column(f"P({g.primary_metric} > best) [CI]", justify="right")
-    table.add_column("PSR", justify="right")
-    table.add_column("DSR", justify="right")
+        metrics.add_column(c, justify="right")
+    tests = Table(title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)")
+    for c in ("policy", "Sharpe IQM [CI]", "P(better than best) [CI]", "PSR", "DSR"):
+        tests.add_column(c, justify="left" if c == "policy" else "right")
     for p in g.sharpe_tests.index:
-        poi = "-"
-        if p in g.improvement.index and p != g.best_baseline:
+        metrics.add_row(p, *[_cell(g.summary, p, c) for c in cols])
+        poi = "(best)" if p == g.best_baseline else "-"
+        if p in g.improvement.index and g.n_scenarios == 1:
+            poi = "n/a (1 path)"
+        elif p in g.improvement.index:
             r = g.improvement.loc[p]
-            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (" *" if r["significant"] else "")
-        iqm = fmt("sharpe_ratio", g.summary.loc[(p, "sharpe_ratio"), "iqm"]) if (p, "sharpe_ratio") in g.summary.index else "-"
+            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (" *" if r["poi_significant"] else "")
         t = g.sharpe_tests.loc[p]
-        table.add_row(p, *[_cell(g.summary, p, c) for c in cols], iqm, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
-    console.print(table)
+        tests.add_row(p, _cell(g.summary, p, "sharpe_ratio", "iqm"), poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
+    console.print(metrics)
+    console.print(tests)
     for line in g.statements:
         console.print(f"- {line}", markup=False)
 
@@ -294,7 +313,8 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
             blocks += [("h3", f"{label} per policy and metric"), ("table", frame)]
     if not g.improvement.empty:
         imp = g.improvement.copy()
-        blocks += [("h3", f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}"), ("table", imp.round(3))]
+        blocks += [("h3", f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}: "
+                           "mean difference and P(improvement), 95% CIs"), ("table", imp.round(3))]  # fmt: skip
     blocks += [("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
                ("table", g.sharpe_tests.round(4))]  # fmt: skip
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
@@ -327,7 +347,7 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
             parts.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if html else "\n".join(f"- {i}" for i in items) + "\n")
         elif kind == "table":
             frame: pd.DataFrame = value  # type: ignore[assignment]
-            parts.append(frame.to_html() if html else frame.to_markdown() + "\n" if _has_tabulate() else "```\n" + frame.to_string() + "\n```\n")
+            parts.append(frame.to_html() if html else markdown_table(frame))
         elif kind == "img":
             path: Path = value  # type: ignore[assignment]
             if html:
@@ -342,9 +362,10 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
     return out
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table of ``frame`` with its index as the first column (no tabulate needed)."""
+    header = [str(frame.index.name or ""), *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for idx, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row.to_numpy())]) + " |")
+    return "\n".join(lines) + "\n"

@@ -253,6 +253,84 @@ def test_mean_variance_turnover_matches_split_slsqp(qp_mode, seed, tau):
     np.testing.assert_allclose(w, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_caps_that_leave_one_portfolio_return_it(qp_mode, seed):
+    # max_weight * N == budget: every weight must sit at the cap (a degenerate vertex where the
+    # kappa-trick rows are linearly dependent); a hair above it the answer is within the hair
+    mu, cov = factor_problem(seed)
+    for cap, atol in ((1.0 / N, 1e-15), (1.0 / N + 1e-9, 1e-8)):
+        for w, info in (
+            solve_min_variance(cov, max_weight=cap),
+            solve_mean_variance(mu, cov, 2.0, max_weight=cap),
+            solve_max_sharpe(mu, cov, max_weight=cap),
+        ):
+            assert info.status == "optimal" and not info.fallback_used
+            np.testing.assert_allclose(w, np.full(N, 1.0 / N), atol=atol)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_sharpe_at_degenerate_corner_matches_slsqp(qp_mode, seed):
+    # four assets far above the rest, cap 1/4: the optimum has four caps and N - 4 zeros active,
+    # more active constraints than variables
+    mu, cov = factor_problem(seed)
+    mu[:4] += 0.02
+    neg_sharpe, neg_sharpe_grad = sharpe_and_gradient(mu, cov, 0.0)
+    ref = slsqp(neg_sharpe, neg_sharpe_grad, np.zeros(N), np.full(N, 0.25))
+    w, info = solve_max_sharpe(mu, cov, max_weight=0.25)
+    assert info.status == "optimal"
+    np.testing.assert_allclose(w, ref, atol=1e-5)
+
+
+def test_gross_cap_equal_to_budget_means_long_only():
+    mu, cov = factor_problem(2)
+    for long_short, long_only in (
+        (
+            min_variance_weights(cov, long_only=False, max_gross_leverage=1.0),
+            min_variance_weights(cov),
+        ),
+        (
+            max_sharpe_weights(mu, cov, long_only=False, max_gross_leverage=1.0),
+            max_sharpe_weights(mu, cov),
+        ),
+        (
+            mean_variance_weights(mu, cov, 4.0, long_only=False, max_gross_leverage=1.0),
+            mean_variance_weights(mu, cov, 4.0),
+        ),
+    ):
+        np.testing.assert_allclose(long_short, long_only, atol=1e-9)
+
+
+def test_loose_gross_cap_changes_nothing():
+    mu, cov = factor_problem(3)
+    free = mean_variance_weights(mu, cov, 10.0, long_only=False)
+    capped = mean_variance_weights(
+        mu, cov, 10.0, long_only=False, max_gross_leverage=np.abs(free).sum() + 0.1
+    )
+    np.testing.assert_allclose(capped, free, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [8, 10, 11])
+def test_qp_converges_when_active_rows_become_dependent(qp_mode, seed):
+    # the raw kappa-trick QP with cap 1/N: at the optimum all N rows y_i - (1/N) 1'y <= 0 are tight
+    # but only N - 1 are independent; a rounding-noise step must not add the last one (draws 8
+    # and 10 cycled until the iteration cap before that was handled)
+    from agents.baselines.bench import random_problem
+
+    rng = np.random.default_rng(seed)
+    for mu, cov in [random_problem(10, rng) for _ in range(10)]:
+        excess = mu / np.abs(mu).max()
+        if excess.sum() <= 0:
+            continue
+        y0 = np.full(10, 1.0 / excess.sum())
+        result = qp.solve_qp(
+            cov / np.mean(np.diag(cov)), np.zeros(10), np.zeros(10), np.full(10, np.inf), y0,
+            eq_matrix=excess[None, :], eq_rhs=np.ones(1),
+            ineq_matrix=np.eye(10) - 0.1, ineq_rhs=np.zeros(10),
+        )  # fmt: skip
+        assert result.status == "optimal"
+        np.testing.assert_allclose(result.x / result.x.sum(), 0.1, atol=1e-12)
+
+
 def test_turnover_penalty_creates_no_trade_region():
     mu, cov = factor_problem(3)
     prev = np.full(N, 1.0 / N)
@@ -444,3 +522,39 @@ def test_invalid_arguments_raise(call, match):
     mu, cov = factor_problem(0)
     with pytest.raises(ValueError, match=match):
         call(cov, mu)
+
+
+# ------------------------------------------------------------------------------------- benchmark
+
+
+def test_bench_agrees_with_pypfopt_and_prints(capsys):
+    pytest.importorskip("pypfopt")
+    from agents.baselines.bench import bench_baselines, print_bench_table
+
+    result = bench_baselines(n_assets=6, n_problems=3, seed=1, max_weight=0.4)
+    assert result["pypfopt_error"] is None and result["passed"]
+    for name in ("min_variance", "max_sharpe", "mean_variance"):
+        row = result["methods"][name]
+        assert row["max_abs_weight_diff"] <= 1e-4 and row["ours_fallbacks"] == 0
+        assert row["speed_ratio"] > 0
+    assert result["methods"]["risk_parity"]["pypfopt_mean_s"] is None
+    print_bench_table(result)
+    assert "max_sharpe" in capsys.readouterr().out
+
+
+def test_bench_reports_missing_pypfopt(monkeypatch):
+    import builtins
+
+    from agents.baselines.bench import bench_baselines
+
+    real_import = builtins.__import__
+
+    def no_pypfopt(name, *args, **kwargs):
+        if name.startswith("pypfopt"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pypfopt)
+    result = bench_baselines(n_assets=4, n_problems=2)
+    assert "not installed" in result["pypfopt_error"] and not result["passed"]
+    assert result["methods"]["min_variance"]["speed_ratio"] is None

@@ -17,6 +17,14 @@ bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_
 app.add_typer(bench_app, name="bench")
 console = Console()
 
+
+@app.callback()
+def _startup() -> None:
+    """Process settings for every command (see envs/perf.py)."""
+    from envs.perf import tune_malloc
+
+    tune_malloc()
+
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)")
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
 

@@ -1,9 +1,147 @@
-"""CLI commands (registered by training/cli.py)."""
+"""``defialloc evaluate``, ``defialloc compare`` and ``defialloc bench baselines`` (registered by training/cli.py).
+
+Heavy imports (numpy, mlflow, matplotlib) happen inside the commands so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+console = Console()
+
+OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)")
+EVAL_CONFIG_OPTION = typer.Option(
+    None, "--eval-config", help="evaluation YAML: policies, their parameters, periods (default: configs/evaluation/default.yaml)"
+)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]{message}[/red]")
+    raise typer.Exit(code=2)
+
+
+def evaluate(
+    overrides: list[str] = OVERRIDES_ARG,
+    config: Path = CONFIG_OPTION,
+    eval_config: Path = EVAL_CONFIG_OPTION,
+    policies: str = typer.Option(None, help="comma-separated baselines (default: policies_to_run of the eval config)"),
+    scenarios: int = typer.Option(None, min=1, help="number of scenarios K (default: the eval config's)"),
+    scenario_set: str = typer.Option(None, help="test | validation (default: the eval config's)"),
+    period: str = typer.Option(None, help="replay a named real period instead, e.g. heldout_2023 or dev_2022"),
+    workers: int = typer.Option(None, min=1, help="processes (default: the eval config's)"),
+    experiment: str = typer.Option(None, help="MLflow experiment (default: the eval config's)"),
+    run_name: str = typer.Option(None, help="MLflow run name"),
+    track: bool = typer.Option(True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow."""
+    from envs.config import ConfigError, load_config, parse_cli_overrides
+    from envs.seeds import scenario_seeds
+    from evaluation.backtest import load_evaluation_config, resolve_period, run_backtest, run_period_backtest
+
+    try:
+        cfg = load_config(config, parse_cli_overrides(overrides or []))
+        ev = load_evaluation_config(eval_config)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    names = [p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()]
+    params_path = str(eval_config) if eval_config else None
+    workers = workers or ev.workers
+    try:
+        if period:
+            spec = resolve_period(period, ev)
+            if "oracle_mean_variance" in names:
+                names.remove("oracle_mean_variance")
+                console.print("[yellow]oracle_mean_variance left out: a replayed period has no true parameters[/yellow]")
+            if spec.held_out:
+                console.print(f"[yellow]{period} is HELD-OUT data: report it, never tune or select on it[/yellow]")
+            result = run_period_backtest(
+                cfg, names, spec.start, spec.end, name=period, workers=workers, progress=progress,
+                params_path=params_path,
+            )  # fmt: skip
+        else:
+            kind = scenario_set or ev.scenario_set
+            seeds = scenario_seeds(kind, scenarios or ev.scenarios)
+            result = run_backtest(
+                cfg, names, seeds, workers=workers, progress=progress, params_path=params_path,
+                scenario_set=kind,
+            )  # fmt: skip
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    print_metrics_summary(result)
+    if track:
+        from evaluation.tracking import log_backtest, tracking_uri
+
+        run_id = log_backtest(result, experiment or ev.experiment, run_name, result.config)
+        console.print(f"logged run {run_id} to experiment {experiment or ev.experiment!r} at {tracking_uri()}")
+
+
+def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
+    """Mean across scenarios of the headline metrics, one row per policy."""
+    from rich.table import Table
+
+    table = result.metrics_table()
+    cols = ["sharpe_ratio", "annual_return", "annual_volatility", "max_drawdown", "conditional_value_at_risk",
+            "turnover_annual", "cost_total_usd", "final_value_usd"]  # fmt: skip
+    k = int(table.groupby("policy").size().max())
+    out = Table(title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps")
+    out.add_column("policy")
+    for c in cols:
+        out.add_column(c, justify="right")
+    means = table.groupby("policy", sort=False)[cols].mean()
+    for policy, row in means.iterrows():
+        cells = []
+        for c in cols:
+            v = float(row[c])
+            if c in ("annual_return", "annual_volatility", "max_drawdown", "conditional_value_at_risk"):
+                cells.append(f"{100 * v:.1f}%")
+            elif c.endswith("_usd"):
+                cells.append(f"{v:,.0f}")
+            else:
+                cells.append(f"{v:.2f}")
+        out.add_row(str(policy), *cells)
+    console.print(out)
+
+
+def compare_cmd(
+    experiment: str = typer.Option("defialloc-evaluation", help="MLflow experiment to read"),
+    out: Path = typer.Option(None, help="write a report: .md (plots beside it) or .html (plots embedded)"),
+    metric: str = typer.Option("sharpe_ratio", help="primary metric for P(improvement)"),
+    n_boot: int = typer.Option(2000, min=100, help="bootstrap resamples"),
+) -> None:
+    """Compare the evaluation runs of an experiment: means, IQM, 95% CIs, P(improvement), PSR/DSR."""
+    from evaluation.report import compare
+
+    try:
+        compare(experiment, out, metric=metric, n_boot=n_boot, console=console)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def bench_baselines_cmd(
+    n_assets: int = typer.Option(10, min=2, help="assets per problem"),
+    n_problems: int = typer.Option(200, min=1, help="random problems per method"),
+    seed: int = typer.Option(0),
+    max_weight: float = typer.Option(None, help="per-asset cap (both libraries)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Solve time of our baseline optimizers vs PyPortfolioOpt on the same problems, and max |dw|."""
+    from agents.baselines.bench import bench_baselines, print_bench_table
+
+    result = bench_baselines(n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight)
+    if as_json:
+        print(json.dumps(result))
+        return
+    print_bench_table(result)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``evaluate``, ``compare`` and ``bench baselines`` to the CLI."""
+    app.command("evaluate")(evaluate)
+    app.command("compare")(compare_cmd)
+    bench_app.command("baselines")(bench_baselines_cmd)

@@ -1,9 +1,129 @@
-"""CLI commands (registered by training/cli.py)."""
+"""``defialloc train`` and ``defialloc bench train`` (registered by training/cli.py).
+
+Heavy imports (torch, SB3, MLflow) happen inside the commands so ``defialloc --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. total_timesteps=100000 ppo.learning_rate=1e-4 env.horizon=90")
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="training config YAML, e.g. configs/train/ppo.yaml")
+DEVICE_OPT = typer.Option(None, "--device", help="auto (CUDA if present) | cpu | cuda; default: the config's")
+RESUME_OPT = typer.Option(None, "--resume", help="continue this MLflow run id from its last checkpoint")
+PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="progress bar")
+FINAL_EVAL_OPT = typer.Option(True, "--final-eval/--no-final-eval", help="backtest vs the baselines at the end")
+
+
+def _overrides(items: list[str] | None, device: str | None) -> dict[str, Any]:
+    from envs.config import parse_cli_overrides
+
+    overrides = parse_cli_overrides(items or [])
+    if device is not None:
+        overrides["device"] = device
+    return overrides
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]{message}[/red]")
+    return typer.Exit(code=2)
+
+
+def train_command(
+    overrides: list[str] | None = OVERRIDES_ARG,
+    config: Path | None = CONFIG_OPT,
+    device: str | None = DEVICE_OPT,
+    resume: str | None = RESUME_OPT,
+    progress: bool = PROGRESS_OPT,
+    final_eval: bool = FINAL_EVAL_OPT,
+) -> None:
+    """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
+    from envs.config import ConfigError
+    from training.config import load_train_config
+    from training.train import load_resume_config, train
+
+    if (config is None) == (resume is None):
+        raise _fail("give exactly one of --config (a new run) or --resume RUN_ID (continue a run)")
+    try:
+        items = _overrides(overrides, device)
+        cfg = load_resume_config(resume, items) if resume else load_train_config(config, items)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    console.rule(f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)")
+    result = train(cfg, resume_run_id=resume, progress=progress, final_evaluation=final_eval and cfg.eval.final)
+    table = Table(title=f"{cfg.algo.upper()} run {result.run_id}", show_header=False)
+    table.add_row("status", "completed" if result.completed else "interrupted (resumable)")
+    table.add_row("env steps", f"{result.num_timesteps:,}")
+    table.add_row("throughput (this session)", f"{result.env_steps_per_s:,.0f} env-steps/s")
+    if result.best_metric is not None:
+        table.add_row(f"best validation {cfg.eval.metric}", f"{result.best_metric:+.4f} at step {result.best_step:,}")
+    if result.model_version is not None:
+        table.add_row("registered model", f"{cfg.registered_name} v{result.model_version} (@{cfg.mlflow.alias})")
+    for kind, run_id in result.evaluation_run_ids.items():
+        table.add_row(f"evaluation run ({kind})", run_id)
+    table.add_row("files", str(result.run_dir))
+    console.print(table)
+    if not result.completed:
+        console.print(f"resume with: defialloc train --resume {result.run_id}")
+        raise typer.Exit(code=130)
+    if result.evaluation_run_ids:
+        console.print(f"agent vs baselines: defialloc compare --experiment {cfg.mlflow.experiment}")
+
+
+def bench_train_command(
+    overrides: list[str] | None = OVERRIDES_ARG,
+    ppo_config: Path = typer.Option(Path("configs/train/ppo.yaml"), help="PPO training config"),
+    sac_config: Path = typer.Option(Path("configs/train/sac.yaml"), help="SAC training config"),
+    steps: int = typer.Option(30_000, min=1_000, help="PPO env steps (SAC runs a third of them)"),
+    algo: str = typer.Option("both", help="ppo | sac | both"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """PPO and SAC training throughput (env-steps/s) and the share of wall time spent in the env."""
+    from envs.config import ConfigError
+    from training.bench_train import bench_train
+
+    paths = {"ppo": str(ppo_config), "sac": str(sac_config)}
+    if algo not in ("ppo", "sac", "both"):
+        raise _fail(f"--algo {algo!r} must be ppo, sac or both")
+    chosen = {k: v for k, v in paths.items() if algo in (k, "both")}
+    try:
+        result = bench_train(chosen, {"ppo": steps, "sac": max(steps // 3, 1_000)}, _overrides(overrides, None))
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title="training throughput (env steps summed over envs; env share = time in reset/step_wait)")
+    for col in ("algo", "env-steps/s", "env share", "env alone, steps/s", "n_envs", "net", "updates", "threads"):
+        table.add_column(col, justify="right")
+    for name, r in result.items():
+        updates = (
+            f"{r['n_epochs']} epochs x batch {r['batch_size']} / {r['n_steps'] * r['n_envs']} steps"
+            if name == "ppo"
+            else f"{r['updates_per_env_step']} per env step, batch {r['batch_size']}"
+        )
+        table.add_row(
+            name.upper(),
+            f"{r['env_steps_per_s']:,.0f}",
+            f"{r['env_share']:.1%}",
+            f"{r['env_only_steps_per_s']:,.0f}",
+            str(r["n_envs"]),
+            str(r["net_arch"]),
+            updates,
+            str(r["torch_threads"]),
+        )
+    console.print(table)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
+    """Add ``train`` to the CLI and ``train`` to ``bench``."""
+    app.command("train")(train_command)
+    bench_app.command("train")(bench_train_command)

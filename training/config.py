@@ -118,8 +118,11 @@ class EvalConfig(StrictModel):
     final: bool = Field(default=True, description="backtest vs the baselines when training ends")
     test_scenarios: int = Field(default=64, ge=1, le=10_000, description="test scenario seeds")
     held_out: bool = Field(default=True, description="also backtest on the real held-out period")
-    baselines: list[str] = Field(default_factory=lambda: ["equal_weight", "min_variance", "max_sharpe"])
-    workers: int = Field(default=1, ge=1, le=64)
+    held_out_period: str = Field(default="heldout_2023", description="a period named in the evaluation config")
+    baselines: list[str] | None = Field(
+        default=None, description="baseline names (default: policies_to_run of configs/evaluation/default.yaml)"
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="backtest processes")
 
 
 class CheckpointConfig(StrictModel):

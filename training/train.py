@@ -18,9 +18,11 @@ Files of a run live in ``<output_dir>/<run_id>/``: ``config.yaml``, ``checkpoint
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
-import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +36,9 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.sb3 import load_model, make_agent, resolve_device
+from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
 from envs import make_vec_env
-from envs.config import REPO_ROOT, ConfigError
+from envs.config import ConfigError
 from envs.seeds import scenario_seeds
 from training.callbacks import (
     BEST_FILE,
@@ -50,9 +52,11 @@ from training.callbacks import (
     ValidationCallback,
     save_checkpoint,
 )
+from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
 from training.config import TrainConfig, load_train_config
 from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
 
+ORACLE_BASELINE = "oracle_mean_variance"
 RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
 CONFIG_FILE = "config.yaml"
@@ -89,26 +93,6 @@ class TrainResult:
         return self.best_model_dir if (self.best_model_dir / MODEL_FILE).is_file() else self.final_model_dir
 
 
-def git_commit() -> str:
-    """HEAD's commit (``+dirty`` when tracked files changed), or ``unknown`` outside a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        # --no-optional-locks: a read-only status that never takes the index lock
-        dirty = subprocess.run(
-            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def configure_torch(seed: int, threads: int) -> None:
     """Seed python/numpy/torch and set torch's intra-op threads."""
     torch.set_num_threads(threads)
@@ -117,7 +101,10 @@ def configure_torch(seed: int, threads: int) -> None:
 
 def build_env(cfg: TrainConfig, seed: int, vecnormalize_path: Path | None = None) -> VecNormalize:
     """The batched training env wrapped in VecNormalize (statistics restored from a file if given)."""
-    venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
+    with warnings.catch_warnings():
+        # SB3's VecEnv base class warns that our batched env has no render_mode; it needs none
+        warnings.filterwarnings("ignore", message="The `render_mode` attribute is not defined")
+        venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
     if vecnormalize_path is not None:
         env = VecNormalize.load(str(vecnormalize_path), venv)
         env.training = True
@@ -149,6 +136,7 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(
             f"cannot change {', '.join(bad)} when resuming; allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}"
         )
+    mlflow.set_tracking_uri(tracking_uri())
     try:
         folder = run_dir_of(run_id)
     except mlflow.exceptions.MlflowException as exc:
@@ -183,8 +171,8 @@ def _graceful_sigint(checkpoint: CheckpointCallback) -> Iterator[None]:
 def _start_run(cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient) -> tuple[Any, Path, RunState]:
     """Start (or reopen) the MLflow run; return it with the run folder and the restored state."""
     if resume_run_id is None:
-        experiment = mlflow.set_experiment(cfg.mlflow.experiment)
-        run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=cfg.mlflow.run_name)
+        experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.mlflow.run_name)
         run_dir = (Path(cfg.output_dir) / run.info.run_id).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
@@ -209,8 +197,6 @@ def _start_run(cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient
     state = RunState.load(run_dir / "checkpoint" / STATE_FILE)
     best_file = run_dir / "best" / BEST_FILE
     if best_file.is_file():  # the best model may be newer than the last checkpoint
-        import json
-
         best = json.loads(best_file.read_text())
         state.best_metric, state.best_step = float(best["value"]), int(best["step"])
     mlflow.set_tag(f"resumed_at_step_{state.num_timesteps}", str(cfg.total_timesteps))
@@ -253,8 +239,10 @@ def train(
         A :class:`TrainResult`; ``completed`` is False when the run was stopped (Ctrl-C) before
         ``total_timesteps``: it is then marked KILLED in MLflow and resumable.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     configure_torch(cfg.seed, cfg.torch_threads)
     device = resolve_device(cfg.device)
+    setup_mlflow(cfg.mlflow.experiment)
     client = MlflowClient()
     run, run_dir, state = _start_run(cfg, resume_run_id, client)
     run_id = run.info.run_id
@@ -320,9 +308,7 @@ def train(
     venv.close()
 
     if cfg.eval.final if final_evaluation is None else final_evaluation:
-        from training.final_eval import evaluate_after_training
-
-        result.evaluation_run_ids = evaluate_after_training(cfg, result)
+        result.evaluation_run_ids = evaluate_against_baselines(cfg, result, progress=progress)
     return result
 
 
@@ -354,3 +340,46 @@ def _finish(
     if version is not None:
         result.model_version = str(version.version)
         mlflow.set_tag("registered_model", f"{cfg.registered_name}/{version.version}")
+
+
+def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progress: bool = True) -> dict[str, str]:
+    """Backtest the trained policy (best by validation) against the baselines, paired, on the test
+    scenario seeds and on the real held-out period; each is one evaluation run in the training
+    run's experiment (``defialloc compare`` pairs them). Returns ``{"test": run_id, "held_out": ...}``.
+    """
+    from evaluation.backtest import (
+        load_evaluation_config,
+        resolve_period,
+        run_backtest,
+        run_period_backtest,
+    )
+    from evaluation.tracking import log_backtest
+
+    folder = result.policy_dir()
+    policy = SB3Policy.load(cfg.algo, folder / MODEL_FILE, folder / VECNORMALIZE_FILE, name=cfg.algo, device="cpu")
+    eval_cfg = load_evaluation_config()
+    baselines = list(cfg.eval.baselines if cfg.eval.baselines is not None else eval_cfg.policies_to_run)
+    extra = {"training_run_id": result.run_id, "agent": cfg.algo, "agent_steps": result.num_timesteps}
+    runs: dict[str, str] = {}
+    seeds = scenario_seeds("test", cfg.eval.test_scenarios)
+    test = run_backtest(
+        cfg.simulation, [policy, *baselines], seeds, workers=cfg.eval.workers, progress=progress, scenario_set="test"
+    )
+    name = f"{cfg.mlflow.run_name or cfg.algo}-test"
+    runs["test"] = log_backtest(test, cfg.mlflow.experiment, name, cfg.simulation, extra)
+    if cfg.eval.held_out:
+        spec = resolve_period(cfg.eval.held_out_period, eval_cfg)
+        feasible = [b for b in baselines if b != ORACLE_BASELINE]
+        held = run_period_backtest(
+            cfg.simulation,
+            [policy, *feasible],
+            spec.start,
+            spec.end,
+            name=cfg.eval.held_out_period,
+            workers=cfg.eval.workers,
+            progress=progress,
+        )
+        name = f"{cfg.mlflow.run_name or cfg.algo}-{cfg.eval.held_out_period}"
+        runs["held_out"] = log_backtest(held, cfg.mlflow.experiment, name, held.config, extra)
+    MlflowClient().set_tag(result.run_id, "evaluation_runs", json.dumps(runs))
+    return runs

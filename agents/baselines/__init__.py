@@ -35,3 +35,4 @@ __all__ = [
     "solve_min_variance",
     "solve_risk_parity",
 ]
+from agents.baselines.policies import BASELINES, FEASIBLE_BASELINES, make_policy  # noqa: E402, F401

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 #: relative asymmetry ``max|C - C'| / max|C|`` tolerated in a covariance matrix
 SYMMETRY_RTOL = 1e-8
@@ -47,6 +48,11 @@ class WeightConstraints:
     def gross_is_binding(self) -> bool:
         """Whether the gross-leverage cap is an extra constraint (long-short with a cap)."""
         return not self.long_only and self.max_gross_leverage is not None
+
+    def single_point(self, n: int) -> bool:
+        """Whether the caps leave one feasible portfolio: ``max_weight * n == |budget|`` forces
+        every ``|w_i|`` to the cap, i.e. equal weights (a degenerate vertex, solved directly)."""
+        return self.max_weight is not None and self.max_weight * n <= abs(self.budget) * (1 + 1e-12)
 
     def equal_weight(self, n: int) -> np.ndarray:
         """``(n,)`` equal weights summing to the budget (always feasible after validation)."""
@@ -151,3 +157,24 @@ def as_prev_weights(prev_weights: np.ndarray | None, n: int) -> np.ndarray | Non
     if prev is not None and not np.all(np.isfinite(prev)):
         raise ValueError(f"prev_weights must be finite, got {prev}")
     return prev
+
+
+def prepare_cov(cov: np.ndarray) -> tuple[np.ndarray, float, str]:
+    """Symmetrized ``cov`` divided by its mean variance ``scale``, ``scale``, and ``""`` or a
+    failure status.
+
+    Scaling makes tolerances unit-free; it changes no argmin. Raises ValueError for asymmetric or
+    indefinite matrices; returns ``"nan_input"`` / ``"singular_cov"`` for data problems.
+    """
+    if not np.isfinite(cov).all():
+        return cov, 1.0, "nan_input"
+    cov = check_symmetric(cov)
+    scale = float(cov.trace()) / cov.shape[0]
+    if scale <= 0.0:
+        check_not_indefinite(cov)
+        return cov, 1.0, "singular_cov"
+    hessian = cov / scale
+    if lapack.dpotrf(hessian)[1] != 0:  # Cholesky failed: not positive definite
+        check_not_indefinite(cov)
+        return cov, 1.0, "singular_cov"
+    return hessian, scale, ""

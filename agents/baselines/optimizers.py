@@ -21,11 +21,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import lapack
 
 from agents.baselines import constraints as cons_mod
 from agents.baselines.constraints import WeightConstraints, make_constraints
-from agents.baselines.qp import QPResult, initial_bound_set, solve_qp, solve_qp_l1
+from agents.baselines.l1_qp import solve_qp_l1
+from agents.baselines.qp import QPResult, initial_bound_set, solve_qp
 from agents.baselines.risk_parity import risk_parity_newton
 from agents.baselines.sharpe import solve_tangency
 
@@ -40,8 +40,9 @@ class SolveInfo:
 
     Attributes:
         status: ``"optimal"``, or why the solve failed: ``"nan_input"``, ``"singular_cov"``,
-            ``"max_iter"``, ``"singular_kkt"``, ``"inaccurate"``, ``"no_positive_excess_return"``
-            (max Sharpe only: no feasible portfolio beats ``risk_free``).
+            ``"max_iter"``, ``"singular_kkt"``, ``"inaccurate"``; max Sharpe only:
+            ``"no_positive_excess_return"`` (no feasible portfolio beats ``risk_free``) and
+            ``"no_tangency"`` (the unconstrained long-short tangency is net short).
         iterations: active-set iterations (KKT solves) or Newton steps taken.
         fallback_used: True when the weights are not the solution of the requested problem.
         fallback: ``"none"``, ``"prev_weights"``, ``"equal_weight"`` or ``"min_variance"``.
@@ -69,27 +70,6 @@ def _fallback(
     return weights, SolveInfo(status, iterations, True, kind, message)
 
 
-def _prepare_cov(cov: np.ndarray) -> tuple[np.ndarray, float, str]:
-    """Symmetrized ``cov`` divided by its mean variance ``scale``, ``scale``, and ``""`` or a
-    failure status.
-
-    Scaling makes tolerances unit-free; it changes no argmin. Raises ValueError for asymmetric or
-    indefinite matrices; returns ``"nan_input"`` / ``"singular_cov"`` for data problems.
-    """
-    if not np.isfinite(cov).all():
-        return cov, 1.0, "nan_input"
-    cov = cons_mod.check_symmetric(cov)
-    scale = float(cov.trace()) / cov.shape[0]
-    if scale <= 0.0:
-        cons_mod.check_not_indefinite(cov)
-        return cov, 1.0, "singular_cov"
-    hessian = cov / scale
-    if lapack.dpotrf(hessian)[1] != 0:  # Cholesky failed: not positive definite
-        cons_mod.check_not_indefinite(cov)
-        return cov, 1.0, "singular_cov"
-    return hessian, scale, ""
-
-
 _STATUS_REASON = {
     "nan_input": "cov or mu contains NaN or inf",
     "singular_cov": "cov is singular (not positive definite); shrink it, e.g. ledoit_wolf_cov",
@@ -110,19 +90,56 @@ def _solve_weights(
     optional gross cap), started at ``prev`` when it is feasible (warm start) else equal weights."""
     n = linear.shape[0]
     lower, upper = cons.bounds(n)
-    ones = np.ones((1, n))
-    rhs = np.array([cons.budget])
     x0 = cons.equal_weight(n)
+    if cons.single_point(n):
+        none = np.zeros(n, dtype=bool)
+        return QPResult(x0, "optimal", 0, none, none, none[:0], np.zeros(n), np.zeros(0))
     if prev is not None:
         # warm start at prev when it is feasible once its tiny budget error is spread evenly
         start = prev + (cons.budget - float(prev.sum())) / n
         if cons.is_feasible(start) and (start >= lower).all() and (start <= upper).all():
             x0 = start
-    if cons.gross_is_binding or turnover_penalty > 0.0:
+    if not cons.gross_is_binding:
+        return _solve_without_gross(hessian, linear, cons, x0, prev, turnover_penalty)
+    # the gross cap often does not bind: solve without it first (fast PDAS path); when it binds,
+    # start from the mix of that solution and x0 whose gross exposure is exactly the cap (feasible
+    # by convexity, and with the optimum's short legs already on their way)
+    gross = float(cons.max_gross_leverage)
+    uncapped = _solve_without_gross(hessian, linear, cons, x0, prev, turnover_penalty)
+    used = uncapped.iterations
+    if uncapped.status == "optimal":
+        gross_uncapped = float(abs(uncapped.x).sum())
+        if gross_uncapped <= gross:
+            return uncapped
+        gross_start = float(abs(x0).sum())
+        mix = (gross - gross_start) / (gross_uncapped - gross_start)
+        x0 = mix * uncapped.x + (1.0 - mix) * x0
+    result = solve_qp_l1(
+        hessian, linear, lower, upper, x0, eq_matrix=np.ones((1, n)),
+        eq_rhs=np.array([cons.budget]), turnover_anchor=prev,
+        turnover_penalty=turnover_penalty, gross_rhs=gross,
+    )  # fmt: skip
+    result.iterations += used
+    return result
+
+
+def _solve_without_gross(
+    hessian: np.ndarray,
+    linear: np.ndarray,
+    cons: WeightConstraints,
+    x0: np.ndarray,
+    prev: np.ndarray | None,
+    turnover_penalty: float,
+) -> QPResult:
+    """The budget + box problem (plus the turnover term), ignoring any gross cap."""
+    n = linear.shape[0]
+    lower, upper = cons.bounds(n)
+    ones = np.ones((1, n))
+    rhs = np.array([cons.budget])
+    if turnover_penalty > 0.0:
         return solve_qp_l1(
             hessian, linear, lower, upper, x0, eq_matrix=ones, eq_rhs=rhs,
             turnover_anchor=prev, turnover_penalty=turnover_penalty,
-            gross_rhs=cons.max_gross_leverage if cons.gross_is_binding else None,
         )  # fmt: skip
     wl, wu = initial_bound_set(x0, lower, upper, 1)
     return solve_qp(
@@ -176,7 +193,7 @@ def solve_min_variance(
         max_gross_leverage=max_gross_leverage,
     )  # fmt: skip
     prev = cons_mod.as_prev_weights(prev_weights, n)
-    hessian, scale, status = _prepare_cov(cov)
+    hessian, scale, status = cons_mod.prepare_cov(cov)
     if status:
         return _fallback("min_variance", status, _STATUS_REASON[status], prev, cons, n)
     result = _solve_weights(hessian, np.zeros(n), cons, prev)
@@ -245,7 +262,7 @@ def solve_mean_variance(
     prev = cons_mod.as_prev_weights(prev_weights, n)
     if tau > 0.0 and prev is None:
         raise ValueError("turnover_penalty > 0 needs prev_weights (the weights turnover is from)")
-    hessian, scale, status = _prepare_cov(cov)
+    hessian, scale, status = cons_mod.prepare_cov(cov)
     if not status and not np.all(np.isfinite(mu_arr)):
         status = "nan_input"
     if status:
@@ -316,7 +333,7 @@ def solve_max_sharpe(
         max_gross_leverage=max_gross_leverage,
     )  # fmt: skip
     prev = cons_mod.as_prev_weights(prev_weights, n)
-    hessian, scale, status = _prepare_cov(cov)
+    hessian, scale, status = cons_mod.prepare_cov(cov)
     if not status and not (np.all(np.isfinite(mu_arr)) and np.isfinite(rf)):
         status = "nan_input"
     if status:
@@ -384,7 +401,7 @@ def solve_risk_parity(
         n, long_only=True, max_weight=None, budget=budget, max_gross_leverage=None
     )
     prev = cons_mod.as_prev_weights(prev_weights, n)
-    hessian, scale, status = _prepare_cov(cov)
+    hessian, scale, status = cons_mod.prepare_cov(cov)
     if status:
         return _fallback("risk_parity", status, _STATUS_REASON[status], prev, cons, n)
     y, status, steps = risk_parity_newton(hessian)

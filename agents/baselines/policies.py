@@ -10,8 +10,10 @@ Cost awareness (so the baselines are not strawmen):
 - a rebalance schedule (``rebalance_every`` steps, counted from the episode start);
 - a policy-level no-trade band: a scheduled rebalance is skipped for an env when no risky weight
   would move by at least ``no_trade_band`` (the env's own per-asset band applies on top);
-- mean-variance utility (and the oracle) subtract ``turnover_cost * ||w - w_now||_1 / rebalance_every``:
-  the one-way cost of a unit of turnover, amortized over the steps the new weights are held.
+- mean-variance utility (and the oracle) subtract ``turnover_cost / cost_horizon * ||w - w_now||_1``:
+  the cost of trading a unit of value, amortized over the steps the new weights are expected to be
+  held (``cost_horizon``, default ``rebalance_every``); with cash in the vector a move into cash
+  counts both legs, which makes the penalty conservative.
 
 Moments are estimated per env on the trailing ``lookback`` prices: per-step SIMPLE returns
 ``p_t / p_{t-1} - 1`` (``(lookback - 1, N)``), covariance by Ledoit-Wolf, EWMA or sample, expected
@@ -36,9 +38,10 @@ from agents.baselines.optimizers import (
     solve_min_variance,
     solve_risk_parity,
 )
-from agents.baselines.oracle import true_moments_by_regime
 from agents.policy import MarketView, Policy
 from envs.config import REPO_ROOT, SimulationConfig, format_validation_error
+from envs.market.config import DAYS_PER_YEAR, MarketConfig
+from envs.market.synthetic import step_transition
 
 DEFAULT_PARAMS_PATH = REPO_ROOT / "configs" / "evaluation" / "default.yaml"
 
@@ -74,13 +77,113 @@ class MaxSharpeParams(EstimationParams):
 
 
 class MeanVarianceParams(EstimationParams):
-    risk_aversion: float = Field(default=5.0, gt=0.0, le=1e4, description="gamma")
-    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit one-way")
+    risk_aversion: float = Field(default=2.0, gt=0.0, le=1e4, description="gamma")
+    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit traded")
+    cost_horizon: int | None = Field(default=None, ge=1, le=10_000, description="steps (None: rebalance_every)")
+    allow_cash: bool = Field(
+        default=True, description="cash is a zero-return asset the optimizer may hold"
+    )
 
 
 class OracleParams(BaselineParams):
-    risk_aversion: float = Field(default=5.0, gt=0.0, le=1e4, description="gamma")
-    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit one-way")
+    risk_aversion: float = Field(default=2.0, gt=0.0, le=1e4, description="gamma")
+    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit traded")
+    cost_horizon: int | None = Field(default=None, ge=1, le=10_000, description="steps (None: rebalance_every)")
+    allow_cash: bool = Field(
+        default=True, description="cash is a zero-return asset the optimizer may hold"
+    )
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _penalty(p: MeanVarianceParams | OracleParams) -> float:
+    """Per-step turnover penalty: the cost per unit traded amortized over the holding horizon."""
+    return p.turnover_cost / (p.cost_horizon or p.rebalance_every)
+
+
+#: variance of the optional cash asset relative to the mean asset variance (keeps the QP definite)
+CASH_VARIANCE_SHARE = 1e-6
+
+
+def mean_variance_with_cash(
+    mu: np.ndarray,
+    cov: np.ndarray,
+    risk_aversion: float,
+    *,
+    budget: float,
+    prev_risky: np.ndarray,
+    max_weight: float | None = None,
+    turnover_penalty: float = 0.0,
+    allow_cash: bool = True,
+) -> tuple[np.ndarray, Any]:
+    """Quadratic-utility risky weights ``(N,)`` summing to at most ``budget`` (``allow_cash``) or exactly.
+
+    With ``allow_cash`` the problem gets one more asset, cash: zero mean and a variance of
+    :data:`CASH_VARIANCE_SHARE` times the mean asset variance (riskless up to a term that keeps the
+    Hessian definite), so the optimizer may de-risk into cash; ``max_weight`` then caps that cash
+    share too. ``turnover_penalty`` is per unit of ``||w - w_now||_1`` over all entries.
+    """
+    if not allow_cash:
+        return solve_mean_variance(
+            mu, cov, risk_aversion, max_weight=max_weight, budget=budget, prev_weights=prev_risky,
+            turnover_penalty=turnover_penalty,
+        )  # fmt: skip
+    n = mu.shape[0]
+    cov_ext = np.zeros((n + 1, n + 1))
+    cov_ext[:n, :n] = cov
+    cov_ext[n, n] = CASH_VARIANCE_SHARE * max(float(np.mean(np.diag(cov))), 1e-300)
+    prev_ext = np.append(prev_risky, max(budget - float(prev_risky.sum()), 0.0))
+    weights, info = solve_mean_variance(
+        np.append(mu, 0.0), cov_ext, risk_aversion, max_weight=max_weight, budget=budget,
+        prev_weights=prev_ext, turnover_penalty=turnover_penalty,
+    )  # fmt: skip
+    return weights[:n], info
+
+
+def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray]:
+    """True next-step SIMPLE-return moments given the current regime (upper-reference oracle).
+
+    Returns ``(mu, cov)`` with ``mu[i]`` ``(N,)`` and ``cov[i]`` ``(N, N)``: the moments of the next
+    step's simple returns given that the CURRENT regime is ``i``, under the synthetic model of
+    ``envs/market/synthetic.py``: a mixture over the next regime ``j ~ P_step[i, j]`` of per-regime
+    log-return laws with mean ``drift_j dt`` (the generator compensates the jumps' mean) and covariance
+    ``vm_j^2 sqrt(h h') C_j + jump covariance``, with ``h`` each asset's UNCONDITIONAL GARCH variance
+    (the oracle is not told the conditional one). Log moments become simple-return moments by
+    lognormal moment matching (exact for the diffusive part, an approximation with jumps).
+    """
+    p = market.synthetic
+    assets = list(market.assets)
+    dt = market.step_days
+    h_bar = np.array([p.garch[a].unconditional_variance_daily for a in assets]) * dt
+    vm = p.vol_multiplier.array()  # (3,)
+    corr = p.correlation.matrices(assets)  # (3, N, N)
+    sd = np.sqrt(h_bar)
+    diff_cov = vm[:, None, None] ** 2 * corr * np.outer(sd, sd)[None]
+    to_prob = dt / DAYS_PER_YEAR
+    p_c = -np.expm1(-p.jumps.common_intensity_per_year.array() * to_prob)  # (3,)
+    p_i = -np.expm1(-p.jumps.idio_intensity_per_year.array() * to_prob)
+    m = np.array([p.jumps.mean_log[a] for a in assets])
+    s = np.array([p.jumps.std_log[a] for a in assets])
+    rho = p.jumps.size_correlation
+    q = p_c + (1.0 - p_c) * p_i  # P(asset jumps in a step)
+    mm, ss = np.outer(m, m), np.outer(s, s)
+    # E[J_a J_b]: a common event (sizes correlated rho) or two independent idiosyncratic jumps
+    cross = p_c[:, None, None] * (mm + rho * ss) + ((1.0 - p_c) * p_i**2)[:, None, None] * mm
+    second = q[:, None] * (m**2 + s**2)
+    jump_cov = cross - (q[:, None, None] ** 2) * mm
+    diag = np.arange(len(assets))
+    jump_cov[:, diag, diag] = second - (q[:, None] * m) ** 2
+    # the generator compensates jumps (subtracts q m every step): the log mean is the drift alone
+    log_mu = np.broadcast_to((p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[:, None], (3, len(assets)))
+    log_cov = diff_cov + jump_cov
+    var = np.diagonal(log_cov, axis1=1, axis2=2)
+    simple_mu = np.exp(log_mu + 0.5 * var) - 1.0  # (3, N)
+    growth = np.exp(log_mu + 0.5 * var)
+    simple_cov = growth[:, :, None] * growth[:, None, :] * np.expm1(log_cov)
+    trans = step_transition(p.transition_array(), dt)  # (3, 3): current -> next
+    mu = trans @ simple_mu
+    second_moment = simple_cov + simple_mu[:, :, None] * simple_mu[:, None, :]
+    cov = np.einsum("ij,jab->iab", trans, second_moment) - mu[:, :, None] * mu[:, None, :]
+    return mu, cov
 
 
 # ---------------------------------------------------------------------------------------- base
@@ -248,16 +351,16 @@ class MaxSharpePolicy(EstimatingPolicy):
 
 
 class MeanVariancePolicy(EstimatingPolicy):
-    """Quadratic utility ``w'mu - gamma/2 w'Σw - turnover_cost/rebalance_every ||w - w_now||_1``."""
+    """Quadratic utility ``w'mu - gamma/2 w'Σw - turnover_cost / cost_horizon ||w - w_now||_1`` (cash allowed)."""
 
     name = "mean_variance"
     params_model = MeanVarianceParams
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         p: MeanVarianceParams = self.params  # type: ignore[assignment]
-        return solve_mean_variance(
-            mu, cov, p.risk_aversion, max_weight=p.max_weight, budget=self.budget,
-            prev_weights=prev, turnover_penalty=p.turnover_cost / p.rebalance_every,
+        return mean_variance_with_cash(
+            mu, cov, p.risk_aversion, budget=self.budget, prev_risky=prev, max_weight=p.max_weight,
+            turnover_penalty=_penalty(p), allow_cash=p.allow_cash,
         )  # fmt: skip
 
 
@@ -265,6 +368,11 @@ class RiskParityPolicy(EstimatingPolicy):
     """Equal risk contribution (long-only by construction; ``max_weight`` is not applied)."""
 
     name = "risk_parity"
+
+    def __init__(self, n_assets: int, name: str | None = None, **params: Any) -> None:
+        super().__init__(n_assets, name=name, **params)
+        if self.params.max_weight is not None:
+            raise ValueError(f"{self.name}: max_weight={self.params.max_weight} is not supported (equal risk contribution fixes the weights); leave it unset")
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         return solve_risk_parity(cov, budget=self.budget, prev_weights=prev)
@@ -302,10 +410,10 @@ class OracleMeanVariancePolicy(BaselinePolicy):
         risky = np.empty((index.size, self.n_assets))
         for j in range(index.size):
             r = int(regime[j])
-            risky[j], info = solve_mean_variance(
-                self.mu_by_regime[r], self.cov_by_regime[r], p.risk_aversion,
-                max_weight=p.max_weight, budget=self.budget, prev_weights=current[j, :-1],
-                turnover_penalty=p.turnover_cost / p.rebalance_every,
+            risky[j], info = mean_variance_with_cash(
+                self.mu_by_regime[r], self.cov_by_regime[r], p.risk_aversion, budget=self.budget,
+                prev_risky=current[j, :-1], max_weight=p.max_weight,
+                turnover_penalty=_penalty(p), allow_cash=p.allow_cash,
             )  # fmt: skip
             self.solves += 1
             self.fallbacks += int(info.fallback_used)

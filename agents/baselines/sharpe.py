@@ -19,7 +19,8 @@ import numpy as np
 from scipy.optimize import linprog
 
 from agents.baselines.constraints import WeightConstraints
-from agents.baselines.qp import initial_bound_set, solve_qp, solve_qp_l1
+from agents.baselines.l1_qp import solve_qp_l1
+from agents.baselines.qp import initial_bound_set, solve_qp
 
 #: an excess return this small relative to max|mu - rf| counts as not positive
 EXCESS_RTOL = 1e-12
@@ -89,6 +90,8 @@ def solve_tangency(
     start_excess = float(excess_n @ w0)
     if start_excess <= EXCESS_RTOL * abs(budget):
         return None, "no_positive_excess_return", 0
+    if cons.single_point(n):
+        return cons.equal_weight(n), "optimal", 0
     y0 = w0 / start_excess
     lower = np.zeros(n) if cons.long_only else np.full(n, -np.inf)
     upper = np.full(n, np.inf)

@@ -48,17 +48,12 @@ class GasModel:
         self.overhead_units = cfg.router_overhead_units
         self.units_per_pool = cfg.units_per_pool
 
-    def per_pool_usd(self, gas_price_gwei: np.ndarray, eth_usd: np.ndarray) -> np.ndarray:
-        """USD cost of touching one more pool, ``(B,)``."""
+    def usd_per_unit(self, gas_price_gwei: np.ndarray, eth_usd: np.ndarray) -> np.ndarray:
+        """USD price of one gas unit per env ``(B,)`` (zero when gas is disabled)."""
         if not self.enabled:
             return np.zeros_like(gas_price_gwei)
-        return gas_cost_usd(self.units_per_pool, gas_price_gwei, eth_usd)
+        return gas_cost_usd(1.0, gas_price_gwei, eth_usd)
 
-    def orders_usd(
-        self, n_orders: np.ndarray, n_pools: np.ndarray, gas_price_gwei: np.ndarray, eth_usd: np.ndarray
-    ) -> np.ndarray:
+    def orders_usd(self, n_orders: np.ndarray, n_pools: np.ndarray, usd_per_unit: np.ndarray) -> np.ndarray:
         """USD gas of ``n_orders`` swap orders touching ``n_pools`` pools in all, per env ``(B,)``."""
-        if not self.enabled:
-            return np.zeros_like(gas_price_gwei)
-        units = self.overhead_units * n_orders + self.units_per_pool * n_pools
-        return gas_cost_usd(units, gas_price_gwei, eth_usd)
+        return (self.overhead_units * n_orders + self.units_per_pool * n_pools) * usd_per_unit

@@ -302,14 +302,15 @@ class PoolSet:
                 leg.pool_indices, leg.route.amounts_in, leg.route.amounts_out, strict=True
             ):
                 p = pools[i]
-                if p.token0 == leg.token_in:
-                    pools[i] = Pool(
-                        p.token0, p.token1, p.reserve0 + a_in, p.reserve1 - a_out, p.fee
-                    )
-                else:
-                    pools[i] = Pool(
-                        p.token0, p.token1, p.reserve0 - a_out, p.reserve1 + a_in, p.fee
-                    )
+                sold0 = p.token0 == leg.token_in
+                delta0, delta1 = (a_in, -a_out) if sold0 else (-a_out, a_in)
+                pools[i] = Pool(
+                    p.token0,
+                    p.token1,
+                    float(p.reserve0 + delta0),
+                    float(p.reserve1 + delta1),
+                    p.fee,
+                )
         return PoolSet(tuple(pools), self.numeraire)
 
 

@@ -133,6 +133,8 @@ class JumpParams(_Strict):
 
     A jump adds a log return ``mean_log[a] + std_log[a] * xi`` to asset ``a``; within a common event the
     ``xi`` of different assets have correlation ``size_correlation``. At most one jump per asset per step.
+    The generator compensates the jumps' mean (every step subtracts ``P(jump) * mean_log[a]``), so jumps
+    add negative skew and tail risk but do not move the expected log return set by the drift.
     """
 
     common_intensity_per_year: RateRegimeValues
@@ -195,8 +197,8 @@ class SyntheticParams(_Strict):
         description="P[i][j] = P(regime j tomorrow | regime i today), regimes calm, bull, crash",
     )
     drift_log_per_year: RegimeValues = Field(
-        default_factory=lambda: RegimeValues(calm=0.1, bull=0.3, crash=0.4),
-        description="diffusive log drift per regime; jumps add their own (negative) mean on top",
+        default_factory=lambda: RegimeValues(calm=0.0, bull=0.0, crash=0.0),
+        description="expected log return per year of every asset in each regime (jumps are compensated)",
     )
     vol_multiplier: PositiveRegimeValues = Field(
         default_factory=lambda: PositiveRegimeValues(calm=0.8, bull=1.05, crash=1.4)
@@ -294,20 +296,24 @@ class GasParams(_Strict):
 
 
 class RegimeRuleParams(_Strict):
-    """Causal labelling of real data on the equal-weight index of the assets (see ``label_regimes``)."""
+    """Causal labelling of real data on the equal-weight index of the assets (see ``label_regimes``).
+
+    Defaults were chosen on 2021-2022 data to isolate a stress state: crash spells of ~7-8 days,
+    ~1.7x the calm vol, and a mean pairwise correlation ~0.24 above calm (docs/market.md).
+    """
 
     crash_window_days: int = Field(default=7, ge=1, le=365)
     crash_return: float = Field(default=0.15, gt=0.0, le=5.0, description="crash if window log return <= -this")
-    vol_window_days: int = Field(default=20, ge=5, le=365)
-    crash_vol_ann: float = Field(default=1.2, gt=0.0, le=20.0, description="...or annualized vol >= this")
+    vol_window_days: int = Field(default=10, ge=5, le=365)
+    crash_vol_ann: float = Field(default=0.8, gt=0.0, le=20.0, description="...or annualized vol >= this")
     trend_window_days: int = Field(default=30, ge=2, le=365)
-    bull_return: float = Field(default=0.15, gt=0.0, le=5.0, description="bull if trend log return >= this")
+    bull_return: float = Field(default=0.25, gt=0.0, le=5.0, description="bull if trend log return >= this")
 
 
 class BootstrapParams(_Strict):
     """Stationary block bootstrap (Politis-Romano 1994) of historical days."""
 
-    mean_block_length: float = Field(default=10.0, ge=1.0, le=365.0, description="days")
+    mean_block_length: float = Field(default=20.0, ge=1.0, le=365.0, description="days")
 
 
 class MarketConfig(_Strict):

@@ -12,7 +12,9 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
   correlation is exactly ``C C^T`` and large moves are joint (tail dependence).
 * ``J_t``: with probability ``1 - exp(-lambda_common[k_t] dt / 365)`` a common event moves every asset by
   ``m_a + s_a (sqrt(rho) f + sqrt(1 - rho) xi_a)``; otherwise each asset jumps on its own with the
-  idiosyncratic intensity. ``m_a < 0``: jumps are biased down.
+  idiosyncratic intensity. ``m_a < 0``: jumps are biased down (negative skew). Jumps are compensated
+  (``J_t`` includes ``- P(jump | k_t) m_a``), so ``mu[k]`` is every asset's expected log return in
+  regime ``k`` and the regime's jump risk adds skew, not a predictable drift.
 * High/low: the exact maximum/minimum of a Brownian bridge from 0 to ``r_t`` with the step's diffusive
   vol (times ``range_scale``): ``(r + sqrt(r^2 + 2 s^2 E)) / 2``, ``E ~ Exp(1)``, so
   ``low <= min(open, close)`` and ``high >= max(open, close)`` with open = previous close.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.special import ndtri
 
 from envs.market.config import (
     DAYS_PER_YEAR,
@@ -40,11 +43,15 @@ from envs.market.config import (
 )
 from envs.market.paths import MarketPaths
 
-# Column layout of each path's uniform block U (T, 6 + 3N) and normal block Z (T, 2N + 5).
-_U_REGIME, _U_COMMON, _U_DEPEG, _U_DEPEG_DEPTH, _U_GAS_SPIKE, _U_SPIKE_SIZE = range(6)
-_N_U_FIXED = 6
-_Z_COMMON_FACTOR, _Z_GAS, _Z_DEPTH, _Z_PEG, _Z_ETH = range(5)
-_N_Z_FIXED = 5
+# Column layout of each path's blocks: uniforms U (T, 4 + N), normals Z (T, N + 4), exponentials
+# E (L, 2N) for the high/low bridges, gammas G (T,) for the Student-t mixing. Jump sizes, spike sizes and
+# depeg depths reuse the event uniform (u / p is uniform given u < p), so rare events cost no draws.
+_U_REGIME, _U_COMMON, _U_DEPEG, _U_SPIKE = range(4)
+_N_U_FIXED = 4
+_Z_GAS, _Z_DEPTH, _Z_PEG, _Z_ETH = range(4)
+_N_Z_FIXED = 4
+_F = np.float32  # random blocks and shocks; prices are accumulated in float64
+_EPS_U = 1e-7  # keeps inverse-CDF arguments inside (0, 1) despite float32 rounding
 
 
 def step_transition(transition_daily: np.ndarray, step_days: float) -> np.ndarray:
@@ -63,32 +70,36 @@ def step_transition(transition_daily: np.ndarray, step_days: float) -> np.ndarra
 
 
 def simulate_regimes(u: np.ndarray, transition: np.ndarray, initial: np.ndarray) -> np.ndarray:
-    """Regime chains from uniforms.
+    """Regime chains from uniforms (inverse-CDF sampling of each row of ``transition``).
 
     Args:
-        u: ``(B, T)`` uniforms in [0, 1); ``u[:, 0]`` draws the initial regime from ``initial``.
-        transition: ``(K, K)`` per-step transition matrix; ``initial``: ``(K,)`` law of the first regime.
+        u: ``(B, T)`` uniforms in [0, 1); ``u[:, 0]`` draws the first regime from ``initial``.
+        transition: ``(K, K)`` per-step transition matrix (K <= 127); ``initial``: ``(K,)`` law at t = 0.
 
     Returns:
-        ``(B, T)`` int64 regime codes.
+        ``(B, T)`` int8 regime codes.
     """
     k = len(initial)
-    cum = np.cumsum(transition, axis=1)
-    cum[:, -1] = 1.0
-    # next_state[b, t, i]: the regime at t if the regime at t-1 was i (searchsorted per row, vectorized)
-    next_state = (u[:, :, None, None] >= cum[None, None, :, :-1]).sum(axis=-1)
-    cum0 = np.cumsum(initial)
-    reg = np.empty(u.shape, dtype=np.int64)
-    reg[:, 0] = np.minimum((u[:, 0, None] >= cum0[None, :-1]).sum(axis=-1), k - 1)
-    rows = np.arange(u.shape[0])
-    for t in range(1, u.shape[1]):
-        reg[:, t] = next_state[rows, t, reg[:, t - 1]]
-    return reg
+    cum = np.cumsum(transition, axis=1)[:, :-1].astype(u.dtype)
+    ut = np.ascontiguousarray(u.T)
+    # next_state[t, i, b]: regime at t if the regime at t-1 was i; the time loop only gathers.
+    next_state = np.zeros((u.shape[1], k, u.shape[0]), dtype=np.int8)
+    for i in range(k):
+        for c in cum[i]:
+            next_state[:, i, :] += ut >= c
+    reg = np.empty(ut.shape, dtype=np.int8)
+    cur = np.searchsorted(np.cumsum(initial)[:-1], ut[0], side="right").astype(np.intp)
+    reg[0] = cur
+    cols = np.arange(u.shape[0])
+    for t in range(1, ut.shape[0]):
+        cur = next_state[t][cur, cols]
+        reg[t] = cur
+    return np.ascontiguousarray(reg.T)
 
 
 def _ar1_log_factor(z: np.ndarray, std: float, phi: float) -> np.ndarray:
     """Stationary AR(1) ``y_t = phi y_{t-1} + std sqrt(1 - phi^2) z_t`` along axis 1 with ``y_0 = std z_0``."""
-    y = np.empty_like(z)
+    y = np.empty(z.shape, dtype=np.float64)
     y[:, 0] = std * z[:, 0]
     if z.shape[1] > 1:
         coef = std * np.sqrt(1.0 - phi * phi)
@@ -104,15 +115,14 @@ def liquidity_and_gas(
     z_depth: np.ndarray | None = None,
     z_gas: np.ndarray | None = None,
     u_spike: np.ndarray | None = None,
-    u_spike_size: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Depth multiplier and gas price (gwei) of regime paths.
+    """Depth multiplier and gas price (gwei) along regime paths.
 
     Args:
         regime: ``(B, L)`` regime codes.
-        z_depth, z_gas: ``(B, L)`` standard normals of the lognormal AR(1) factors; None: no noise.
-        u_spike, u_spike_size: ``(B, L)`` uniforms for gas spikes; None: no spikes (deterministic levels,
-            as used by replay).
+        z_depth, z_gas: ``(B, L)`` standard normals driving the lognormal AR(1) factors; None: no noise.
+        u_spike: ``(B, L)`` uniforms: a spike when ``u < p_spike[regime]``, of size
+            ``min * (max / min) ** (u / p)``; None: no spikes. All None gives replay's deterministic levels.
 
     Returns:
         ``(depth_multiplier, gas_price_gwei)``, each ``(B, L)`` float64 > 0.
@@ -125,47 +135,88 @@ def liquidity_and_gas(
     if z_gas is not None and gas.log_noise_std > 0:
         phi = gas.persistence_daily**step_days
         gwei = gwei * np.exp(_ar1_log_factor(z_gas, gas.log_noise_std, phi))
-    if u_spike is not None and u_spike_size is not None:
-        p_spike = 1.0 - (1.0 - gas.spike_probability.array()) ** step_days
-        lo, hi = np.log(gas.spike_multiplier_min), np.log(gas.spike_multiplier_max)
-        spike = np.where(u_spike < p_spike[regime], np.exp(lo + (hi - lo) * u_spike_size), 1.0)
-        gwei = gwei * spike
+    if u_spike is not None:
+        p_spike = (1.0 - (1.0 - gas.spike_probability.array()) ** step_days)[regime]
+        hit = u_spike < p_spike
+        if hit.any():
+            lo, hi = np.log(gas.spike_multiplier_min), np.log(gas.spike_multiplier_max)
+            size = np.exp(lo + (hi - lo) * (u_spike[hit] / p_spike[hit]))
+            gwei = gwei.copy()
+            gwei[hit] *= size
     return depth, gwei
 
 
-def _draw(seeds: np.ndarray, steps: int, n_u: int, n_z: int, nu: float) -> tuple[np.ndarray, ...]:
-    """Per-path random blocks in a fixed order: U ``(B, T, n_u)``, Z ``(B, T, n_z)``, chi2 ``(B, T)``."""
-    b = len(seeds)
-    u = np.empty((b, steps, n_u))
-    z = np.empty((b, steps, n_z))
-    chi2 = np.empty((b, steps))
-    for i, seed in enumerate(seeds):
-        rng = np.random.default_rng(int(seed))
-        rng.random(out=u[i])
-        rng.standard_normal(out=z[i])
-        chi2[i] = 2.0 * rng.standard_gamma(0.5 * nu, size=steps)
-    return u, z, chi2
-
-
 def bridge_extremes(
-    step_return: np.ndarray, vol: np.ndarray, u_high: np.ndarray, u_low: np.ndarray
+    step_return: np.ndarray, vol: np.ndarray, exp_high: np.ndarray, exp_low: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log max and log min (relative to the open) of a Brownian bridge from 0 to ``step_return``.
 
-    ``P(max > m) = exp(-2 m (m - r) / s^2)`` for ``m >= max(0, r)``; inverting with ``E = -log(1 - u)``
-    gives ``m = (r + sqrt(r^2 + 2 s^2 E)) / 2`` (and symmetrically for the min). Arrays broadcast.
+    ``P(max > m) = exp(-2 m (m - r) / s^2)`` for ``m >= max(0, r)``; inverting with an Exp(1) draw ``E``
+    gives ``m = (r + sqrt(r^2 + 2 s^2 E)) / 2`` (the min symmetrically). Arrays broadcast.
     """
+    r2 = step_return * step_return
     q = 2.0 * vol * vol
-    up = 0.5 * (step_return + np.sqrt(step_return * step_return - q * np.log1p(-u_high)))
-    down = 0.5 * (step_return - np.sqrt(step_return * step_return - q * np.log1p(-u_low)))
+    up = 0.5 * (step_return + np.sqrt(r2 + q * exp_high))
+    down = 0.5 * (step_return - np.sqrt(r2 + q * exp_low))
     return up, down
+
+
+class _Draws:
+    """The random blocks of a batch, each path filled from its own generator in a fixed order."""
+
+    def __init__(self, seeds: np.ndarray, steps: int, length: int, n_assets: int, nu: float) -> None:
+        b = len(seeds)
+        self.u = np.empty((b, steps, _N_U_FIXED + n_assets), dtype=_F)
+        self.z_diff = np.empty((b, steps, n_assets), dtype=_F)
+        self.z = np.empty((b, steps, _N_Z_FIXED), dtype=_F)
+        self.e = np.empty((b, length, 2 * n_assets), dtype=_F)
+        self.gamma = np.empty((b, steps), dtype=_F)
+        for i, seed in enumerate(seeds):
+            rng = np.random.default_rng(int(seed))
+            rng.random(out=self.u[i], dtype=_F)
+            rng.standard_normal(out=self.z_diff[i], dtype=_F)
+            rng.standard_normal(out=self.z[i], dtype=_F)
+            rng.standard_exponential(out=self.e[i], dtype=_F)
+            rng.standard_gamma(0.5 * nu, out=self.gamma[i], dtype=_F)
+
+
+def _jumps(cfg: MarketConfig, reg: np.ndarray, u: np.ndarray, n: int) -> np.ndarray:
+    """``(B, T, N)`` float32 jump log returns (zero off events)."""
+    jp = cfg.synthetic.jumps
+    assets = list(cfg.assets)
+    to_prob = cfg.step_days / DAYS_PER_YEAR
+    p_common = (-np.expm1(-jp.common_intensity_per_year.array() * to_prob)).astype(_F)[reg]
+    p_idio = (-np.expm1(-jp.idio_intensity_per_year.array() * to_prob)).astype(_F)[reg]
+    mean = np.array([jp.mean_log[a] for a in assets])
+    std = np.array([jp.std_log[a] for a in assets])
+    u_common = u[:, :, _U_COMMON]
+    u_idio = u[:, :, _N_U_FIXED : _N_U_FIXED + n]
+    jumps = np.zeros(u_idio.shape, dtype=_F)
+    common = u_common < p_common
+    if common.any():
+        factor = ndtri(np.clip(u_common[common] / p_common[common], _EPS_U, 1 - _EPS_U))
+        own = ndtri(np.clip(u_idio[common], _EPS_U, 1 - _EPS_U))
+        rho = jp.size_correlation
+        xi = np.sqrt(rho) * factor[:, None] + np.sqrt(1.0 - rho) * own
+        jumps[common] = mean + std * xi
+    idio = (u_idio < p_idio[:, :, None]) & ~common[:, :, None]
+    if idio.any():
+        asset_idx = np.nonzero(idio)[2]
+        p_hit = np.broadcast_to(p_idio[:, :, None], idio.shape)[idio]
+        xi = ndtri(np.clip(u_idio[idio] / p_hit, _EPS_U, 1 - _EPS_U))
+        jumps[idio] = mean[asset_idx] + std[asset_idx] * xi
+    # Compensator: subtract the expected jump so drift_log_per_year stays each asset's expected log return.
+    p_jump = p_common + (1 - p_common) * p_idio
+    jumps -= p_jump[:, :, None] * mean.astype(_F)
+    return jumps
 
 
 def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int) -> MarketPaths:
     """Simulate ``len(seeds)`` market paths of ``length`` points (``warmup`` of them history).
 
     Returns:
-        :class:`MarketPaths` with ``close/high/low`` ``(B, length, N)``, the rest ``(B, length)``.
+        :class:`MarketPaths` with ``close/high/low`` ``(B, length, N)`` float64 and the other arrays
+        ``(B, length)``; ``close[:, 0]`` equals ``synthetic.initial_price_usd``.
     """
     seeds = check_sample_request(seeds, length, warmup)
     p = cfg.synthetic
@@ -176,97 +227,72 @@ def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, 
     burn = p.burn_in_steps
     steps = burn + length
     b = len(seeds)
-
-    u, z, chi2 = _draw(seeds, steps, _N_U_FIXED + 3 * n, _N_Z_FIXED + 2 * n, p.nu)
-    u_idio = u[:, :, _N_U_FIXED : _N_U_FIXED + n]
-    u_high = u[:, burn:, _N_U_FIXED + n : _N_U_FIXED + 2 * n]
-    u_low = u[:, burn:, _N_U_FIXED + 2 * n :]
-    z_diff = z[:, :, _N_Z_FIXED : _N_Z_FIXED + n]
-    z_jump = z[:, :, _N_Z_FIXED + n :]
+    d = _Draws(seeds, steps, length, n, p.nu)
 
     transition = step_transition(p.transition_array(), dt)
-    reg = simulate_regimes(u[:, :, _U_REGIME], transition, p.stationary_distribution())
+    reg = simulate_regimes(d.u[:, :, _U_REGIME], transition, p.stationary_distribution())
+    vm = p.vol_multiplier.array().astype(_F)[reg][:, :, None]
 
-    # Correlated multivariate-t shocks with unit variance; columns: assets (+ ETH fallback, uncorrelated).
-    chol = np.linalg.cholesky(p.correlation.matrices(assets) + 1e-12 * np.eye(n))
-    eps = np.empty((b, steps, n + (0 if has_eth else 1)))
-    for k in range(len(REGIME_NAMES)):
-        mask = reg == k
-        eps[mask, :n] = z_diff[mask] @ chol[k].T
+    # Unit-variance multivariate-t shocks times the regime vol multiplier; ETH fallback last (own shock).
+    m = n if has_eth else n + 1
+    chol = np.linalg.cholesky(p.correlation.matrices(assets) + 1e-12 * np.eye(n)).astype(_F)
+    shock = np.zeros((b, steps, m), dtype=_F)
+    # x_i = sum_{j<=i} L[k]_ij z_j with elementwise ops only: BLAS kernels may round differently with
+    # the batch size, which would break the batch-independence of each path.
+    for j in range(n):
+        shock[:, :, j:n] += chol[:, j:, j][reg] * d.z_diff[:, :, j : j + 1]
     if not has_eth:
-        eps[:, :, n] = z[:, :, _Z_ETH]
-    eps *= np.sqrt((p.nu - 2.0) / chi2)[:, :, None]
-    eps *= p.vol_multiplier.array()[reg][:, :, None]
+        shock[:, :, n] = d.z[:, :, _Z_ETH]
+    shock *= np.sqrt((p.nu - 2.0) / np.maximum(2.0 * d.gamma, 1e-12))[:, :, None]
+    shock *= vm
 
     garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
-    omega = np.array([g.omega_daily for g in garch]) * dt
-    alpha = np.array([g.alpha for g in garch])
-    beta = np.array([g.beta for g in garch])
-    h_bar = omega / (1.0 - alpha - beta)
-    h_cap = p.max_variance_multiple * h_bar
-    # e_t^2 = h_t eps_t^2 is known up to h_t, so h_{t+1} = omega + (alpha eps_t^2 + beta) h_t.
-    growth = alpha * eps * eps + beta
-    var = np.empty_like(eps)
-    h = np.broadcast_to(h_bar, (b, len(h_bar))).copy()
+    omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
+    alpha = np.array([g.alpha for g in garch], dtype=_F)
+    beta = np.array([g.beta for g in garch], dtype=_F)
+    h_bar = omega / (1 - alpha - beta)
+    h_cap = (p.max_variance_multiple * h_bar).astype(_F)
+    # e_t = sqrt(h_t) shock_t, so h_{t+1} = omega + (alpha shock_t^2 + beta) h_t: only h is recursive.
+    growth = alpha * shock * shock + beta
+    var = np.empty_like(shock)
+    h = np.broadcast_to(h_bar, (b, m)).copy()
     for t in range(steps):
         var[:, t] = h
-        h = omega + growth[:, t] * h
+        np.multiply(growth[:, t], h, out=h)
+        h += omega
         np.minimum(h, h_cap, out=h)
-    step_vol = np.sqrt(var) * p.vol_multiplier.array()[reg][:, :, None]
-    returns = np.sqrt(var) * eps
-    returns += (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[reg][:, :, None]
+    vol = np.sqrt(var[:, burn:])
+    returns = vol * shock[:, burn:]
+    vol *= vm[:, burn:]  # the step's diffusive vol, for the high/low bridge
+    returns += (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR).astype(_F)[reg[:, burn:]][:, :, None]
+    returns[:, :, :n] += _jumps(cfg, reg, d.u, n)[:, burn:]
 
-    # Jumps: one common event for all assets, or idiosyncratic ones; at most one per asset and step.
-    jp = p.jumps
-    to_prob = dt / DAYS_PER_YEAR
-    p_common = -np.expm1(-jp.common_intensity_per_year.array() * to_prob)[reg]
-    p_idio = -np.expm1(-jp.idio_intensity_per_year.array() * to_prob)[reg]
-    mean_j = np.array([jp.mean_log[a] for a in assets])
-    std_j = np.array([jp.std_log[a] for a in assets])
-    rho = jp.size_correlation
-    common = u[:, :, _U_COMMON] < p_common
-    xi = np.where(
-        common[:, :, None],
-        np.sqrt(rho) * z[:, :, _Z_COMMON_FACTOR, None] + np.sqrt(1.0 - rho) * z_jump,
-        z_jump,
-    )
-    jumped = common[:, :, None] | (u_idio < p_idio[:, :, None])
-    returns[:, :, :n] += np.where(jumped, mean_j + std_j * xi, 0.0)
-
-    # Output window: points burn .. steps-1; point 0 is priced at initial_price_usd.
-    out_ret = returns[:, burn:]
-    log_p0 = np.log(np.array([p.initial_price_usd[a] for a in assets] + ([] if has_eth else [p.eth_fallback.initial_price_usd])))
-    log_close = np.empty_like(out_ret)
-    log_close[:, 0] = log_p0
-    np.cumsum(out_ret[:, 1:], axis=1, out=log_close[:, 1:])
-    log_close[:, 1:] += log_p0
+    # Point 0 is priced at initial_price_usd; the return of step t moves the price from t-1 to t.
+    p0 = [p.initial_price_usd[a] for a in assets] + ([] if has_eth else [p.eth_fallback.initial_price_usd])
+    log_close = np.empty(returns.shape, dtype=np.float64)
+    log_close[:, 0] = np.log(p0)
+    np.cumsum(returns[:, 1:], axis=1, dtype=np.float64, out=log_close[:, 1:])
+    log_close[:, 1:] += log_close[:, :1]
     close_all = np.exp(log_close)
     close = close_all[:, :, :n]
-    up, down = bridge_extremes(out_ret[:, :, :n], p.range_scale * step_vol[:, burn:, :n], u_high, u_low)
-    prev = log_close[:, :, :n] - out_ret[:, :, :n]
+    up, down = bridge_extremes(returns[:, :, :n], p.range_scale * vol[:, :, :n], d.e[:, :, :n], d.e[:, :, n:])
+    prev = log_close[:, :, :n] - returns[:, :, :n]
     high = np.maximum(np.exp(prev + up), close)
     low = np.minimum(np.exp(prev + down), close)
     eth_usd = close[:, :, assets.index("ETH")] if has_eth else close_all[:, :, n]
 
     regime = reg[:, burn:]
     depth, gwei = liquidity_and_gas(
-        regime,
-        cfg.liquidity,
-        cfg.gas,
-        dt,
-        z[:, burn:, _Z_DEPTH],
-        z[:, burn:, _Z_GAS],
-        u[:, burn:, _U_GAS_SPIKE],
-        u[:, burn:, _U_SPIKE_SIZE],
+        regime, cfg.liquidity, cfg.gas, dt, d.z[:, burn:, _Z_DEPTH], d.z[:, burn:, _Z_GAS], d.u[:, burn:, _U_SPIKE]
     )
-    numeraire = _numeraire_path(cfg, reg, u, z)[:, burn:]
+    numeraire = _numeraire_path(cfg, reg, d.u[:, :, _U_DEPEG], d.z[:, :, _Z_PEG])[:, burn:]
     return MarketPaths(
         asset_names=tuple(assets),
-        close=close,
+        close=np.ascontiguousarray(close),
         high=high,
         low=low,
         numeraire_usd=numeraire,
-        regime=regime.astype(np.int8),
+        regime=np.ascontiguousarray(regime),
         regime_names=REGIME_NAMES,
         depth_multiplier=depth,
         gas_price_gwei=gwei,
@@ -276,20 +302,21 @@ def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, 
     )
 
 
-def _numeraire_path(cfg: MarketConfig, reg: np.ndarray, u: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``(B, T)`` USD price of the numeraire: decaying depeg dips times small peg noise."""
+def _numeraire_path(cfg: MarketConfig, reg: np.ndarray, u_depeg: np.ndarray, z_peg: np.ndarray) -> np.ndarray:
+    """``(B, T)`` float64 USD price of the numeraire: decaying depeg dips times a small peg noise."""
     dp = cfg.synthetic.depeg
     dt = cfg.step_days
-    p_event = -np.expm1(-dp.intensity_per_year.array() * dt / DAYS_PER_YEAR)[reg]
-    event = u[:, :, _U_DEPEG] < p_event
-    noise = np.exp(dp.noise_bps * 1e-4 * z[:, :, _Z_PEG])
+    noise = np.exp(dp.noise_bps * 1e-4 * z_peg.astype(np.float64))
+    p_event = (-np.expm1(-dp.intensity_per_year.array() * dt / DAYS_PER_YEAR))[reg]
+    event = u_depeg < p_event
     if not event.any():
         return noise
-    depth = dp.depth_min + (dp.depth_max - dp.depth_min) * u[:, :, _U_DEPEG_DEPTH]
-    # D_t = max_s<=t d_s decay^(t-s): a running max in log space (vectorized, no time loop).
+    depth = np.zeros(reg.shape)
+    depth[event] = dp.depth_min + (dp.depth_max - dp.depth_min) * (u_depeg[event] / p_event[event])
+    # D_t = max_{s<=t} d_s decay^(t-s): a running max in log space (no time loop).
     log_decay = -np.log(2.0) * dt / dp.half_life_days
     t_idx = np.arange(reg.shape[1])
     with np.errstate(divide="ignore"):
-        log_d = np.where(event, np.log(np.where(event, depth, 1.0)), -np.inf) - log_decay * t_idx
+        log_d = np.log(depth) - log_decay * t_idx
     deviation = np.exp(np.maximum.accumulate(log_d, axis=1) + log_decay * t_idx)
     return (1.0 - deviation) * noise

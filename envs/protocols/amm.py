@@ -49,15 +49,25 @@ def check_in_range(
     NaN always fails. The message names ``name``, the first bad value (and its index for arrays) and
     the allowed interval, e.g. ``reserve_in must be in (0, inf); got -1.0 at index (2,)``.
     """
-    arr = np.asarray(value, dtype=np.float64)
+    if type(value) is float or type(value) is int:
+        lowest = highest = float(value)
+        arr = np.asarray(lowest)
+    else:
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.size == 0:
+            return arr
+        # Two reductions instead of elementwise masks (NaN makes min/max NaN, which then fails).
+        lowest, highest = float(arr.min()), float(arr.max())
+    if (lowest > low if low_open else lowest >= low) and (
+        highest < high if high_open else highest <= high
+    ):
+        return arr
     ok = (arr > low if low_open else arr >= low) & (arr < high if high_open else arr <= high)
-    if not ok.all():
-        bad_index = tuple(int(i) for i in np.argwhere(~ok)[0])
-        bad = arr[bad_index] if arr.ndim else arr
-        where = f" at index {bad_index}" if arr.ndim else ""
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}; got {float(bad)!r}{where}")
-    return arr
+    bad_index = tuple(int(i) for i in np.argwhere(~ok)[0])
+    bad = arr[bad_index] if arr.ndim else arr
+    where = f" at index {bad_index}" if arr.ndim else ""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    raise ValueError(f"{name} must be in {interval}; got {float(bad)!r}{where}")
 
 
 class FeeTerms(NamedTuple):

@@ -1,0 +1,393 @@
+"""Leverage in the simulator: the extended action, and what the lending market and perps do at decision time.
+
+Action layout (a Box in ``[-1, 1]``, ``N`` risky assets; blocks present per config flag)::
+
+    [ N + 1 spot weight outputs (cash last) ]  always          -> weights w (envs/actions.py)
+    [ 1 leverage target                     ]  if lending       -> l = (a + 1) / 2 * max_leverage
+    [ N hedge ratios                        ]  if perps         -> h_i = a_i
+
+With equity ``E`` (net value: assets minus debt, USD) the targets are: risky value ``w_i (1 + l) E``,
+cash ``w_c (1 + l) E``, debt ``l E`` (leverage = debt / equity). Infeasible targets are clipped,
+never rejected: ``l <= S / (1 - S)`` with ``S = ltv_buffer * sum_i w_i LTV_i`` (only risky holdings
+are collateral), which keeps the target debt within ``ltv_buffer`` of the borrowing capacity. Perp
+size ``s_i = -h_i * target units_i`` (``h = 1``: spot fully hedged by a short; ``h = -1``: doubled
+by a long). The perps' initial margin ``margin_buffer * sum IMF_i |s_i| index_i`` must fit in the
+post-trade cash (USDC is the cross margin); the whole perp book is scaled down pro rata where it
+does not. A spot-only ``(B, N + 1)`` action is accepted too: it means no leverage and no hedges.
+
+Execution order at ``t`` (:meth:`LeverageEngine.execute`): borrow (so the buys can spend it, an
+atomic flash-loan-style leverage loop), spot rebalance through the pools, repay from cash (a borrow
+that leaves the debt above the post-trade LTV capacity repays the excess, as the atomic transaction
+would revert otherwise), then perp orders at the mark price with the taker fee on the traded
+notional (no perp slippage model). Borrow and repay pay their gas (``GAS_UNITS``). Debt and perp
+changes smaller than ``no_trade_band * E`` are skipped, like spot trades. Risky holdings are held
+as supplied collateral (aTokens, earning the supply rate); supply/withdraw are assumed zapped into
+the swaps (no separate gas). Cash is idle numeraire in the perp margin account (earns nothing).
+
+What happens during the market move is in :mod:`envs.leverage_move`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.actions import actions_to_weights
+from envs.config import ConfigError, SimulationConfig
+from envs.execution.costs import GasModel, TradeCosts
+from envs.execution.pools import PoolBook
+from envs.execution.rebalance import execute_rebalance
+from envs.leverage_paths import ProtocolPaths, ProtocolSetup
+from envs.protocols.gas import GAS_UNITS
+
+HF_CAP = 10.0  # observation: log(min(HF, 10)); "no debt" reads as very safe
+RATE_SCALE = 10.0  # observation: annualized rates x 10 (a 10 %/yr rate -> 1.0)
+
+
+@dataclass
+class StepCosts(TradeCosts):
+    """Every cost of a step per env, ``(B,)`` USD: trading costs plus carry and liquidations.
+
+    ``interest_usd``: debt interest paid minus supply interest earned (USD at ``t + 1`` prices).
+    ``funding_usd``: perp funding paid minus received. ``liquidation_usd``: lending liquidation
+    penalties (seized value at the close minus debt repaid) plus perp liquidation fees and the
+    close-out loss of positions closed at the intra-step extreme instead of the close.
+    """
+
+    interest_usd: np.ndarray
+    funding_usd: np.ndarray
+    liquidation_usd: np.ndarray
+
+    @property
+    def total_usd(self) -> np.ndarray:
+        return (
+            self.fees_usd
+            + self.slippage_usd
+            + self.gas_usd
+            + self.interest_usd
+            + self.funding_usd
+            + self.liquidation_usd
+        )
+
+    def as_dict(self, index: int) -> dict[str, float]:
+        out = super().as_dict(index)
+        out["interest"] = float(self.interest_usd[index])
+        out["funding"] = float(self.funding_usd[index])
+        out["liquidation"] = float(self.liquidation_usd[index])
+        return out
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """Where each block of the action lives (see the module docstring)."""
+
+    n_assets: int
+    lending: bool
+    perps: bool
+
+    @property
+    def dim(self) -> int:
+        return self.n_assets + 1 + int(self.lending) + self.n_assets * int(self.perps)
+
+    def split(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(B, dim)`` (or spot-only ``(B, N + 1)``) -> spot ``(B, N+1)``, leverage ``(B,)``, hedges ``(B, N)``.
+
+        Missing blocks read as no leverage (``-1``) and no hedge (``0``).
+        """
+        n1 = self.n_assets + 1
+        b = actions.shape[0]
+        spot = actions[:, :n1]
+        if actions.shape[1] == n1:
+            return spot, np.full(b, -1.0), np.zeros((b, self.n_assets))
+        lev = actions[:, n1] if self.lending else np.full(b, -1.0)
+        start = n1 + int(self.lending)
+        hedge = actions[:, start : start + self.n_assets] if self.perps else np.zeros((b, self.n_assets))
+        return spot, lev, hedge
+
+    def safe_action(self) -> np.ndarray:
+        """``(dim,)`` action meaning all numeraire, no debt, no perps (the kill-switch's target)."""
+        action = np.zeros(self.dim)
+        action[: self.n_assets] = -1.0
+        action[self.n_assets] = 1.0
+        if self.lending:
+            action[self.n_assets + 1] = -1.0
+        return action
+
+
+def leverage_target(
+    leverage_action: np.ndarray,
+    weights: np.ndarray,
+    ltv: np.ndarray,
+    max_leverage: float,
+    ltv_buffer: float,
+) -> np.ndarray:
+    """Target debt / equity ``(B,)``: ``(a + 1) / 2 * max_leverage`` clipped to ``S / (1 - S)``.
+
+    Args:
+        leverage_action: ``(B,)`` in [-1, 1] (clipped first).
+        weights: ``(B, N + 1)`` target weights, cash last.
+        ltv: ``(N,)`` loan-to-value of each risky asset.
+    """
+    wanted = (np.clip(leverage_action, -1.0, 1.0) + 1.0) * 0.5 * max_leverage
+    s = ltv_buffer * (weights[:, :-1] * ltv).sum(axis=1)
+    return np.minimum(wanted, s / (1.0 - s))
+
+
+def max_feasible_leverage(ltv: np.ndarray, ltv_buffer: float) -> float:
+    """Largest leverage any target can reach: all weight on the highest-LTV asset."""
+    s = ltv_buffer * float(np.max(ltv))
+    return s / (1.0 - s)
+
+
+def health_factor_fast(
+    units: np.ndarray, price: np.ndarray, liq_threshold: np.ndarray, debt_usd: np.ndarray
+) -> np.ndarray:
+    """``(B,)`` HF = sum(units * price * LT) / debt, ``inf`` without debt (unchecked hot-path form of
+    :func:`envs.protocols.lending.health_factor`)."""
+    weighted = (units * price * liq_threshold).sum(axis=1)
+    safe = debt_usd > 0.0
+    return np.where(safe, weighted / np.where(safe, debt_usd, 1.0), np.inf)
+
+
+@dataclass
+class LeveredFills:
+    """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded)."""
+
+    units: np.ndarray
+    cash: np.ndarray
+    costs: TradeCosts
+    traded_usd: np.ndarray
+
+
+class LeverageEngine:
+    """Lending, perps and cascade state of ``n_envs`` portfolios (debt, perp sizes, protocol paths).
+
+    State: ``debt`` ``(B,)`` in numeraire units (variable debt incl. accrued interest) and
+    ``perp_size`` ``(B, N)`` signed units. Spot units and cash stay in the simulator.
+    """
+
+    def __init__(self, config: SimulationConfig, n_envs: int, asset_names: tuple[str, ...]) -> None:
+        env = config.env
+        self.lending_on = env.lending.enabled
+        self.perps_on = env.perps.enabled
+        self.cascades_on = env.cascades_enabled
+        self.cfg = env
+        self.n_envs, self.n_assets = n_envs, len(asset_names)
+        needs_lending_params = self.lending_on or self.cascades_on
+        self.setup = ProtocolSetup.load(
+            asset_names,
+            env.lending.params_path if needs_lending_params else None,
+            env.perps.params_path if self.perps_on else None,
+        )
+        if self.lending_on:
+            self._check_max_leverage()
+        self.layout = ActionLayout(self.n_assets, self.lending_on, self.perps_on)
+        depth = np.array([env.amm.pair_depth_usd(a) for a in asset_names])
+        self.paths = ProtocolPaths(
+            self.setup,
+            n_envs,
+            env.warmup + env.horizon + 1,
+            lending=self.lending_on,
+            perps=self.perps_on,
+            cascades=self.cascades_on,
+            depth_usd=depth,
+            step_days=config.market.step_days,
+        )
+        self.debt = np.zeros(n_envs)
+        self.perp_size = np.zeros((n_envs, self.n_assets))
+        self.obs_size = 3 * int(self.lending_on) + 2 * self.n_assets * int(self.perps_on)
+
+    def _check_max_leverage(self) -> None:
+        lend = self.cfg.lending
+        reserves = self.setup.reserves
+        assert reserves is not None
+        cap = max_feasible_leverage(reserves.ltv, lend.ltv_buffer)
+        if lend.max_leverage > cap:
+            best = int(np.argmax(reserves.ltv))
+            raise ConfigError(
+                f"env.lending.max_leverage={lend.max_leverage} exceeds the {cap:.4f} the LTVs allow: "
+                f"env.lending.ltv_buffer={lend.ltv_buffer} x the highest LTV "
+                f"{reserves.ltv[best]} ({reserves.symbols[best]}) gives S={lend.ltv_buffer * reserves.ltv[best]:.4f} "
+                f"and leverage <= S / (1 - S); lower max_leverage to <= {cap:.4f}"
+            )
+
+    def reset(self, index: np.ndarray, paths: object, seeds: np.ndarray) -> None:
+        self.paths.reset(index, paths, seeds)  # type: ignore[arg-type]
+        self.debt[index] = 0.0
+        self.perp_size[index] = 0.0
+
+    # ------------------------------------------------------------------ views
+    def debt_usd(self, num: np.ndarray) -> np.ndarray:
+        return self.debt * num
+
+    def health_factor(self, units: np.ndarray, price: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """``(B,)`` HF at ``price``; ``inf`` without debt (or without lending)."""
+        if not self.lending_on:
+            return np.full(self.n_envs, np.inf)
+        return health_factor_fast(units, price, self.setup.reserves.liq_threshold, self.debt * num)  # type: ignore[union-attr]
+
+    def observation(
+        self, units: np.ndarray, price: np.ndarray, num: np.ndarray, value: np.ndarray, tau: np.ndarray
+    ) -> np.ndarray:
+        """Protocol block ``(B, obs_size)``: ``[log min(HF, 10), debt / equity, borrow rate x 10]`` if
+        lending, then ``[perp notional_i / equity]`` and ``[funding rate_i annualized x 10]`` if perps."""
+        rows = np.arange(self.n_envs)
+        equity = np.where(value > 0.0, value, np.inf)
+        blocks = []
+        if self.lending_on:
+            hf = self.health_factor(units, price, num)
+            blocks.append(np.log(np.clip(hf, 1e-6, HF_CAP))[:, None])
+            blocks.append((self.debt * num / equity)[:, None])
+            blocks.append((self.paths.borrow_rate[rows, tau] * RATE_SCALE)[:, None])
+        if self.perps_on:
+            blocks.append(self.perp_size * price / equity[:, None])
+            per_year = 365.0 / self.paths.step_days
+            blocks.append(self.paths.funding[rows, tau] * per_year * RATE_SCALE)
+        return np.concatenate(blocks, axis=1)
+
+    # ------------------------------------------------------------------ execute
+    def _gas_usd(self, units: float, gwei: np.ndarray, eth: np.ndarray) -> np.ndarray:
+        """USD gas of ``units`` gas units per env (``gas_cost_usd`` without its range checks)."""
+        if not self.cfg.gas.enabled:
+            return np.zeros_like(gwei)
+        return units * (gwei * 1e-9) * eth
+
+    def execute(
+        self,
+        units: np.ndarray,
+        cash: np.ndarray,
+        actions: np.ndarray,
+        active: np.ndarray,
+        price: np.ndarray,
+        num: np.ndarray,
+        equity: np.ndarray,
+        tau: np.ndarray,
+        pools: PoolBook,
+        gas: GasModel,
+        gwei: np.ndarray,
+        eth: np.ndarray,
+    ) -> LeveredFills:
+        """Borrow, rebalance spot, repay and trade perps toward the action's targets at ``t``.
+
+        ``active``: ``(B,)`` kill-switch override (target all numeraire, no debt, no perps). Mutates
+        ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot units and cash.
+        """
+        band = self.cfg.action.no_trade_band
+        spot_a, lev_a, hedge_a = self.layout.split(actions)
+        w = actions_to_weights(spot_a)
+        eq = np.maximum(equity, 0.0)
+        if self.lending_on:
+            lev = leverage_target(
+                lev_a, w, self.setup.reserves.ltv, self.cfg.lending.max_leverage, self.cfg.lending.ltv_buffer  # type: ignore[union-attr]
+            )
+        else:
+            lev = np.zeros(self.n_envs)
+        if active.any():
+            cash_only = np.zeros(self.n_assets + 1)
+            cash_only[-1] = 1.0
+            w = np.where(active[:, None], cash_only, w)
+            lev = np.where(active, 0.0, lev)
+        target_usd = w[:, :-1] * ((1.0 + lev) * eq)[:, None]
+        zero = np.zeros(self.n_envs)
+        borrow_gas = repay_gas = zero
+        if self.lending_on:
+            target_debt_usd = lev * eq
+            gap_usd = target_debt_usd - self.debt * num
+            move_debt = (np.abs(gap_usd) > band * eq) | ((target_debt_usd <= 0.0) & (self.debt > 0.0))
+            borrow_usd = np.where(move_debt & (gap_usd > 0.0), gap_usd, 0.0)
+            borrow_gas = np.where(borrow_usd > 0.0, self._gas_usd(GAS_UNITS["aave_borrow"], gwei, eth), 0.0)
+            # a borrow must at least pay its own gas (cash never goes negative)
+            ok = (borrow_usd > 0.0) & (cash * num + borrow_usd >= borrow_gas)
+            borrow_usd = np.where(ok, borrow_usd, 0.0)
+            borrow_gas = np.where(ok, borrow_gas, 0.0)
+            cash = cash + (borrow_usd - borrow_gas) / num
+            self.debt = self.debt + borrow_usd / num
+
+        mask = np.abs(target_usd - units * price) > band * eq[:, None]
+        mask |= active[:, None] & (units > 0.0)
+        fills = execute_rebalance(units, cash, target_usd / price, mask, price, num, pools, gas, gwei, eth)
+        units = units + fills.asset_delta
+        cash = cash + fills.cash_delta
+
+        if self.lending_on:
+            cash, repay_gas = self._repay(units, cash, price, num, gwei, eth, move_debt, gap_usd, target_debt_usd, borrow_usd)
+        perp_fee = perp_gas = zero
+        if self.perps_on:
+            cash, perp_fee, perp_gas = self._trade_perps(cash, target_usd, hedge_a, active, price, num, eq, tau, gwei, eth)
+        costs = TradeCosts(
+            fills.costs.fees_usd + perp_fee,
+            fills.costs.slippage_usd,
+            fills.costs.gas_usd + borrow_gas + repay_gas + perp_gas,
+        )
+        return LeveredFills(units, cash, costs, fills.traded_usd)
+
+    def _repay(
+        self,
+        units: np.ndarray,
+        cash: np.ndarray,
+        price: np.ndarray,
+        num: np.ndarray,
+        gwei: np.ndarray,
+        eth: np.ndarray,
+        move_debt: np.ndarray,
+        gap_usd: np.ndarray,
+        target_debt_usd: np.ndarray,
+        borrow_usd: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Repay toward the target from cash after the sells; returns ``(cash, repay gas USD)``."""
+        debt = self.debt
+        want = np.where(move_debt & (gap_usd < 0.0), np.minimum(-gap_usd / num, debt), 0.0)
+        want = np.where(move_debt & (target_debt_usd <= 0.0), debt, want)
+        # the leverage loop is atomic: Aave would revert a borrow above the post-trade capacity
+        capacity_usd = (units * price * self.setup.reserves.ltv).sum(axis=1)  # type: ignore[union-attr]
+        excess = np.where(borrow_usd > 0.0, np.maximum(debt * num - capacity_usd, 0.0) / num, 0.0)
+        want = np.minimum(np.maximum(want, excess), debt)
+        gas_usd = np.where(want > 0.0, self._gas_usd(GAS_UNITS["aave_repay"], gwei, eth), 0.0)
+        repay = np.clip(np.minimum(want, cash - gas_usd / num), 0.0, None)
+        paid = repay > 0.0
+        gas_usd = np.where(paid, gas_usd, 0.0)
+        self.debt = np.where(paid & (repay >= debt), 0.0, debt - repay)
+        return cash - repay - gas_usd / num, gas_usd
+
+    def _trade_perps(
+        self,
+        cash: np.ndarray,
+        target_usd: np.ndarray,
+        hedge_a: np.ndarray,
+        active: np.ndarray,
+        price: np.ndarray,
+        num: np.ndarray,
+        eq: np.ndarray,
+        tau: np.ndarray,
+        gwei: np.ndarray,
+        eth: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Move the perp book toward ``-h * target units`` within the margin; returns cash, fee, gas."""
+        perps = self.setup.perps
+        assert perps is not None and self.setup.imf is not None
+        rows = np.arange(self.n_envs)
+        old = self.perp_size
+        mark = self.paths.mark[rows, tau]
+        want = -np.clip(hedge_a, -1.0, 1.0) * target_usd / price
+        want = np.where(active[:, None], 0.0, want)
+        trade = (np.abs(want - old) * mark > self.cfg.action.no_trade_band * eq[:, None]) | (
+            (want == 0.0) & (old != 0.0)
+        )
+        new = np.where(trade, want, old)
+        initial_margin = self.cfg.perps.margin_buffer * (self.setup.imf * np.abs(new) * price).sum(axis=1)
+        cash_usd = cash * num
+        # |new - old| <= |new| + |old| bounds the fee of any scaled-down book
+        fee_bound = perps.trading_fee * ((np.abs(old) + np.abs(new)) * mark).sum(axis=1)
+        room = cash_usd - fee_bound
+        scale = np.where(initial_margin > room, np.clip(room / np.where(initial_margin > 0, initial_margin, 1.0), 0.0, 1.0), 1.0)
+        new = new * scale[:, None]
+        traded = np.abs(new - old)
+        fee = perps.trading_fee * (traded * mark).sum(axis=1)
+        gas_units = self.cfg.perps.gas_units_per_order * (traded > 0.0).sum(axis=1)
+        gas_usd = self._gas_usd(1.0, gwei, eth) * gas_units
+        ok = fee + gas_usd <= cash_usd
+        self.perp_size = np.where(ok[:, None], new, old)
+        fee = np.where(ok, fee, 0.0)
+        gas_usd = np.where(ok, gas_usd, 0.0)
+        return cash - (fee + gas_usd) / num, fee, gas_usd

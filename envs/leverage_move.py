@@ -1,0 +1,205 @@
+"""What the protocols do while the market moves from ``t`` to ``t + 1`` (after the pools are realigned).
+
+Order, per env (all vectorized over the batch):
+
+1. interest: the debt compounds at the numeraire's borrow rate of time ``t``
+   (``D * exp(r dt)``), supplied collateral units grow at their supply rate (``u * (1 + r dt)``);
+   ``interest_usd`` = paid minus earned, valued at ``t + 1`` prices. Rates over ``[t, t + 1]`` are the
+   ones at ``t`` (Aave's rate is set by the reserve state at the start of the interval), so the agent
+   observes the rate it will pay.
+2. perps: PnL ``size * (mark(t+1) - mark(t))`` is settled to cash; funding over the step is
+   ``rate(t) * size * index(t)`` (``funding_usd`` = paid minus received; ``rate > 0``: longs pay).
+3. cascades: the borrower population's forced sales of the step (precomputed at reset, they depend
+   only on prices) are sold into the agent's pools, which stay dislocated until the next realign;
+   the intra-step low used for the agent's checks is deepened to
+   ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted pool price).
+4. lending liquidation at ``low_eff`` (Aave close factor, bonus, protocol fee:
+   ``liquidation_from_params``); the liquidator sells what it keeps through the pools.
+   ``liquidation_penalty_usd`` = seized units x close(t+1) - debt repaid, so the accounting
+   identity holds exactly with the position valued at the step's close.
+5. perp margin check at the adverse price (``low_eff`` for longs, high for shorts, times the new
+   ``1 + basis``): below maintenance margin, the whole book is closed there with the liquidation fee
+   (``perp_liquidation``); the close-out loss versus the close (``size * (mark(t+1) - mark_adv)``)
+   and the fee are liquidation costs. Equity below zero is absorbed by the venue's insurance fund
+   (``insurance_usd``) and cash stays >= 0.
+
+Identity (to rounding), per env: ``V(t+1) = V(t) - fees - slippage - gas - interest - funding -
+liquidation + insurance + market PnL``, with market PnL = holdings during the move x price change
+(numeraire included, debt revalued) + perp size x mark change.
+
+Debt left on a position whose collateral is all gone stays owed (the agent's equity carries it; Aave
+v3.0-3.2 kept such debt on the books).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.execution.pools import PoolBook
+from envs.execution.router import route_order
+from envs.leverage import LeverageEngine
+from envs.protocols.lending import liquidation_from_params
+from envs.protocols.perps import perp_liquidation
+
+
+@dataclass
+class MoveOutcome:
+    """Per-env ``(B,)`` results of the protocols during one move (USD unless named otherwise).
+
+    ``units_during_move``/``cash_during_move``/``debt_during_move`` (numeraire units) and
+    ``perp_size_during_move`` are the positions that earned the market PnL of the move.
+    """
+
+    units: np.ndarray
+    cash: np.ndarray
+    interest_usd: np.ndarray
+    funding_usd: np.ndarray
+    liquidation_penalty_usd: np.ndarray
+    perp_liquidation_usd: np.ndarray
+    insurance_usd: np.ndarray
+    liquidations: np.ndarray
+    low_effective: np.ndarray
+    units_during_move: np.ndarray
+    cash_during_move: np.ndarray
+    debt_during_move: np.ndarray
+    perp_size_during_move: np.ndarray
+
+    @property
+    def liquidation_usd(self) -> np.ndarray:
+        return self.liquidation_penalty_usd + self.perp_liquidation_usd
+
+
+def pool_price(pools: PoolBook, rows: np.ndarray | slice) -> np.ndarray:
+    """Liquidity-weighted price of each pair ``(b, N)`` (numeraire per asset) over its fee tiers."""
+    return pools.reserve_num[rows].sum(axis=-1) / pools.reserve_asset[rows].sum(axis=-1)
+
+
+def sell_into_pools(pools: PoolBook, rows: np.ndarray, sell_units: np.ndarray) -> None:
+    """Sell ``sell_units`` ``(len(rows), N)`` of each asset for the numeraire, split optimally across
+    the fee tiers (a liquidator's router, no gas), mutating the pools of envs ``rows``."""
+    reserve_asset = pools.reserve_asset[rows]
+    reserve_num = pools.reserve_num[rows]
+    route = route_order(sell_units, reserve_asset, reserve_num, pools.fees, validate=False)
+    pools.reserve_asset[rows] = reserve_asset + route.amounts_in
+    pools.reserve_num[rows] = reserve_num - route.amounts_out
+
+
+def protocol_move(
+    engine: LeverageEngine,
+    units: np.ndarray,
+    cash: np.ndarray,
+    tau: np.ndarray,
+    price0: np.ndarray,
+    price1: np.ndarray,
+    num1: np.ndarray,
+    low1: np.ndarray,
+    high1: np.ndarray,
+    pools: PoolBook,
+) -> MoveOutcome:
+    """Apply steps 1-5 of the module docstring; mutates ``engine.debt``, ``engine.perp_size`` and
+    ``pools``; returns the new spot units and cash with the step's protocol flows.
+
+    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``tau`` ``(B,)``;
+    ``tau`` is the decision time index into the path (the move ends at ``tau + 1``).
+    """
+    b = engine.n_envs
+    rows = np.arange(b)
+    paths, setup = engine.paths, engine.setup
+    zero = np.zeros(b)
+    held = (units, cash, engine.debt, engine.perp_size)
+    debt = engine.debt
+    interest = zero
+    if engine.lending_on:
+        debt = debt * paths.debt_growth[rows, tau]
+        grown = units * paths.supply_growth[rows, tau]
+        interest = (debt - held[2]) * num1 - ((grown - units) * price1).sum(axis=1)
+        units = grown
+
+    low_eff = low1
+    if engine.cascades_on:
+        sales = paths.forced_sales[rows, tau + 1]
+        hit = np.flatnonzero(sales.any(axis=1))
+        if hit.size:
+            before = pool_price(pools, hit)
+            sell_into_pools(pools, hit, sales[hit])
+            low_eff = low1.copy()
+            low_eff[hit] = low1[hit] * (pool_price(pools, hit) / before)
+
+    penalty = zero
+    liquidations = np.zeros(b, dtype=np.int64)
+    if engine.lending_on:
+        reserves = setup.reserves
+        assert reserves is not None and setup.lending is not None
+        debt_usd = debt * num1
+        underwater = (units * low_eff * reserves.liq_threshold).sum(axis=1) < debt_usd
+        if underwater.any():
+            idx = np.flatnonzero(underwater)
+            result = liquidation_from_params(debt_usd[idx], units[idx], low_eff[idx], reserves, setup.lending)
+            seized = result.collateral_seized_units
+            units = units.copy()
+            units[idx] = units[idx] - seized
+            repaid_units = result.debt_repaid_usd / num1[idx]
+            left = debt[idx] - repaid_units
+            debt = debt.copy()
+            # an ulp of debt left by a full close would read as a finite, huge HF
+            debt[idx] = np.where(left <= 1e-12 * debt[idx], 0.0, left)
+            penalty = zero.copy()
+            penalty[idx] = (seized * price1[idx]).sum(axis=1) - result.debt_repaid_usd
+            liquidations[idx] += result.liquidated
+            sell_into_pools(pools, idx, result.liquidator_received_units)
+    engine.debt = debt
+
+    funding = perp_cost = insurance = zero
+    if engine.perps_on:
+        cash, funding, perp_cost, insurance = _settle_perps(engine, cash, tau, price0, num1, low_eff, high1, liquidations)
+    return MoveOutcome(
+        units, cash, interest, funding, penalty, perp_cost, insurance, liquidations, low_eff, *held
+    )
+
+
+def _settle_perps(
+    engine: LeverageEngine,
+    cash: np.ndarray,
+    tau: np.ndarray,
+    price0: np.ndarray,
+    num1: np.ndarray,
+    low_eff: np.ndarray,
+    high1: np.ndarray,
+    liquidations: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Funding, PnL settlement and the margin check; returns cash, funding, liquidation cost, insurance."""
+    setup, paths = engine.setup, engine.paths
+    assert setup.perps is not None and setup.mmf is not None
+    rows = np.arange(engine.n_envs)
+    size = engine.perp_size
+    mark0, mark1 = paths.mark[rows, tau], paths.mark[rows, tau + 1]
+    funding = (paths.funding[rows, tau] * size * price0).sum(axis=1)
+    margin_usd = cash * num1 - funding
+    equity_close = margin_usd + (size * (mark1 - mark0)).sum(axis=1)
+    cash = equity_close / num1
+    zero = np.zeros(engine.n_envs)
+    if not size.any():
+        return cash, funding, zero, zero
+    adverse_index = np.where(size < 0.0, high1, low_eff)
+    mark_adverse = adverse_index * (1.0 + paths.basis[rows, tau + 1])
+    equity_adverse = margin_usd + (size * (mark_adverse - mark0)).sum(axis=1)
+    maintenance = (setup.mmf * np.abs(size) * adverse_index).sum(axis=1)
+    breach = (equity_adverse < maintenance) & (size != 0.0).any(axis=1)
+    if not breach.any():
+        return cash, funding, zero, zero
+    idx = np.flatnonzero(breach)
+    result = perp_liquidation(
+        equity_adverse[idx], size[idx], adverse_index[idx], setup.mmf, setup.perps.liquidation_fee
+    )
+    cash = cash.copy()
+    cash[idx] = result.equity_after_usd / num1[idx]
+    cost, insurance = zero.copy(), zero.copy()
+    cost[idx] = (size[idx] * (mark1[idx] - mark_adverse[idx])).sum(axis=1) + result.fee_usd
+    insurance[idx] = result.insurance_loss_usd
+    new_size = size.copy()
+    new_size[idx] = size[idx] - result.closed_size_units
+    engine.perp_size = new_size
+    liquidations[idx] += result.liquidated
+    return cash, funding, cost, insurance

@@ -1,0 +1,445 @@
+"""Fit the synthetic market to daily OHLCV history (development data only, by default <= 2022-12-31).
+
+Steps (all on daily log returns ``r`` of the risky assets; details and caveats in ``docs/market.md``):
+
+1. Regimes: the causal rule of ``envs/market/replay.py`` labels every day; the transition matrix is the
+   empirical one of consecutive labels.
+2. Jumps: ``|r - median| > 4 robust sigma`` (trailing 60-day MAD x 1.4826, excluding the day). A day on
+   which at least half the assets (and >= 2) jump is a co-jump (a common event). Intensities per regime
+   are counts per regime-day x 365; sizes are each asset's returns on its jump and co-jump days.
+3. GARCH(1,1)-t per asset (``arch``, percent returns) on the diffusive part (a jump day is replaced by
+   its trailing median), so jumps are not counted twice. ``nu`` of the shared multivariate t is the median of the assets' nu.
+4. Per regime: vol multiplier = RMS of GARCH-standardized residuals. Correlation: moment matching, so the
+   model's daily-return correlation in each regime equals the data's (:func:`match_correlations`; the
+   shock correlation must exceed the return correlation because GARCH variances and idiosyncratic jumps
+   differ across assets). Matrices are kept PSD (eigenvalues floored, unit diagonal).
+5. Drift: the mean next-day return after a day in regime ``k`` (what a causal observer of the regime could
+   expect), shrunk toward the pooled mean by ``drift_shrinkage`` (1 = fully: the regime predicts no
+   return, which is what the data support; see the docs), then ``P mu = m`` is solved for the per-regime
+   means (the model compensates jumps, so ``mu`` is the expected log return including jumps).
+6. Depeg: days whose intraday low of the numeraire (and reference stablecoins) is under $0.99.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from envs.market.config import (
+    DAYS_PER_YEAR,
+    LAST_DEVELOPMENT_DATE,
+    REGIME_NAMES,
+    DepegParams,
+    EthFallbackParams,
+    GarchParams,
+    JumpParams,
+    MarketConfig,
+    RateRegimeValues,
+    RegimeCorrelations,
+    RegimeRuleParams,
+    SyntheticParams,
+    resolve_data_dir,
+)
+from envs.market.replay import label_regimes, load_ohlcv
+from envs.market.synthetic import generate_synthetic_paths
+
+JUMP_THRESHOLD_SIGMA = 4.0
+ROBUST_WINDOW_DAYS = 60
+DEPEG_THRESHOLD = 0.01  # intraday low under $0.99
+DEPEG_CRASH_WEIGHT = 4.0  # prior: depegs 4x as likely per day in crash (too few events to fit)
+MAD_TO_SIGMA = 1.4826
+
+
+def robust_sigma(returns: np.ndarray, window: int = ROBUST_WINDOW_DAYS, min_periods: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Trailing median and robust sigma (MAD x 1.4826) of each column, excluding the current day.
+
+    Args:
+        returns: ``(T, N)`` daily log returns.
+
+    Returns:
+        ``(median, sigma)``, each ``(T, N)``; the first ``min_periods`` rows use the first ``min_periods``
+        returns (a warm start).
+    """
+    frame = pd.DataFrame(returns)
+    med = frame.rolling(window, min_periods=min_periods).median().shift(1)
+    mad = (frame - med).abs().rolling(window, min_periods=min_periods).median().shift(1)
+    head = frame.iloc[:min_periods]
+    head_med = head.median()
+    med = med.fillna(head_med)
+    mad = mad.fillna((head - head_med).abs().median())
+    return med.to_numpy(), np.maximum(MAD_TO_SIGMA * mad.to_numpy(), 1e-8)
+
+
+def detect_jumps(returns: np.ndarray, threshold: float = JUMP_THRESHOLD_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """Jump flags and the diffusive part of ``(T, N)`` returns.
+
+    A jump is ``|r - median| > threshold * sigma`` (trailing robust estimates, :func:`robust_sigma`). The
+    diffusive part replaces a jump day by its trailing median: the whole move is attributed to the jump
+    (its size is ``r - median``), so the GARCH fit and the jump sizes do not count it twice.
+
+    Returns:
+        ``(jump, diffusive)``: ``(T, N)`` bool and ``(T, N)`` float64.
+    """
+    med, sigma = robust_sigma(returns)
+    jump = np.abs(returns - med) > threshold * sigma
+    return jump, np.where(jump, med, returns)
+
+
+def transition_counts(labels: np.ndarray, n_regimes: int = len(REGIME_NAMES)) -> np.ndarray:
+    """``(K, K)`` counts of consecutive labels ``(labels[t], labels[t + 1])``."""
+    counts = np.zeros((n_regimes, n_regimes))
+    np.add.at(counts, (labels[:-1], labels[1:]), 1.0)
+    return counts
+
+
+def nearest_correlation(matrix: np.ndarray, floor: float = 1e-4) -> np.ndarray:
+    """Symmetrize, floor the eigenvalues at ``floor`` and rescale to a unit diagonal (PSD by construction)."""
+    sym = 0.5 * (matrix + matrix.T)
+    vals, vecs = np.linalg.eigh(sym)
+    fixed = (vecs * np.maximum(vals, floor)) @ vecs.T
+    d = np.sqrt(np.diag(fixed))
+    out = fixed / np.outer(d, d)
+    np.fill_diagonal(out, 1.0)
+    return out
+
+
+def fit_garch_t(returns: np.ndarray) -> tuple[GarchParams, float, float, np.ndarray]:
+    """GARCH(1,1) with standardized Student-t errors on one series of daily log returns.
+
+    ``alpha + beta`` is capped at 0.99 (by lowering beta) and ``omega`` is then set by variance targeting,
+    ``omega = var(r) (1 - alpha - beta)``, so the model's unconditional variance is the sample variance
+    (a near-integrated fit otherwise gives ``omega ~ 0`` and an arbitrary long-run level).
+
+    Returns:
+        ``(params, nu, mean_daily, variance_daily)`` with ``variance_daily`` the ``(T,)`` fitted
+        conditional variance (decimal units, from the unconstrained fit).
+    """
+    from arch import arch_model  # heavy import, calibration only
+
+    res = arch_model(100.0 * returns, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fit(disp="off")
+    alpha = float(res.params["alpha[1]"])
+    beta = max(0.0, min(float(res.params["beta[1]"]), 0.99 - alpha))
+    omega = float(np.var(returns)) * (1.0 - alpha - beta)
+    params = GarchParams(omega_daily=omega, alpha=alpha, beta=beta)
+    variance = (np.asarray(res.conditional_volatility) / 100.0) ** 2
+    return params, float(res.params["nu"]), float(res.params["mu"]) / 100.0, variance
+
+
+def _depeg_params(frames: dict[str, pd.DataFrame], coins: list[str], stationary: np.ndarray) -> DepegParams:
+    """Episodes of a stablecoin low under ``1 - DEPEG_THRESHOLD`` pooled over ``coins``."""
+    default = SyntheticParams().depeg
+    present = [c for c in coins if c in frames]
+    if not present:
+        return default
+    depths, half_lives, coin_years, noise = [], [], 0.0, []
+    for coin in present:
+        low = frames[coin]["Low"].to_numpy()
+        close = frames[coin]["Close"].to_numpy()
+        coin_years += len(low) / DAYS_PER_YEAR
+        event = 1.0 - low > DEPEG_THRESHOLD
+        starts = np.flatnonzero(event & ~np.r_[False, event[:-1]])
+        for s in starts:
+            depth = 1.0 - low[s]
+            depths.append(depth)
+            recovered = np.flatnonzero(1.0 - close[s:] < 0.5 * depth)
+            half_lives.append(float(recovered[0]) if len(recovered) else float(len(close) - s))
+        noise.append(np.std(close[~event]) * 1e4)
+    if not depths:
+        return default.model_copy(update={"noise_bps": float(np.median(noise))})
+    rate = len(depths) / coin_years
+    weights = np.array([1.0, 1.0, DEPEG_CRASH_WEIGHT])
+    per_regime = rate * weights / float(stationary @ weights)
+    return DepegParams(
+        intensity_per_year=RateRegimeValues(**dict(zip(REGIME_NAMES, per_regime.tolist(), strict=True))),
+        depth_min=float(min(depths)),
+        depth_max=float(max(depths)),
+        half_life_days=max(1.0, float(np.median(half_lives))),
+        noise_bps=float(np.median(noise)),
+    )
+
+
+def _regime_values(values: np.ndarray) -> dict[str, float]:
+    return dict(zip(REGIME_NAMES, (float(v) for v in values), strict=True))
+
+
+def calibrate_market(
+    data_dir: str | Path,
+    assets: list[str],
+    numeraire: str = "USDC",
+    start: str | dt.date | None = None,
+    end: str | dt.date = "2022-12-31",
+    allow_held_out: bool = False,
+    drift_shrinkage: float = 1.0,
+    regime_rule: RegimeRuleParams | None = None,
+    depeg_reference: tuple[str, ...] = ("USDT",),
+) -> MarketConfig:
+    """Fit a synthetic :class:`MarketConfig` to the history in ``[start, end]`` (see module docstring).
+
+    Raises:
+        ValueError: ``end`` after 2022-12-31 without ``allow_held_out=True`` (2023+ is held out), bad data,
+            or a regime that never occurs in the window.
+    """
+    end_date = pd.Timestamp(end).date()
+    if end_date > LAST_DEVELOPMENT_DATE and not allow_held_out:
+        raise ValueError(
+            f"end={end_date} is in the held-out period (after {LAST_DEVELOPMENT_DATE}); calibrating on it "
+            "leaks test data. Pass allow_held_out=True only for a deliberate post-hoc study."
+        )
+    if not 0.0 <= drift_shrinkage <= 1.0:
+        raise ValueError(f"drift_shrinkage={drift_shrinkage} must be in [0, 1]")
+    rule = regime_rule or RegimeRuleParams()
+    folder = resolve_data_dir(data_dir)
+    extra = [s for s in (numeraire, *depeg_reference, "ETH") if s not in assets and (folder / f"{s}-USD.csv").is_file()]
+    frames = load_ohlcv(folder, [*assets, *extra], start, end_date)
+    close = np.stack([frames[a]["Close"].to_numpy() for a in assets], axis=1)
+    if len(close) < 120:
+        raise ValueError(f"calibration window has {len(close)} days; need at least 120")
+    returns = np.diff(np.log(close), axis=0)
+    labels = label_regimes(close, rule)[1:]  # label of the day each return ends on
+    counts = np.bincount(labels, minlength=3)
+    if np.any(counts == 0):
+        missing = [REGIME_NAMES[k] for k in np.flatnonzero(counts == 0)]
+        raise ValueError(f"regime(s) {missing} never occur in the calibration window; widen it or change regime_rule")
+    trans = transition_counts(labels)
+    transition = trans / trans.sum(axis=1, keepdims=True)
+    stationary = SyntheticParams(transition_daily=transition.tolist()).stationary_distribution()
+
+    jump, cleaned = detect_jumps(returns)
+    n = len(assets)
+    fits = [fit_garch_t(cleaned[:, i]) for i in range(n)]
+    garch = {a: f[0] for a, f in zip(assets, fits, strict=True)}
+    variance = np.stack([f[3] for f in fits], axis=1)
+    nu = float(np.clip(np.median([f[1] for f in fits]), 2.5, 100.0))
+
+    co_min = max(2, int(np.ceil(n / 2)))
+    co_jump = jump.sum(axis=1) >= co_min if n >= 2 else np.zeros(len(jump), dtype=bool)
+    idio = jump & ~co_jump[:, None]
+    common_rate = np.array([co_jump[labels == k].sum() / counts[k] for k in range(3)]) * DAYS_PER_YEAR
+    idio_rate = np.array([idio[labels == k].sum() / (n * counts[k]) for k in range(3)]) * DAYS_PER_YEAR
+    size_days = jump | co_jump[:, None]
+    excess = returns - cleaned  # the jump part; 0 off jump days (co-jump days: only assets that jumped)
+    mean_log, std_log = {}, {}
+    for i, a in enumerate(assets):
+        sample = np.where(jump[:, i], excess[:, i], returns[:, i])[size_days[:, i]]
+        mean_log[a] = float(sample.mean()) if len(sample) >= 3 else -0.05
+        std_log[a] = float(max(sample.std(ddof=1), 0.01)) if len(sample) >= 3 else 0.05
+    co_days = returns[co_jump]
+    size_corr = 0.8
+    if len(co_days) >= 3 and n >= 2:
+        c = np.corrcoef(co_days, rowvar=False)
+        size_corr = float(np.clip(c[np.triu_indices(n, 1)].mean(), 0.0, 1.0))
+
+    means = np.array([f[2] for f in fits])
+    z = (cleaned - means) / np.sqrt(variance)
+    vol_mult = np.array([np.sqrt(np.mean(z[labels == k] ** 2)) for k in range(3)])
+    start_corr = np.stack([_regime_corr(z[labels == k]) for k in range(3)])
+    target_corr = np.stack([_regime_corr(returns[labels == k]) for k in range(3)])
+
+    # Drift: next-day mean return given today's regime, shrunk, mapped to per-regime means (P mu = m).
+    pooled = returns.mean(axis=1)
+    forward = np.array([pooled[1:][labels[:-1] == k].mean() for k in range(3)])
+    overall = pooled.mean()
+    target = overall + (1.0 - drift_shrinkage) * (forward - overall)
+    drift_daily = np.linalg.lstsq(transition, target, rcond=None)[0]  # jumps are compensated in the model
+
+    if "ETH" in assets:
+        eth = EthFallbackParams(garch=garch["ETH"], initial_price_usd=float(close[-1, assets.index("ETH")]))
+    else:
+        eth_ret = np.diff(np.log(frames["ETH"]["Close"].to_numpy()))
+        eth = EthFallbackParams(garch=fit_garch_t(detect_jumps(eth_ret[:, None])[1][:, 0])[0],
+                                initial_price_usd=float(frames["ETH"]["Close"].iloc[-1]))
+    hl = np.log(np.stack([frames[a]["High"].to_numpy() / frames[a]["Low"].to_numpy() for a in assets], axis=1))[1:]
+    parkinson = np.mean(hl**2, axis=0) / (4.0 * np.log(2.0))
+    range_scale = float(np.clip(np.median(np.sqrt(parkinson / cleaned.var(axis=0))), 0.2, 5.0))
+
+    synthetic = SyntheticParams(
+        transition_daily=transition.tolist(),
+        drift_log_per_year=_regime_values(drift_daily * DAYS_PER_YEAR),
+        vol_multiplier=_regime_values(vol_mult),
+        correlation=_correlations(assets, start_corr),
+        garch=garch,
+        nu=nu,
+        initial_price_usd={a: float(close[-1, i]) for i, a in enumerate(assets)},
+        jumps=JumpParams(
+            common_intensity_per_year=_regime_values(common_rate),
+            idio_intensity_per_year=_regime_values(idio_rate),
+            mean_log=mean_log,
+            std_log=std_log,
+            size_correlation=size_corr,
+        ),
+        depeg=_depeg_params(frames, [numeraire, *depeg_reference], stationary),
+        eth_fallback=eth,
+        range_scale=range_scale,
+    )
+    first = frames[assets[0]].index[0].date()
+    cfg = MarketConfig(
+        source="synthetic", assets=list(assets), numeraire=numeraire, data_dir=str(data_dir),
+        start=first, end=end_date, synthetic=synthetic, regime_rule=rule,
+    )
+    return match_correlations(cfg, target_corr) if n > 1 else cfg
+
+
+def _regime_corr(x: np.ndarray) -> np.ndarray:
+    if x.shape[1] == 1:
+        return np.ones((1, 1))
+    return nearest_correlation(np.corrcoef(x, rowvar=False))
+
+
+def _correlations(assets: list[str], matrices: np.ndarray) -> RegimeCorrelations:
+    return RegimeCorrelations(assets=list(assets), **{r: m.tolist() for r, m in zip(REGIME_NAMES, matrices, strict=True)})
+
+
+def match_correlations(
+    cfg: MarketConfig, target: np.ndarray, iterations: int = 4, n_paths: int = 128, length: int = 730, seed: int = 0
+) -> MarketConfig:
+    """Adjust the per-regime shock correlations until the model's return correlations match ``target``.
+
+    Fixed-point iteration ``C <- nearest_correlation(C + target - model)`` where ``model`` is the pooled
+    correlation of simulated daily returns on each regime's days (true regimes, common random numbers).
+
+    Args:
+        target: ``(3, N, N)`` data return correlations per regime (``REGIME_NAMES`` order).
+    """
+    assets = list(cfg.assets)
+    current = cfg.synthetic.correlation.matrices(assets)
+    seeds = np.arange(seed, seed + n_paths)
+    for _ in range(iterations):
+        paths = generate_synthetic_paths(cfg, seeds, length, 0)
+        ret = np.diff(np.log(paths.close), axis=1)
+        reg = paths.regime[:, 1:]
+        model = np.stack([_regime_corr(ret[reg == k]) for k in range(3)])
+        current = np.stack([nearest_correlation(np.clip(c + t - m, -0.995, 0.995)) for c, t, m in zip(current, target, model, strict=True)])
+        syn = cfg.synthetic.model_copy(update={"correlation": _correlations(assets, current)})
+        cfg = cfg.model_copy(update={"synthetic": syn})
+    return cfg
+
+
+def _mean_offdiag_corr(x: np.ndarray) -> float:
+    if x.shape[0] < 10 or x.shape[1] < 2:
+        return float("nan")
+    c = np.corrcoef(x, rowvar=False)
+    return float(c[np.triu_indices(x.shape[1], 1)].mean())
+
+
+def _path_stats(returns: np.ndarray, regime: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-asset figures of one path: returns ``(T, N)``, regime ``(T,)`` (regime of each return's day)."""
+    a = np.abs(returns - returns.mean(axis=0))
+    acf = np.sum(a[1:] * a[:-1] - a.mean(axis=0) ** 2, axis=0) / (len(a) * a.var(axis=0))
+    return {
+        "ann_vol": returns.std(axis=0) * np.sqrt(DAYS_PER_YEAR),
+        "excess_kurtosis": pd.DataFrame(returns).kurt().to_numpy(),
+        "worst_day": np.expm1(returns.min(axis=0)),
+        "acf_abs_lag1": acf,
+        "corr_calm": np.array([_mean_offdiag_corr(returns[regime == 0])]),
+        "corr_crash": np.array([_mean_offdiag_corr(returns[regime == 2])]),
+    }
+
+
+def calibration_report(cfg: MarketConfig, data: dict[str, pd.DataFrame], n_paths: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Fitted (simulated) vs historical figures, per asset.
+
+    ``data`` is :func:`load_ohlcv` output for ``cfg.assets``. The model side simulates ``n_paths`` paths of
+    the data's length (seeds ``seed..seed+n_paths-1``) and reports, per figure, the median and the 5-95%
+    range across paths (each path is one alternative history of the same length). Correlations are mean
+    pairwise correlations of daily returns on calm / crash days (data: causal rule; model: its regimes).
+
+    Returns:
+        DataFrame with columns ``metric, asset, data, model_median, model_p05, model_p95``.
+    """
+    assets = list(cfg.assets)
+    close = np.stack([data[a]["Close"].to_numpy() for a in assets], axis=1)
+    returns = np.diff(np.log(close), axis=0)
+    observed = _path_stats(returns, label_regimes(close, cfg.regime_rule)[1:])
+    sim_cfg = cfg.model_copy(update={"source": "synthetic"})
+    paths = generate_synthetic_paths(sim_cfg, np.arange(seed, seed + n_paths), len(close), 0)
+    sim_ret = np.diff(np.log(paths.close), axis=1)
+    sims = [_path_stats(sim_ret[b], paths.regime[b, 1:]) for b in range(n_paths)]
+    rows: list[dict[str, Any]] = []
+    for metric, value in observed.items():
+        sample = np.stack([s[metric] for s in sims])
+        names = assets if len(value) == len(assets) else ["all"]
+        for j, name in enumerate(names):
+            col = sample[:, j][np.isfinite(sample[:, j])]
+            q = np.percentile(col, [50, 5, 95]) if len(col) else [np.nan] * 3
+            rows.append({"metric": metric, "asset": name, "data": float(value[j]),
+                         "model_median": float(q[0]), "model_p05": float(q[1]), "model_p95": float(q[2])})
+    return pd.DataFrame(rows)
+
+
+def _rounded(value: Any, digits: int = 8) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def write_market_config(cfg: MarketConfig, path: str | Path, header: str = "") -> None:
+    """Write ``cfg`` as YAML (floats to 8 significant digits) with ``header`` as leading comment lines."""
+    body = yaml.safe_dump(_rounded(cfg.model_dump(mode="json")), sort_keys=False, default_flow_style=None, width=110)
+    comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(comment + body)
+
+
+def format_report(report: pd.DataFrame) -> str:
+    """The report as a Markdown table (for the docs and the console)."""
+    lines = ["| metric | asset | data | model median | model 5-95% |", "|---|---|---:|---:|---:|"]
+    for r in report.itertuples():
+        lines.append(f"| {r.metric} | {r.asset} | {r.data:.3f} | {r.model_median:.3f} | {r.model_p05:.3f} .. {r.model_p95:.3f} |")
+    return "\n".join(lines)
+
+
+def run_calibration(
+    data_dir: str | Path,
+    out_path: str | Path,
+    assets: list[str],
+    end: str | dt.date = "2022-12-31",
+    numeraire: str = "USDC",
+    start: str | dt.date | None = None,
+    allow_held_out: bool = False,
+    drift_shrinkage: float = 1.0,
+    n_report_paths: int = 200,
+    seed: int = 0,
+    console: Any = None,
+) -> tuple[MarketConfig, pd.DataFrame]:
+    """Calibrate, write the config to ``out_path`` and print the fitted-vs-data table (``defialloc calibrate``).
+
+    Returns:
+        ``(config, report)``.
+    """
+    cfg = calibrate_market(data_dir, assets, numeraire, start, end, allow_held_out, drift_shrinkage)
+    data = load_ohlcv(data_dir, assets, cfg.start, cfg.end)
+    report = calibration_report(cfg, data, n_paths=n_report_paths, seed=seed)
+    header = (
+        f"Calibrated synthetic market, fitted on {cfg.start}..{cfg.end} ({len(next(iter(data.values())))} days)\n"
+        f"of {','.join(assets)} with numeraire {numeraire}, written by:\n"
+        f"  defialloc calibrate --data-dir {data_dir} --out {out_path} --assets {','.join(assets)} "
+        f"--numeraire {numeraire} --end {end}\n"
+        "(envs/market/calibrate.py:run_calibration; model and caveats: docs/market.md)"
+    )
+    write_market_config(cfg, out_path, header)
+    _print_report(report, cfg, out_path, console)
+    return cfg, report
+
+
+def _print_report(report: pd.DataFrame, cfg: MarketConfig, out_path: str | Path, console: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"calibration {cfg.start}..{cfg.end}: data vs model (median, 5-95% over paths)")
+    for col in ("metric", "asset", "data", "model median", "model 5-95%"):
+        table.add_column(col, justify="left" if col in ("metric", "asset") else "right")
+    for r in report.itertuples():
+        table.add_row(r.metric, r.asset, f"{r.data:.3f}", f"{r.model_median:.3f}", f"{r.model_p05:.3f} .. {r.model_p95:.3f}")
+    console.print(table)
+    console.print(f"wrote {out_path}")

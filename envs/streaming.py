@@ -1,0 +1,291 @@
+"""A :class:`~envs.simulator.PortfolioSimulator` fed one market bar at a time (paper trading).
+
+The batch simulator loads a whole market path at reset. Here the path arrays are preallocated (and
+grown when a live feed runs past them) and filled row by row as bars arrive; each new observation
+row is computed by the env's own :func:`envs.features.market_features` on the history loaded so
+far, and trades go through the env's own ``execute``/``advance``. Nothing about the market, the
+features or the execution model is re-implemented.
+
+Bar ``j`` of a feed is row ``j`` of the path. Rows ``0 .. warmup - 1`` are history only; at row
+``warmup`` the portfolio starts (``reset_envs`` on the history) and the first decision is made; every
+later bar is: load the row, :meth:`advance` (mark to market, pools realigned), observe, decide, execute.
+
+Exactness: ``market_features`` is causal and computed with sequential prefix operations (``cumsum``,
+``lfilter``), so the feature row of bar ``t`` computed from rows ``0 .. t`` equals bit for bit the row
+a backtest computes from the full path. With ``history_rows`` set, only the trailing rows are used
+(bounded cost per bar for long live runs); then the features can differ in the last float bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions
+from envs.config import SimulationConfig
+from envs.execution.costs import TradeCosts
+from envs.features import market_features
+from envs.market.paths import MarketPaths
+from envs.simulator import Execution, PortfolioSimulator
+
+
+@dataclass(frozen=True)
+class MarketBar:
+    """One time point of the market, as a feed delivers it.
+
+    Attributes:
+        index: position in the feed (0 = first warmup bar); consecutive bars differ by 1.
+        time: ISO-8601 date or datetime of the bar's close.
+        close, high, low: ``(N,)`` USD prices of the risky assets (high >= close >= low > 0).
+        numeraire_usd: USD price of the cash asset (1.0 when pegged).
+        depth_multiplier: pool depth relative to the config's baseline (> 0).
+        gas_price_gwei: gas price (> 0). eth_usd: ETH price in USD (gas is paid in ETH).
+        regime: regime code (index into the feed's ``regime_names``; informative only).
+    """
+
+    index: int
+    time: str
+    close: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    numeraire_usd: float
+    depth_multiplier: float
+    gas_price_gwei: float
+    eth_usd: float
+    regime: int = 0
+
+
+def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
+    """Raise ValueError naming the field, asset, bar and value when a bar is unusable."""
+    n = len(asset_names)
+    for name in ("close", "high", "low"):
+        arr = np.asarray(getattr(bar, name), dtype=np.float64)
+        if arr.shape != (n,):
+            raise ValueError(f"bar {bar.index} ({bar.time}): {name} has shape {arr.shape}, expected ({n},)")
+        bad = ~np.isfinite(arr) | (arr <= 0.0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"bar {bar.index} ({bar.time}): {name} price of {asset_names[i]} is {arr[i]!r}; prices must be finite and > 0"
+            )
+    for name in ("numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd"):
+        value = float(getattr(bar, name))
+        if not (np.isfinite(value) and value > 0.0):
+            raise ValueError(f"bar {bar.index} ({bar.time}): {name}={value!r} must be finite and > 0")
+    close, high, low = (np.asarray(getattr(bar, k), dtype=np.float64) for k in ("close", "high", "low"))
+    if np.any(high < close * (1 - 1e-9)) or np.any(low > close * (1 + 1e-9)):
+        raise ValueError(f"bar {bar.index} ({bar.time}): need high >= close >= low for every asset")
+
+
+@dataclass
+class OrderIntent:
+    """What the portfolio wanted at a decision, before execution (arrays ``(N+1,)`` / ``(N,)``).
+
+    ``current``/``target``: weights (cash last) before trading and after the kill-switch override;
+    ``submitted``: assets whose weight gap exceeded the no-trade band (or that the kill-switch sells);
+    ``value_usd``: portfolio value at the decision; ``units_before``/``cash_before``: holdings then.
+    """
+
+    current: np.ndarray
+    target: np.ndarray
+    submitted: np.ndarray
+    value_usd: float
+    units_before: np.ndarray
+    cash_before: float
+    price_usd: np.ndarray
+    numeraire_usd: float
+
+
+def _with_horizon(config: SimulationConfig, horizon: int) -> SimulationConfig:
+    env = config.env.model_copy(update={"horizon": horizon})
+    return config.model_copy(update={"env": env})
+
+
+class StreamingSimulator(PortfolioSimulator):
+    """One portfolio (``B = 1``) whose market path grows bar by bar.
+
+    Args:
+        config: the simulation config (its ``env.horizon`` is replaced by the capacity).
+        capacity: decision bars to preallocate (grown by doubling when exceeded).
+        regime_names: names of the feed's regime codes.
+        history_rows: None (default) computes each feature row from the whole loaded history (equal
+            to a backtest's features); an int >= ``observation.history_needed`` uses only that many
+            trailing rows.
+    """
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        capacity: int = 512,
+        regime_names: tuple[str, ...] = (),
+        history_rows: int | None = None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} must be >= 1")
+        need = config.env.observation.history_needed
+        if history_rows is not None and history_rows < need:
+            raise ValueError(f"history_rows={history_rows} must be >= observation.history_needed = {need}")
+        super().__init__(_with_horizon(config, capacity), n_envs=1)
+        self.feed_regime_names = tuple(regime_names)
+        self.history_rows = history_rows
+        self.rows_loaded = 0
+        self.started = False
+        self.last_intent: OrderIntent | None = None
+
+    # ------------------------------------------------------------------ loading bars
+    def _ensure_rows(self, rows: int) -> None:
+        if rows <= self.path_length:
+            return
+        new_length = max(rows, 2 * self.path_length)
+        extra = new_length - self.path_length
+        for name in ("close", "low", "high", "numeraire", "depth", "gas_gwei", "eth", "regime", "features"):
+            arr = getattr(self, name)
+            pad = np.repeat(arr[:, -1:], extra, axis=1)
+            setattr(self, name, np.concatenate([arr, pad], axis=1))
+        self.path_length = new_length
+        self.horizon = new_length - self.warmup - 1
+
+    def _write_row(self, bar: MarketBar) -> int:
+        row = self.rows_loaded
+        if bar.index != row:
+            raise ValueError(f"bar index {bar.index} arrived but the simulator expects bar {row} (no gaps, no repeats)")
+        self._ensure_rows(row + 1)
+        self.close[0, row] = bar.close
+        self.high[0, row] = bar.high
+        self.low[0, row] = bar.low
+        self.numeraire[0, row] = bar.numeraire_usd
+        self.depth[0, row] = bar.depth_multiplier
+        self.gas_gwei[0, row] = bar.gas_price_gwei
+        self.eth[0, row] = bar.eth_usd
+        self.regime[0, row] = bar.regime
+        self.rows_loaded = row + 1
+        return row
+
+    def _compute_features(self, first: int, stop: int) -> None:
+        """Feature rows ``first .. stop - 1`` from the loaded history (see ``history_rows``)."""
+        lo = 0 if self.history_rows is None else max(0, first + 1 - self.history_rows)
+        feats = market_features(
+            self.close[:, lo:stop],
+            self.numeraire[:, lo:stop],
+            self.depth[:, lo:stop],
+            self.gas_gwei[:, lo:stop],
+            self.config.env.observation,
+            self.config.market.step_days,
+        )
+        self.features[:, first:stop] = feats[:, first - lo :]
+
+    def _padded_paths(self) -> MarketPaths:
+        """The loaded rows, padded with the last bar to the full length (for ``reset_envs``)."""
+        m = self.rows_loaded
+
+        def pad(arr: np.ndarray) -> np.ndarray:
+            out = arr.copy()
+            out[:, m:] = arr[:, m - 1 : m]
+            return out
+
+        return MarketPaths(
+            asset_names=self.asset_names,
+            close=pad(self.close),
+            high=pad(self.high),
+            low=pad(self.low),
+            numeraire_usd=pad(self.numeraire),
+            regime=pad(self.regime),
+            regime_names=self.feed_regime_names,
+            depth_multiplier=pad(self.depth),
+            gas_price_gwei=pad(self.gas_gwei),
+            eth_usd=pad(self.eth),
+            warmup=self.warmup,
+            step_days=self.config.market.step_days,
+        )
+
+    def push_bar(self, bar: MarketBar) -> None:
+        """Load the next bar's row (and, once started, its observation features)."""
+        row = self._write_row(bar)
+        if self.started:
+            self._compute_features(row, row + 1)
+
+    def start(self) -> None:
+        """Open the portfolio at bar ``warmup`` (the env's reset: initial holdings, pools at market)."""
+        if self.started:
+            raise RuntimeError("the portfolio has already started")
+        if self.rows_loaded != self.warmup + 1:
+            raise RuntimeError(f"start() needs exactly warmup + 1 = {self.warmup + 1} bars; {self.rows_loaded} loaded")
+        self.reset_envs(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=self._padded_paths())
+        self.started = True
+
+    def load_history(self, bars: list[MarketBar]) -> None:
+        """Load many bars at once (a resume), computing their features in one pass."""
+        first = self.rows_loaded
+        for bar in bars:
+            self._write_row(bar)
+            if not self.started and self.rows_loaded == self.warmup + 1:
+                self.start()
+                first = self.rows_loaded
+        if self.started and self.rows_loaded > first:
+            self._compute_features(first, self.rows_loaded)
+
+    # ------------------------------------------------------------------ trading
+    @property
+    def decision_row(self) -> int:
+        """Row (= feed bar index) of the current decision time."""
+        return int(self.warmup + self.t[0])
+
+    def execute(self, actions: np.ndarray) -> Execution:
+        """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
+        actions = validate_actions(actions, self.n_envs, self.action_dim)
+        price, num = self.prices_now()
+        current = self.weights(price, num, self.value)[0]
+        units_before, cash_before = self.units[0].copy(), float(self.cash[0])
+        done = super().execute(actions)
+        target = actions_to_weights(actions[:, : self.n_assets + 1])[0]
+        active = bool(done.kill_switch[0])
+        if active:
+            target = np.zeros_like(target)
+            target[-1] = 1.0
+        submitted = apply_no_trade_band(target, current, self.band) | (active & (units_before > 0.0))
+        self.last_intent = OrderIntent(
+            current, target, submitted, float(done.value_before[0]), units_before, cash_before, price[0].copy(), float(num[0])
+        )
+        return done
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        """JSON-serializable state after the last bar: ``snapshot(0)`` plus the pending execution."""
+        state = self.snapshot(0)
+        pending = self._pending
+        if pending is None:
+            state["pending"] = None
+        else:
+            record: dict = {}
+            for f in dataclasses.fields(pending):
+                value = getattr(pending, f.name)
+                if dataclasses.is_dataclass(value):
+                    record[f.name] = {g.name: np.asarray(getattr(value, g.name)).tolist() for g in dataclasses.fields(value)}
+                else:
+                    record[f.name] = np.asarray(value).tolist()
+            state["pending"] = record
+        return state
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of :meth:`state` (the bars up to the state's decision row must be loaded)."""
+        if not self.started:
+            raise RuntimeError("load_state() needs the warmup bars loaded and the portfolio started")
+        self.restore(0, state)
+        if self.decision_row != self.rows_loaded - 1:
+            raise ValueError(
+                f"state is at bar {self.decision_row} but {self.rows_loaded} bars are loaded; they must agree"
+            )
+        pending = state.get("pending")
+        if pending is None:
+            self._pending = None
+            return
+        values = {}
+        for f in dataclasses.fields(Execution):
+            raw = pending[f.name]
+            if isinstance(raw, dict):
+                values[f.name] = TradeCosts(**{k: np.asarray(v, dtype=np.float64) for k, v in raw.items()})
+            else:
+                values[f.name] = np.asarray(raw)
+        self._pending = Execution(**values)

@@ -1,0 +1,116 @@
+"""MLflow logging of an evaluation to a temporary SQLite store, read back, and the comparison report."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs.config import REPO_ROOT, load_config
+from envs.seeds import scenario_seeds
+from evaluation.backtest import run_backtest, run_period_backtest
+from evaluation.tracking import format_seeds, log_backtest, tracking_uri
+
+POLICIES = ["equal_weight", "min_variance", "risk_parity"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    """Every test writes to tmp_path (never an mlflow.db or mlruns/ in the repository)."""
+    stray = [REPO_ROOT / name for name in ("mlflow.db", "mlruns", "mlartifacts")]
+    before = [p.exists() for p in stray]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    yield
+    assert [p.exists() for p in stray] == before, "a test wrote MLflow files into the repository"
+
+
+@pytest.fixture(scope="module")
+def result():
+    cfg = load_config({"market": {}, "env": {"horizon": 40}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return run_backtest(cfg, POLICIES, scenario_seeds("test", 12), progress=False, scenario_set="test")
+
+
+def test_tracking_uri_env_var_or_local_sqlite(tmp_path, monkeypatch):
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'm.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+
+
+def test_format_seeds():
+    assert format_seeds(np.arange(2_000_000, 2_000_064)) == "2000000..2000063"
+    assert format_seeds(np.array([3, 1, 7])) == "3,1,7"
+
+
+def test_log_backtest_and_read_it_back(result, tmp_path):
+    import mlflow
+
+    run_id = log_backtest(result, "unit-eval", "r1", result.config, extra_params={"note": "unit"})
+    client = mlflow.MlflowClient(tracking_uri())
+    run = client.get_run(run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["policies"] == ",".join(POLICIES)
+    assert params["scenario_set"] == "test" and params["n_scenarios"] == "12"
+    assert params["seeds"] == "2000000..2000011"
+    assert params["config_hash"] == result.config.config_hash()
+    assert params["git_commit"] and params["note"] == "unit"
+    assert run.data.tags["defialloc.kind"] == "evaluation"
+    # metric = mean across scenarios, computed here independently from the records
+    for name, rec in result.records.items():
+        r = rec.returns
+        sharpe = r.mean(axis=1) / r.std(axis=1, ddof=1) * np.sqrt(365.0)
+        assert metrics[f"sharpe_ratio.{name}"] == pytest.approx(sharpe.mean(), rel=1e-9)
+        assert metrics[f"final_value_usd.{name}"] == pytest.approx(rec.value_usd[:, -1].mean(), rel=1e-12)
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"metrics.csv", "series.parquet", "config.yaml", "plots"} <= names
+    plots = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {"equity_curves.png", "drawdowns.png", "allocations.png", "cost_breakdown.png",
+                     "liquidation_timeline.png"}  # fmt: skip
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="metrics.csv", dst_path=str(tmp_path)))
+    table = pd.read_csv(local)
+    assert table.shape[0] == len(POLICIES) * 12
+    series = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="series.parquet"))
+    assert len(series) == len(POLICIES) * 12 * 40
+
+
+def test_compare_writes_a_report_with_cis(result, tmp_path):
+    from rich.console import Console
+
+    from evaluation.report import compare
+
+    log_backtest(result, "cmp", "a", result.config)
+    log_backtest(result, "cmp", "a-again", result.config)  # identical duplicate: kept once
+    period = run_period_backtest(result.config, ["equal_weight", "min_variance"], "2022-05-01", "2022-06-30", progress=False)
+    log_backtest(period, "cmp", "p", result.config, plots=False)
+    console = Console(record=True, width=160)
+    groups = compare("cmp", tmp_path / "report.md", n_boot=300, console=console)
+    by_set = {g.scenario_set: g for g in groups}
+    assert set(by_set) == {"test", "period:2022-05-01..2022-06-30"}
+    g = by_set["test"]
+    assert g.n_scenarios == 12 and len(g.run_ids) == 2
+    # the duplicate run did not double the sample: the bootstrap point equals the 12-scenario mean
+    assert g.summary.loc[("min_variance", "sharpe_ratio"), "n"] == 12
+    sharpe = result.metrics_table().groupby("policy")["sharpe_ratio"].mean()
+    assert g.summary.loc[("min_variance", "sharpe_ratio"), "mean"] == pytest.approx(sharpe["min_variance"])
+    lo, hi = g.summary.loc[("equal_weight", "sharpe_ratio"), ["mean_ci_low", "mean_ci_high"]]
+    assert lo < sharpe["equal_weight"] < hi
+    assert g.best_baseline == sharpe.idxmax()
+    assert set(g.improvement.index) == set(POLICIES) - {g.best_baseline}
+    assert g.sharpe_tests["psr"].between(0, 1).all() and g.sharpe_tests["dsr"].between(0, 1).all()
+    single = by_set["period:2022-05-01..2022-06-30"]
+    assert single.n_scenarios == 1 and not single.improvement["poi_significant"].any()
+    text = (tmp_path / "report.md").read_text()
+    assert "What is and is not significant" in text and "P(improvement)" in text
+    assert "![equity_curves](report_files/" in text
+    assert list((tmp_path / "report_files").rglob("equity_curves.png"))
+    assert "PSR" in console.export_text()
+    compare("cmp", tmp_path / "report.html", n_boot=300, console=Console(file=open(tmp_path / "o.txt", "w")))
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+    with pytest.raises(ValueError, match="not found"):
+        compare("does-not-exist", console=console)

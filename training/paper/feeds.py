@@ -1,0 +1,325 @@
+"""Sources of market bars for paper trading, behind one adapter interface (:class:`Feed`).
+
+- :class:`ReplayFeed`: real daily OHLCV files replayed at a chosen speed, any period including the
+  held-out one (2023-01-01 onward: evaluate on it, never tune on it). The bars are exactly the rows of
+  the replay ``MarketPaths`` a backtest of the same dates uses (``envs.market.replay``), so paper
+  trading and the backtest see the same market.
+- :class:`SimulatedFeed`: a "live" feed drawn from the scenario generator (``envs.market.sources``):
+  a fresh synthetic path per seed, delivered bar by bar at a chosen speed.
+- :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source (not run
+  here): implement :meth:`LiveFeedAdapter.fetch_bar`.
+
+Bar ``0`` is the first history (warmup) bar; the first decision is at bar ``env.warmup``. A feed must
+deliver consecutive bars, one ``step_days`` apart, with finite positive prices; the runner checks
+every bar and stops with an error (nothing written for that bar) when one is not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from envs.config import SimulationConfig
+from envs.market.config import MarketConfig
+from envs.market.paths import MarketPaths
+from envs.streaming import MarketBar, check_bar
+
+SECONDS_PER_DAY = 86_400.0
+#: nominal date of bar 0 of a simulated feed (synthetic paths have no calendar)
+SIMULATED_EPOCH = "2030-01-01"
+
+
+class Feed(ABC):
+    """A source of market bars (adapter interface).
+
+    Attributes (set by subclasses):
+        kind: short name (``"replay"``, ``"simulated"``, ``"live:<venue>"``).
+        asset_names: the ``N`` risky assets, in the policy's order.
+        numeraire: symbol of the cash asset whose USD price ``MarketBar.numeraire_usd`` carries.
+        step_days: bar length in days (must equal the policy's).
+        regime_names: names of ``MarketBar.regime`` codes (informative).
+
+    Contract: :meth:`bars` yields ``MarketBar`` with ``index = start, start + 1, ...``; a restart calls
+    it again with the first index the ledger lacks, so a feed must be able to deliver any bar it has
+    not delivered yet (replayed feeds: any bar). :meth:`identity` describes the data (not the speed)
+    and is stored in the ledger: a restart with a different feed is refused.
+    """
+
+    kind: str = "feed"
+    asset_names: tuple[str, ...] = ()
+    numeraire: str = "USDC"
+    step_days: float = 1.0
+    regime_names: tuple[str, ...] = ()
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """JSON-serializable description of the data this feed delivers."""
+
+    @property
+    def length(self) -> int | None:
+        """Number of bars when known in advance (replays), None for open-ended live feeds."""
+        return None
+
+    @abstractmethod
+    def bars(self, start: int = 0) -> Iterator[MarketBar]:
+        """Bars ``start, start + 1, ...`` (blocking until each is available)."""
+
+    def validate(self) -> None:
+        """Check every bar up front when the feed is finite (nothing is written before this passes)."""
+
+
+def bar_time(epoch: str, index: int, step_days: float) -> str:
+    """ISO time of bar ``index``: a date for whole-day steps, else a UTC datetime."""
+    start = np.datetime64(epoch, "s")
+    moment = start + np.timedelta64(int(round(index * step_days * SECONDS_PER_DAY)), "s")
+    if float(step_days).is_integer():
+        return str(moment.astype("datetime64[D]"))
+    return str(moment)
+
+
+def check_spacing(previous: str, current: str, step_days: float, index: int) -> None:
+    """Raise ValueError when two consecutive bar times are not exactly one step apart (a gap)."""
+    gap = (np.datetime64(current, "s") - np.datetime64(previous, "s")).astype(np.int64)
+    expected = step_days * SECONDS_PER_DAY
+    if abs(gap - expected) > 1.0:
+        raise ValueError(
+            f"gap in feed at bar {index}: {previous} is followed by {current} "
+            f"({gap / SECONDS_PER_DAY:g} days; bars must be {step_days:g} day(s) apart)"
+        )
+
+
+def _paths_digest(paths: MarketPaths) -> str:
+    digest = hashlib.sha256()
+    for name in ("close", "high", "low", "numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd", "regime"):
+        digest.update(np.ascontiguousarray(getattr(paths, name)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class PathFeed(Feed):
+    """Streams the rows of one ``MarketPaths`` path, ``speed`` bars per second (0: no waiting)."""
+
+    def __init__(
+        self,
+        paths: MarketPaths,
+        *,
+        kind: str,
+        numeraire: str,
+        source: dict[str, Any],
+        speed: float = 0.0,
+        epoch: str = SIMULATED_EPOCH,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if paths.n_paths != 1:
+            raise ValueError(f"a feed streams one path; got {paths.n_paths}")
+        if not speed >= 0.0:
+            raise ValueError(f"speed={speed} must be >= 0 bars per second (0: as fast as possible)")
+        self.paths = paths
+        self.kind = kind
+        self.asset_names = tuple(paths.asset_names)
+        self.numeraire = numeraire
+        self.step_days = float(paths.step_days)
+        self.regime_names = tuple(paths.regime_names)
+        self.speed = float(speed)
+        self.source = source
+        self._sleep = sleep
+        dates = paths.dates
+        if dates is not None:
+            dates = np.asarray(dates)
+            dates = dates[0] if dates.ndim == 2 else dates
+            self.times = [str(d) for d in dates.astype("datetime64[D]")]
+        else:
+            self.times = [bar_time(epoch, i, self.step_days) for i in range(paths.length)]
+
+    @property
+    def length(self) -> int:
+        return self.paths.length
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "asset_names": list(self.asset_names),
+            "numeraire": self.numeraire,
+            "step_days": self.step_days,
+            "n_bars": self.length,
+            "first_time": self.times[0],
+            "last_time": self.times[-1],
+            "data_sha256": _paths_digest(self.paths),
+            **self.source,
+        }
+
+    def bar(self, index: int) -> MarketBar:
+        p = self.paths
+        return MarketBar(
+            index=index,
+            time=self.times[index],
+            close=p.close[0, index].copy(),
+            high=p.high[0, index].copy(),
+            low=p.low[0, index].copy(),
+            numeraire_usd=float(p.numeraire_usd[0, index]),
+            depth_multiplier=float(p.depth_multiplier[0, index]),
+            gas_price_gwei=float(p.gas_price_gwei[0, index]),
+            eth_usd=float(p.eth_usd[0, index]),
+            regime=int(p.regime[0, index]),
+        )
+
+    def validate(self) -> None:
+        for i in range(self.length):
+            check_bar(self.bar(i), self.asset_names)
+            if i > 0:
+                check_spacing(self.times[i - 1], self.times[i], self.step_days, i)
+
+    def bars(self, start: int = 0) -> Iterator[MarketBar]:
+        t0 = time.monotonic()
+        for k, index in enumerate(range(start, self.length)):
+            if self.speed > 0.0:
+                wait = t0 + k / self.speed - time.monotonic()
+                if wait > 0:
+                    self._sleep(wait)
+            yield self.bar(index)
+
+
+class ReplayFeed(PathFeed):
+    """Real daily closes of ``[start - warmup days, end]`` replayed bar by bar (first decision at ``start``)."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: SimulationConfig,
+        start: str | dt.date,
+        end: str | dt.date,
+        *,
+        data_dir: str | None = None,
+        market: MarketConfig | None = None,
+        speed: float = 0.0,
+    ) -> ReplayFeed:
+        """The replay of ``start..end`` for a policy trained on ``config`` (its assets, numeraire and
+        regime rule; ``market`` replaces the market section, ``data_dir`` the data folder)."""
+        from envs.market.replay import load_panel, replay_paths
+
+        base = market or config.market
+        update: dict[str, Any] = {"source": "replay", "start": _date(start, "start"), "end": _date(end, "end")}
+        if data_dir is not None:
+            update["data_dir"] = str(data_dir)
+        cfg = MarketConfig.model_validate({**base.model_dump(), **update})
+        warmup = config.env.warmup
+        panel = load_panel(cfg)
+        lo, hi = panel.window(cfg.start, cfg.end, history_days=warmup)
+        if hi - lo < warmup + 2:
+            raise ValueError(
+                f"replay {start}..{end} with {warmup} warmup days has {hi - lo} days of data in "
+                f"{cfg.resolved_data_dir()}; need at least warmup + 2 = {warmup + 2}"
+            )
+        first_decision = panel.dates[lo + warmup]
+        if first_decision != np.datetime64(cfg.start, "D"):
+            raise ValueError(
+                f"the data hold only {int(np.datetime64(cfg.start, 'D') - panel.dates[lo])} days before "
+                f"start={cfg.start}; the policy needs warmup={warmup} days of history"
+            )
+        paths = replay_paths(cfg, np.zeros(1, dtype=np.int64), hi - lo, warmup)
+        source = {"start": str(cfg.start), "end": str(cfg.end), "warmup": warmup}
+        return cls(paths, kind="replay", numeraire=cfg.numeraire, source=source, speed=speed)
+
+
+class SimulatedFeed(PathFeed):
+    """A synthetic market path from the scenario generator, delivered as a live feed."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: SimulationConfig,
+        seed: int,
+        n_bars: int,
+        *,
+        market: MarketConfig | None = None,
+        speed: float = 0.0,
+        epoch: str = SIMULATED_EPOCH,
+    ) -> SimulatedFeed:
+        """``n_bars`` bars (``env.warmup`` of them history) of the path of scenario ``seed``."""
+        from envs.market.sources import sample_paths
+
+        warmup = config.env.warmup
+        if n_bars < warmup + 2:
+            raise ValueError(f"--bars={n_bars} must be >= warmup + 2 = {warmup + 2} (history + two decisions)")
+        if seed < 0:
+            raise ValueError(f"--seed={seed} must be >= 0")
+        cfg = market or config.market
+        if cfg.source == "replay":
+            raise ValueError("a simulated feed needs a synthetic or bootstrap market, not source=replay")
+        paths = sample_paths(cfg, np.array([seed], dtype=np.int64), n_bars, warmup)
+        source = {"seed": int(seed), "source": cfg.source, "warmup": warmup, "epoch": epoch}
+        return cls(paths, kind="simulated", numeraire=cfg.numeraire, source=source, speed=speed, epoch=epoch)
+
+
+def _date(value: str | dt.date, name: str) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"--{name}={value!r} is not a date (YYYY-MM-DD)") from None
+
+
+class LiveFeedAdapter(Feed):
+    """Template for a live exchange or on-chain source (documented; not run in this project).
+
+    Subclass it and implement :meth:`fetch_bar`; everything else (pacing, the contract of
+    :meth:`Feed.bars`) is here. A typical on-chain adapter:
+
+    - ``close``/``high``/``low``: per asset, the close of the bar from a price oracle (e.g. Chainlink
+      ``latestRoundData``) or an exchange's OHLCV endpoint, aggregated to ``step_days`` bars in UTC;
+    - ``numeraire_usd``: the stablecoin's USD price from the same source;
+    - ``depth_multiplier``: current pool TVL divided by the config's baseline ``env.amm.depth_usd``;
+    - ``gas_price_gwei``: ``eth_gasPrice`` (or the base fee + a tip) at the bar's close;
+    - ``eth_usd``: the ETH price (gas is paid in ETH).
+
+    The history bars (``index < warmup``) must be fetched too (the observation needs them). Bars must
+    be final (closed) and, for the crash-safety guarantee, reproducible: after a restart the runner
+    asks again for the first bar it has not recorded, which may lie in the past.
+    """
+
+    kind = "live"
+
+    def __init__(
+        self,
+        asset_names: tuple[str, ...],
+        numeraire: str,
+        step_days: float,
+        venue: str,
+        poll_seconds: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.asset_names = tuple(asset_names)
+        self.numeraire = numeraire
+        self.step_days = float(step_days)
+        self.venue = venue
+        self.kind = f"live:{venue}"
+        self.poll_seconds = poll_seconds
+        self._sleep = sleep
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "asset_names": list(self.asset_names),
+            "numeraire": self.numeraire,
+            "step_days": self.step_days,
+        }
+
+    @abstractmethod
+    def fetch_bar(self, index: int) -> MarketBar | None:
+        """The closed bar ``index``, or None when it has not closed yet (the caller polls again)."""
+
+    def bars(self, start: int = 0) -> Iterator[MarketBar]:
+        index = start
+        while True:
+            bar = self.fetch_bar(index)
+            if bar is None:
+                self._sleep(self.poll_seconds)
+                continue
+            yield bar
+            index += 1

@@ -1,0 +1,342 @@
+"""The paper-trading loop: feed -> streaming simulator -> ONNX policy -> env execution -> ledger.
+
+For every bar, in one ledger transaction:
+
+1. check the bar (consecutive index, one step after the previous bar, finite positive prices);
+2. load it into the :class:`~envs.streaming.StreamingSimulator`; history bars stop here;
+3. at the first decision bar open the portfolio (the env's reset); at later bars ``advance``: mark
+   the holdings to the new prices, realign the pools, update the peak and the kill-switch's clock;
+4. observe (the env's own feature code), run the ONNX policy, ``execute`` (kill-switch, no-trade band,
+   routing across fee tiers, fees, slippage, gas: the env's execution model);
+5. write the bar, the decision, the orders, the fills, the positions, the equity row and the
+   simulator's state after the bar; then stream the bar's metrics to MLflow and refresh the view.
+
+A restart with the same arguments reopens the ledger, reloads its bars into a fresh simulator,
+restores the last state and asks the feed for the next bar, so a run killed at any moment and resumed
+writes exactly the ledger an uninterrupted run writes. Nothing here imports torch or
+stable-baselines3, and nothing is unpickled: the policy is ONNX, every state is JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.onnx_policy import OnnxPolicy
+from envs.config import SimulationConfig, load_config
+from envs.streaming import MarketBar, StreamingSimulator, check_bar
+from training.paper.feeds import Feed, check_spacing
+from training.paper.ledger import BarRecord, Ledger, check_ledger_matches, inspect_ledger
+from training.paper.tracking import MetricsStream, bar_metrics
+
+DEFAULT_CAPACITY = 1024
+HALTED_RUINED = "halted: ruined"
+
+
+@dataclass
+class PaperSummary:
+    """Where a paper-trading session ended. Values in USD; returns and drawdowns as fractions."""
+
+    ledger: str
+    policy_id: str
+    first_new_bar: int
+    last_bar: int
+    bars_written: int
+    decisions: int
+    first_time: str | None
+    last_time: str | None
+    initial_value_usd: float
+    value_usd: float
+    total_return: float
+    max_drawdown: float
+    fees_usd: float
+    slippage_usd: float
+    gas_usd: float
+    status: str
+    mlflow_run_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class PaperTrader:
+    """Runs one policy on one feed into one ledger.
+
+    Args:
+        policy: the exported policy (its manifest holds the env config used for execution).
+        feed: the market source.
+        ledger_path: SQLite file; created on the first run, resumed afterwards.
+        mlflow_experiment: stream metrics to a run in this experiment (None: no MLflow).
+        on_bar: called after each committed bar with the record and the trader (the terminal view).
+        history_rows: see :class:`~envs.streaming.StreamingSimulator` (None: exact backtest features).
+    """
+
+    def __init__(
+        self,
+        policy: OnnxPolicy,
+        feed: Feed,
+        ledger_path: str | Path,
+        *,
+        mlflow_experiment: str | None = None,
+        on_bar: Callable[[BarRecord, PaperTrader], None] | None = None,
+        history_rows: int | None = None,
+    ) -> None:
+        self.policy = policy
+        self.manifest = policy.manifest
+        self.feed = feed
+        self.ledger_path = Path(ledger_path)
+        self.mlflow_experiment = mlflow_experiment
+        self.on_bar = on_bar
+        self.history_rows = history_rows
+        self.config: SimulationConfig = load_config(self.manifest.simulation_config)
+        self.asset_names = tuple(self.manifest.asset_names)
+        self.ledger: Ledger | None = None
+        self.sim: StreamingSimulator | None = None
+        self.stream: MetricsStream | None = None
+        self._last_time: str | None = None
+        self.totals = {"fees_usd": 0.0, "slippage_usd": 0.0, "gas_usd": 0.0}
+        self.last_record: BarRecord | None = None
+
+    # ------------------------------------------------------------------ checks (nothing written)
+    def preflight(self) -> dict[str, Any] | None:
+        """Every check that can fail before anything is written; returns the existing ledger's meta."""
+        self.manifest.check_market(self.feed.asset_names, self.feed.step_days)
+        if self.feed.numeraire != self.manifest.numeraire:
+            raise ValueError(
+                f"feed numeraire {self.feed.numeraire!r} does not match the policy's {self.manifest.numeraire!r}"
+            )
+        self.feed.validate()
+        meta = inspect_ledger(self.ledger_path)
+        if meta is not None:
+            check_ledger_matches(meta, self.ledger_path, self.manifest.policy_id, self.feed.identity())
+        return meta
+
+    # ------------------------------------------------------------------ open / resume
+    def _open(self, meta: dict[str, Any] | None) -> None:
+        run_id = None if meta is None else meta.get("mlflow_run_id")
+        if self.mlflow_experiment is not None and run_id is None:
+            self.stream = MetricsStream.start(
+                self.mlflow_experiment,
+                run_name=f"paper-{self.manifest.algo}-{self.feed.kind}",
+                tags={"kind": "paper", "policy_id": self.manifest.policy_id, "feed": self.feed.kind,
+                      "ledger": str(self.ledger_path.resolve()), "algo": self.manifest.algo,
+                      "config_hash": self.manifest.config_hash},
+                params={"policy_source": self.manifest.source, **{f"feed.{k}": v for k, v in self.feed.identity().items()}},
+            )  # fmt: skip
+            run_id = self.stream.run_id
+        elif self.mlflow_experiment is not None:
+            self.stream = MetricsStream(run_id)
+        if meta is None:
+            self.ledger = Ledger.create(
+                self.ledger_path,
+                {
+                    "policy_id": self.manifest.policy_id,
+                    "algo": self.manifest.algo,
+                    "manifest": self.manifest.to_dict(),
+                    "feed": self.feed.identity(),
+                    "asset_names": list(self.asset_names),
+                    "numeraire": self.manifest.numeraire,
+                    "warmup": self.config.env.warmup,
+                    "mlflow_run_id": run_id,
+                },
+            )
+        else:
+            self.ledger = Ledger.open(self.ledger_path)
+            if run_id is not None and self.ledger.meta.get("mlflow_run_id") != run_id:
+                self.ledger.set_meta("mlflow_run_id", run_id)
+        capacity = DEFAULT_CAPACITY if self.feed.length is None else max(1, self.feed.length - self.config.env.warmup)
+        self.sim = StreamingSimulator(self.config, capacity, self.feed.regime_names, self.history_rows)
+        self._resume()
+
+    def _resume(self) -> None:
+        assert self.ledger is not None and self.sim is not None
+        bars = self.ledger.load_bars()
+        if not bars:
+            return
+        self.sim.load_history(bars)
+        self._last_time = bars[-1].time
+        state = self.ledger.last_state()
+        if state is not None:
+            self.sim.load_state(state)
+        for fees, slip, gas in self.ledger.conn.execute("SELECT fees_usd, slippage_usd, gas_usd FROM equity"):
+            self.totals["fees_usd"] += fees
+            self.totals["slippage_usd"] += slip
+            self.totals["gas_usd"] += gas
+        if self.stream is not None:
+            self._catch_up_metrics()
+
+    def _catch_up_metrics(self) -> None:
+        assert self.ledger is not None and self.stream is not None
+        logged = self.stream.last_logged_step()
+        for row in self.ledger.equity_rows(after_bar=logged):
+            weights = {a: w for a, _, _, _, w in self.ledger.positions_at(row[0])}
+            self.stream.log(row[0], bar_metrics(row, self.config.env.initial_value_usd, weights))
+        self.stream.flush()
+
+    # ------------------------------------------------------------------ one bar
+    def _check(self, bar: MarketBar, expected: int) -> None:
+        if bar.index != expected:
+            raise ValueError(f"feed delivered bar {bar.index} but bar {expected} is next (a gap or a repeat)")
+        check_bar(bar, self.asset_names)
+        if self._last_time is not None:
+            check_spacing(self._last_time, bar.time, self.feed.step_days, bar.index)
+
+    def process(self, bar: MarketBar) -> BarRecord:
+        """Run one (already checked) bar through the simulator and the policy; returns its record."""
+        sim = self.sim
+        assert sim is not None
+        sim.push_bar(bar)
+        if bar.index < sim.warmup:
+            return BarRecord(bar, "warmup")
+        if bar.index == sim.warmup:
+            sim.start()
+            ruined = False
+        else:
+            ruined = bool(sim.advance().terminated[0])
+        price, num = sim.prices_now()
+        value = float(sim.value[0])
+        peak = float(sim.peak[0])
+        step = int(sim.t[0])
+        if ruined:
+            equity = (bar.time, step, value, peak, 1.0 - value / peak, value, 0.0, 0.0, 0.0, 0.0, 0)
+            return BarRecord(bar, "trade", positions=self._positions(price[0], float(num[0])), equity=equity,
+                             state=sim.state(), status=HALTED_RUINED)  # fmt: skip
+        outputs = self.policy.predict(sim.observe())
+        action = np.asarray(outputs["action"], dtype=np.float64)
+        done = sim.execute(action)
+        intent = sim.last_intent
+        assert intent is not None
+        kill = bool(done.kill_switch[0])
+        decision = (action[0].tolist(), np.asarray(outputs["target_weights"][0], dtype=np.float64).tolist(), kill)
+        orders = []
+        for i, asset in enumerate(self.asset_names):
+            gap = float(intent.target[i] - intent.current[i])
+            side = "buy" if gap > 0 else ("sell" if gap < 0 else "none")
+            orders.append((asset, float(intent.current[i]), float(intent.target[i]), gap * value, side, int(intent.submitted[i])))
+        fills = []
+        delta = sim.units[0] - intent.units_before
+        for i, asset in enumerate(self.asset_names):
+            if delta[i] != 0.0:
+                fills.append((asset, "buy" if delta[i] > 0 else "sell", float(delta[i]), float(abs(delta[i]) * price[0, i])))
+        cash_delta = float(sim.cash[0] - intent.cash_before)
+        if cash_delta != 0.0:
+            side = "in" if cash_delta > 0 else "out"
+            fills.append((self.manifest.numeraire, side, cash_delta, abs(cash_delta) * float(num[0])))
+        positions = self._positions(price[0], float(num[0]))
+        after = sum(p[3] for p in positions)
+        costs = done.costs
+        fees, slip, gas = float(costs.fees_usd[0]), float(costs.slippage_usd[0]), float(costs.gas_usd[0])
+        equity = (bar.time, step, value, peak, 1.0 - value / peak, after, fees, slip, gas, float(done.turnover[0]), int(kill))
+        return BarRecord(bar, "trade", decision, orders, fills, positions, equity, sim.state())
+
+    def _positions(self, price: np.ndarray, num: float) -> list[tuple]:
+        sim = self.sim
+        assert sim is not None
+        units = sim.units[0]
+        values = units * price
+        cash_value = float(sim.cash[0]) * num
+        total = float(values.sum()) + cash_value
+        rows = [(a, float(units[i]), float(price[i]), float(values[i]), float(values[i] / total))
+                for i, a in enumerate(self.asset_names)]  # fmt: skip
+        rows.append((self.manifest.numeraire, float(sim.cash[0]), num, cash_value, cash_value / total))
+        return rows
+
+    # ------------------------------------------------------------------ loop
+    def run(self, max_bars: int | None = None) -> PaperSummary:
+        """Process the feed (at most ``max_bars`` new bars) and return where the ledger stands."""
+        meta = self.preflight()
+        self._open(meta)
+        assert self.ledger is not None
+        ledger = self.ledger
+        first_new = ledger.last_bar_index() + 1
+        written = 0
+        status = "running"
+        try:
+            if ledger.status() == HALTED_RUINED:
+                return self.summary(first_new, written, HALTED_RUINED)
+            ledger.start_session(_utc_now(), first_new)
+            if self.stream is not None:
+                self.stream.set_status("RUNNING")
+            for bar in self.feed.bars(start=first_new):
+                if max_bars is not None and written >= max_bars:
+                    status = "paused"
+                    break
+                self._check(bar, first_new + written)
+                record = self.process(bar)
+                ledger.commit_bar(record)
+                self._after_commit(record)
+                written += 1
+                if record.status == HALTED_RUINED:
+                    status = HALTED_RUINED
+                    break
+            else:
+                status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._end_stream("KILLED")
+            raise
+        except BaseException:
+            self._end_stream("FAILED")
+            raise
+        self._end_stream("FINISHED" if status in ("finished", HALTED_RUINED) else "RUNNING")
+        return self.summary(first_new, written, status)
+
+    def _after_commit(self, record: BarRecord) -> None:
+        self._last_time = record.bar.time
+        self.last_record = record
+        if record.equity is not None:
+            _, _, _, _, _, _, fees, slip, gas, _, _ = record.equity
+            self.totals["fees_usd"] += fees
+            self.totals["slippage_usd"] += slip
+            self.totals["gas_usd"] += gas
+            if self.stream is not None:
+                weights = {p[0]: p[4] for p in record.positions}
+                self.stream.log(record.bar.index, bar_metrics((record.bar.index, *record.equity), self.config.env.initial_value_usd, weights))
+        if self.on_bar is not None:
+            self.on_bar(record, self)
+
+    def _end_stream(self, status: str) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.set_status(status)
+            except Exception:  # MLflow trouble must not mask the trading outcome
+                pass
+
+    def summary(self, first_new: int, written: int, status: str) -> PaperSummary:
+        assert self.ledger is not None
+        rows = self.ledger.conn.execute("SELECT time, value_usd FROM equity ORDER BY bar_index").fetchall()
+        initial = self.config.env.initial_value_usd
+        values = np.array([initial] + [v for _, v in rows]) if rows else np.array([initial])
+        peak = np.maximum.accumulate(values)
+        return PaperSummary(
+            ledger=str(self.ledger_path),
+            policy_id=self.manifest.policy_id,
+            first_new_bar=first_new,
+            last_bar=self.ledger.last_bar_index(),
+            bars_written=written,
+            decisions=len(rows),
+            first_time=rows[0][0] if rows else None,
+            last_time=rows[-1][0] if rows else None,
+            initial_value_usd=initial,
+            value_usd=float(values[-1]),
+            total_return=float(values[-1] / initial - 1.0),
+            max_drawdown=float(np.max(1.0 - values / peak)),
+            fees_usd=self.totals["fees_usd"],
+            slippage_usd=self.totals["slippage_usd"],
+            gas_usd=self.totals["gas_usd"],
+            status=status,
+            mlflow_run_id=None if self.stream is None else self.stream.run_id,
+        )
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
