@@ -299,6 +299,17 @@ class OnnxPolicy(Policy):
         self.action_dim = self.manifest.action_dim
         self.name = f"onnx-{self.manifest.algo}"
 
+    # an InferenceSession cannot be copied or pickled: copies (backtest tasks, worker processes)
+    # reload the same checked export folder instead
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": str(self.directory), "threads": self.session.get_session_options().intra_op_num_threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"], threads=state["threads"])  # type: ignore[misc]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxPolicy:
+        return OnnxPolicy(self.directory, threads=self.session.get_session_options().intra_op_num_threads)
+
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}

@@ -62,6 +62,35 @@ class KillSwitch:
         self.remaining = np.where(fire, self.cfg.cooldown_steps + 1, self.remaining)
         return self.remaining > 0
 
+    @property
+    def last_override_step(self) -> np.ndarray:
+        """``(B,)`` bool: this step is the last one under the override (control returns next step)."""
+        return self.remaining == 1
+
     def released(self, before: np.ndarray) -> np.ndarray:
         """Portfolios whose override ended this step (``before`` = active mask of the previous step)."""
         return before & ~self.active
+
+    def apply(
+        self,
+        actions: np.ndarray,
+        safe_action: np.ndarray,
+        drawdown: np.ndarray,
+        health_factor: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Policy-side use (paper trading, backtests of any allocator): one :meth:`update`, then the
+        rows under the override get ``safe_action``.
+
+        Args:
+            actions: ``(B, A)`` the policy's actions.
+            safe_action: ``(A,)`` the action meaning all numeraire, no debt, no perps (e.g.
+                ``envs.leverage.ActionLayout.safe_action()``).
+            drawdown, health_factor: as in :meth:`update`.
+
+        Returns:
+            ``(actions (B, A), active (B,) bool)``.
+        """
+        active = self.update(drawdown, health_factor)
+        if not active.any():
+            return actions, active
+        return np.where(active[:, None], np.asarray(safe_action, dtype=float), actions), active

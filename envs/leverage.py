@@ -301,7 +301,7 @@ class LeverageEngine:
             ok = (borrow_usd > 0.0) & (cash * num + borrow_usd >= borrow_gas)
             borrow_usd = np.where(ok, borrow_usd, 0.0)
             borrow_gas = np.where(ok, borrow_gas, 0.0)
-            cash = cash + (borrow_usd - borrow_gas) / num
+            cash = np.maximum(cash + (borrow_usd - borrow_gas) / num, 0.0)  # >= 0 up to rounding
             self.debt = self.debt + borrow_usd / num
 
         mask = np.abs(target_usd - units * price) > band * eq[:, None]
@@ -348,7 +348,8 @@ class LeverageEngine:
         paid = repay > 0.0
         gas_usd = np.where(paid, gas_usd, 0.0)
         self.debt = np.where(paid & (repay >= debt), 0.0, debt - repay)
-        return cash - repay - gas_usd / num, gas_usd
+        # repaying all the cash can leave -1e-12 of rounding
+        return np.maximum(cash - repay - gas_usd / num, 0.0), gas_usd
 
     def _trade_perps(
         self,
@@ -390,4 +391,4 @@ class LeverageEngine:
         self.perp_size = np.where(ok[:, None], new, old)
         fee = np.where(ok, fee, 0.0)
         gas_usd = np.where(ok, gas_usd, 0.0)
-        return cash - (fee + gas_usd) / num, fee, gas_usd
+        return np.maximum(cash - (fee + gas_usd) / num, 0.0), fee, gas_usd

@@ -136,7 +136,9 @@ def protocol_move(
         underwater = (units * low_eff * reserves.liq_threshold).sum(axis=1) < debt_usd
         if underwater.any():
             idx = np.flatnonzero(underwater)
-            result = liquidation_from_params(debt_usd[idx], units[idx], low_eff[idx], reserves, setup.lending)
+            # the spot router can leave -1e-13 units after a full sell; the protocol math rejects negatives
+            bag = np.maximum(units[idx], 0.0)
+            result = liquidation_from_params(debt_usd[idx], bag, low_eff[idx], reserves, setup.lending)
             seized = result.collateral_seized_units
             units = units.copy()
             units[idx] = units[idx] - seized

@@ -329,7 +329,8 @@ class PortfolioSimulator:
             value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
         value_before = done.value_before
         dd_before = 1.0 - value_before / self.peak
-        released = done.kill_switch & ~self.kill_switch.active
+        # re-entry is the next decision: its drawdown is measured from the value it starts with
+        released = done.kill_switch & self.kill_switch.last_override_step
         if self.kill_switch.cfg.reset_peak_after_cooldown and released.any():
             self.peak = np.where(released, value_after, self.peak)
         self.peak = np.maximum(self.peak, value_after)
@@ -428,9 +429,7 @@ class PortfolioSimulator:
         p, n = price[index], float(num[index])
         debt_units = float(engine.debt[index])
         info: dict = {
-            "health_factor": float(engine.health_factor(self.units[index : index + 1], p[None], num[index : index + 1])[0])
-            if engine.lending_on
-            else float("inf"),
+            "health_factor": float(engine.health_factor(self.units, price, num)[index]),
             "debt_usd": debt_units * n,
             "debt_units": debt_units,
             "collateral_usd": float(self.units[index] @ p) if engine.lending_on else 0.0,
@@ -445,6 +444,7 @@ class PortfolioSimulator:
             info["holdings_during_move"] = np.append(self.units[index], self.cash[index])
             info["debt_units_during_move"] = debt_units
             info["perp_size_during_move"] = engine.perp_size[index].copy()
+            info["low_prices_effective"] = self.low[index, tau].copy()
             return info
         for key in flows:
             value = getattr(result, key)[index]
@@ -452,4 +452,5 @@ class PortfolioSimulator:
         info["holdings_during_move"] = np.append(move.units_during_move[index], move.cash_during_move[index])
         info["debt_units_during_move"] = float(move.debt_during_move[index])
         info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
+        info["low_prices_effective"] = move.low_effective[index].copy()
         return info

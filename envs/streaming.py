@@ -68,7 +68,7 @@ def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"bar {bar.index} ({bar.time}): {name} price of {asset_names[i]} is {arr[i]!r}; prices must be finite and > 0"
+                f"bar {bar.index} ({bar.time}): {name} price of {asset_names[i]} is {float(arr[i])!r}; prices must be finite and > 0"
             )
     for name in ("numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd"):
         value = float(getattr(bar, name))

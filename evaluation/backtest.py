@@ -13,7 +13,7 @@ import copy
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -37,12 +37,11 @@ from evaluation.rollout import EpisodeRecord, run_policy
 HELD_OUT_START = date(2023, 1, 1)
 #: extras names (as the env reports them) -> summarize_returns argument
 EXTRA_METRIC_ARGS = {
+    "liquidations": "liquidations_count",
     "liquidations_count": "liquidations_count",
-    "n_liquidations": "liquidations_count",
     "liquidations_usd": "liquidations_usd",
-    "liquidated_usd": "liquidations_usd",
-    "kill_switch_active": "kill_switch_active",
     "kill_switch": "kill_switch_active",
+    "kill_switch_active": "kill_switch_active",
 }
 
 
@@ -103,7 +102,8 @@ class BacktestResult:
     """Per-policy :class:`EpisodeRecord` on the same ``K`` scenarios.
 
     ``scenario_set`` names where the scenarios came from (``"test"``, ``"validation"``, ``"custom"``
-    or ``"period:<name>"``); ``period`` holds the replayed period's name and dates, if any.
+    or ``"period:<name>"``); ``period`` holds the replayed period's name and dates, if any;
+    ``policy_params`` each policy's resolved parameters (baselines; {} for other policies).
     """
 
     config: SimulationConfig
@@ -113,6 +113,7 @@ class BacktestResult:
     period: dict[str, str] | None = None
     elapsed_s: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, dict[str, int]] = field(default_factory=dict)
+    policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def policies(self) -> list[str]:
@@ -142,11 +143,18 @@ class BacktestResult:
                     if key in EXTRA_METRIC_ARGS
                 }
                 metrics = summarize_returns(
-                    returns[k], ppy, risk_free=risk_free, level=level,
+                    returns[k],
+                    ppy,
+                    risk_free=risk_free,
+                    level=level,
                     turnover_per_period=rec.turnover[k],
                     costs_usd={kind: c[k] for kind, c in rec.costs_usd.items()},
                     **extra,
-                )  # fmt: skip
+                )
+                if (
+                    "health_factor" in rec.extras
+                ):  # lowest HF over the episode (inf: never borrowed)
+                    metrics["min_health_factor"] = float(np.nanmin(rec.extras["health_factor"][k]))
                 rows.append(
                     {
                         "policy": name,
@@ -193,6 +201,15 @@ def _policy_label(spec: str | Policy) -> str:
     return spec if isinstance(spec, str) else spec.name
 
 
+def _policy_params(
+    spec: str | Policy, config: SimulationConfig, params_path: str | None
+) -> dict[str, Any]:
+    """The resolved parameters of a policy (pydantic ``params`` of the baselines; {} otherwise)."""
+    policy = make_policy(spec, config, params_path=params_path) if isinstance(spec, str) else spec
+    params = getattr(policy, "params", None)
+    return params.model_dump(mode="json") if isinstance(params, BaseModel) else {}
+
+
 def _build_policy(spec: str | Policy, config: SimulationConfig, params_path: str | None) -> Policy:
     if isinstance(spec, str):
         return make_policy(spec, config, params_path=params_path)
@@ -225,15 +242,24 @@ def _concat_records(parts: list[EpisodeRecord]) -> EpisodeRecord:
         return np.concatenate([getattr(p, attr) for p in parts], axis=0)
 
     return EpisodeRecord(
-        policy=first.policy, seeds=cat("seeds"), asset_names=first.asset_names,
-        value_usd=cat("value_usd"), weights=cat("weights"), fees_usd=cat("fees_usd"),
-        slippage_usd=cat("slippage_usd"), gas_usd=cat("gas_usd"), turnover=cat("turnover"),
-        regime=cat("regime"), regime_names=first.regime_names, alive=cat("alive"),
-        step_days=first.step_days, dates=None if first.dates is None else cat("dates"),
+        policy=first.policy,
+        seeds=cat("seeds"),
+        asset_names=first.asset_names,
+        value_usd=cat("value_usd"),
+        weights=cat("weights"),
+        fees_usd=cat("fees_usd"),
+        slippage_usd=cat("slippage_usd"),
+        gas_usd=cat("gas_usd"),
+        turnover=cat("turnover"),
+        regime=cat("regime"),
+        regime_names=first.regime_names,
+        alive=cat("alive"),
+        step_days=first.step_days,
+        dates=None if first.dates is None else cat("dates"),
         close_usd=None if first.close_usd is None else cat("close_usd"),
         costs_usd={k: np.concatenate([p.costs_usd[k] for p in parts]) for k in first.costs_usd},
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
-    )  # fmt: skip
+    )
 
 
 def _sample_chunk(config: SimulationConfig, seeds: np.ndarray) -> MarketPaths:
@@ -279,19 +305,25 @@ def run_backtest(
         raise ValueError(f"policy names must be unique, got {labels}")
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
-    k = seeds.size if paths is None else paths.n_paths
+    if paths is not None and paths.n_paths != seeds.size:
+        raise ValueError(
+            f"paths has {paths.n_paths} scenarios but seeds has {seeds.size}; pass one seed per path"
+        )
+    k = seeds.size
     size = k if chunk_size is None else int(chunk_size)
     if size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1")
     chunks = [np.arange(i, min(i + size, k)) for i in range(0, k, size)]
     params = None if params_path is None else str(params_path)
-    for spec in policies:  # fail fast on a bad name or parameter, before any simulation
-        if isinstance(spec, str):
-            make_policy(spec, config, params_path=params)
+    # build each named policy once here: fails fast on a bad name or parameter before any simulation
+    policy_params = {
+        label: _policy_params(spec, config, params)
+        for label, spec in zip(labels, policies, strict=True)
+    }
     chunk_paths = [
         paths.take(c) if paths is not None else _sample_chunk(config, seeds[c]) for c in chunks
     ]
-    chunk_seeds = [seeds[c] if paths is None else seeds[np.minimum(c, seeds.size - 1)] for c in chunks]
+    chunk_seeds = [seeds[c] for c in chunks]
     tasks = [(p, c) for p in range(len(policies)) for c in range(len(chunks))]
     horizon = config.env.horizon
     bar = tqdm(total=len(tasks) * horizon, disable=not progress, unit="step", desc="backtest")
@@ -301,9 +333,13 @@ def run_backtest(
             for p, c in tasks:
                 bar.set_postfix_str(labels[p])
                 outputs[(p, c)] = _run_task(
-                    config, policies[p], chunk_seeds[c], chunk_paths[c], params,
+                    config,
+                    policies[p],
+                    chunk_seeds[c],
+                    chunk_paths[c],
+                    params,
                     on_step=lambda _t: bar.update(1),
-                )  # fmt: skip
+                )
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -313,7 +349,7 @@ def run_backtest(
                     ): (p, c)
                     for p, c in tasks
                 }
-                for fut in futures:
+                for fut in as_completed(futures):
                     outputs[futures[fut]] = fut.result()
                     bar.update(horizon)
     finally:
@@ -330,14 +366,18 @@ def run_backtest(
             for key, value in part[1].items():
                 diag[key] = diag.get(key, 0) + int(value)
         diagnostics[label] = diag
-    return BacktestResult(config, records, seeds, scenario_set, period, elapsed, diagnostics)
+    return BacktestResult(
+        config, records, seeds, scenario_set, period, elapsed, diagnostics, policy_params
+    )
 
 
 def period_config(config: SimulationConfig, spec: PeriodSpec) -> SimulationConfig:
     """``config`` replaying ``spec`` from data: ``market.source=replay``, the period's dates and
     ``env.horizon`` = its number of daily steps (the warmup history comes from before ``start``)."""
     if config.market.step_days != 1.0:
-        raise ValueError(f"period replay needs daily steps (market.step_days=1), got {config.market.step_days}")
+        raise ValueError(
+            f"period replay needs daily steps (market.step_days=1), got {config.market.step_days}"
+        )
     if spec.n_steps < 1:
         raise ValueError(f"period end {spec.end} must be after start {spec.start}")
     return load_config(
@@ -372,12 +412,21 @@ def run_period_backtest(
     cfg = period_config(config, spec)
     for p in policies:
         if getattr(p, "uses_oracle", False) or p == "oracle_mean_variance":
-            raise ValueError(f"policy {_policy_label(p)!r} needs synthetic true parameters; a replayed period has none")
+            raise ValueError(
+                f"policy {_policy_label(p)!r} needs synthetic true parameters; a replayed period has none"
+            )
     seeds = np.array([0], dtype=np.int64)
     paths = _sample_chunk(cfg, seeds)
     label = name or f"{spec.start}..{spec.end}"
     period = {"name": label, "start": spec.start.isoformat(), "end": spec.end.isoformat()}
     return run_backtest(
-        cfg, policies, seeds, workers=workers, progress=progress, params_path=params_path,
-        scenario_set=f"period:{label}", paths=paths, period=period,
-    )  # fmt: skip
+        cfg,
+        policies,
+        seeds,
+        workers=workers,
+        progress=progress,
+        params_path=params_path,
+        scenario_set=f"period:{label}",
+        paths=paths,
+        period=period,
+    )

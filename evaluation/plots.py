@@ -21,8 +21,8 @@ from matplotlib.figure import Figure  # noqa: E402
 if TYPE_CHECKING:
     from evaluation.backtest import BacktestResult
 
-LIQUIDATION_KEYS = ("liquidations_usd", "liquidated_usd")
-KILL_SWITCH_KEYS = ("kill_switch_active", "kill_switch")
+LIQUIDATION_KEYS = ("liquidations", "liquidations_count", "n_liquidations")
+KILL_SWITCH_KEYS = ("kill_switch", "kill_switch_active")
 
 
 def _x_axis(result: BacktestResult) -> tuple[np.ndarray, str]:
@@ -71,7 +71,9 @@ def drawdowns(result: BacktestResult) -> Figure:
     for name, rec in result.records.items():
         peak = np.maximum.accumulate(rec.value_usd, axis=1)
         ax.plot(x, -(1.0 - rec.value_usd / peak).mean(axis=0), label=name, lw=1.2)
-    ax.set(xlabel=xlabel, ylabel="-drawdown", title=_title(result, "Drawdown, mean across scenarios"))
+    ax.set(
+        xlabel=xlabel, ylabel="-drawdown", title=_title(result, "Drawdown, mean across scenarios")
+    )
     ax.legend(fontsize=8, ncol=2)
     fig.autofmt_xdate() if xlabel == "date" else None
     fig.tight_layout()
@@ -83,7 +85,9 @@ def allocations(result: BacktestResult) -> Figure:
     names = list(result.records)
     ncols = min(3, len(names))
     nrows = int(np.ceil(len(names) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, sharey=True
+    )
     x, _ = _x_axis(result)
     for ax, name in zip(axes.flat, names, strict=False):
         rec = result.records[name]
@@ -110,7 +114,12 @@ def cost_breakdown(result: BacktestResult) -> Figure:
     bottom = np.zeros(len(names))
     for kind in kinds:
         totals = np.array(
-            [result.records[n].costs_usd[kind].sum(axis=1).mean() if kind in result.records[n].costs_usd else 0.0 for n in names]
+            [
+                result.records[n].costs_usd[kind].sum(axis=1).mean()
+                if kind in result.records[n].costs_usd
+                else 0.0
+                for n in names
+            ]
         )
         ax.bar(names, totals, bottom=bottom, label=kind)
         bottom += totals
@@ -122,10 +131,8 @@ def cost_breakdown(result: BacktestResult) -> Figure:
 
 
 def liquidation_timeline(result: BacktestResult) -> Figure:
-    """Liquidated USD per step (summed over scenarios) and kill-switch share, per policy.
-
-    The spot env has no lending yet: then this draws an explicit empty state.
-    """
+    """Cumulative liquidation events (summed over scenarios) and the share of scenarios under the
+    kill-switch, per policy. Draws an explicit empty state when neither ever happened (spot env)."""
     fig, ax = plt.subplots(figsize=(10, 4))
     x, xlabel = _x_axis(result)
     ks_ax = None
@@ -133,29 +140,40 @@ def liquidation_timeline(result: BacktestResult) -> Figure:
     for name, rec in result.records.items():
         key = next((k for k in LIQUIDATION_KEYS if k in rec.extras), None)
         if key is not None:
-            series = np.nan_to_num(rec.extras[key].astype(float)).sum(axis=0)
-            ax.plot(x[1:], series, label=f"{name}: liquidated USD", lw=1.0)
-            drawn = True
+            events = np.nan_to_num(rec.extras[key].astype(float)).sum(axis=0)
+            if events.any():
+                ax.step(
+                    x[1:], np.cumsum(events), where="post", label=f"{name}: liquidations", lw=1.2
+                )
+                drawn = True
         ks = next((k for k in KILL_SWITCH_KEYS if k in rec.extras), None)
-        if ks is not None:
+        if ks is not None and np.nan_to_num(rec.extras[ks].astype(float)).any():
             ks_ax = ks_ax or ax.twinx()
             share = np.nan_to_num(rec.extras[ks].astype(float)).mean(axis=0)
-            ks_ax.plot(x[1:], share, ls="--", lw=0.8, label=f"{name}: kill-switch share")
+            ks_ax.plot(x[1:], share, ls="--", lw=0.8, label=f"{name}: under kill-switch")
             ks_ax.set_ylim(0, 1.05)
             ks_ax.set_ylabel("share of scenarios under kill-switch")
             drawn = True
     if not drawn:
-        ax.text(0.5, 0.5, "no liquidations or kill-switch events recorded\n(this env reports none)",
-                ha="center", va="center", transform=ax.transAxes, fontsize=11, color="grey")  # fmt: skip
+        ax.text(
+            0.5,
+            0.5,
+            "no liquidations and no kill-switch activity in this backtest",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=11,
+            color="grey",
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     else:
-        ax.set_ylabel("liquidated USD per step (all scenarios)")
-        handles = ax.get_legend_handles_labels()
+        ax.set_ylabel("cumulative liquidation events (all scenarios)")
+        handles, labels = ax.get_legend_handles_labels()
         if ks_ax is not None:
-            extra = ks_ax.get_legend_handles_labels()
-            handles = (handles[0] + extra[0], handles[1] + extra[1])
-        ax.legend(*handles, fontsize=7)
+            more = ks_ax.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, fontsize=7)
     ax.set(xlabel=xlabel, title=_title(result, "Liquidations and kill-switch"))
     fig.tight_layout()
     return fig

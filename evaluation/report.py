@@ -1,7 +1,7 @@
 """Compare the evaluation runs of an MLflow experiment: terminal table and Markdown/HTML report.
 
-Runs are grouped by (scenario set, seeds, config hash): only runs on the same scenarios and the same
-simulation config are paired. Within a group, each policy's per-scenario scores form an
+Runs are grouped by (scenario set, seeds, config hash, baseline-parameter hash): only runs on the
+same scenarios, with the same simulation config and the same baseline parameters, are paired. Within a group, each policy's per-scenario scores form an
 ``(n_runs, n_scenarios)`` array (runs = training seeds of an agent; identical duplicate runs of a
 deterministic baseline are kept once). For every policy and metric the report gives the mean and the
 IQM with 95% stratified-bootstrap CIs over scenarios; against the best FEASIBLE baseline (highest mean
@@ -36,17 +36,41 @@ from evaluation.tracking import (
 )
 
 HIGHER_IS_BETTER = {
-    "sharpe_ratio": True, "sortino_ratio": True, "annual_return": True, "calmar_ratio": True,
-    "total_return": True, "final_value_usd": True, "annual_volatility": False, "max_drawdown": False,
-    "value_at_risk": False, "conditional_value_at_risk": False, "cornish_fisher_var": False,
-    "cost_total_usd": False, "turnover_annual": False,
-}  # fmt: skip
+    "sharpe_ratio": True,
+    "sortino_ratio": True,
+    "annual_return": True,
+    "calmar_ratio": True,
+    "total_return": True,
+    "final_value_usd": True,
+    "annual_volatility": False,
+    "max_drawdown": False,
+    "value_at_risk": False,
+    "conditional_value_at_risk": False,
+    "cornish_fisher_var": False,
+    "cost_total_usd": False,
+    "turnover_annual": False,
+}
 REPORT_METRICS = (
-    "sharpe_ratio", "sortino_ratio", "annual_return", "annual_volatility", "max_drawdown",
-    "calmar_ratio", "value_at_risk", "conditional_value_at_risk", "cost_total_usd", "turnover_annual",
-)  # fmt: skip
-PERCENT_METRICS = {"annual_return", "annual_volatility", "max_drawdown", "value_at_risk",
-                   "conditional_value_at_risk", "total_return", "turnover_annual"}  # fmt: skip
+    "sharpe_ratio",
+    "sortino_ratio",
+    "annual_return",
+    "annual_volatility",
+    "max_drawdown",
+    "calmar_ratio",
+    "value_at_risk",
+    "conditional_value_at_risk",
+    "cost_total_usd",
+    "turnover_annual",
+)
+PERCENT_METRICS = {
+    "annual_return",
+    "annual_volatility",
+    "max_drawdown",
+    "value_at_risk",
+    "conditional_value_at_risk",
+    "total_return",
+    "turnover_annual",
+}
 ORACLE = "oracle_mean_variance"
 
 
@@ -81,13 +105,19 @@ class GroupComparison:
 def _download(run_id: str, artifact: str, dst: Path) -> Path:
     import mlflow
 
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst)))
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(dst)
+        )
+    )
 
 
 def _scores(table: pd.DataFrame, policy: str, metric: str) -> np.ndarray:
     """``(n_runs, n_scenarios)`` scores of ``policy``; identical duplicate runs kept once."""
     sub = table[table["policy"] == policy]
-    wide = sub.pivot_table(index="run_id", columns="seed", values=metric, aggfunc="first", sort=True)
+    wide = sub.pivot_table(
+        index="run_id", columns="seed", values=metric, aggfunc="first", sort=True
+    )
     return wide.drop_duplicates().to_numpy(dtype=float)
 
 
@@ -111,7 +141,9 @@ def _compare_group(
     summary = pd.concat(rows) if rows else pd.DataFrame()
     sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
     primary = _finite_columns({p: sign * _scores(table, p, metric) for p in policies})
-    baselines = [p for p in policies if p in FEASIBLE_BASELINES] or [p for p in policies if p != ORACLE]
+    baselines = [p for p in policies if p in FEASIBLE_BASELINES] or [
+        p for p in policies if p != ORACLE
+    ]
     best = max(baselines, key=lambda p: float(primary[p].mean())) if baselines else None
     improvement = pd.DataFrame()
     if best is not None and primary[best].shape[1] > 0:
@@ -120,18 +152,37 @@ def _compare_group(
         imp[cols] = sign * imp[cols]
         if sign < 0:  # the CI of -x has the bounds swapped
             imp[["diff_ci_low", "diff_ci_high"]] = imp[["diff_ci_high", "diff_ci_low"]].to_numpy()
-        imp["diff_significant"] = [st.is_significant(tuple(r)) for r in imp[["diff_mean", *cols[1:]]].to_numpy()]
+        imp["diff_significant"] = [
+            st.is_significant(tuple(r)) for r in imp[["diff_mean", *cols[1:]]].to_numpy()
+        ]
         imp = imp.rename(columns={"significant": "poi_significant"}).drop(index=best)
         if primary[best].size < 2:  # one paired cell: a degenerate bootstrap proves nothing
             imp[["diff_significant", "poi_significant"]] = False
-        improvement = imp[[*cols, "diff_significant", "prob_improvement", "poi_ci_low", "poi_ci_high", "poi_significant"]]
+        improvement = imp[
+            [
+                *cols,
+                "diff_significant",
+                "prob_improvement",
+                "poi_ci_low",
+                "poi_ci_high",
+                "poi_significant",
+            ]
+        ]
     sr = {p: st.sharpe_per_period(r) for p, r in returns.items() if r.size > 1}
     trials = [v for v in sr.values() if np.isfinite(v)]
     tests = []
     for p, r in returns.items():
         psr = st.probabilistic_sharpe_ratio(r) if r.size > 1 else np.nan
         dsr = st.deflated_sharpe_ratio(r, trials) if len(trials) >= 2 and r.size > 1 else np.nan
-        tests.append({"policy": p, "n_returns": r.size, "sharpe_per_step": sr.get(p, np.nan), "psr": psr, "dsr": dsr})
+        tests.append(
+            {
+                "policy": p,
+                "n_returns": r.size,
+                "sharpe_per_step": sr.get(p, np.nan),
+                "psr": psr,
+                "dsr": dsr,
+            }
+        )
     return summary, improvement, pd.DataFrame(tests).set_index("policy"), best
 
 
@@ -144,9 +195,13 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
             "per-step returns, which assume stationary, independent returns."
         )
     elif g.n_scenarios < 10:
-        out.append(f"Only {g.n_scenarios} scenarios: percentile-bootstrap CIs are unreliable (too narrow) at this size.")
+        out.append(
+            f"Only {g.n_scenarios} scenarios: percentile-bootstrap CIs are unreliable (too narrow) at this size."
+        )
     if ORACLE in g.sharpe_tests.index:
-        out.append(f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy.")
+        out.append(
+            f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy."
+        )
     m = g.primary_metric
     for p, row in g.improvement.iterrows():
         if g.n_scenarios == 1:
@@ -155,8 +210,16 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
                 "no CI across scenarios, so its significance cannot be assessed here."
             )
             continue
-        diff_sig = "significant: CI excludes 0" if row["diff_significant"] else "NOT significant: CI contains 0"
-        poi_sig = "significant: CI excludes 0.5" if row["poi_significant"] else "NOT significant: CI contains 0.5"
+        diff_sig = (
+            "significant: CI excludes 0"
+            if row["diff_significant"]
+            else "NOT significant: CI contains 0"
+        )
+        poi_sig = (
+            "significant: CI excludes 0.5"
+            if row["poi_significant"]
+            else "NOT significant: CI contains 0.5"
+        )
         out.append(
             f"`{p}` vs best baseline `{g.best_baseline}` on {m}: mean difference {row['diff_mean']:+.3f} "
             f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}] ({diff_sig}); P(`{p}` better) = "
@@ -169,30 +232,41 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
         dsr = row["dsr"]
         dsr_txt = (
             f"; deflated for {len(g.sharpe_tests)} candidates DSR = {dsr:.3f} ({'significant' if dsr > level else 'not significant'})"
-            if np.isfinite(dsr) else ""
-        )  # fmt: skip
+            if np.isfinite(dsr)
+            else ""
+        )
         out.append(f"`{p}`: PSR = {row['psr']:.3f}, Sharpe {sig} at {level:.0%}{dsr_txt}.")
     return out
 
 
-def load_group_tables(experiment: str, tmp: Path) -> list[tuple[tuple[str, str, str], pd.DataFrame, list[str]]]:
+def load_group_tables(
+    experiment: str, tmp: Path
+) -> list[tuple[tuple[str, str, str, str], pd.DataFrame, list[str]]]:
     """Evaluation runs of ``experiment`` -> ``[(group key, metrics table with run_id, run ids)]``."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-        raise ValueError(f"experiment {experiment!r} not found at {tracking_uri()}: no evaluation runs to compare")
+        raise ValueError(
+            f"experiment {experiment!r} not found at {tracking_uri()}: no evaluation runs to compare"
+        )
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     tag = f"tags.{EVALUATION_TAG}"
     if runs.empty or tag not in runs.columns:
         raise ValueError(f"experiment {experiment!r} at {tracking_uri()} has no evaluation runs")
     runs = runs[(runs[tag] == EVALUATION_KIND) & (runs["status"] == "FINISHED")]
     runs = runs.sort_values("start_time", ascending=False)
-    groups: dict[tuple[str, str, str], list[pd.DataFrame]] = {}
-    ids: dict[tuple[str, str, str], list[str]] = {}
+    groups: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
+    ids: dict[tuple[str, str, str, str], list[str]] = {}
     for _, run in runs.iterrows():
         rid = run["run_id"]
-        key = (run["params.scenario_set"], run["params.seeds"], run["params.config_hash"])
+        params_hash = run.get("params.policy_params_hash")
+        key = (
+            run["params.scenario_set"],
+            run["params.seeds"],
+            run["params.config_hash"],
+            params_hash if isinstance(params_hash, str) else "",
+        )
         table = pd.read_csv(_download(rid, METRICS_ARTIFACT, tmp / rid))
         groups.setdefault(key, []).append(table.assign(run_id=rid))
         ids.setdefault(key, []).append(rid)
@@ -204,7 +278,9 @@ def _pooled_returns(run_ids: list[str], policies: list[str], tmp: Path) -> dict[
     pooled: dict[str, list[np.ndarray]] = {p: [] for p in policies}
     seen: dict[str, set[bytes]] = {p: set() for p in policies}
     for rid in run_ids:
-        frame = pd.read_parquet(_download(rid, SERIES_ARTIFACT, tmp / rid), columns=["policy", "return"])
+        frame = pd.read_parquet(
+            _download(rid, SERIES_ARTIFACT, tmp / rid), columns=["policy", "return"]
+        )
         for p, sub in frame.groupby("policy", sort=False):
             r = sub["return"].to_numpy(dtype=float)
             digest = r.tobytes()
@@ -232,17 +308,35 @@ def compare(
     results = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        for (scenario_set, _seeds, config_hash), table, run_ids in load_group_tables(experiment, tmp):
+        for (scenario_set, _seeds, config_hash, _params), table, run_ids in load_group_tables(
+            experiment, tmp
+        ):
             if metric not in table.columns:
-                raise ValueError(f"metric {metric!r} is not in the metrics table; choose one of {list(REPORT_METRICS)}")
+                raise ValueError(
+                    f"metric {metric!r} is not in the metrics table; choose one of {list(REPORT_METRICS)}"
+                )
             policies = list(dict.fromkeys(table["policy"]))
             returns = _pooled_returns(run_ids, policies, tmp)
             summary, improvement, tests, best = _compare_group(table, returns, metric, n_boot, seed)
             n_scen = int(table.groupby(["run_id", "policy"]).size().max())
-            group = GroupComparison(scenario_set, config_hash, run_ids, n_scen, metric, best, summary, improvement, tests)
+            group = GroupComparison(
+                scenario_set,
+                config_hash,
+                run_ids,
+                n_scen,
+                metric,
+                best,
+                summary,
+                improvement,
+                tests,
+            )
             group.statements = _statements(group)
             if out_path is not None:
-                folder = tmp if out_path.suffix == ".html" else out_path.parent / f"{out_path.stem}_files"
+                folder = (
+                    tmp
+                    if out_path.suffix == ".html"
+                    else out_path.parent / f"{out_path.stem}_files"
+                )
                 files = folder / f"{scenario_set.replace(':', '_')}_{config_hash}"
                 group.plot_files = _download_plots(run_ids[0], files)
             print_group(group, console)
@@ -280,7 +374,9 @@ def print_group(g: GroupComparison, console: Console) -> None:
     metrics.add_column("policy")
     for c in cols:
         metrics.add_column(c, justify="right")
-    tests = Table(title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)")
+    tests = Table(
+        title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)"
+    )
     for c in ("policy", "Sharpe IQM [CI]", "P(better than best) [CI]", "PSR", "DSR"):
         tests.add_column(c, justify="left" if c == "policy" else "right")
     for p in g.sharpe_tests.index:
@@ -290,9 +386,13 @@ def print_group(g: GroupComparison, console: Console) -> None:
             poi = "n/a (1 path)"
         elif p in g.improvement.index:
             r = g.improvement.loc[p]
-            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (" *" if r["poi_significant"] else "")
+            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (
+                " *" if r["poi_significant"] else ""
+            )
         t = g.sharpe_tests.loc[p]
-        tests.add_row(p, _cell(g.summary, p, "sharpe_ratio", "iqm"), poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
+        tests.add_row(
+            p, _cell(g.summary, p, "sharpe_ratio", "iqm"), poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}"
+        )
     console.print(metrics)
     console.print(tests)
     for line in g.statements:
@@ -303,20 +403,47 @@ def print_group(g: GroupComparison, console: Console) -> None:
 def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
     blocks: list[tuple[str, object]] = [
         ("h2", f"{g.scenario_set}: {g.n_scenarios} scenario(s), config {g.config_hash}"),
-        ("p", f"Runs: {', '.join(g.run_ids)}. Primary metric: {g.primary_metric}; best feasible baseline: {g.best_baseline}."),
-    ]  # fmt: skip
+        (
+            "p",
+            f"Runs: {', '.join(g.run_ids)}. Primary metric: {g.primary_metric}; best feasible baseline: {g.best_baseline}.",
+        ),
+    ]
+    single = g.n_scenarios == 1  # one replayed path: no distribution across scenarios to summarize
     if not g.summary.empty:
         policies = list(dict.fromkeys(g.summary.index.get_level_values(0)))
         metrics = list(dict.fromkeys(g.summary.index.get_level_values(1)))
-        for what, label in (("mean", "Mean [95% stratified-bootstrap CI]"), ("iqm", "IQM [95% CI]")):
-            frame = pd.DataFrame({m: [_cell(g.summary, p, m, what) for p in policies] for m in metrics}, index=policies)
+        tables = (
+            (("mean", "Value on the single path"),)
+            if single
+            else (
+                ("mean", "Mean [95% stratified-bootstrap CI]"),
+                ("iqm", "IQM [95% CI]"),
+            )
+        )
+        for what, label in tables:
+            frame = pd.DataFrame(
+                {m: [_cell(g.summary, p, m, what) for p in policies] for m in metrics},
+                index=policies,
+            )
             blocks += [("h3", f"{label} per policy and metric"), ("table", frame)]
     if not g.improvement.empty:
-        imp = g.improvement.copy()
-        blocks += [("h3", f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}: "
-                           "mean difference and P(improvement), 95% CIs"), ("table", imp.round(3))]  # fmt: skip
-    blocks += [("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
-               ("table", g.sharpe_tests.round(4))]  # fmt: skip
+        imp = g.improvement[["diff_mean"]] if single else g.improvement
+        blocks += [
+            (
+                "h3",
+                f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}: "
+                + (
+                    "difference on the single path"
+                    if single
+                    else "mean difference and P(improvement), 95% CIs"
+                ),
+            ),
+            ("table", imp.round(3)),
+        ]
+    blocks += [
+        ("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
+        ("table", g.sharpe_tests.round(4).astype({"n_returns": int})),
+    ]
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
     for path in g.plot_files:
         blocks.append(("img", path))
@@ -327,10 +454,13 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
     """Write the comparison as Markdown (plots beside it) or HTML (plots embedded)."""
     blocks: list[tuple[str, object]] = [
         ("h1", f"Evaluation report: experiment {experiment}"),
-        ("p", f"Tracking URI: {tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
-              "(2000 resamples, seed 0). P(improvement): paired P(X > best baseline), ties 1/2. "
-              "PSR: P(true Sharpe > 0); DSR: PSR against the expected maximum Sharpe of all policies tried."),
-    ]  # fmt: skip
+        (
+            "p",
+            f"Tracking URI: {tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
+            "(2000 resamples, seed 0). P(improvement): paired P(X > best baseline), ties 1/2. "
+            "PSR: P(true Sharpe > 0); DSR: PSR against the expected maximum Sharpe of all policies tried.",
+        ),
+    ]
     for g in groups:
         blocks += _group_blocks(g)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +474,11 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
             parts.append(f"<p>{value}</p>" if html else f"{value}\n")
         elif kind == "ul":
             items = list(value)  # type: ignore[call-overload]
-            parts.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if html else "\n".join(f"- {i}" for i in items) + "\n")
+            parts.append(
+                "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+                if html
+                else "\n".join(f"- {i}" for i in items) + "\n"
+            )
         elif kind == "table":
             frame: pd.DataFrame = value  # type: ignore[assignment]
             parts.append(frame.to_html() if html else markdown_table(frame))
@@ -352,7 +486,9 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
             path: Path = value  # type: ignore[assignment]
             if html:
                 data = base64.b64encode(path.read_bytes()).decode()
-                parts.append(f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></p>')
+                parts.append(
+                    f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
+                )
             else:
                 parts.append(f"![{path.stem}]({path.relative_to(out.parent).as_posix()})\n")
     text = "\n".join(parts)
@@ -366,6 +502,6 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A pipe table of ``frame`` with its index as the first column (no tabulate needed)."""
     header = [str(frame.index.name or ""), *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in frame.iterrows():
+    for idx, row in frame.astype(object).iterrows():  # object rows keep ints as ints
         lines.append("| " + " | ".join([str(idx), *(str(v) for v in row.to_numpy())]) + " |")
     return "\n".join(lines) + "\n"

@@ -40,7 +40,8 @@ class EpisodeRecord:
     ``costs_usd`` maps each cost kind (``"fees"``, ``"slippage"``, ``"gas"``, and later ones such
     as funding or interest) to its ``(K, T)`` USD series; ``extras`` maps other per-step series the
     env reports (e.g. ``health_factor``, ``liquidations_usd``, ``kill_switch_active``) to ``(K, T)``.
-    Steps after an env was ruined (``~alive``) record zero costs and NaN (float) / False (bool) extras.
+    Steps after an env was ruined (``~alive``) record zero costs, and NaN (float), 0 (int) or
+    False (bool) extras.
     """
 
     policy: str
@@ -100,7 +101,8 @@ def _extra_series(result: StepResult, n_envs: int) -> dict[str, np.ndarray]:
 
 
 def _dead_fill(dtype: np.dtype) -> object:
-    return False if dtype.kind == "b" else np.nan
+    """What a ruined env records: False for flags, 0 for counts, NaN for float series."""
+    return {"b": False, "i": 0, "u": 0}.get(dtype.kind, np.nan)
 
 
 def oracle_info(sim: PortfolioSimulator) -> dict[str, np.ndarray]:

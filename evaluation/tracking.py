@@ -4,7 +4,8 @@ Tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else an embedded SQLite store ``m
 working folder (artifacts beside it in ``mlartifacts/``). Each run holds:
 
 - params: policies, scenario set, number of scenarios, seeds, config hash
-  (``SimulationConfig.config_hash()``), git commit, market source, horizon, period dates;
+  (``SimulationConfig.config_hash()``), hash of the policies' resolved parameters, git commit,
+  market source, horizon, period dates;
 - metrics: ``<metric>.<policy>`` = the mean across scenarios of each column of the metrics table
   (e.g. ``sharpe_ratio.min_variance``, ``max_drawdown.equal_weight``);
 - artifacts: ``metrics.csv`` (policy x scenario table), ``series.parquet`` (per-step series),
@@ -14,6 +15,7 @@ working folder (artifacts beside it in ``mlartifacts/``). Each run holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -80,8 +82,11 @@ def git_commit() -> str:
             return "unknown"
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -98,11 +103,21 @@ def format_seeds(seeds: np.ndarray) -> str:
     return text
 
 
+def params_hash(policy_params: dict[str, Any]) -> str:
+    """Short stable hash of the policies' resolved parameters (runs are compared only if equal)."""
+    blob = json.dumps(policy_params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
 def policy_means(table: Any) -> dict[str, float]:
     """``{"<metric>.<policy>": mean across scenarios}`` for every numeric column of the table."""
     skip = {"scenario", "seed"}
     out: dict[str, float] = {}
-    numeric = [c for c in table.columns if c not in skip and c != "policy" and table[c].dtype.kind in "biuf"]
+    numeric = [
+        c
+        for c in table.columns
+        if c not in skip and c != "policy" and table[c].dtype.kind in "biuf"
+    ]
     for policy, group in table.groupby("policy", sort=False):
         for col in numeric:
             values = group[col].to_numpy(dtype=float)
@@ -150,6 +165,7 @@ def log_backtest(
         "horizon": cfg.env.horizon,
         "step_days": cfg.market.step_days,
         "assets": ",".join(cfg.market.assets),
+        "policy_params_hash": params_hash(result.policy_params),
     }
     if result.period:
         params |= {f"period_{k}": v for k, v in result.period.items()}
@@ -166,14 +182,27 @@ def log_backtest(
         mlflow.log_metrics(policy_means(table))
         for policy, seconds in result.elapsed_s.items():
             mlflow.log_metric(f"elapsed_s.{policy}", seconds)
+        for policy, diag in result.diagnostics.items():
+            for key, count in diag.items():
+                mlflow.log_metric(f"{key}.{policy}", float(count))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             table.to_csv(folder / METRICS_ARTIFACT, index=False)
             result.series_frame().to_parquet(folder / SERIES_ARTIFACT, index=False)
-            (folder / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            (folder / "config.yaml").write_text(
+                yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+            )
             (folder / "diagnostics.json").write_text(json.dumps(result.diagnostics, indent=1))
             (folder / "seeds.json").write_text(json.dumps([int(s) for s in result.seeds]))
-            for name in (METRICS_ARTIFACT, SERIES_ARTIFACT, "config.yaml", "diagnostics.json", "seeds.json"):
+            (folder / "policy_params.json").write_text(json.dumps(result.policy_params, indent=1))
+            for name in (
+                "policy_params.json",
+                METRICS_ARTIFACT,
+                SERIES_ARTIFACT,
+                "config.yaml",
+                "diagnostics.json",
+                "seeds.json",
+            ):
                 mlflow.log_artifact(str(folder / name))
             if plots:
                 for path in save_plots(result, folder / PLOTS_DIR):

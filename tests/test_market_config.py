@@ -40,7 +40,11 @@ def _with(path: str, value) -> dict:
         ("synthetic.nu", 2.0, "nu"),
         ("synthetic.garch.BTC.alpha", 1.5, "alpha"),
         ("synthetic.vol_multiplier.crash", -1.0, "crash"),
-        ("synthetic.transition_daily", [[0.5, 0.5, 0.1], [0, 1, 0], [0, 0, 1]], "row 'calm' sums to 1.1"),
+        (
+            "synthetic.transition_daily",
+            [[0.5, 0.5, 0.1], [0, 1, 0], [0, 0, 1]],
+            "row 'calm' sums to 1.1",
+        ),
         ("synthetic.transition_daily", [[1, 0], [0, 1]], "3x3"),
         ("synthetic.depeg.depth_max", 0.01, "depth_max=0.01 must be >= depth_min"),
         ("synthetic.jumps.std_log", {"BTC": -0.1}, r"std_log\[BTC\]=-0.1"),
@@ -61,7 +65,9 @@ def test_out_of_range_values_name_the_field(key, value, fragment):
 def test_unknown_keys_fail_naming_the_key():
     with pytest.raises(ValidationError, match="volatility"):
         MarketConfig.model_validate({"volatility": 1.0})
-    data = _with("synthetic.garch.BTC", {"omega_daily": 1e-4, "alpha": 0.1, "beta": 0.8, "gamma": 0.1})
+    data = _with(
+        "synthetic.garch.BTC", {"omega_daily": 1e-4, "alpha": 0.1, "beta": 0.8, "gamma": 0.1}
+    )
     with pytest.raises(ValidationError, match=r"synthetic\.garch\.BTC\.gamma"):
         MarketConfig.model_validate(data)
 
@@ -69,12 +75,19 @@ def test_unknown_keys_fail_naming_the_key():
 def test_garch_must_be_stationary():
     with pytest.raises(ValidationError, match=r"alpha \+ beta = 1.000000 must be < 1"):
         GarchParams(omega_daily=1e-4, alpha=0.2, beta=0.8)
-    assert GarchParams(omega_daily=1e-4, alpha=0.1, beta=0.8).unconditional_variance_daily == pytest.approx(1e-3)
+    assert GarchParams(
+        omega_daily=1e-4, alpha=0.1, beta=0.8
+    ).unconditional_variance_daily == pytest.approx(1e-3)
 
 
 def test_correlations_must_be_psd_with_unit_diagonal():
     bad = [[1.0, 0.9, -0.9], [0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]  # eigenvalue -0.8
-    corr = {"assets": ["BTC", "ETH", "SOL"], "calm": bad, "bull": np.eye(3).tolist(), "crash": np.eye(3).tolist()}
+    corr = {
+        "assets": ["BTC", "ETH", "SOL"],
+        "calm": bad,
+        "bull": np.eye(3).tolist(),
+        "crash": np.eye(3).tolist(),
+    }
     with pytest.raises(ValidationError, match="correlation.calm must be positive semi-definite"):
         MarketConfig.model_validate(_with("synthetic.correlation", corr))
     corr["calm"] = (np.eye(3) * 2).tolist()
@@ -126,7 +139,11 @@ def test_shipped_configs_load():
     assert cfg.end <= dt.date(2022, 12, 31)
     assert "defialloc calibrate" in DEFAULT_YAML.read_text().split("source:")[0]
     heldout = load_market_config(REPO_ROOT / "configs/market/replay_heldout.yaml")
-    assert (heldout.source, heldout.start, heldout.end) == ("replay", dt.date(2023, 1, 1), dt.date(2024, 4, 9))
+    assert (heldout.source, heldout.start, heldout.end) == (
+        "replay",
+        dt.date(2023, 1, 1),
+        dt.date(2024, 4, 9),
+    )
     boot = load_market_config(REPO_ROOT / "configs/market/bootstrap.yaml")
     assert boot.source == "bootstrap" and boot.end <= dt.date(2022, 12, 31)
 

@@ -38,7 +38,10 @@ def _get(url: str) -> dict:
 
 def _post(url: str, body: dict) -> dict:
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
@@ -74,21 +77,37 @@ def _stop(proc: subprocess.Popen) -> None:
 def server(tmp_path):
     port = _free_port()
     # no background job runner (huey consumers): faster start and stop, nothing left behind
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = dict(
+        os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
+    )
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}",
-        "--artifacts-destination", str(tmp_path / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"mlflow server exited with {proc.returncode}: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -111,7 +130,13 @@ def test_log_over_http_and_read_back_through_rest(server, tmp_path, monkeypatch)
     cfg = load_config({"market": {}, "env": {"horizon": 30}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = run_backtest(cfg, ["equal_weight", "min_variance"], scenario_seeds("test", 4), progress=False, scenario_set="test")
+        result = run_backtest(
+            cfg,
+            ["equal_weight", "min_variance"],
+            scenario_seeds("test", 4),
+            progress=False,
+            scenario_set="test",
+        )
     run_id = log_backtest(result, "server-eval", "http-run", cfg, plots=False)
 
     run = _get(f"{server}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
@@ -124,11 +149,17 @@ def test_log_over_http_and_read_back_through_rest(server, tmp_path, monkeypatch)
     assert metrics["final_value_usd.min_variance"] == pytest.approx(final, rel=1e-9)
     assert np.isfinite(metrics["sharpe_ratio.equal_weight"])
 
-    experiment = _get(f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=server-eval")["experiment"]
-    found = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})
+    experiment = _get(
+        f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=server-eval"
+    )["experiment"]
+    found = _post(
+        f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]}
+    )
     assert [r["info"]["run_id"] for r in found["runs"]] == [run_id]
 
     query = urllib.parse.urlencode({"run_id": run_id})
-    files = {f["path"] for f in _get(f"{server}/api/2.0/mlflow/artifacts/list?{query}").get("files", [])}
+    files = {
+        f["path"] for f in _get(f"{server}/api/2.0/mlflow/artifacts/list?{query}").get("files", [])
+    }
     assert {"metrics.csv", "series.parquet", "config.yaml"} <= files
     assert (tmp_path / "artifacts").is_dir()  # artifacts proxied by the server into its destination

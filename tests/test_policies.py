@@ -36,9 +36,14 @@ def _quiet_fallbacks():
 
 def test_registry_names_and_errors(cfg):
     assert ALL == [
-        "equal_weight", "buy_and_hold", "min_variance", "max_sharpe",
-        "mean_variance", "risk_parity", "oracle_mean_variance",
-    ]  # fmt: skip
+        "equal_weight",
+        "buy_and_hold",
+        "min_variance",
+        "max_sharpe",
+        "mean_variance",
+        "risk_parity",
+        "oracle_mean_variance",
+    ]
     for name in ALL:
         assert make_policy(name, cfg).name == name
     with pytest.raises(ValueError, match="unknown policy 'nope'.*equal_weight"):
@@ -87,10 +92,14 @@ def test_baselines_act_only_on_trailing_data(cfg, name):
     warmup, horizon = cfg.env.warmup, cfg.env.horizon
     paths = sample_paths(cfg.market, seeds, warmup + horizon + 1, warmup)
     cut = 30  # decisions at steps 0..cut see prices up to index warmup + cut
-    shock = np.exp(np.random.default_rng(1).normal(0, 0.2, paths.close[:, warmup + cut + 1 :].shape))
+    shock = np.exp(
+        np.random.default_rng(1).normal(0, 0.2, paths.close[:, warmup + cut + 1 :].shape)
+    )
     future = dict(
-        close=paths.close.copy(), high=paths.high.copy(), low=paths.low.copy(),
-    )  # fmt: skip
+        close=paths.close.copy(),
+        high=paths.high.copy(),
+        low=paths.low.copy(),
+    )
     for key in future:
         future[key][:, warmup + cut + 1 :] *= shock
     altered = dataclasses.replace(paths, **future)
@@ -109,13 +118,18 @@ def test_min_variance_target_matches_an_independent_estimate_and_solver(cfg):
     policy = make_policy("min_variance", cfg, max_weight=0.3, no_trade_band=0.0)
     target = policy.target_weights(view)
     for b in range(2):
-        simple = np.array([[prices[b, t, i] / prices[b, t - 1, i] - 1 for i in range(5)] for t in range(1, 61)])
+        simple = np.array(
+            [[prices[b, t, i] / prices[b, t - 1, i] - 1 for i in range(5)] for t in range(1, 61)]
+        )
         cov = LedoitWolf().fit(simple).covariance_
         ref = minimize(
-            lambda w, c=cov: w @ c @ w, np.full(5, 0.2), method="SLSQP",
-            bounds=[(0, 0.3)] * 5, constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            lambda w, c=cov: w @ c @ w,
+            np.full(5, 0.2),
+            method="SLSQP",
+            bounds=[(0, 0.3)] * 5,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
             options={"ftol": 1e-15, "maxiter": 500},
-        ).x  # fmt: skip
+        ).x
         np.testing.assert_allclose(target[b, :-1], ref, atol=1e-4)
         assert target[b, -1] == pytest.approx(0.0, abs=1e-9)
 
@@ -123,7 +137,9 @@ def test_min_variance_target_matches_an_independent_estimate_and_solver(cfg):
 def test_no_trade_band_keeps_current_weights(cfg):
     policy = make_policy("equal_weight", cfg, no_trade_band=0.05)
     current = np.array([[0.22, 0.18, 0.21, 0.19, 0.20, 0.0], [0.5, 0.1, 0.1, 0.1, 0.2, 0.0]])
-    view = MarketView(tuple(cfg.market.assets), np.ones((2, 1, 5)), current, np.zeros(2, dtype=np.int64))
+    view = MarketView(
+        tuple(cfg.market.assets), np.ones((2, 1, 5)), current, np.zeros(2, dtype=np.int64)
+    )
     target = policy.target_weights(view)
     np.testing.assert_allclose(target[0], current[0])  # max drift 0.02 < band: hold
     np.testing.assert_allclose(target[1], [0.2] * 5 + [0.0])  # drift 0.3 > band: rebalance
@@ -131,11 +147,22 @@ def test_no_trade_band_keeps_current_weights(cfg):
 
 def test_mean_variance_may_hold_cash_and_respects_budget(cfg):
     rng = np.random.default_rng(5)
-    falling = 100 * np.exp(np.cumsum(rng.normal(-0.01, 0.03, (1, 61, 5)), axis=1))  # every asset falls
-    view = MarketView(tuple(cfg.market.assets), falling, np.tile([0.2] * 5 + [0.0], (1, 1)), np.zeros(1, dtype=np.int64))
-    w = make_policy("mean_variance", cfg, mean_shrinkage=0.0, turnover_cost=0.0).target_weights(view)
+    falling = 100 * np.exp(
+        np.cumsum(rng.normal(-0.01, 0.03, (1, 61, 5)), axis=1)
+    )  # every asset falls
+    view = MarketView(
+        tuple(cfg.market.assets),
+        falling,
+        np.tile([0.2] * 5 + [0.0], (1, 1)),
+        np.zeros(1, dtype=np.int64),
+    )
+    w = make_policy("mean_variance", cfg, mean_shrinkage=0.0, turnover_cost=0.0).target_weights(
+        view
+    )
     assert w[0, -1] > 0.9 and np.all(w >= 0) and w.sum() == pytest.approx(1.0)
-    w_fixed = make_policy("mean_variance", cfg, allow_cash=False, cash_weight=0.25).target_weights(view)
+    w_fixed = make_policy("mean_variance", cfg, allow_cash=False, cash_weight=0.25).target_weights(
+        view
+    )
     assert w_fixed[0, -1] == pytest.approx(0.25, abs=1e-8)
 
 
@@ -149,15 +176,25 @@ def _mc_conditional_moments(market, n_paths: int, length: int):
 def test_oracle_moments_match_monte_carlo_without_jumps():
     """Gaussian regimes, constant vol: the mixture over the next regime is the exact law."""
     cfg = load_config(
-        {"market": {"synthetic": {
-            "nu": 200.0, "vol_multiplier": {"calm": 0.6, "bull": 1.0, "crash": 2.0},
-            "drift_log_per_year": {"calm": 0.5, "bull": 3.0, "crash": -4.0},
-            "jumps": {"common_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
-                      "idio_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
-                      "mean_log": {a: 0.0 for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]},
-                      "std_log": {a: 0.0 for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]}},
-            "garch": {a: {"omega_daily": 4e-4, "alpha": 0.0, "beta": 0.0} for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]},
-        }}}  # fmt: skip
+        {
+            "market": {
+                "synthetic": {
+                    "nu": 200.0,
+                    "vol_multiplier": {"calm": 0.6, "bull": 1.0, "crash": 2.0},
+                    "drift_log_per_year": {"calm": 0.5, "bull": 3.0, "crash": -4.0},
+                    "jumps": {
+                        "common_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
+                        "idio_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
+                        "mean_log": {a: 0.0 for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]},
+                        "std_log": {a: 0.0 for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]},
+                    },
+                    "garch": {
+                        a: {"omega_daily": 4e-4, "alpha": 0.0, "beta": 0.0}
+                        for a in ["BTC", "ETH", "SOL", "LINK", "AVAX"]
+                    },
+                }
+            }
+        }
     )
     mu, cov = true_moments_by_regime(cfg.market)
     samples = _mc_conditional_moments(cfg.market, 200, 1500)
@@ -174,21 +211,32 @@ def test_oracle_jump_moments_match_monte_carlo():
     """Jumps dominate (tiny diffusion): the jump mean/covariance formulas against simulation."""
     assets = ["BTC", "ETH", "SOL", "LINK", "AVAX"]
     cfg = load_config(
-        {"market": {"synthetic": {
-            "nu": 200.0, "drift_log_per_year": {"calm": 0.0, "bull": 0.0, "crash": 0.0},
-            "garch": {a: {"omega_daily": 1e-8, "alpha": 0.0, "beta": 0.0} for a in assets},
-            "jumps": {"common_intensity_per_year": {"calm": 20, "bull": 10, "crash": 60},
-                      "idio_intensity_per_year": {"calm": 15, "bull": 15, "crash": 30},
-                      "mean_log": dict(zip(assets, [-0.05, -0.06, -0.08, -0.07, -0.09], strict=True)),
-                      "std_log": dict(zip(assets, [0.05, 0.06, 0.09, 0.08, 0.1], strict=True)),
-                      "size_correlation": 0.7},
-        }}}  # fmt: skip
+        {
+            "market": {
+                "synthetic": {
+                    "nu": 200.0,
+                    "drift_log_per_year": {"calm": 0.0, "bull": 0.0, "crash": 0.0},
+                    "garch": {a: {"omega_daily": 1e-8, "alpha": 0.0, "beta": 0.0} for a in assets},
+                    "jumps": {
+                        "common_intensity_per_year": {"calm": 20, "bull": 10, "crash": 60},
+                        "idio_intensity_per_year": {"calm": 15, "bull": 15, "crash": 30},
+                        "mean_log": dict(
+                            zip(assets, [-0.05, -0.06, -0.08, -0.07, -0.09], strict=True)
+                        ),
+                        "std_log": dict(zip(assets, [0.05, 0.06, 0.09, 0.08, 0.1], strict=True)),
+                        "size_correlation": 0.7,
+                    },
+                }
+            }
+        }
     )
     mu, cov = true_moments_by_regime(cfg.market)
     samples = _mc_conditional_moments(cfg.market, 200, 1500)
     for k in range(3):
         x = samples[k]
-        np.testing.assert_allclose(x.mean(axis=0), mu[k], atol=6 * (x.std(axis=0) / np.sqrt(len(x))).max())
+        np.testing.assert_allclose(
+            x.mean(axis=0), mu[k], atol=6 * (x.std(axis=0) / np.sqrt(len(x))).max()
+        )
         np.testing.assert_allclose(np.cov(x.T), cov[k], rtol=0.15, atol=2e-5)
 
 
@@ -196,8 +244,13 @@ def test_oracle_reads_the_true_regime_and_is_labelled(cfg):
     policy = make_policy("oracle_mean_variance", cfg)
     assert policy.uses_oracle
     assert not make_policy("min_variance", cfg).uses_oracle
-    view = MarketView(tuple(cfg.market.assets), np.ones((2, 1, 5)), np.tile([0.0] * 5 + [1.0], (2, 1)),
-                      np.zeros(2, dtype=np.int64), oracle={"regime": np.array([1, 2])})  # fmt: skip
+    view = MarketView(
+        tuple(cfg.market.assets),
+        np.ones((2, 1, 5)),
+        np.tile([0.0] * 5 + [1.0], (2, 1)),
+        np.zeros(2, dtype=np.int64),
+        oracle={"regime": np.array([1, 2])},
+    )
     w = policy.target_weights(view)
     assert w[0, :-1].sum() > w[1, :-1].sum()  # invested in a bull, de-risked in a crash
     with pytest.raises(ValueError, match="oracle"):

@@ -12,7 +12,7 @@ import pytest
 from envs.config import REPO_ROOT, load_config
 from envs.seeds import scenario_seeds
 from evaluation.backtest import run_backtest, run_period_backtest
-from evaluation.tracking import format_seeds, log_backtest, tracking_uri
+from evaluation.tracking import format_seeds, log_backtest, params_hash, tracking_uri
 
 POLICIES = ["equal_weight", "min_variance", "risk_parity"]
 
@@ -34,7 +34,9 @@ def result():
     cfg = load_config({"market": {}, "env": {"horizon": 40}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return run_backtest(cfg, POLICIES, scenario_seeds("test", 12), progress=False, scenario_set="test")
+        return run_backtest(
+            cfg, POLICIES, scenario_seeds("test", 12), progress=False, scenario_set="test"
+        )
 
 
 def test_tracking_uri_env_var_or_local_sqlite(tmp_path, monkeypatch):
@@ -60,22 +62,37 @@ def test_log_backtest_and_read_it_back(result, tmp_path):
     assert params["seeds"] == "2000000..2000011"
     assert params["config_hash"] == result.config.config_hash()
     assert params["git_commit"] and params["note"] == "unit"
+    assert result.policy_params["min_variance"]["lookback"] == 61  # configs/evaluation/default.yaml
+    assert params["policy_params_hash"] == params_hash(result.policy_params)
     assert run.data.tags["defialloc.kind"] == "evaluation"
     # metric = mean across scenarios, computed here independently from the records
     for name, rec in result.records.items():
         r = rec.returns
         sharpe = r.mean(axis=1) / r.std(axis=1, ddof=1) * np.sqrt(365.0)
         assert metrics[f"sharpe_ratio.{name}"] == pytest.approx(sharpe.mean(), rel=1e-9)
-        assert metrics[f"final_value_usd.{name}"] == pytest.approx(rec.value_usd[:, -1].mean(), rel=1e-12)
+        assert metrics[f"final_value_usd.{name}"] == pytest.approx(
+            rec.value_usd[:, -1].mean(), rel=1e-12
+        )
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.csv", "series.parquet", "config.yaml", "plots"} <= names
     plots = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
-    assert plots == {"equity_curves.png", "drawdowns.png", "allocations.png", "cost_breakdown.png",
-                     "liquidation_timeline.png"}  # fmt: skip
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="metrics.csv", dst_path=str(tmp_path)))
+    assert plots == {
+        "equity_curves.png",
+        "drawdowns.png",
+        "allocations.png",
+        "cost_breakdown.png",
+        "liquidation_timeline.png",
+    }
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="metrics.csv", dst_path=str(tmp_path)
+        )
+    )
     table = pd.read_csv(local)
     assert table.shape[0] == len(POLICIES) * 12
-    series = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="series.parquet"))
+    series = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="series.parquet")
+    )
     assert len(series) == len(POLICIES) * 12 * 40
 
 
@@ -86,7 +103,9 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
 
     log_backtest(result, "cmp", "a", result.config)
     log_backtest(result, "cmp", "a-again", result.config)  # identical duplicate: kept once
-    period = run_period_backtest(result.config, ["equal_weight", "min_variance"], "2022-05-01", "2022-06-30", progress=False)
+    period = run_period_backtest(
+        result.config, ["equal_weight", "min_variance"], "2022-05-01", "2022-06-30", progress=False
+    )
     log_backtest(period, "cmp", "p", result.config, plots=False)
     console = Console(record=True, width=160)
     groups = compare("cmp", tmp_path / "report.md", n_boot=300, console=console)
@@ -97,7 +116,9 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
     # the duplicate run did not double the sample: the bootstrap point equals the 12-scenario mean
     assert g.summary.loc[("min_variance", "sharpe_ratio"), "n"] == 12
     sharpe = result.metrics_table().groupby("policy")["sharpe_ratio"].mean()
-    assert g.summary.loc[("min_variance", "sharpe_ratio"), "mean"] == pytest.approx(sharpe["min_variance"])
+    assert g.summary.loc[("min_variance", "sharpe_ratio"), "mean"] == pytest.approx(
+        sharpe["min_variance"]
+    )
     lo, hi = g.summary.loc[("equal_weight", "sharpe_ratio"), ["mean_ci_low", "mean_ci_high"]]
     assert lo < sharpe["equal_weight"] < hi
     assert g.best_baseline == sharpe.idxmax()
@@ -110,7 +131,12 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
     assert "![equity_curves](report_files/" in text
     assert list((tmp_path / "report_files").rglob("equity_curves.png"))
     assert "PSR" in console.export_text()
-    compare("cmp", tmp_path / "report.html", n_boot=300, console=Console(file=open(tmp_path / "o.txt", "w")))
+    compare(
+        "cmp",
+        tmp_path / "report.html",
+        n_boot=300,
+        console=Console(file=open(tmp_path / "o.txt", "w")),
+    )
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     with pytest.raises(ValueError, match="not found"):
         compare("does-not-exist", console=console)

@@ -6,17 +6,23 @@ Heavy imports (numpy, mlflow, matplotlib) happen inside the commands so ``--help
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-console = Console()
+# piped output (CI logs) gets a wide table instead of rich's 80-column default
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)")
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)"
+)
 EVAL_CONFIG_OPTION = typer.Option(
-    None, "--eval-config", help="evaluation YAML: policies, their parameters, periods (default: configs/evaluation/default.yaml)"
+    None,
+    "--eval-config",
+    help="evaluation YAML: policies, their parameters, periods (default: configs/evaluation/default.yaml)",
 )
 
 
@@ -29,27 +35,42 @@ def evaluate(
     overrides: list[str] = OVERRIDES_ARG,
     config: Path = CONFIG_OPTION,
     eval_config: Path = EVAL_CONFIG_OPTION,
-    policies: str = typer.Option(None, help="comma-separated baselines (default: policies_to_run of the eval config)"),
-    scenarios: int = typer.Option(None, min=1, help="number of scenarios K (default: the eval config's)"),
+    policies: str = typer.Option(
+        None, help="comma-separated baselines (default: policies_to_run of the eval config)"
+    ),
+    scenarios: int = typer.Option(
+        None, min=1, help="number of scenarios K (default: the eval config's)"
+    ),
     scenario_set: str = typer.Option(None, help="test | validation (default: the eval config's)"),
-    period: str = typer.Option(None, help="replay a named real period instead, e.g. heldout_2023 or dev_2022"),
+    period: str = typer.Option(
+        None, help="replay a named real period instead, e.g. heldout_2023 or dev_2022"
+    ),
     workers: int = typer.Option(None, min=1, help="processes (default: the eval config's)"),
     experiment: str = typer.Option(None, help="MLflow experiment (default: the eval config's)"),
     run_name: str = typer.Option(None, help="MLflow run name"),
-    track: bool = typer.Option(True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"),
+    track: bool = typer.Option(
+        True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"
+    ),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow."""
     from envs.config import ConfigError, load_config, parse_cli_overrides
     from envs.seeds import scenario_seeds
-    from evaluation.backtest import load_evaluation_config, resolve_period, run_backtest, run_period_backtest
+    from evaluation.backtest import (
+        load_evaluation_config,
+        resolve_period,
+        run_backtest,
+        run_period_backtest,
+    )
 
     try:
         cfg = load_config(config, parse_cli_overrides(overrides or []))
         ev = load_evaluation_config(eval_config)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
-    names = [p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()]
+    names = [
+        p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()
+    ]
     params_path = str(eval_config) if eval_config else None
     workers = workers or ev.workers
     try:
@@ -57,20 +78,35 @@ def evaluate(
             spec = resolve_period(period, ev)
             if "oracle_mean_variance" in names:
                 names.remove("oracle_mean_variance")
-                console.print("[yellow]oracle_mean_variance left out: a replayed period has no true parameters[/yellow]")
+                console.print(
+                    "[yellow]oracle_mean_variance left out: a replayed period has no true parameters[/yellow]"
+                )
             if spec.held_out:
-                console.print(f"[yellow]{period} is HELD-OUT data: report it, never tune or select on it[/yellow]")
+                console.print(
+                    f"[yellow]{period} is HELD-OUT data: report it, never tune or select on it[/yellow]"
+                )
             result = run_period_backtest(
-                cfg, names, spec.start, spec.end, name=period, workers=workers, progress=progress,
+                cfg,
+                names,
+                spec.start,
+                spec.end,
+                name=period,
+                workers=workers,
+                progress=progress,
                 params_path=params_path,
-            )  # fmt: skip
+            )
         else:
             kind = scenario_set or ev.scenario_set
             seeds = scenario_seeds(kind, scenarios or ev.scenarios)
             result = run_backtest(
-                cfg, names, seeds, workers=workers, progress=progress, params_path=params_path,
+                cfg,
+                names,
+                seeds,
+                workers=workers,
+                progress=progress,
+                params_path=params_path,
                 scenario_set=kind,
-            )  # fmt: skip
+            )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
     print_metrics_summary(result)
@@ -78,7 +114,9 @@ def evaluate(
         from evaluation.tracking import log_backtest, tracking_uri
 
         run_id = log_backtest(result, experiment or ev.experiment, run_name, result.config)
-        console.print(f"logged run {run_id} to experiment {experiment or ev.experiment!r} at {tracking_uri()}")
+        console.print(
+            f"logged run {run_id} to experiment {experiment or ev.experiment!r} at {tracking_uri()}"
+        )
 
 
 def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
@@ -86,10 +124,20 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
     from rich.table import Table
 
     table = result.metrics_table()
-    cols = ["sharpe_ratio", "annual_return", "annual_volatility", "max_drawdown", "conditional_value_at_risk",
-            "turnover_annual", "cost_total_usd", "final_value_usd"]  # fmt: skip
+    cols = [
+        "sharpe_ratio",
+        "annual_return",
+        "annual_volatility",
+        "max_drawdown",
+        "conditional_value_at_risk",
+        "turnover_annual",
+        "cost_total_usd",
+        "final_value_usd",
+    ]
     k = int(table.groupby("policy").size().max())
-    out = Table(title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps")
+    out = Table(
+        title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
+    )
     out.add_column("policy")
     for c in cols:
         out.add_column(c, justify="right")
@@ -98,7 +146,12 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
         cells = []
         for c in cols:
             v = float(row[c])
-            if c in ("annual_return", "annual_volatility", "max_drawdown", "conditional_value_at_risk"):
+            if c in (
+                "annual_return",
+                "annual_volatility",
+                "max_drawdown",
+                "conditional_value_at_risk",
+            ):
                 cells.append(f"{100 * v:.1f}%")
             elif c.endswith("_usd"):
                 cells.append(f"{v:,.0f}")
@@ -106,11 +159,20 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
                 cells.append(f"{v:.2f}")
         out.add_row(str(policy), *cells)
     console.print(out)
+    for policy, diag in result.diagnostics.items():
+        fallbacks = {
+            k.removeprefix("fallback_"): v for k, v in diag.items() if k.startswith("fallback_")
+        }
+        if fallbacks:
+            detail = ", ".join(f"{n} to {kind.replace('_', ' ')}" for kind, n in fallbacks.items())
+            console.print(f"{policy}: {diag['solves']} optimizer solves, fell back: {detail}")
 
 
 def compare_cmd(
     experiment: str = typer.Option("defialloc-evaluation", help="MLflow experiment to read"),
-    out: Path = typer.Option(None, help="write a report: .md (plots beside it) or .html (plots embedded)"),
+    out: Path = typer.Option(
+        None, help="write a report: .md (plots beside it) or .html (plots embedded)"
+    ),
     metric: str = typer.Option("sharpe_ratio", help="primary metric for P(improvement)"),
     n_boot: int = typer.Option(2000, min=100, help="bootstrap resamples"),
 ) -> None:
@@ -133,7 +195,9 @@ def bench_baselines_cmd(
     """Solve time of our baseline optimizers vs PyPortfolioOpt on the same problems, and max |dw|."""
     from agents.baselines.bench import bench_baselines, print_bench_table
 
-    result = bench_baselines(n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight)
+    result = bench_baselines(
+        n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight
+    )
     if as_json:
         print(json.dumps(result))
         return

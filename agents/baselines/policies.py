@@ -24,6 +24,7 @@ returns shrunk toward zero or the cross-sectional mean. Constraints: long-only, 
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
 from agents.baselines.optimizers import (
+    SolveInfo,
+    SolverFallbackWarning,
     solve_max_sharpe,
     solve_mean_variance,
     solve_min_variance,
@@ -73,25 +76,32 @@ class EstimationParams(BaselineParams):
 
 
 class MaxSharpeParams(EstimationParams):
+    """Tangency portfolio: ``risk_free`` is per step, like the moments."""
+
     risk_free: float = Field(default=0.0, ge=-0.01, le=0.01, description="per step")
 
 
-class MeanVarianceParams(EstimationParams):
+class UtilityParams(BaseModel):
+    """Quadratic utility with a turnover penalty, optionally holding cash."""
+
+    model_config = ConfigDict(extra="forbid")
+
     risk_aversion: float = Field(default=2.0, gt=0.0, le=1e4, description="gamma")
     turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit traded")
-    cost_horizon: int | None = Field(default=None, ge=1, le=10_000, description="steps (None: rebalance_every)")
+    cost_horizon: int | None = Field(
+        default=None, ge=1, le=10_000, description="steps (None: rebalance_every)"
+    )
     allow_cash: bool = Field(
         default=True, description="cash is a zero-return asset the optimizer may hold"
     )
 
 
-class OracleParams(BaselineParams):
-    risk_aversion: float = Field(default=2.0, gt=0.0, le=1e4, description="gamma")
-    turnover_cost: float = Field(default=0.002, ge=0.0, le=0.1, description="per unit traded")
-    cost_horizon: int | None = Field(default=None, ge=1, le=10_000, description="steps (None: rebalance_every)")
-    allow_cash: bool = Field(
-        default=True, description="cash is a zero-return asset the optimizer may hold"
-    )
+class MeanVarianceParams(EstimationParams, UtilityParams):
+    """Estimated moments + quadratic utility."""
+
+
+class OracleParams(BaselineParams, UtilityParams):
+    """True moments + quadratic utility (no estimation window)."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -124,18 +134,28 @@ def mean_variance_with_cash(
     """
     if not allow_cash:
         return solve_mean_variance(
-            mu, cov, risk_aversion, max_weight=max_weight, budget=budget, prev_weights=prev_risky,
+            mu,
+            cov,
+            risk_aversion,
+            max_weight=max_weight,
+            budget=budget,
+            prev_weights=prev_risky,
             turnover_penalty=turnover_penalty,
-        )  # fmt: skip
+        )
     n = mu.shape[0]
     cov_ext = np.zeros((n + 1, n + 1))
     cov_ext[:n, :n] = cov
     cov_ext[n, n] = CASH_VARIANCE_SHARE * max(float(np.mean(np.diag(cov))), 1e-300)
     prev_ext = np.append(prev_risky, max(budget - float(prev_risky.sum()), 0.0))
     weights, info = solve_mean_variance(
-        np.append(mu, 0.0), cov_ext, risk_aversion, max_weight=max_weight, budget=budget,
-        prev_weights=prev_ext, turnover_penalty=turnover_penalty,
-    )  # fmt: skip
+        np.append(mu, 0.0),
+        cov_ext,
+        risk_aversion,
+        max_weight=max_weight,
+        budget=budget,
+        prev_weights=prev_ext,
+        turnover_penalty=turnover_penalty,
+    )
     return weights[:n], info
 
 
@@ -173,7 +193,9 @@ def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray
     diag = np.arange(len(assets))
     jump_cov[:, diag, diag] = second - (q[:, None] * m) ** 2
     # the generator compensates jumps (subtracts q m every step): the log mean is the drift alone
-    log_mu = np.broadcast_to((p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[:, None], (3, len(assets)))
+    log_mu = np.broadcast_to(
+        (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[:, None], (3, len(assets))
+    )
     log_cov = diff_cov + jump_cov
     var = np.diagonal(log_cov, axis1=1, axis2=2)
     simple_mu = np.exp(log_mu + 0.5 * var) - 1.0  # (3, N)
@@ -210,7 +232,7 @@ class BaselinePolicy(Policy):
         self.budget = 1.0 - p.cash_weight
         self.lookback = int(getattr(p, "lookback", 1))
         self.solves = 0
-        self.fallbacks = 0
+        self.fallbacks: dict[str, int] = {}
 
     def target_weights(self, view: MarketView) -> np.ndarray:
         current = _clean_weights(view.weights)
@@ -240,10 +262,22 @@ class BaselinePolicy(Policy):
         risky = np.where(total > 1.0, risky / np.where(total > 0, total, 1.0), risky)
         return np.concatenate([risky, 1.0 - risky.sum(axis=1, keepdims=True)], axis=1)
 
+    def _count(self, info: SolveInfo) -> None:
+        self.solves += 1
+        if info.fallback_used:
+            self.fallbacks[info.fallback] = self.fallbacks.get(info.fallback, 0) + 1
+
     @property
     def diagnostics(self) -> dict[str, int]:
-        """Optimizer solves and solver fallbacks (no trade or equal weight) since construction."""
-        return {"solves": self.solves, "fallbacks": self.fallbacks}
+        """Optimizer solves and, per kind, the solves that fell back since construction.
+
+        Each fallback is a :class:`SolverFallbackWarning` of the optimizer; the policy counts them
+        (``fallback_prev_weights`` = no trade, ``fallback_min_variance`` = max Sharpe without a
+        positive excess return, ...) instead of repeating thousands of warnings in a backtest.
+        """
+        return {"solves": self.solves} | {
+            f"fallback_{k}": v for k, v in sorted(self.fallbacks.items())
+        }
 
 
 def _clean_weights(weights: np.ndarray) -> np.ndarray:
@@ -316,10 +350,11 @@ class EstimatingPolicy(BaselinePolicy):
             )
         mu, cov = self._moments(view, index)
         risky = np.empty((index.size, self.n_assets))
-        for j in range(index.size):
-            risky[j], info = self._solve(mu[j], cov[j], current[j, :-1])
-            self.solves += 1
-            self.fallbacks += int(info.fallback_used)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SolverFallbackWarning)  # counted in diagnostics
+            for j in range(index.size):
+                risky[j], info = self._solve(mu[j], cov[j], current[j, :-1])
+                self._count(info)
         return self._with_cash(risky)
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -359,9 +394,15 @@ class MeanVariancePolicy(EstimatingPolicy):
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         p: MeanVarianceParams = self.params  # type: ignore[assignment]
         return mean_variance_with_cash(
-            mu, cov, p.risk_aversion, budget=self.budget, prev_risky=prev, max_weight=p.max_weight,
-            turnover_penalty=_penalty(p), allow_cash=p.allow_cash,
-        )  # fmt: skip
+            mu,
+            cov,
+            p.risk_aversion,
+            budget=self.budget,
+            prev_risky=prev,
+            max_weight=p.max_weight,
+            turnover_penalty=_penalty(p),
+            allow_cash=p.allow_cash,
+        )
 
 
 class RiskParityPolicy(EstimatingPolicy):
@@ -372,7 +413,9 @@ class RiskParityPolicy(EstimatingPolicy):
     def __init__(self, n_assets: int, name: str | None = None, **params: Any) -> None:
         super().__init__(n_assets, name=name, **params)
         if self.params.max_weight is not None:
-            raise ValueError(f"{self.name}: max_weight={self.params.max_weight} is not supported (equal risk contribution fixes the weights); leave it unset")
+            raise ValueError(
+                f"{self.name}: max_weight={self.params.max_weight} is not supported (equal risk contribution fixes the weights); leave it unset"
+            )
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         return solve_risk_parity(cov, budget=self.budget, prev_weights=prev)
@@ -408,15 +451,21 @@ class OracleMeanVariancePolicy(BaselinePolicy):
         regime = np.asarray(view.oracle["regime"])[index]
         p: OracleParams = self.params  # type: ignore[assignment]
         risky = np.empty((index.size, self.n_assets))
-        for j in range(index.size):
-            r = int(regime[j])
-            risky[j], info = mean_variance_with_cash(
-                self.mu_by_regime[r], self.cov_by_regime[r], p.risk_aversion, budget=self.budget,
-                prev_risky=current[j, :-1], max_weight=p.max_weight,
-                turnover_penalty=_penalty(p), allow_cash=p.allow_cash,
-            )  # fmt: skip
-            self.solves += 1
-            self.fallbacks += int(info.fallback_used)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SolverFallbackWarning)  # counted in diagnostics
+            for j in range(index.size):
+                r = int(regime[j])
+                risky[j], info = mean_variance_with_cash(
+                    self.mu_by_regime[r],
+                    self.cov_by_regime[r],
+                    p.risk_aversion,
+                    budget=self.budget,
+                    prev_risky=current[j, :-1],
+                    max_weight=p.max_weight,
+                    turnover_penalty=_penalty(p),
+                    allow_cash=p.allow_cash,
+                )
+                self._count(info)
         return self._with_cash(risky)
 
 

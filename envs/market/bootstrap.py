@@ -25,7 +25,9 @@ from envs.market.replay import label_regimes, load_panel
 from envs.market.synthetic import liquidity_and_gas
 
 
-def stationary_bootstrap_indices(u_restart: np.ndarray, u_pick: np.ndarray, n_rows: int, mean_block: float) -> np.ndarray:
+def stationary_bootstrap_indices(
+    u_restart: np.ndarray, u_pick: np.ndarray, n_rows: int, mean_block: float
+) -> np.ndarray:
     """Row indices of stationary-bootstrap paths.
 
     Args:
@@ -69,7 +71,9 @@ def bootstrap_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: i
         rng = np.random.default_rng(int(seed))
         rng.random(out=u[i])
         rng.standard_normal(out=z[i])
-    rows = lo + stationary_bootstrap_indices(u[:, :, 0], u[:, :, 1], n_rows, cfg.bootstrap.mean_block_length)
+    rows = lo + stationary_bootstrap_indices(
+        u[:, :, 0], u[:, :, 1], n_rows, cfg.bootstrap.mean_block_length
+    )
 
     log_close = np.log(panel.close)
     log_ret = np.diff(log_close, axis=0, prepend=log_close[:1])
@@ -85,10 +89,14 @@ def bootstrap_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: i
     else:
         log_eth = np.log(panel.eth_usd)
         eth_ret = np.diff(log_eth, prepend=log_eth[:1])
-        eth_usd = np.exp(np.cumsum(eth_ret[rows], axis=1) + (log_eth[rows[:, 0]] - eth_ret[rows[:, 0]])[:, None])
+        eth_usd = np.exp(
+            np.cumsum(eth_ret[rows], axis=1) + (log_eth[rows[:, 0]] - eth_ret[rows[:, 0]])[:, None]
+        )
 
     regime = label_regimes(panel.close, cfg.regime_rule)[rows]
-    depth, gas = liquidity_and_gas(regime, cfg.liquidity, cfg.gas, 1.0, z[:, :, 0], z[:, :, 1], u[:, :, 2])
+    depth, gas = liquidity_and_gas(
+        regime, cfg.liquidity, cfg.gas, 1.0, z[:, :, 0], z[:, :, 1], u[:, :, 2]
+    )
     return MarketPaths(
         asset_names=tuple(cfg.assets),
         close=close,

@@ -55,7 +55,9 @@ DEPEG_CRASH_WEIGHT = 4.0  # prior: depegs 4x as likely per day in crash (too few
 MAD_TO_SIGMA = 1.4826
 
 
-def robust_sigma(returns: np.ndarray, window: int = ROBUST_WINDOW_DAYS, min_periods: int = 20) -> tuple[np.ndarray, np.ndarray]:
+def robust_sigma(
+    returns: np.ndarray, window: int = ROBUST_WINDOW_DAYS, min_periods: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
     """Trailing median and robust sigma (MAD x 1.4826) of each column, excluding the current day.
 
     Args:
@@ -75,7 +77,9 @@ def robust_sigma(returns: np.ndarray, window: int = ROBUST_WINDOW_DAYS, min_peri
     return med.to_numpy(), np.maximum(MAD_TO_SIGMA * mad.to_numpy(), 1e-8)
 
 
-def detect_jumps(returns: np.ndarray, threshold: float = JUMP_THRESHOLD_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+def detect_jumps(
+    returns: np.ndarray, threshold: float = JUMP_THRESHOLD_SIGMA
+) -> tuple[np.ndarray, np.ndarray]:
     """Jump flags and the diffusive part of ``(T, N)`` returns.
 
     A jump is ``|r - median| > threshold * sigma`` (trailing robust estimates, :func:`robust_sigma`). The
@@ -121,7 +125,9 @@ def fit_garch_t(returns: np.ndarray) -> tuple[GarchParams, float, float, np.ndar
     """
     from arch import arch_model  # heavy import, calibration only
 
-    res = arch_model(100.0 * returns, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fit(disp="off")
+    res = arch_model(100.0 * returns, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fit(
+        disp="off"
+    )
     alpha = float(res.params["alpha[1]"])
     beta = max(0.0, min(float(res.params["beta[1]"]), 0.99 - alpha))
     omega = float(np.var(returns)) * (1.0 - alpha - beta)
@@ -130,7 +136,9 @@ def fit_garch_t(returns: np.ndarray) -> tuple[GarchParams, float, float, np.ndar
     return params, float(res.params["nu"]), float(res.params["mu"]) / 100.0, variance
 
 
-def _depeg_params(frames: dict[str, pd.DataFrame], coins: list[str], stationary: np.ndarray) -> DepegParams:
+def _depeg_params(
+    frames: dict[str, pd.DataFrame], coins: list[str], stationary: np.ndarray
+) -> DepegParams:
     """Episodes of a stablecoin low under ``1 - DEPEG_THRESHOLD`` pooled over ``coins``."""
     default = SyntheticParams().depeg
     present = [c for c in coins if c in frames]
@@ -155,7 +163,9 @@ def _depeg_params(frames: dict[str, pd.DataFrame], coins: list[str], stationary:
     weights = np.array([1.0, 1.0, DEPEG_CRASH_WEIGHT])
     per_regime = rate * weights / float(stationary @ weights)
     return DepegParams(
-        intensity_per_year=RateRegimeValues(**dict(zip(REGIME_NAMES, per_regime.tolist(), strict=True))),
+        intensity_per_year=RateRegimeValues(
+            **dict(zip(REGIME_NAMES, per_regime.tolist(), strict=True))
+        ),
         depth_min=float(min(depths)),
         depth_max=float(max(depths)),
         half_life_days=max(1.0, float(np.median(half_lives))),
@@ -165,6 +175,75 @@ def _depeg_params(frames: dict[str, pd.DataFrame], coins: list[str], stationary:
 
 def _regime_values(values: np.ndarray) -> dict[str, float]:
     return dict(zip(REGIME_NAMES, (float(v) for v in values), strict=True))
+
+
+def jump_statistics(
+    returns: np.ndarray,
+    jump: np.ndarray,
+    diffusive: np.ndarray,
+    labels: np.ndarray,
+    assets: list[str],
+) -> JumpParams:
+    """Jump intensities per regime and per-asset sizes from detected jumps (module docstring, step 2).
+
+    Sizes: ``r - median`` on the asset's jump days and the raw return on other co-jump days.
+
+    Args:
+        returns, jump, diffusive: ``(T, N)`` log returns, flags and diffusive part (:func:`detect_jumps`);
+        labels: ``(T,)`` regime of each day.
+    """
+    n = len(assets)
+    days = np.bincount(labels, minlength=3)
+    co_jump = (
+        jump.sum(axis=1) >= max(2, int(np.ceil(n / 2))) if n >= 2 else np.zeros(len(jump), bool)
+    )
+    idio = jump & ~co_jump[:, None]
+    common_rate = [co_jump[labels == k].sum() / days[k] * DAYS_PER_YEAR for k in range(3)]
+    idio_rate = [idio[labels == k].sum() / (n * days[k]) * DAYS_PER_YEAR for k in range(3)]
+    mean_log, std_log = {}, {}
+    for i, a in enumerate(assets):
+        sample = np.where(jump[:, i], returns[:, i] - diffusive[:, i], returns[:, i])[
+            jump[:, i] | co_jump
+        ]
+        enough = len(sample) >= 3
+        mean_log[a] = float(sample.mean()) if enough else -0.05
+        std_log[a] = float(max(sample.std(ddof=1), 0.01)) if enough else 0.05
+    size_corr = 0.8
+    if co_jump.sum() >= 3 and n >= 2:
+        c = np.corrcoef(returns[co_jump], rowvar=False)
+        size_corr = float(np.clip(c[np.triu_indices(n, 1)].mean(), 0.0, 1.0))
+    return JumpParams(
+        common_intensity_per_year=_regime_values(np.array(common_rate)),
+        idio_intensity_per_year=_regime_values(np.array(idio_rate)),
+        mean_log=mean_log,
+        std_log=std_log,
+        size_correlation=size_corr,
+    )
+
+
+def regime_drift_daily(
+    returns: np.ndarray, labels: np.ndarray, transition: np.ndarray, shrinkage: float
+) -> np.ndarray:
+    """``(3,)`` expected daily log return per regime (module docstring, step 5).
+
+    ``m_k`` = mean next-day return (averaged over assets) after a day labelled ``k``; shrunk toward the
+    pooled mean, ``m_k <- m + (1 - shrinkage) (m_k - m)``; then ``P mu = m`` gives the per-regime means
+    ``mu`` of a model whose regime of the next step is drawn from ``P``.
+    """
+    pooled = returns.mean(axis=1)
+    forward = np.array([pooled[1:][labels[:-1] == k].mean() for k in range(3)])
+    overall = pooled.mean()
+    target = overall + (1.0 - shrinkage) * (forward - overall)
+    return np.linalg.lstsq(transition, target, rcond=None)[0]
+
+
+def _range_scale(
+    frames: dict[str, pd.DataFrame], assets: list[str], diffusive: np.ndarray
+) -> float:
+    """Median over assets of sqrt(Parkinson variance / close-to-close variance of the diffusive part)."""
+    hl = np.stack([np.log(frames[a]["High"] / frames[a]["Low"]).to_numpy()[1:] for a in assets], 1)
+    parkinson = np.mean(hl**2, axis=0) / (4.0 * np.log(2.0))
+    return float(np.clip(np.median(np.sqrt(parkinson / diffusive.var(axis=0))), 0.2, 5.0))
 
 
 def calibrate_market(
@@ -181,20 +260,22 @@ def calibrate_market(
     """Fit a synthetic :class:`MarketConfig` to the history in ``[start, end]`` (see module docstring).
 
     Raises:
-        ValueError: ``end`` after 2022-12-31 without ``allow_held_out=True`` (2023+ is held out), bad data,
-            or a regime that never occurs in the window.
+        ValueError: ``end`` after 2022-12-31 without ``allow_held_out=True`` (2023+ is held out), bad
+            data, or a regime that never occurs in the window.
     """
     end_date = pd.Timestamp(end).date()
     if end_date > LAST_DEVELOPMENT_DATE and not allow_held_out:
         raise ValueError(
-            f"end={end_date} is in the held-out period (after {LAST_DEVELOPMENT_DATE}); calibrating on it "
-            "leaks test data. Pass allow_held_out=True only for a deliberate post-hoc study."
+            f"end={end_date} is in the held-out period (after {LAST_DEVELOPMENT_DATE}); calibrating "
+            "on it leaks test data. Pass allow_held_out=True (CLI: --allow-held-out) only for a "
+            "deliberate post-hoc study."
         )
     if not 0.0 <= drift_shrinkage <= 1.0:
         raise ValueError(f"drift_shrinkage={drift_shrinkage} must be in [0, 1]")
     rule = regime_rule or RegimeRuleParams()
     folder = resolve_data_dir(data_dir)
-    extra = [s for s in (numeraire, *depeg_reference, "ETH") if s not in assets and (folder / f"{s}-USD.csv").is_file()]
+    extra = [s for s in (numeraire, *depeg_reference, "ETH") if s not in assets]
+    extra = [s for s in extra if (folder / f"{s}-USD.csv").is_file()]
     frames = load_ohlcv(folder, [*assets, *extra], start, end_date)
     close = np.stack([frames[a]["Close"].to_numpy() for a in assets], axis=1)
     if len(close) < 120:
@@ -204,84 +285,55 @@ def calibrate_market(
     counts = np.bincount(labels, minlength=3)
     if np.any(counts == 0):
         missing = [REGIME_NAMES[k] for k in np.flatnonzero(counts == 0)]
-        raise ValueError(f"regime(s) {missing} never occur in the calibration window; widen it or change regime_rule")
+        raise ValueError(
+            f"regime(s) {missing} never occur in the window; widen it or change regime_rule"
+        )
     trans = transition_counts(labels)
     transition = trans / trans.sum(axis=1, keepdims=True)
     stationary = SyntheticParams(transition_daily=transition.tolist()).stationary_distribution()
 
-    jump, cleaned = detect_jumps(returns)
-    n = len(assets)
-    fits = [fit_garch_t(cleaned[:, i]) for i in range(n)]
+    jump, diffusive = detect_jumps(returns)
+    fits = [fit_garch_t(diffusive[:, i]) for i in range(len(assets))]
     garch = {a: f[0] for a, f in zip(assets, fits, strict=True)}
-    variance = np.stack([f[3] for f in fits], axis=1)
-    nu = float(np.clip(np.median([f[1] for f in fits]), 2.5, 100.0))
-
-    co_min = max(2, int(np.ceil(n / 2)))
-    co_jump = jump.sum(axis=1) >= co_min if n >= 2 else np.zeros(len(jump), dtype=bool)
-    idio = jump & ~co_jump[:, None]
-    common_rate = np.array([co_jump[labels == k].sum() / counts[k] for k in range(3)]) * DAYS_PER_YEAR
-    idio_rate = np.array([idio[labels == k].sum() / (n * counts[k]) for k in range(3)]) * DAYS_PER_YEAR
-    size_days = jump | co_jump[:, None]
-    excess = returns - cleaned  # the jump part; 0 off jump days (co-jump days: only assets that jumped)
-    mean_log, std_log = {}, {}
-    for i, a in enumerate(assets):
-        sample = np.where(jump[:, i], excess[:, i], returns[:, i])[size_days[:, i]]
-        mean_log[a] = float(sample.mean()) if len(sample) >= 3 else -0.05
-        std_log[a] = float(max(sample.std(ddof=1), 0.01)) if len(sample) >= 3 else 0.05
-    co_days = returns[co_jump]
-    size_corr = 0.8
-    if len(co_days) >= 3 and n >= 2:
-        c = np.corrcoef(co_days, rowvar=False)
-        size_corr = float(np.clip(c[np.triu_indices(n, 1)].mean(), 0.0, 1.0))
-
-    means = np.array([f[2] for f in fits])
-    z = (cleaned - means) / np.sqrt(variance)
+    # GARCH-standardized residuals: their RMS and correlation per regime
+    z = (diffusive - np.array([f[2] for f in fits])) / np.sqrt(np.stack([f[3] for f in fits], 1))
     vol_mult = np.array([np.sqrt(np.mean(z[labels == k] ** 2)) for k in range(3)])
-    start_corr = np.stack([_regime_corr(z[labels == k]) for k in range(3)])
-    target_corr = np.stack([_regime_corr(returns[labels == k]) for k in range(3)])
-
-    # Drift: next-day mean return given today's regime, shrunk, mapped to per-regime means (P mu = m).
-    pooled = returns.mean(axis=1)
-    forward = np.array([pooled[1:][labels[:-1] == k].mean() for k in range(3)])
-    overall = pooled.mean()
-    target = overall + (1.0 - drift_shrinkage) * (forward - overall)
-    drift_daily = np.linalg.lstsq(transition, target, rcond=None)[0]  # jumps are compensated in the model
-
     if "ETH" in assets:
-        eth = EthFallbackParams(garch=garch["ETH"], initial_price_usd=float(close[-1, assets.index("ETH")]))
+        eth_garch, eth_price = garch["ETH"], float(close[-1, assets.index("ETH")])
     else:
-        eth_ret = np.diff(np.log(frames["ETH"]["Close"].to_numpy()))
-        eth = EthFallbackParams(garch=fit_garch_t(detect_jumps(eth_ret[:, None])[1][:, 0])[0],
-                                initial_price_usd=float(frames["ETH"]["Close"].iloc[-1]))
-    hl = np.log(np.stack([frames[a]["High"].to_numpy() / frames[a]["Low"].to_numpy() for a in assets], axis=1))[1:]
-    parkinson = np.mean(hl**2, axis=0) / (4.0 * np.log(2.0))
-    range_scale = float(np.clip(np.median(np.sqrt(parkinson / cleaned.var(axis=0))), 0.2, 5.0))
-
+        eth_close = frames["ETH"]["Close"].to_numpy()
+        eth_garch = fit_garch_t(detect_jumps(np.diff(np.log(eth_close))[:, None])[1][:, 0])[0]
+        eth_price = float(eth_close[-1])
+    drift = regime_drift_daily(returns, labels, transition, drift_shrinkage)
     synthetic = SyntheticParams(
         transition_daily=transition.tolist(),
-        drift_log_per_year=_regime_values(drift_daily * DAYS_PER_YEAR),
+        drift_log_per_year=_regime_values(drift * DAYS_PER_YEAR),
         vol_multiplier=_regime_values(vol_mult),
-        correlation=_correlations(assets, start_corr),
-        garch=garch,
-        nu=nu,
-        initial_price_usd={a: float(close[-1, i]) for i, a in enumerate(assets)},
-        jumps=JumpParams(
-            common_intensity_per_year=_regime_values(common_rate),
-            idio_intensity_per_year=_regime_values(idio_rate),
-            mean_log=mean_log,
-            std_log=std_log,
-            size_correlation=size_corr,
+        correlation=_correlations(
+            assets, np.stack([_regime_corr(z[labels == k]) for k in range(3)])
         ),
+        garch=garch,
+        nu=float(np.clip(np.median([f[1] for f in fits]), 2.5, 100.0)),
+        initial_price_usd={a: float(close[-1, i]) for i, a in enumerate(assets)},
+        jumps=jump_statistics(returns, jump, diffusive, labels, assets),
         depeg=_depeg_params(frames, [numeraire, *depeg_reference], stationary),
-        eth_fallback=eth,
-        range_scale=range_scale,
+        eth_fallback=EthFallbackParams(garch=eth_garch, initial_price_usd=eth_price),
+        range_scale=_range_scale(frames, assets, diffusive),
     )
-    first = frames[assets[0]].index[0].date()
     cfg = MarketConfig(
-        source="synthetic", assets=list(assets), numeraire=numeraire, data_dir=str(data_dir),
-        start=first, end=end_date, synthetic=synthetic, regime_rule=rule,
+        source="synthetic",
+        assets=list(assets),
+        numeraire=numeraire,
+        data_dir=str(data_dir),
+        start=frames[assets[0]].index[0].date(),
+        end=end_date,
+        synthetic=synthetic,
+        regime_rule=rule,
     )
-    return match_correlations(cfg, target_corr) if n > 1 else cfg
+    if len(assets) == 1:
+        return cfg
+    target = np.stack([_regime_corr(returns[labels == k]) for k in range(3)])
+    return match_correlations(cfg, target)
 
 
 def _regime_corr(x: np.ndarray) -> np.ndarray:
@@ -291,11 +343,18 @@ def _regime_corr(x: np.ndarray) -> np.ndarray:
 
 
 def _correlations(assets: list[str], matrices: np.ndarray) -> RegimeCorrelations:
-    return RegimeCorrelations(assets=list(assets), **{r: m.tolist() for r, m in zip(REGIME_NAMES, matrices, strict=True)})
+    return RegimeCorrelations(
+        assets=list(assets), **{r: m.tolist() for r, m in zip(REGIME_NAMES, matrices, strict=True)}
+    )
 
 
 def match_correlations(
-    cfg: MarketConfig, target: np.ndarray, iterations: int = 4, n_paths: int = 128, length: int = 730, seed: int = 0
+    cfg: MarketConfig,
+    target: np.ndarray,
+    iterations: int = 4,
+    n_paths: int = 128,
+    length: int = 730,
+    seed: int = 0,
 ) -> MarketConfig:
     """Adjust the per-regime shock correlations until the model's return correlations match ``target``.
 
@@ -313,7 +372,12 @@ def match_correlations(
         ret = np.diff(np.log(paths.close), axis=1)
         reg = paths.regime[:, 1:]
         model = np.stack([_regime_corr(ret[reg == k]) for k in range(3)])
-        current = np.stack([nearest_correlation(np.clip(c + t - m, -0.995, 0.995)) for c, t, m in zip(current, target, model, strict=True)])
+        current = np.stack(
+            [
+                nearest_correlation(np.clip(c + t - m, -0.995, 0.995))
+                for c, t, m in zip(current, target, model, strict=True)
+            ]
+        )
         syn = cfg.synthetic.model_copy(update={"correlation": _correlations(assets, current)})
         cfg = cfg.model_copy(update={"synthetic": syn})
     return cfg
@@ -340,7 +404,9 @@ def _path_stats(returns: np.ndarray, regime: np.ndarray) -> dict[str, np.ndarray
     }
 
 
-def calibration_report(cfg: MarketConfig, data: dict[str, pd.DataFrame], n_paths: int = 200, seed: int = 0) -> pd.DataFrame:
+def calibration_report(
+    cfg: MarketConfig, data: dict[str, pd.DataFrame], n_paths: int = 200, seed: int = 0
+) -> pd.DataFrame:
     """Fitted (simulated) vs historical figures, per asset.
 
     ``data`` is :func:`load_ohlcv` output for ``cfg.assets``. The model side simulates ``n_paths`` paths of
@@ -366,8 +432,16 @@ def calibration_report(cfg: MarketConfig, data: dict[str, pd.DataFrame], n_paths
         for j, name in enumerate(names):
             col = sample[:, j][np.isfinite(sample[:, j])]
             q = np.percentile(col, [50, 5, 95]) if len(col) else [np.nan] * 3
-            rows.append({"metric": metric, "asset": name, "data": float(value[j]),
-                         "model_median": float(q[0]), "model_p05": float(q[1]), "model_p95": float(q[2])})
+            rows.append(
+                {
+                    "metric": metric,
+                    "asset": name,
+                    "data": float(value[j]),
+                    "model_median": float(q[0]),
+                    "model_p05": float(q[1]),
+                    "model_p95": float(q[2]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -383,7 +457,9 @@ def _rounded(value: Any, digits: int = 8) -> Any:
 
 def write_market_config(cfg: MarketConfig, path: str | Path, header: str = "") -> None:
     """Write ``cfg`` as YAML (floats to 8 significant digits) with ``header`` as leading comment lines."""
-    body = yaml.safe_dump(_rounded(cfg.model_dump(mode="json")), sort_keys=False, default_flow_style=None, width=110)
+    body = yaml.safe_dump(
+        _rounded(cfg.model_dump(mode="json")), sort_keys=False, default_flow_style=None, width=110
+    )
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -394,7 +470,9 @@ def format_report(report: pd.DataFrame) -> str:
     """The report as a Markdown table (for the docs and the console)."""
     lines = ["| metric | asset | data | model median | model 5-95% |", "|---|---|---:|---:|---:|"]
     for r in report.itertuples():
-        lines.append(f"| {r.metric} | {r.asset} | {r.data:.3f} | {r.model_median:.3f} | {r.model_p05:.3f} .. {r.model_p95:.3f} |")
+        lines.append(
+            f"| {r.metric} | {r.asset} | {r.data:.3f} | {r.model_median:.3f} | {r.model_p05:.3f} .. {r.model_p95:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -431,15 +509,25 @@ def run_calibration(
     return cfg, report
 
 
-def _print_report(report: pd.DataFrame, cfg: MarketConfig, out_path: str | Path, console: Any) -> None:
+def _print_report(
+    report: pd.DataFrame, cfg: MarketConfig, out_path: str | Path, console: Any
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"calibration {cfg.start}..{cfg.end}: data vs model (median, 5-95% over paths)")
+    table = Table(
+        title=f"calibration {cfg.start}..{cfg.end}: data vs model (median, 5-95% over paths)"
+    )
     for col in ("metric", "asset", "data", "model median", "model 5-95%"):
         table.add_column(col, justify="left" if col in ("metric", "asset") else "right")
     for r in report.itertuples():
-        table.add_row(r.metric, r.asset, f"{r.data:.3f}", f"{r.model_median:.3f}", f"{r.model_p05:.3f} .. {r.model_p95:.3f}")
+        table.add_row(
+            r.metric,
+            r.asset,
+            f"{r.data:.3f}",
+            f"{r.model_median:.3f}",
+            f"{r.model_p05:.3f} .. {r.model_p95:.3f}",
+        )
     console.print(table)
     console.print(f"wrote {out_path}")

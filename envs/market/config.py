@@ -65,7 +65,9 @@ class ProbabilityRegimeValues(RegimeValues):
 class GarchParams(_Strict):
     """GARCH(1,1) of one asset's daily log returns: ``h_t = omega + alpha * e_{t-1}^2 + beta * h_{t-1}``."""
 
-    omega_daily: float = Field(gt=0.0, lt=0.1, description="variance intercept, (log return)^2 per day")
+    omega_daily: float = Field(
+        gt=0.0, lt=0.1, description="variance intercept, (log return)^2 per day"
+    )
     alpha: float = Field(ge=0.0, lt=1.0)
     beta: float = Field(ge=0.0, lt=1.0)
 
@@ -102,7 +104,9 @@ def check_correlation(name: str, matrix: list[list[float]] | np.ndarray, size: i
         raise ValueError(f"{name} entries must lie in [-1, 1]")
     min_eig = float(np.linalg.eigvalsh(arr).min())
     if min_eig < -1e-8:
-        raise ValueError(f"{name} must be positive semi-definite; smallest eigenvalue {min_eig:.3g} < 0")
+        raise ValueError(
+            f"{name} must be positive semi-definite; smallest eigenvalue {min_eig:.3g} < 0"
+        )
     return arr
 
 
@@ -164,8 +168,12 @@ class DepegParams(_Strict):
     """Rare depegs of the numeraire: the price drops to ``1 - depth`` and recovers with a half-life."""
 
     intensity_per_year: RateRegimeValues
-    depth_min: float = Field(default=0.03, gt=0.0, lt=0.9, description="smallest dip, fraction of $1")
-    depth_max: float = Field(default=0.10, gt=0.0, lt=0.9, description="largest dip, fraction of $1")
+    depth_min: float = Field(
+        default=0.03, gt=0.0, lt=0.9, description="smallest dip, fraction of $1"
+    )
+    depth_max: float = Field(
+        default=0.10, gt=0.0, lt=0.9, description="largest dip, fraction of $1"
+    )
     half_life_days: float = Field(default=2.0, gt=0.0, le=365.0)
     noise_bps: float = Field(default=3.0, ge=0.0, le=100.0, description="daily peg noise std, bp")
 
@@ -179,7 +187,9 @@ class DepegParams(_Strict):
 class EthFallbackParams(_Strict):
     """ETH path used for gas costs when ETH is not one of the risky assets."""
 
-    garch: GarchParams = Field(default_factory=lambda: GarchParams(omega_daily=2.5e-4, alpha=0.125, beta=0.835))
+    garch: GarchParams = Field(
+        default_factory=lambda: GarchParams(omega_daily=2.5e-4, alpha=0.125, beta=0.835)
+    )
     initial_price_usd: float = Field(default=1200.0, gt=0.0)
 
 
@@ -207,7 +217,13 @@ class SyntheticParams(_Strict):
     garch: dict[str, GarchParams] = Field(default_factory=lambda: _default_garch())
     nu: float = Field(default=4.5, gt=2.0, le=200.0, description="Student-t degrees of freedom")
     initial_price_usd: dict[str, float] = Field(
-        default_factory=lambda: {"BTC": 16500.0, "ETH": 1200.0, "SOL": 10.0, "LINK": 5.6, "AVAX": 11.0}
+        default_factory=lambda: {
+            "BTC": 16500.0,
+            "ETH": 1200.0,
+            "SOL": 10.0,
+            "LINK": 5.6,
+            "AVAX": 11.0,
+        }
     )
     jumps: JumpParams = Field(default_factory=lambda: _default_jumps())
     depeg: DepegParams = Field(
@@ -216,10 +232,16 @@ class SyntheticParams(_Strict):
         )
     )
     eth_fallback: EthFallbackParams = Field(default_factory=EthFallbackParams)
-    range_scale: float = Field(default=1.0, gt=0.0, le=5.0, description="scale on the high/low bridge vol")
-    burn_in_steps: int = Field(default=30, ge=0, le=10_000, description="steps simulated and dropped")
+    range_scale: float = Field(
+        default=1.0, gt=0.0, le=5.0, description="scale on the high/low bridge vol"
+    )
+    burn_in_steps: int = Field(
+        default=30, ge=0, le=10_000, description="steps simulated and dropped"
+    )
     max_variance_multiple: float = Field(
-        default=25.0, gt=1.0, description="cap on GARCH variance, multiple of its unconditional level"
+        default=25.0,
+        gt=1.0,
+        description="cap on GARCH variance, multiple of its unconditional level",
     )
 
     @field_validator("transition_daily")
@@ -231,7 +253,9 @@ class SyntheticParams(_Strict):
         sums = arr.sum(axis=1)
         for name, total in zip(REGIME_NAMES, sums, strict=True):
             if abs(total - 1.0) > 1e-6:
-                raise ValueError(f"transition_daily row {name!r} sums to {total:.8f}; each row must sum to 1")
+                raise ValueError(
+                    f"transition_daily row {name!r} sums to {total:.8f}; each row must sum to 1"
+                )
         return value
 
     @field_validator("initial_price_usd")
@@ -259,7 +283,12 @@ class SyntheticParams(_Strict):
             "jumps.std_log": self.jumps.std_log,
             "correlation.assets": self.correlation.assets,
         }
-        return [f"synthetic.{name}[{a}]" for name, table in tables.items() for a in assets if a not in table]
+        return [
+            f"synthetic.{name}[{a}]"
+            for name, table in tables.items()
+            for a in assets
+            if a not in table
+        ]
 
 
 class LiquidityParams(_Strict):
@@ -268,14 +297,20 @@ class LiquidityParams(_Strict):
     depth_multiplier: PositiveRegimeValues = Field(
         default_factory=lambda: PositiveRegimeValues(calm=1.0, bull=1.15, crash=0.5)
     )
-    log_noise_std: float = Field(default=0.1, ge=0.0, le=2.0, description="stationary std of log factor")
-    persistence_daily: float = Field(default=0.9, ge=0.0, lt=1.0, description="AR(1) coefficient per day")
+    log_noise_std: float = Field(
+        default=0.1, ge=0.0, le=2.0, description="stationary std of log factor"
+    )
+    persistence_daily: float = Field(
+        default=0.9, ge=0.0, lt=1.0, description="AR(1) coefficient per day"
+    )
 
 
 class GasParams(_Strict):
     """Gas price: per-regime level x lognormal AR(1) factor x occasional spikes (mostly in crashes)."""
 
-    gwei: PositiveRegimeValues = Field(default_factory=lambda: PositiveRegimeValues(calm=25.0, bull=45.0, crash=90.0))
+    gwei: PositiveRegimeValues = Field(
+        default_factory=lambda: PositiveRegimeValues(calm=25.0, bull=45.0, crash=90.0)
+    )
     log_noise_std: float = Field(default=0.35, ge=0.0, le=3.0)
     persistence_daily: float = Field(default=0.8, ge=0.0, lt=1.0)
     spike_probability: ProbabilityRegimeValues = Field(
@@ -303,11 +338,17 @@ class RegimeRuleParams(_Strict):
     """
 
     crash_window_days: int = Field(default=7, ge=1, le=365)
-    crash_return: float = Field(default=0.15, gt=0.0, le=5.0, description="crash if window log return <= -this")
+    crash_return: float = Field(
+        default=0.15, gt=0.0, le=5.0, description="crash if window log return <= -this"
+    )
     vol_window_days: int = Field(default=10, ge=5, le=365)
-    crash_vol_ann: float = Field(default=0.8, gt=0.0, le=20.0, description="...or annualized vol >= this")
+    crash_vol_ann: float = Field(
+        default=0.8, gt=0.0, le=20.0, description="...or annualized vol >= this"
+    )
     trend_window_days: int = Field(default=30, ge=2, le=365)
-    bull_return: float = Field(default=0.25, gt=0.0, le=5.0, description="bull if trend log return >= this")
+    bull_return: float = Field(
+        default=0.25, gt=0.0, le=5.0, description="bull if trend log return >= this"
+    )
 
 
 class BootstrapParams(_Strict):
@@ -320,12 +361,18 @@ class MarketConfig(_Strict):
     """The market section: which scenario source, which assets, and every source's parameters."""
 
     source: Literal["synthetic", "replay", "bootstrap"] = "synthetic"
-    assets: list[str] = Field(default_factory=lambda: list(DEFAULT_ASSETS), min_length=1, max_length=50)
+    assets: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ASSETS), min_length=1, max_length=50
+    )
     numeraire: str = Field(default="USDC", pattern=r"^[A-Z0-9]{2,12}$")
     step_days: float = Field(default=1.0, gt=0.0, le=30.0, description="days per step")
     data_dir: str = Field(default="data/crypto-daily", min_length=1)
-    start: dt.date | None = Field(default=None, description="first decision date (replay/bootstrap)")
-    end: dt.date | None = Field(default=LAST_DEVELOPMENT_DATE, description="last date (replay/bootstrap)")
+    start: dt.date | None = Field(
+        default=None, description="first decision date (replay/bootstrap)"
+    )
+    end: dt.date | None = Field(
+        default=LAST_DEVELOPMENT_DATE, description="last date (replay/bootstrap)"
+    )
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     bootstrap: BootstrapParams = Field(default_factory=BootstrapParams)
     regime_rule: RegimeRuleParams = Field(default_factory=RegimeRuleParams)
@@ -336,8 +383,12 @@ class MarketConfig(_Strict):
     @classmethod
     def _valid_symbols(cls, value: list[str]) -> list[str]:
         for asset in value:
-            if not (asset.isascii() and asset.isalnum() and asset.isupper() and 1 <= len(asset) <= 12):
-                raise ValueError(f"asset {asset!r} must be an upper-case symbol of 1-12 letters/digits")
+            if not (
+                asset.isascii() and asset.isalnum() and asset.isupper() and 1 <= len(asset) <= 12
+            ):
+                raise ValueError(
+                    f"asset {asset!r} must be an upper-case symbol of 1-12 letters/digits"
+                )
         if len(set(value)) != len(value):
             raise ValueError(f"assets has duplicates: {value}")
         return value
@@ -345,11 +396,15 @@ class MarketConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> MarketConfig:
         if self.numeraire in self.assets:
-            raise ValueError(f"numeraire {self.numeraire!r} must not also be a risky asset ({self.assets})")
+            raise ValueError(
+                f"numeraire {self.numeraire!r} must not also be a risky asset ({self.assets})"
+            )
         if self.start is not None and self.end is not None and self.start > self.end:
             raise ValueError(f"start={self.start} must be <= end={self.end}")
         if self.source in ("replay", "bootstrap") and self.step_days != 1.0:
-            raise ValueError(f"step_days={self.step_days}: source {self.source!r} uses daily data, set 1.0")
+            raise ValueError(
+                f"step_days={self.step_days}: source {self.source!r} uses daily data, set 1.0"
+            )
         if self.source == "synthetic":
             missing = self.synthetic.missing_assets(self.assets)
             if missing:
@@ -438,7 +493,9 @@ def _default_correlations() -> RegimeCorrelations:
     def const(rho: float) -> list[list[float]]:
         return (np.full((n, n), rho) + (1 - rho) * np.eye(n)).tolist()
 
-    return RegimeCorrelations(assets=list(DEFAULT_ASSETS), calm=const(0.6), bull=const(0.45), crash=const(0.88))
+    return RegimeCorrelations(
+        assets=list(DEFAULT_ASSETS), calm=const(0.6), bull=const(0.45), crash=const(0.88)
+    )
 
 
 def _default_jumps() -> JumpParams:

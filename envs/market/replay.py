@@ -74,7 +74,9 @@ def read_ohlcv_file(path: str | Path) -> pd.DataFrame:
     dates = pd.to_datetime(raw["Date"], format="%Y-%m-%d", errors="coerce")
     if dates.isna().any():
         i = int(np.flatnonzero(dates.isna().to_numpy())[0])
-        raise ValueError(f"{path} line {line[i]}: column Date = {raw['Date'].iloc[i]!r} is not a YYYY-MM-DD date")
+        raise ValueError(
+            f"{path} line {line[i]}: column Date = {raw['Date'].iloc[i]!r} is not a YYYY-MM-DD date"
+        )
     prices = {}
     for col in PRICE_COLUMNS:
         text = raw[col].str.strip()
@@ -93,7 +95,9 @@ def read_ohlcv_file(path: str | Path) -> pd.DataFrame:
     if np.any(step <= 0):
         i = int(np.flatnonzero(step <= 0)[0]) + 1
         what = "duplicate" if step[i - 1] == 0 else "out-of-order"
-        raise ValueError(f"{path} line {line[i]}: {what} date {day[i]} (previous line has {day[i - 1]})")
+        raise ValueError(
+            f"{path} line {line[i]}: {what} date {day[i]} (previous line has {day[i - 1]})"
+        )
     if np.any(step > 1):
         i = int(np.flatnonzero(step > 1)[0])
         raise ValueError(
@@ -103,7 +107,10 @@ def read_ohlcv_file(path: str | Path) -> pd.DataFrame:
     o, h, lo, c = (prices[k] for k in PRICE_COLUMNS)
     bad_high = h < np.maximum(o, c) * (1 - _REL_TOL)
     bad_low = lo > np.minimum(o, c) * (1 + _REL_TOL)
-    for mask, col, rule in ((bad_high, "High", "High >= max(Open, Close)"), (bad_low, "Low", "Low <= min(Open, Close)")):
+    for mask, col, rule in (
+        (bad_high, "High", "High >= max(Open, Close)"),
+        (bad_low, "Low", "Low <= min(Open, Close)"),
+    ):
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
             raise ValueError(
@@ -152,7 +159,9 @@ def load_ohlcv(
         path = _csv_path(folder, symbol)
         if not path.is_file():
             have = sorted(p.name.removesuffix("-USD.csv") for p in folder.glob("*-USD.csv"))
-            raise ValueError(f"no data file for asset {symbol!r}: {path} does not exist (available: {have})")
+            raise ValueError(
+                f"no data file for asset {symbol!r}: {path} does not exist (available: {have})"
+            )
         frames[symbol] = read_ohlcv_file(path)
     common = functools.reduce(lambda a, b: a.intersection(b), (f.index for f in frames.values()))
     if lo is not None:
@@ -161,7 +170,9 @@ def load_ohlcv(
         common = common[common <= pd.Timestamp(hi)]
     if len(common) == 0:
         spans = {s: f"{f.index[0].date()}..{f.index[-1].date()}" for s, f in frames.items()}
-        raise ValueError(f"no common dates in [{start}, {end}] for {list(assets)}; files cover {spans}")
+        raise ValueError(
+            f"no common dates in [{start}, {end}] for {list(assets)}; files cover {spans}"
+        )
     return {s: f.loc[common] for s, f in frames.items()}
 
 
@@ -187,14 +198,20 @@ def label_regimes(close: np.ndarray, rule: RegimeRuleParams) -> np.ndarray:
     """
     close = np.asarray(close, dtype=np.float64)
     if close.ndim != 2 or close.shape[0] < 1 or np.any(~(close > 0)):
-        raise ValueError(f"close must be a (T, N) array of positive prices, got shape {close.shape}")
+        raise ValueError(
+            f"close must be a (T, N) array of positive prices, got shape {close.shape}"
+        )
     index_return = np.full(close.shape[0], np.nan)
     index_return[1:] = np.diff(np.log(close), axis=0).mean(axis=1)
     series = pd.Series(index_return)
     short = series.rolling(rule.crash_window_days, min_periods=1).sum().fillna(0.0).to_numpy()
     trend = series.rolling(rule.trend_window_days, min_periods=1).sum().fillna(0.0).to_numpy()
-    vol = series.rolling(rule.vol_window_days, min_periods=5).std().to_numpy() * np.sqrt(DAYS_PER_YEAR)
-    crash = (short <= -rule.crash_return) | ((np.nan_to_num(vol) >= rule.crash_vol_ann) & (trend < 0))
+    vol = series.rolling(rule.vol_window_days, min_periods=5).std().to_numpy() * np.sqrt(
+        DAYS_PER_YEAR
+    )
+    crash = (short <= -rule.crash_return) | (
+        (np.nan_to_num(vol) >= rule.crash_vol_ann) & (trend < 0)
+    )
     bull = (trend >= rule.bull_return) & ~crash
     return np.where(crash, CRASH, np.where(bull, BULL, CALM)).astype(np.int8)
 
@@ -211,23 +228,33 @@ class HistoricalPanel:
     eth_usd: np.ndarray  # (T,) ETH close
     has_numeraire_file: bool
 
-    def window(self, start: dt.date | None, end: dt.date | None, history_days: int = 0) -> tuple[int, int]:
+    def window(
+        self, start: dt.date | None, end: dt.date | None, history_days: int = 0
+    ) -> tuple[int, int]:
         """Index range ``[lo, hi)`` of the days in ``[start - history_days, end]``."""
         lo = 0
         if start is not None:
             first = np.datetime64(start, "D") - np.timedelta64(history_days, "D")
             lo = int(np.searchsorted(self.dates, first, side="left"))
-        hi = len(self.dates) if end is None else int(np.searchsorted(self.dates, np.datetime64(end, "D"), side="right"))
+        hi = (
+            len(self.dates)
+            if end is None
+            else int(np.searchsorted(self.dates, np.datetime64(end, "D"), side="right"))
+        )
         return lo, max(lo, hi)
 
 
 @functools.lru_cache(maxsize=8)
-def _panel_cached(folder: str, assets: tuple[str, ...], numeraire: str, stamps: tuple) -> HistoricalPanel:
+def _panel_cached(
+    folder: str, assets: tuple[str, ...], numeraire: str, stamps: tuple
+) -> HistoricalPanel:
     del stamps  # part of the cache key only: a changed file reloads
     path = Path(folder)
     extra = [s for s in (numeraire, "ETH") if s not in assets and _csv_path(path, s).is_file()]
     if "ETH" not in assets and "ETH" not in extra:
-        raise ValueError(f"ETH prices are needed for gas costs: add ETH to assets or provide {_csv_path(path, 'ETH')}")
+        raise ValueError(
+            f"ETH prices are needed for gas costs: add ETH to assets or provide {_csv_path(path, 'ETH')}"
+        )
     frames = load_ohlcv(path, [*assets, *extra])
     close = np.stack([frames[a]["Close"].to_numpy() for a in assets], axis=1)
     has_num = numeraire in frames
@@ -240,7 +267,14 @@ def _panel_cached(folder: str, assets: tuple[str, ...], numeraire: str, stamps: 
         eth_usd=frames["ETH"]["Close"].to_numpy(),
         has_numeraire_file=has_num,
     )
-    for arr in (panel.dates, panel.close, panel.high, panel.low, panel.numeraire_usd, panel.eth_usd):
+    for arr in (
+        panel.dates,
+        panel.close,
+        panel.high,
+        panel.low,
+        panel.numeraire_usd,
+        panel.eth_usd,
+    ):
         arr.setflags(write=False)
     return panel
 
@@ -278,7 +312,9 @@ def replay_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int)
             f"replay period {first}..{last} (start={cfg.start} minus warmup {warmup} days, end={cfg.end}) "
             f"has {hi - lo} days; a path needs length={length}"
         )
-    offsets = np.array([np.random.default_rng(int(s)).integers(n_windows) for s in seeds], dtype=np.int64)
+    offsets = np.array(
+        [np.random.default_rng(int(s)).integers(n_windows) for s in seeds], dtype=np.int64
+    )
     idx = lo + offsets[:, None] + np.arange(length)[None, :]
     regime_all = label_regimes(panel.close, cfg.regime_rule)
     regime = regime_all[idx]

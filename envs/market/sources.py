@@ -30,5 +30,7 @@ def sample_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int)
     try:
         source = _SOURCES[cfg.source]
     except KeyError:
-        raise ValueError(f"market.source={cfg.source!r} must be one of {sorted(_SOURCES)}") from None
+        raise ValueError(
+            f"market.source={cfg.source!r} must be one of {sorted(_SOURCES)}"
+        ) from None
     return source(cfg, seeds, length, warmup)

@@ -18,8 +18,8 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
 * High/low: the exact maximum/minimum of a Brownian bridge from 0 to ``r_t`` with the step's diffusive
   vol (times ``range_scale``): ``(r + sqrt(r^2 + 2 s^2 E)) / 2``, ``E ~ Exp(1)``, so
   ``low <= min(open, close)`` and ``high >= max(open, close)`` with open = previous close.
-* Numeraire: deviation ``D_t = max(D_{t-1} 2^(-dt/half_life), d_t)`` where ``d_t > 0`` on depeg events;
-  ``numeraire_usd = (1 - D_t) exp(noise)``.
+* Numeraire: deviation ``D_t = max(D_{t-1} 2^(-dt/half_life), d_t)`` where ``d_t > 0`` on depeg events
+  (``D = 0`` at point 0); ``numeraire_usd = (1 - D_t) exp(noise)``.
 * Depth and gas: per-regime levels times lognormal AR(1) factors; gas spikes with a per-regime probability.
 
 Determinism: path ``b`` is a function of ``seeds[b]`` only. Each path draws its random numbers from
@@ -36,6 +36,7 @@ from scipy.special import ndtri
 from envs.market.config import (
     DAYS_PER_YEAR,
     REGIME_NAMES,
+    GarchParams,
     GasParams,
     LiquidityParams,
     MarketConfig,
@@ -43,13 +44,13 @@ from envs.market.config import (
 )
 from envs.market.paths import MarketPaths
 
-# Column layout of each path's blocks: uniforms U (T, 4 + N), normals Z (T, N + 4), exponentials
-# E (L, 2N) for the high/low bridges, gammas G (T,) for the Student-t mixing. Jump sizes, spike sizes and
-# depeg depths reuse the event uniform (u / p is uniform given u < p), so rare events cost no draws.
+# Blocks drawn per path (T = burn-in + L steps): uniforms U (T, 4 + N); diffusion normals (T, N [+1 for
+# the ETH fallback]); normals Z (L, 3) for gas, depth and peg noise; exponentials E (L, 2N) for the
+# high/low bridges; gammas G (T,) for the Student-t mixing. Jump sizes, spike sizes and depeg depths reuse
+# the event uniform (u / p is uniform given u < p), so rare events cost no extra draws.
 _U_REGIME, _U_COMMON, _U_DEPEG, _U_SPIKE = range(4)
 _N_U_FIXED = 4
-_Z_GAS, _Z_DEPTH, _Z_PEG, _Z_ETH = range(4)
-_N_Z_FIXED = 4
+_Z_GAS, _Z_DEPTH, _Z_PEG = range(3)
 _F = np.float32  # random blocks and shocks; prices are accumulated in float64
 _EPS_U = 1e-7  # keeps inverse-CDF arguments inside (0, 1) despite float32 rounding
 
@@ -164,11 +165,13 @@ def bridge_extremes(
 class _Draws:
     """The random blocks of a batch, each path filled from its own generator in a fixed order."""
 
-    def __init__(self, seeds: np.ndarray, steps: int, length: int, n_assets: int, nu: float) -> None:
+    def __init__(
+        self, seeds: np.ndarray, steps: int, length: int, n_assets: int, n_shocks: int, nu: float
+    ) -> None:
         b = len(seeds)
         self.u = np.empty((b, steps, _N_U_FIXED + n_assets), dtype=_F)
-        self.z_diff = np.empty((b, steps, n_assets), dtype=_F)
-        self.z = np.empty((b, steps, _N_Z_FIXED), dtype=_F)
+        self.z_diff = np.empty((b, n_shocks, steps), dtype=_F)  # shock-major: contiguous rows
+        self.z = np.empty((b, length, 3), dtype=_F)
         self.e = np.empty((b, length, 2 * n_assets), dtype=_F)
         self.gamma = np.empty((b, steps), dtype=_F)
         for i, seed in enumerate(seeds):
@@ -180,38 +183,104 @@ class _Draws:
             rng.standard_gamma(0.5 * nu, out=self.gamma[i], dtype=_F)
 
 
-def _jumps(cfg: MarketConfig, reg: np.ndarray, u: np.ndarray, n: int) -> np.ndarray:
-    """``(B, T, N)`` float32 jump log returns (zero off events)."""
+def _correlated_shocks(z: np.ndarray, reg: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """``(B, T, M)`` shocks ``x_i = sum_{j<=i} L[k]_ij z_j`` for the first ``N`` columns (``chol``
+    ``(3, N, N)``), independent ``z`` for the rest; ``z`` is ``(B, M, T)``, ``reg`` ``(B, T)``.
+
+    Elementwise ops only (small-table gathers): BLAS kernels may round differently with the batch
+    size, which would break the batch-independence of each path.
+    """
+    b, m, steps = z.shape
+    n = chol.shape[1]
+    shock = np.empty((b, steps, m), dtype=_F)
+    for i in range(n):
+        acc = chol[:, i, 0][reg] * z[:, 0]
+        for j in range(1, i + 1):
+            acc += chol[:, i, j][reg] * z[:, j]
+        shock[:, :, i] = acc
+    for i in range(n, m):
+        shock[:, :, i] = z[:, i]
+    return shock
+
+
+def _garch_variance(
+    shock: np.ndarray, garch: list[GarchParams], dt: float, cap: float
+) -> np.ndarray:
+    """``(B, T, M)`` conditional variances ``h_t`` for shocks ``e_t = sqrt(h_t) shock_t``.
+
+    ``h_{t+1} = omega dt + alpha e_t^2 + beta h_t = omega dt + (alpha shock_t^2 + beta) h_t``, started at
+    the unconditional level and capped at ``cap`` times it.
+    """
+    omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
+    alpha = np.array([g.alpha for g in garch], dtype=_F)
+    beta = np.array([g.beta for g in garch], dtype=_F)
+    h_bar = omega / (1 - alpha - beta)
+    h_cap = (cap * h_bar).astype(_F)
+    growth = alpha * shock * shock + beta
+    var = np.empty_like(shock)
+    h = np.broadcast_to(h_bar, shock[:, 0].shape).copy()
+    for t in range(shock.shape[1]):
+        var[:, t] = h
+        np.multiply(growth[:, t], h, out=h)
+        h += omega
+        np.minimum(h, h_cap, out=h)
+    return var
+
+
+def _add_jumps(returns: np.ndarray, cfg: MarketConfig, reg: np.ndarray, u: np.ndarray) -> None:
+    """Add the jumps' log returns to ``returns[:, :, :N]`` in place, at event positions only.
+
+    Args:
+        returns: ``(B, L, M)`` float32; ``reg``: ``(B, L)`` regimes; ``u``: ``(B, L, 4 + N)`` uniforms.
+    """
     jp = cfg.synthetic.jumps
-    assets = list(cfg.assets)
-    to_prob = cfg.step_days / DAYS_PER_YEAR
-    p_common = (-np.expm1(-jp.common_intensity_per_year.array() * to_prob)).astype(_F)[reg]
-    p_idio = (-np.expm1(-jp.idio_intensity_per_year.array() * to_prob)).astype(_F)[reg]
-    mean = np.array([jp.mean_log[a] for a in assets])
-    std = np.array([jp.std_log[a] for a in assets])
+    n = len(cfg.assets)
+    mean = np.array([jp.mean_log[a] for a in cfg.assets], dtype=_F)
+    std = np.array([jp.std_log[a] for a in cfg.assets], dtype=_F)
+    p_common = _jump_probability(jp.common_intensity_per_year.array(), cfg.step_days)[reg]
+    p_idio = _jump_probability(jp.idio_intensity_per_year.array(), cfg.step_days)[reg]
     u_common = u[:, :, _U_COMMON]
     u_idio = u[:, :, _N_U_FIXED : _N_U_FIXED + n]
-    jumps = np.zeros(u_idio.shape, dtype=_F)
+    asset_returns = returns[:, :, :n]
     common = u_common < p_common
     if common.any():
         factor = ndtri(np.clip(u_common[common] / p_common[common], _EPS_U, 1 - _EPS_U))
         own = ndtri(np.clip(u_idio[common], _EPS_U, 1 - _EPS_U))
         rho = jp.size_correlation
         xi = np.sqrt(rho) * factor[:, None] + np.sqrt(1.0 - rho) * own
-        jumps[common] = mean + std * xi
+        asset_returns[common] += mean + std * xi
     idio = (u_idio < p_idio[:, :, None]) & ~common[:, :, None]
     if idio.any():
-        asset_idx = np.nonzero(idio)[2]
+        col = np.nonzero(idio)[2]
         p_hit = np.broadcast_to(p_idio[:, :, None], idio.shape)[idio]
         xi = ndtri(np.clip(u_idio[idio] / p_hit, _EPS_U, 1 - _EPS_U))
-        jumps[idio] = mean[asset_idx] + std[asset_idx] * xi
-    # Compensator: subtract the expected jump so drift_log_per_year stays each asset's expected log return.
-    p_jump = p_common + (1 - p_common) * p_idio
-    jumps -= p_jump[:, :, None] * mean.astype(_F)
-    return jumps
+        asset_returns[idio] += mean[col] + std[col] * xi
 
 
-def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int) -> MarketPaths:
+def _jump_probability(intensity_per_year: np.ndarray, step_days: float) -> np.ndarray:
+    """``(3,)`` float32 probability of at least one Poisson event in a step."""
+    return (-np.expm1(-intensity_per_year * step_days / DAYS_PER_YEAR)).astype(_F)
+
+
+def _mean_step_return(cfg: MarketConfig, n_columns: int) -> np.ndarray:
+    """``(3, M)`` expected log return per step and regime, net of the jump compensator.
+
+    Column ``a < N``: ``drift_k dt / 365 - P_k(jump) mean_log[a]`` (at most one jump per asset and step,
+    ``P = p_common + (1 - p_common) p_idio``); an ETH fallback column gets the drift only.
+    """
+    p = cfg.synthetic
+    drift = p.drift_log_per_year.array() * cfg.step_days / DAYS_PER_YEAR
+    p_common = _jump_probability(p.jumps.common_intensity_per_year.array(), cfg.step_days)
+    p_idio = _jump_probability(p.jumps.idio_intensity_per_year.array(), cfg.step_days)
+    p_jump = p_common.astype(np.float64) + (1 - p_common) * p_idio
+    mean = np.zeros(n_columns)
+    mean[: len(cfg.assets)] = [p.jumps.mean_log[a] for a in cfg.assets]
+    return (drift[:, None] - p_jump[:, None] * mean[None, :]).astype(_F)
+
+
+def generate_synthetic_paths(
+    cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int
+) -> MarketPaths:
     """Simulate ``len(seeds)`` market paths of ``length`` points (``warmup`` of them history).
 
     Returns:
@@ -225,70 +294,54 @@ def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, 
     dt = cfg.step_days
     has_eth = "ETH" in assets
     burn = p.burn_in_steps
-    steps = burn + length
-    b = len(seeds)
-    d = _Draws(seeds, steps, length, n, p.nu)
+    m = n if has_eth else n + 1  # shock columns: the assets (+ the ETH fallback's own shock)
+    d = _Draws(seeds, burn + length, length, n, m, p.nu)
 
     transition = step_transition(p.transition_array(), dt)
     reg = simulate_regimes(d.u[:, :, _U_REGIME], transition, p.stationary_distribution())
-    vm = p.vol_multiplier.array().astype(_F)[reg][:, :, None]
-
-    # Unit-variance multivariate-t shocks times the regime vol multiplier; ETH fallback last (own shock).
-    m = n if has_eth else n + 1
+    vm = p.vol_multiplier.array().astype(_F)[reg]
+    # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
     chol = np.linalg.cholesky(p.correlation.matrices(assets) + 1e-12 * np.eye(n)).astype(_F)
-    shock = np.zeros((b, steps, m), dtype=_F)
-    # x_i = sum_{j<=i} L[k]_ij z_j with elementwise ops only: BLAS kernels may round differently with
-    # the batch size, which would break the batch-independence of each path.
-    for j in range(n):
-        shock[:, :, j:n] += chol[:, j:, j][reg] * d.z_diff[:, :, j : j + 1]
-    if not has_eth:
-        shock[:, :, n] = d.z[:, :, _Z_ETH]
-    shock *= np.sqrt((p.nu - 2.0) / np.maximum(2.0 * d.gamma, 1e-12))[:, :, None]
-    shock *= vm
-
+    shock = _correlated_shocks(d.z_diff, reg, chol)
+    shock *= (np.sqrt((p.nu - 2.0) / np.maximum(2.0 * d.gamma, 1e-12)) * vm)[:, :, None]
     garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
-    omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
-    alpha = np.array([g.alpha for g in garch], dtype=_F)
-    beta = np.array([g.beta for g in garch], dtype=_F)
-    h_bar = omega / (1 - alpha - beta)
-    h_cap = (p.max_variance_multiple * h_bar).astype(_F)
-    # e_t = sqrt(h_t) shock_t, so h_{t+1} = omega + (alpha shock_t^2 + beta) h_t: only h is recursive.
-    growth = alpha * shock * shock + beta
-    var = np.empty_like(shock)
-    h = np.broadcast_to(h_bar, (b, m)).copy()
-    for t in range(steps):
-        var[:, t] = h
-        np.multiply(growth[:, t], h, out=h)
-        h += omega
-        np.minimum(h, h_cap, out=h)
-    vol = np.sqrt(var[:, burn:])
+    vol = np.sqrt(_garch_variance(shock, garch, dt, p.max_variance_multiple)[:, burn:])
+    regime = reg[:, burn:]
     returns = vol * shock[:, burn:]
-    vol *= vm[:, burn:]  # the step's diffusive vol, for the high/low bridge
-    returns += (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR).astype(_F)[reg[:, burn:]][:, :, None]
-    returns[:, :, :n] += _jumps(cfg, reg, d.u, n)[:, burn:]
+    returns += _mean_step_return(cfg, m)[regime]
+    _add_jumps(returns, cfg, regime, d.u[:, burn:])
+    vol *= vm[:, burn:, None]  # the step's diffusive vol, for the high/low bridge
 
     # Point 0 is priced at initial_price_usd; the return of step t moves the price from t-1 to t.
-    p0 = [p.initial_price_usd[a] for a in assets] + ([] if has_eth else [p.eth_fallback.initial_price_usd])
+    p0 = [p.initial_price_usd[a] for a in assets]
+    p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
     log_close = np.empty(returns.shape, dtype=np.float64)
     log_close[:, 0] = np.log(p0)
     np.cumsum(returns[:, 1:], axis=1, dtype=np.float64, out=log_close[:, 1:])
     log_close[:, 1:] += log_close[:, :1]
     close_all = np.exp(log_close)
-    close = close_all[:, :, :n]
-    up, down = bridge_extremes(returns[:, :, :n], p.range_scale * vol[:, :, :n], d.e[:, :, :n], d.e[:, :, n:])
-    prev = log_close[:, :, :n] - returns[:, :, :n]
-    high = np.maximum(np.exp(prev + up), close)
-    low = np.minimum(np.exp(prev + down), close)
+    close = np.ascontiguousarray(close_all[:, :, :n])
+    r = returns[:, :, :n]
+    up, down = bridge_extremes(r, p.range_scale * vol[:, :, :n], d.e[:, :, :n], d.e[:, :, n:])
+    # open = previous close = close * exp(-r), so high = close * exp(up - r) (exp in float32)
+    high = np.maximum(close * np.exp(up - r), close)
+    low = np.minimum(close * np.exp(down - r), close)
+    np.maximum(high[:, 1:], close[:, :-1], out=high[:, 1:])  # exact bar bounds despite float32
+    np.minimum(low[:, 1:], close[:, :-1], out=low[:, 1:])
     eth_usd = close[:, :, assets.index("ETH")] if has_eth else close_all[:, :, n]
-
-    regime = reg[:, burn:]
     depth, gwei = liquidity_and_gas(
-        regime, cfg.liquidity, cfg.gas, dt, d.z[:, burn:, _Z_DEPTH], d.z[:, burn:, _Z_GAS], d.u[:, burn:, _U_SPIKE]
+        regime,
+        cfg.liquidity,
+        cfg.gas,
+        dt,
+        d.z[:, :, _Z_DEPTH],
+        d.z[:, :, _Z_GAS],
+        d.u[:, burn:, _U_SPIKE],
     )
-    numeraire = _numeraire_path(cfg, reg, d.u[:, :, _U_DEPEG], d.z[:, :, _Z_PEG])[:, burn:]
+    numeraire = _numeraire_path(cfg, regime, d.u[:, burn:, _U_DEPEG], d.z[:, :, _Z_PEG])
     return MarketPaths(
         asset_names=tuple(assets),
-        close=np.ascontiguousarray(close),
+        close=close,
         high=high,
         low=low,
         numeraire_usd=numeraire,
@@ -302,8 +355,10 @@ def generate_synthetic_paths(cfg: MarketConfig, seeds: np.ndarray, length: int, 
     )
 
 
-def _numeraire_path(cfg: MarketConfig, reg: np.ndarray, u_depeg: np.ndarray, z_peg: np.ndarray) -> np.ndarray:
-    """``(B, T)`` float64 USD price of the numeraire: decaying depeg dips times a small peg noise."""
+def _numeraire_path(
+    cfg: MarketConfig, reg: np.ndarray, u_depeg: np.ndarray, z_peg: np.ndarray
+) -> np.ndarray:
+    """``(B, L)`` float64 USD price of the numeraire: decaying depeg dips times a small peg noise."""
     dp = cfg.synthetic.depeg
     dt = cfg.step_days
     noise = np.exp(dp.noise_bps * 1e-4 * z_peg.astype(np.float64))

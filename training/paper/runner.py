@@ -105,6 +105,7 @@ class PaperTrader:
         self._last_time: str | None = None
         self.totals = {"fees_usd": 0.0, "slippage_usd": 0.0, "gas_usd": 0.0}
         self.last_record: BarRecord | None = None
+        self._preflight: tuple[dict[str, Any] | None] | None = None
 
     # ------------------------------------------------------------------ checks (nothing written)
     def preflight(self) -> dict[str, Any] | None:
@@ -118,6 +119,7 @@ class PaperTrader:
         meta = inspect_ledger(self.ledger_path)
         if meta is not None:
             check_ledger_matches(meta, self.ledger_path, self.manifest.policy_id, self.feed.identity())
+        self._preflight = (meta,)
         return meta
 
     # ------------------------------------------------------------------ open / resume
@@ -253,7 +255,7 @@ class PaperTrader:
     # ------------------------------------------------------------------ loop
     def run(self, max_bars: int | None = None) -> PaperSummary:
         """Process the feed (at most ``max_bars`` new bars) and return where the ledger stands."""
-        meta = self.preflight()
+        meta = self.preflight() if self._preflight is None else self._preflight[0]
         self._open(meta)
         assert self.ledger is not None
         ledger = self.ledger

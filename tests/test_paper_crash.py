@@ -1,0 +1,88 @@
+"""Crash safety: SIGKILL `defialloc paper` at random moments, restart it, compare with an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.onnx_policy import OnnxPolicy
+from envs.config import load_config
+from tests.test_paper import DATA_DIR, KILL_SWITCH, ledger_tables, make_policy_dir, needs_data
+from training.paper.feeds import ReplayFeed
+from training.paper.ledger import Ledger
+from training.paper.runner import PaperTrader
+
+REPO = Path(__file__).resolve().parent.parent
+# real held-out days: 61 warmup bars + 239 decisions = 300 bars
+START, END = "2023-01-01", "2023-08-27"
+N_BARS = 300
+SPEED = 150.0  # bars per second: the run takes ~2 s, so kills land mid-run
+KILLS = 5
+
+
+def _paper_args(policy_dir: Path, ledger: Path) -> list[str]:
+    return [sys.executable, "-m", "training.cli", "paper", "--policy", str(policy_dir), "--feed", "replay",
+            "--start", START, "--end", END, "--data-dir", str(DATA_DIR), "--speed", str(SPEED),
+            "--ledger", str(ledger), "--no-mlflow", "--no-view", "--json"]  # fmt: skip
+
+
+def _last_bar(ledger: Path) -> int:
+    if not ledger.exists():
+        return -1
+    db = Ledger.open(ledger)
+    try:
+        return db.last_bar_index()
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+@needs_data
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(tmp_path):
+    policy_dir = make_policy_dir(tmp_path / "policy", overrides=KILL_SWITCH)
+    ledger = tmp_path / "paper.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    rng = random.Random(20261121)
+    progress = []
+    for k in range(KILLS):
+        proc = subprocess.Popen(_paper_args(policy_dir, ledger), cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        if k == 0:
+            time.sleep(rng.uniform(0.0, 1.0))  # anywhere from start-up to the first bars
+        else:
+            # wait until this process writes (start-up takes a second or two), then kill it at random
+            previous, deadline = progress[-1], time.monotonic() + 30
+            while _last_bar(ledger) <= previous and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, N_BARS / SPEED * 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        progress.append(_last_bar(ledger))
+    finished = subprocess.run(_paper_args(policy_dir, ledger), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    mid_run = [p for p in progress if 0 <= p < N_BARS - 1]
+    print("kill points (last committed bar):", progress)
+    assert len(set(mid_run)) >= 3, f"kills should land at different bars mid-run, got {progress}"
+    assert progress == sorted(progress), "a restart must never lose committed bars"
+
+    policy = OnnxPolicy(policy_dir)
+    cfg = load_config(policy.manifest.simulation_config)
+    reference = tmp_path / "uninterrupted.db"
+    feed = ReplayFeed.from_config(cfg, START, END, data_dir=str(DATA_DIR))
+    assert feed.length == N_BARS
+    trader = PaperTrader(policy, feed, reference)
+    trader.run()
+    trader.close()
+    assert ledger_tables(ledger) == ledger_tables(reference)
+    db = Ledger.open(ledger)
+    sessions = db.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    db.close()
+    assert sessions >= len(mid_run) + 1
