@@ -120,7 +120,9 @@ class DeployedPolicy(torch.nn.Module):
         self.clip_obs = float(normalizer.clip)
         self.n_weights = n_weights
         self.action_dim = int(len(low))
-        self.register_buffer("obs_mean", torch.as_tensor(np.asarray(normalizer.mean, dtype=np.float64)))
+        self.register_buffer(
+            "obs_mean", torch.as_tensor(np.asarray(normalizer.mean, dtype=np.float64))
+        )
         # same expression as VecNormalize (sqrt of var + eps, then a division), so float64 results match
         std = np.sqrt(np.asarray(normalizer.var, dtype=np.float64) + normalizer.epsilon)
         self.register_buffer("obs_std", torch.as_tensor(std))
@@ -155,7 +157,9 @@ def _actions_to_weights(actions: torch.Tensor, cash_only: torch.Tensor) -> torch
     return torch.where(empty, cash_only, weights)
 
 
-def build_deployed_policy(model: BaseAlgorithm, normalizer: ObsNormalizer, n_weights: int) -> DeployedPolicy:
+def build_deployed_policy(
+    model: BaseAlgorithm, normalizer: ObsNormalizer, n_weights: int
+) -> DeployedPolicy:
     """Wrap a copy of ``model``'s actor (CPU, eval mode) with the normalization and the action map."""
     policy = model.policy
     space = model.action_space
@@ -168,7 +172,9 @@ def build_deployed_policy(model: BaseAlgorithm, normalizer: ObsNormalizer, n_wei
         actor = _GaussianMeanActor(policy)
         squash = bool(getattr(policy, "squash_output", False))
     else:
-        raise ValueError(f"cannot export a {type(policy).__name__}: expected an SB3 PPO or SAC MlpPolicy")
+        raise ValueError(
+            f"cannot export a {type(policy).__name__}: expected an SB3 PPO or SAC MlpPolicy"
+        )
     # copy only the actor's modules: the full policy holds optimizer state that cannot be deep-copied
     actor = copy.deepcopy(actor).to("cpu").eval()
     return DeployedPolicy(actor, squash, space.low, space.high, normalizer, n_weights).eval()
@@ -205,35 +211,50 @@ def write_onnx(module: DeployedPolicy, obs_dim: int, path: Path) -> None:
 
 # ---------------------------------------------------------------------------- layout and manifest
 def action_layout(sim: PortfolioSimulator, numeraire: str) -> tuple[ActionBlock, ...]:
-    """The action layout the env uses: weights over ``N`` assets + cash, then any extra dimensions.
+    """The action layout the env uses, read from the simulator (never assumed to be ``N + 1``).
 
-    Read from the simulator: its ``action_layout`` attribute when it has one (later envs with leverage
-    or hedge dimensions), else ``N + 1`` weights followed by pass-through entries up to ``action_dim``.
+    Spot weights over ``N`` assets + cash come first; with lending or perps enabled the simulator's
+    ``protocols.layout`` (``envs/leverage.py``) adds a leverage target and per-asset hedge ratios,
+    which the graph clips and passes through (the env maps them). Any other trailing dimensions are
+    passed through as ``extra_<i>``.
     """
-    declared = getattr(sim, "action_layout", None)
-    if declared is not None:
-        return tuple(
-            ActionBlock(
-                name=str(_field(b, "name")),
-                start=int(_field(b, "start")),
-                stop=int(_field(b, "stop")),
-                transform=str(_field(b, "transform", PASSTHROUGH_TRANSFORM)),
-                labels=tuple(str(x) for x in _field(b, "labels")),
-            )
-            for b in declared
-        )
     n = sim.n_assets
     blocks = [ActionBlock("weights", 0, n + 1, WEIGHTS_TRANSFORM, (*sim.asset_names, numeraire))]
-    if sim.action_dim > n + 1:
-        extra = tuple(f"extra_{i}" for i in range(sim.action_dim - n - 1))
-        blocks.append(ActionBlock("extra", n + 1, sim.action_dim, PASSTHROUGH_TRANSFORM, extra))
+    position = n + 1
+    layout = getattr(getattr(sim, "protocols", None), "layout", None)
+    if layout is not None:
+        if getattr(layout, "lending", False):
+            blocks.append(
+                ActionBlock(
+                    "leverage", position, position + 1, PASSTHROUGH_TRANSFORM, ("leverage_target",)
+                )
+            )
+            position += 1
+        if getattr(layout, "perps", False):
+            labels = tuple(f"hedge_{a}" for a in sim.asset_names)
+            blocks.append(
+                ActionBlock("hedge", position, position + n, PASSTHROUGH_TRANSFORM, labels)
+            )
+            position += n
+    if sim.action_dim > position:
+        extra = tuple(f"extra_{i}" for i in range(sim.action_dim - position))
+        blocks.append(ActionBlock("extra", position, sim.action_dim, PASSTHROUGH_TRANSFORM, extra))
     return tuple(blocks)
 
 
-def _field(block: Any, name: str, default: Any = None) -> Any:
-    if isinstance(block, dict):
-        return block.get(name, default)
-    return getattr(block, name, default)
+def observation_names(sim: PortfolioSimulator, config: SimulationConfig) -> list[str]:
+    """Names of the ``obs_dim`` observation entries: ``envs.features.feature_names``, then the protocol
+    block of ``LeverageEngine.observation`` when lending/perps are on (``obs_<i>`` for any remainder)."""
+    names = feature_names(tuple(sim.asset_names), config.env.observation)
+    engine = getattr(sim, "protocols", None)
+    if engine is not None:
+        if getattr(engine, "lending_on", False):
+            names += ["log_health_factor", "debt_to_equity", "borrow_rate_x10"]
+        if getattr(engine, "perps_on", False):
+            names += [f"perp_notional_to_equity_{a}" for a in sim.asset_names]
+            names += [f"funding_annual_x10_{a}" for a in sim.asset_names]
+    names += [f"obs_{i}" for i in range(len(names), sim.obs_dim)]
+    return names[: sim.obs_dim]
 
 
 def section_hash(section: Any) -> str:
@@ -244,7 +265,15 @@ def section_hash(section: Any) -> str:
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "onnx_opset": str(OPSET)}
-    for package in ("defialloc", "torch", "stable-baselines3", "onnx", "onnxruntime", "numpy", "gymnasium"):
+    for package in (
+        "defialloc",
+        "torch",
+        "stable-baselines3",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "gymnasium",
+    ):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -263,7 +292,9 @@ class ExportSource:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def export_policy(src: ExportSource, out_dir: str | Path, *, check_batch: int = 256) -> PolicyManifest:
+def export_policy(
+    src: ExportSource, out_dir: str | Path, *, check_batch: int = 256
+) -> PolicyManifest:
     """Write ``policy.onnx`` and ``manifest.json`` to ``out_dir`` and return the manifest.
 
     The exported graph is checked with onnxruntime against the torch module on ``check_batch``
@@ -279,9 +310,13 @@ def export_policy(src: ExportSource, out_dir: str | Path, *, check_batch: int = 
             "the config is not the one the model was trained on"
         )
     if act_space.shape != (sim.action_dim,):
-        raise ValueError(f"model action shape {act_space.shape} does not match the env's ({sim.action_dim},)")
+        raise ValueError(
+            f"model action shape {act_space.shape} does not match the env's ({sim.action_dim},)"
+        )
     if src.normalizer.mean.shape != (sim.obs_dim,):
-        raise ValueError(f"normalizer has {src.normalizer.mean.shape[0]} features; the model has {sim.obs_dim}")
+        raise ValueError(
+            f"normalizer has {src.normalizer.mean.shape[0]} features; the model has {sim.obs_dim}"
+        )
     layout = action_layout(sim, config.market.numeraire)
     module = build_deployed_policy(src.model, src.normalizer, sim.n_assets + 1)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +327,7 @@ def export_policy(src: ExportSource, out_dir: str | Path, *, check_batch: int = 
             algo=src.algo,
             asset_names=tuple(sim.asset_names),
             numeraire=config.market.numeraire,
-            observation_names=tuple(feature_names(tuple(sim.asset_names), config.env.observation)),
+            observation_names=tuple(observation_names(sim, config)),
             action_dim=sim.action_dim,
             action_low=tuple(float(x) for x in act_space.low),
             action_high=tuple(float(x) for x in act_space.high),
@@ -321,7 +356,9 @@ def export_policy(src: ExportSource, out_dir: str | Path, *, check_batch: int = 
     return manifest
 
 
-def _self_check(module: DeployedPolicy, folder: Path, normalizer: ObsNormalizer, obs_dim: int, n: int) -> None:
+def _self_check(
+    module: DeployedPolicy, folder: Path, normalizer: ObsNormalizer, obs_dim: int, n: int
+) -> None:
     rng = np.random.default_rng(0)
     scale = np.sqrt(normalizer.var) if normalizer.enabled else np.ones(obs_dim)
     obs = (normalizer.mean + 2.0 * scale * rng.standard_normal((n, obs_dim))).astype(np.float32)
@@ -331,7 +368,9 @@ def _self_check(module: DeployedPolicy, folder: Path, normalizer: ObsNormalizer,
     for name, ref in zip(output_names(module.action_dim, module.n_weights), expected, strict=True):
         err = float(np.max(np.abs(got[name].astype(np.float64) - ref)))
         if err > 1e-5:
-            raise ValueError(f"exported graph differs from the torch policy on output {name!r} by {err:.3g}")
+            raise ValueError(
+                f"exported graph differs from the torch policy on output {name!r} by {err:.3g}"
+            )
 
 
 # ---------------------------------------------------------------------------- sources
@@ -341,13 +380,17 @@ def detect_algo(model_path: str | Path) -> str:
         with zipfile.ZipFile(model_path) as archive:
             data = json.loads(archive.read("data"))
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-        raise ValueError(f"--model {model_path}: not an SB3 model zip ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"--model {model_path}: not an SB3 model zip ({type(exc).__name__}: {exc})"
+        ) from None
     module = str(data.get("policy_class", {}).get("__module__", ""))
     if ".sac." in module:
         return "sac"
     if ".common.policies" in module or ".ppo." in module:
         return "ppo"
-    raise ValueError(f"--model {model_path}: cannot tell the algorithm from policy module {module!r}; pass --algo")
+    raise ValueError(
+        f"--model {model_path}: cannot tell the algorithm from policy module {module!r}; pass --algo"
+    )
 
 
 def load_config_file(path: str | Path) -> tuple[SimulationConfig, str | None]:
@@ -385,8 +428,16 @@ def source_from_files(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"--model {model_path}: file not found")
-    vec = Path(vecnormalize_path) if vecnormalize_path else _find_next_to(model_path, ("vecnormalize.pkl",))
-    cfg_path = Path(config_path) if config_path else _find_next_to(model_path, ("config.yaml", "train_config.yaml"))
+    vec = (
+        Path(vecnormalize_path)
+        if vecnormalize_path
+        else _find_next_to(model_path, ("vecnormalize.pkl",))
+    )
+    cfg_path = (
+        Path(config_path)
+        if config_path
+        else _find_next_to(model_path, ("config.yaml", "train_config.yaml"))
+    )
     if cfg_path is None or not cfg_path.is_file():
         raise ValueError(
             f"--config is required: no config.yaml next to {model_path}; the manifest records the "
@@ -397,11 +448,16 @@ def source_from_files(
     model = algorithm_class(algo).load(str(model_path), device="cpu")
     obs_dim = int(model.observation_space.shape[0])
     normalizer = ObsNormalizer.load(vec) if vec is not None else ObsNormalizer.identity(obs_dim)
-    source = {"model_path": str(model_path.resolve()), "vecnormalize_path": str(vec) if vec else None}
+    source = {
+        "model_path": str(model_path.resolve()),
+        "vecnormalize_path": str(vec) if vec else None,
+    }
     return ExportSource(model, normalizer, config, algo, source)
 
 
-def source_from_run(run_id: str, which: str = "auto", dst: str | Path | None = None) -> ExportSource:
+def source_from_run(
+    run_id: str, which: str = "auto", dst: str | Path | None = None
+) -> ExportSource:
     """Download a training run's model (``best`` if it has one, else ``final``) and config from MLflow."""
     import mlflow
     from mlflow import MlflowClient
@@ -410,22 +466,36 @@ def source_from_run(run_id: str, which: str = "auto", dst: str | Path | None = N
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"--run-id {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})") from None
+        raise ValueError(
+            f"--run-id {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})"
+        ) from None
     top = {a.path for a in client.list_artifacts(run_id)}
     if which == "auto":
         which = "best" if "best" in top else "final"
     if which not in top:
-        raise ValueError(f"--run-id {run_id}: the run has no {which!r} model artifacts (found {sorted(top)})")
+        raise ValueError(
+            f"--run-id {run_id}: the run has no {which!r} model artifacts (found {sorted(top)})"
+        )
     folder = Path(dst or tempfile.mkdtemp(prefix="defialloc-export-"))
-    model_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=which, dst_path=str(folder)))
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=which, dst_path=str(folder)
+        )
+    )
     cfg_file = Path(
         mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="config/train_config.yaml", dst_path=str(folder)
         )
     )
     vec = model_dir / "vecnormalize.pkl"
-    src = source_from_files(model_dir / "model.zip", vec if vec.is_file() else None, cfg_file, run.data.tags.get("algo"))
-    src.source = {"run_id": run_id, "artifact": which, "registered_model": run.data.tags.get("registered_model")}
+    src = source_from_files(
+        model_dir / "model.zip", vec if vec.is_file() else None, cfg_file, run.data.tags.get("algo")
+    )
+    src.source = {
+        "run_id": run_id,
+        "artifact": which,
+        "registered_model": run.data.tags.get("registered_model"),
+    }
     return src
 
 
@@ -467,7 +537,11 @@ def log_export(
         TensorSpec(np.dtype(np.float64), (-1, n_weights), name=WEIGHTS_OUTPUT),
     ]
     if manifest.action_dim > n_weights:
-        outputs.append(TensorSpec(np.dtype(np.float32), (-1, manifest.action_dim - n_weights), name=EXTRA_OUTPUT))
+        outputs.append(
+            TensorSpec(
+                np.dtype(np.float32), (-1, manifest.action_dim - n_weights), name=EXTRA_OUTPUT
+            )
+        )
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, manifest.obs_dim), name=INPUT_NAME)]),
         outputs=Schema(outputs),
@@ -486,7 +560,11 @@ def log_export(
             name=MLFLOW_MODEL_NAME,
             signature=signature,
             extra_files=[str(folder / MANIFEST_FILE)],
-            metadata={"policy_id": manifest.policy_id, "algo": manifest.algo, "assets": list(manifest.asset_names)},
+            metadata={
+                "policy_id": manifest.policy_id,
+                "algo": manifest.algo,
+                "assets": list(manifest.asset_names),
+            },
             save_as_external_data=False,
             pip_requirements=[f"onnxruntime=={package_versions()['onnxruntime']}", "numpy"],
         )

@@ -155,12 +155,18 @@ class PolicyManifest:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: must hold a JSON object, got {type(data).__name__}")
         if data.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{source}: format={data.get('format')!r}; expected {MANIFEST_FORMAT!r}")
+            raise ValueError(
+                f"{source}: format={data.get('format')!r}; expected {MANIFEST_FORMAT!r}"
+            )
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{source}: format_version={data.get('format_version')!r}; this reader supports {FORMAT_VERSION}"
             )
-        required = [f for f in cls.__dataclass_fields__ if f not in ("normalization", "versions", "source", "created_utc")]
+        required = [
+            f
+            for f in cls.__dataclass_fields__
+            if f not in ("normalization", "versions", "source", "created_utc")
+        ]
         missing = [name for name in required if name not in data]
         if missing:
             raise ValueError(f"{source}: missing fields {missing}")
@@ -212,14 +218,22 @@ class PolicyManifest:
         if n < 1:
             raise ValueError(f"{source}: asset_names is empty; need at least one risky asset")
         if self.action_dim < n + 1:
-            raise ValueError(f"{source}: action_dim={self.action_dim} must be >= n_assets + 1 = {n + 1}")
+            raise ValueError(
+                f"{source}: action_dim={self.action_dim} must be >= n_assets + 1 = {n + 1}"
+            )
         if len(self.action_low) != self.action_dim or len(self.action_high) != self.action_dim:
-            raise ValueError(f"{source}: action_low/action_high must have action_dim={self.action_dim} entries")
+            raise ValueError(
+                f"{source}: action_low/action_high must have action_dim={self.action_dim} entries"
+            )
         if any(lo >= hi for lo, hi in zip(self.action_low, self.action_high, strict=True)):
             raise ValueError(f"{source}: action_low must be < action_high in every dimension")
         position = 0
         for block in self.action_layout:
-            if block.start != position or block.stop <= block.start or len(block.labels) != block.size:
+            if (
+                block.start != position
+                or block.stop <= block.start
+                or len(block.labels) != block.size
+            ):
                 raise ValueError(
                     f"{source}: action_layout block {block.name!r} [{block.start}, {block.stop}) with "
                     f"{len(block.labels)} labels does not continue the layout at {position}"
@@ -231,14 +245,20 @@ class PolicyManifest:
                 )
             position = block.stop
         if position != self.action_dim:
-            raise ValueError(f"{source}: action_layout covers [0, {position}) but action_dim={self.action_dim}")
+            raise ValueError(
+                f"{source}: action_layout covers [0, {position}) but action_dim={self.action_dim}"
+            )
         weights = [b for b in self.action_layout if b.transform == WEIGHTS_TRANSFORM]
         if len(weights) != 1 or weights[0].start != 0 or weights[0].size != n + 1:
-            raise ValueError(f"{source}: action_layout needs one weights block [0, {n + 1}) (assets + cash)")
+            raise ValueError(
+                f"{source}: action_layout needs one weights block [0, {n + 1}) (assets + cash)"
+            )
         if not self.step_days > 0:
             raise ValueError(f"{source}: step_days={self.step_days} must be > 0")
 
-    def check_market(self, asset_names: tuple[str, ...] | list[str], step_days: float, what: str = "feed") -> None:
+    def check_market(
+        self, asset_names: tuple[str, ...] | list[str], step_days: float, what: str = "feed"
+    ) -> None:
         """Raise ValueError unless a market (a feed) has exactly this policy's assets, order and step."""
         names = tuple(asset_names)
         if names != self.asset_names:
@@ -247,7 +267,9 @@ class PolicyManifest:
                 "(same symbols in the same order are required)"
             )
         if not np.isclose(float(step_days), self.step_days, rtol=0.0, atol=1e-9):
-            raise ValueError(f"{what} step_days={step_days} does not match the policy's step_days={self.step_days}")
+            raise ValueError(
+                f"{what} step_days={step_days} does not match the policy's step_days={self.step_days}"
+            )
 
 
 def load_manifest(directory: str | Path) -> PolicyManifest:
@@ -291,9 +313,13 @@ class OnnxPolicy(Policy):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(onnx_path), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for malformed graphs
-            raise ValueError(f"{onnx_path}: onnxruntime cannot load the graph ({type(exc).__name__}: {exc})") from None
+            raise ValueError(
+                f"{onnx_path}: onnxruntime cannot load the graph ({type(exc).__name__}: {exc})"
+            ) from None
         self._check_signature()
         self.obs_dim = self.manifest.obs_dim
         self.action_dim = self.manifest.action_dim
@@ -302,39 +328,57 @@ class OnnxPolicy(Policy):
     # an InferenceSession cannot be copied or pickled: copies (backtest tasks, worker processes)
     # reload the same checked export folder instead
     def __getstate__(self) -> dict[str, Any]:
-        return {"directory": str(self.directory), "threads": self.session.get_session_options().intra_op_num_threads}
+        return {
+            "directory": str(self.directory),
+            "threads": self.session.get_session_options().intra_op_num_threads,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["directory"], threads=state["threads"])  # type: ignore[misc]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OnnxPolicy:
-        return OnnxPolicy(self.directory, threads=self.session.get_session_options().intra_op_num_threads)
+        return OnnxPolicy(
+            self.directory, threads=self.session.get_session_options().intra_op_num_threads
+        )
 
     def _check_signature(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         where = self.directory / ONNX_FILE
         if INPUT_NAME not in inputs or len(inputs) != 1:
-            raise ValueError(f"{where}: graph inputs {sorted(inputs)}; expected exactly [{INPUT_NAME!r}]")
+            raise ValueError(
+                f"{where}: graph inputs {sorted(inputs)}; expected exactly [{INPUT_NAME!r}]"
+            )
         obs_shape = inputs[INPUT_NAME].shape
-        if len(obs_shape) != 2 or obs_shape[1] != self.manifest.obs_dim or isinstance(obs_shape[0], int):
+        if (
+            len(obs_shape) != 2
+            or obs_shape[1] != self.manifest.obs_dim
+            or isinstance(obs_shape[0], int)
+        ):
             raise ValueError(
                 f"{where}: input shape {obs_shape}; expected [batch, {self.manifest.obs_dim}] with a dynamic batch"
             )
-        expected = {ACTION_OUTPUT: self.manifest.action_dim, WEIGHTS_OUTPUT: self.manifest.n_assets + 1}
+        expected = {
+            ACTION_OUTPUT: self.manifest.action_dim,
+            WEIGHTS_OUTPUT: self.manifest.n_assets + 1,
+        }
         if self.manifest.action_dim > self.manifest.n_assets + 1:
             expected[EXTRA_OUTPUT] = self.manifest.action_dim - self.manifest.n_assets - 1
         for name, width in expected.items():
             if name not in outputs or outputs[name].shape[-1] != width:
                 shape = outputs[name].shape if name in outputs else None
-                raise ValueError(f"{where}: output {name!r} has shape {shape}; expected [batch, {width}]")
+                raise ValueError(
+                    f"{where}: output {name!r} has shape {shape}; expected [batch, {width}]"
+                )
 
     def _observations(self, observation: np.ndarray) -> np.ndarray:
         obs = np.asarray(observation, dtype=np.float32)
         if obs.ndim == 1:
             obs = obs[None, :]
         if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"observation has shape {np.shape(observation)}; expected (B, {self.obs_dim})")
+            raise ValueError(
+                f"observation has shape {np.shape(observation)}; expected (B, {self.obs_dim})"
+            )
         if not np.all(np.isfinite(obs)):
             raise ValueError("observation contains NaN or inf; the policy needs finite features")
         return np.ascontiguousarray(obs)

@@ -8,7 +8,6 @@ Policies never see the future and pay exactly the env's costs, since they act th
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +43,7 @@ class MarketView:
         return np.diff(np.log(self.prices), axis=1)
 
 
-class Policy(ABC):
+class Policy:
     """An allocator. Subclasses implement :meth:`target_weights` or override :meth:`act`."""
 
     name: str = "policy"
@@ -71,7 +70,9 @@ class FixedWeightsPolicy(Policy):
     def __init__(self, weights: np.ndarray, name: str = "fixed_weights") -> None:
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim != 1 or np.any(w < 0) or not np.isclose(w.sum(), 1.0):
-            raise ValueError(f"weights must be a non-negative vector summing to 1 (cash last), got {w}")
+            raise ValueError(
+                f"weights must be a non-negative vector summing to 1 (cash last), got {w}"
+            )
         self.weights = w
         self.name = name
 
@@ -107,7 +108,9 @@ def parse_weights(spec: str, asset_names: tuple[str, ...]) -> np.ndarray:
     for part in spec.split(","):
         name, _, value = part.partition("=")
         if name.strip() not in asset_names:
-            raise ValueError(f"unknown asset {name.strip()!r} in weights; known: {', '.join(asset_names)}")
+            raise ValueError(
+                f"unknown asset {name.strip()!r} in weights; known: {', '.join(asset_names)}"
+            )
         weights[asset_names.index(name.strip())] = float(value)
     if np.any(weights < 0) or weights.sum() > 1 + 1e-9:
         raise ValueError(f"weights {spec!r} must be >= 0 and sum to at most 1 (the rest is cash)")

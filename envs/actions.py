@@ -33,7 +33,9 @@ def validate_actions(actions: np.ndarray, n_envs: int, action_dim: int) -> np.nd
         )
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0].tolist()
-        raise ValueError(f"action contains NaN or inf at index {bad}; actions must be finite in [-1, 1]")
+        raise ValueError(
+            f"action contains NaN or inf at index {bad}; actions must be finite in [-1, 1]"
+        )
     return arr
 
 

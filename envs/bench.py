@@ -35,7 +35,9 @@ def bench_batched(config: SimulationConfig, n_envs: int, steps: int, seed: int =
 
     venv = DeFiMarketVecEnv(config, n_envs=n_envs, seed=seed)
     rng = np.random.default_rng(seed)
-    actions = rng.uniform(-1.0, 1.0, size=(steps, n_envs, venv.action_space.shape[0])).astype(np.float32)
+    actions = rng.uniform(-1.0, 1.0, size=(steps, n_envs, venv.action_space.shape[0])).astype(
+        np.float32
+    )
     venv.reset()
     start = time.perf_counter()
     for i in range(steps):

@@ -93,7 +93,9 @@ class GasConfig(StrictModel):
     """Gas units per operation (price and ETH come from the market path)."""
 
     router_overhead_units: float = Field(default=29_000, ge=0.0, description="per swap order")
-    units_per_pool: float = Field(default=73_000, ge=0.0, description="per pool touched (pair swap)")
+    units_per_pool: float = Field(
+        default=73_000, ge=0.0, description="per pool touched (pair swap)"
+    )
     enabled: bool = True
 
 
@@ -101,19 +103,32 @@ class ActionConfig(StrictModel):
     """How the Box action becomes target weights (see envs/actions.py)."""
 
     no_trade_band: float = Field(
-        default=0.01, ge=0.0, le=0.5, description="skip an asset whose |target - current| weight is below this"
+        default=0.01,
+        ge=0.0,
+        le=0.5,
+        description="skip an asset whose |target - current| weight is below this",
     )
 
 
 class ObservationConfig(StrictModel):
     """Observation features (see envs/features.py for the layout)."""
 
-    return_window: int = Field(default=10, ge=1, le=120, description="trailing log returns per asset")
-    vol_window: int = Field(default=20, ge=2, le=250, description="steps in the realized-vol window")
-    corr_halflife: float = Field(default=20.0, gt=0.0, le=250.0, description="EWMA correlation half-life, steps")
+    return_window: int = Field(
+        default=10, ge=1, le=120, description="trailing log returns per asset"
+    )
+    vol_window: int = Field(
+        default=20, ge=2, le=250, description="steps in the realized-vol window"
+    )
+    corr_halflife: float = Field(
+        default=20.0, gt=0.0, le=250.0, description="EWMA correlation half-life, steps"
+    )
     corr_window: int = Field(default=60, ge=5, le=500, description="EWMA correlation window, steps")
-    return_scale: float = Field(default=0.05, gt=0.0, description="per-step log return that maps to 1.0")
-    clip: float = Field(default=10.0, gt=0.0, description="every feature is clipped to [-clip, clip]")
+    return_scale: float = Field(
+        default=0.05, gt=0.0, description="per-step log return that maps to 1.0"
+    )
+    clip: float = Field(
+        default=10.0, gt=0.0, description="every feature is clipped to [-clip, clip]"
+    )
 
     @property
     def history_needed(self) -> int:
@@ -126,8 +141,12 @@ class RewardConfig(StrictModel):
 
     kind: Literal["log_growth", "differential_sharpe", "drawdown_penalized"] = "log_growth"
     scale: float = Field(default=1.0, gt=0.0, description="multiplies the reward")
-    dsr_eta: float = Field(default=0.01, gt=0.0, lt=1.0, description="EMA rate of the differential Sharpe")
-    drawdown_penalty: float = Field(default=1.0, ge=0.0, description="weight on the drawdown increase")
+    dsr_eta: float = Field(
+        default=0.01, gt=0.0, lt=1.0, description="EMA rate of the differential Sharpe"
+    )
+    drawdown_penalty: float = Field(
+        default=1.0, ge=0.0, description="weight on the drawdown increase"
+    )
 
 
 class LendingConfig(StrictModel):
@@ -140,10 +159,16 @@ class LendingConfig(StrictModel):
         description="dated protocol snapshot (envs/protocols/params.py:LendingParams)",
     )
     max_leverage: float = Field(
-        default=2.0, ge=0.0, le=50.0, description="debt / equity at the leverage action's top (a = +1)"
+        default=2.0,
+        ge=0.0,
+        le=50.0,
+        description="debt / equity at the leverage action's top (a = +1)",
     )
     ltv_buffer: float = Field(
-        default=0.9, gt=0.0, le=1.0, description="usable share of the LTV borrowing capacity for targets"
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="usable share of the LTV borrowing capacity for targets",
     )
 
 
@@ -173,9 +198,7 @@ class PerpsConfig(StrictModel):
 class CascadesConfig(StrictModel):
     """Liquidations of a simulated borrower population selling into the agent's pools."""
 
-    enabled: bool | None = Field(
-        default=None, description="None: on exactly when lending is on"
-    )
+    enabled: bool | None = Field(default=None, description="None: on exactly when lending is on")
 
 
 class EnvConfig(StrictModel):
@@ -183,9 +206,14 @@ class EnvConfig(StrictModel):
 
     initial_value_usd: float = Field(default=100_000.0, gt=0.0)
     horizon: int = Field(default=365, ge=1, le=100_000, description="decision steps per episode")
-    warmup: int = Field(default=61, ge=1, le=5_000, description="history points before the first decision")
+    warmup: int = Field(
+        default=61, ge=1, le=5_000, description="history points before the first decision"
+    )
     ruin_fraction: float = Field(
-        default=0.05, ge=0.0, lt=1.0, description="terminate when value < ruin_fraction * initial value"
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="terminate when value < ruin_fraction * initial value",
     )
     initial_weights: Literal["cash", "equal"] = "cash"
     amm: AmmConfig = Field(default_factory=AmmConfig)
@@ -242,7 +270,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
         value = item.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if item["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key (value {shown}); check the spelling against the documented keys")
+            lines.append(
+                f"{loc}: unknown key (value {shown}); check the spelling against the documented keys"
+            )
         else:
             lines.append(f"{loc} = {shown}: {item['msg']}")
     return "invalid config:\n  " + "\n  ".join(lines)
@@ -295,6 +325,9 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         node = result
         for part in parts[:-1]:
             child = node.get(part)
+            if isinstance(child, str) and child.endswith((".yaml", ".yml")):
+                child = _read_yaml(_resolve_path(child, Path.cwd()))
+                node[part] = child
             if not isinstance(child, dict):
                 child = {}
                 node[part] = child
@@ -341,10 +374,13 @@ def load_config(
     elif isinstance(config, dict):
         data, base = config, Path.cwd()
     else:
-        raise ConfigError(f"config must be a path, dict or SimulationConfig, got {type(config).__name__}")
+        raise ConfigError(
+            f"config must be a path, dict or SimulationConfig, got {type(config).__name__}"
+        )
     data = _resolve_sections(data, base)
     if overrides:
-        data = apply_overrides(data, overrides)
+        # a section may itself be overridden by a file: market=configs/market/replay_heldout.yaml
+        data = _resolve_sections(apply_overrides(data, overrides), Path.cwd())
     try:
         return SimulationConfig.model_validate(data)
     except ValidationError as exc:

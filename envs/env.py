@@ -13,7 +13,6 @@ from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator
 
 
-
 class DeFiMarketEnv(gym.Env):
     """Allocate a portfolio across DeFi spot assets and cash, trading through AMM pools.
 
@@ -26,13 +25,19 @@ class DeFiMarketEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: SimulationConfig | dict | str | Path | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: SimulationConfig | dict | str | Path | None = None, **overrides: Any
+    ) -> None:
         super().__init__()
         self.config = load_config(config, overrides or None)
         self.sim = PortfolioSimulator(self.config, n_envs=1)
         clip = self.config.env.observation.clip
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-clip, clip, shape=(self.sim.obs_dim,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(
+            -1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32
+        )
+        self.observation_space = gym.spaces.Box(
+            -clip, clip, shape=(self.sim.obs_dim,), dtype=np.float32
+        )
         self._index = np.zeros(1, dtype=np.int64)
         self._needs_reset = True
 
@@ -41,7 +46,9 @@ class DeFiMarketEnv(gym.Env):
         """Names aligned with ``info['holdings']``, ``info['weights']`` and ``info['prices']`` (cash last)."""
         return (*self.sim.asset_names, self.config.market.numeraire)
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         path_seed = np.array([draw_training_path_seed(self.np_random)], dtype=np.int64)
         paths = (options or {}).get("paths")
@@ -55,4 +62,10 @@ class DeFiMarketEnv(gym.Env):
         result = self.sim.step(np.asarray(action)[None, :] if np.ndim(action) == 1 else action)
         terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
         self._needs_reset = terminated or truncated
-        return self.sim.observe()[0], float(result.reward[0]), terminated, truncated, self.sim.info(0, result)
+        return (
+            self.sim.observe()[0],
+            float(result.reward[0]),
+            terminated,
+            truncated,
+            self.sim.info(0, result),
+        )

@@ -20,9 +20,15 @@ class KillSwitchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    max_drawdown: float = Field(default=0.35, gt=0.0, lt=1.0, description="trigger when 1 - V/peak exceeds this")
-    min_health_factor: float = Field(default=1.1, ge=1.0, le=10.0, description="trigger when HF falls under this")
-    cooldown_steps: int = Field(default=10, ge=0, le=10_000, description="steps held in cash after a trigger")
+    max_drawdown: float = Field(
+        default=0.35, gt=0.0, lt=1.0, description="trigger when 1 - V/peak exceeds this"
+    )
+    min_health_factor: float = Field(
+        default=1.1, ge=1.0, le=10.0, description="trigger when HF falls under this"
+    )
+    cooldown_steps: int = Field(
+        default=10, ge=0, le=10_000, description="steps held in cash after a trigger"
+    )
     reset_peak_after_cooldown: bool = Field(
         default=True, description="measure drawdown from the value at re-entry, not the old peak"
     )

@@ -1,19 +1,6 @@
-"""Leverage in the simulator: the extended action, and what the lending market and perps do at decision time.
+"""Leverage at decision time: borrowing, repaying and perp orders (the engine behind the simulator).
 
-Action layout (a Box in ``[-1, 1]``, ``N`` risky assets; blocks present per config flag)::
-
-    [ N + 1 spot weight outputs (cash last) ]  always          -> weights w (envs/actions.py)
-    [ 1 leverage target                     ]  if lending       -> l = (a + 1) / 2 * max_leverage
-    [ N hedge ratios                        ]  if perps         -> h_i = a_i
-
-With equity ``E`` (net value: assets minus debt, USD) the targets are: risky value ``w_i (1 + l) E``,
-cash ``w_c (1 + l) E``, debt ``l E`` (leverage = debt / equity). Infeasible targets are clipped,
-never rejected: ``l <= S / (1 - S)`` with ``S = ltv_buffer * sum_i w_i LTV_i`` (only risky holdings
-are collateral), which keeps the target debt within ``ltv_buffer`` of the borrowing capacity. Perp
-size ``s_i = -h_i * target units_i`` (``h = 1``: spot fully hedged by a short; ``h = -1``: doubled
-by a long). The perps' initial margin ``margin_buffer * sum IMF_i |s_i| index_i`` must fit in the
-post-trade cash (USDC is the cross margin); the whole perp book is scaled down pro rata where it
-does not. A spot-only ``(B, N + 1)`` action is accepted too: it means no leverage and no hedges.
+The action layout and the leverage target's feasibility clip are in :mod:`envs.leverage_actions`.
 
 Execution order at ``t`` (:meth:`LeverageEngine.execute`): borrow (so the buys can spend it, an
 atomic flash-loan-style leverage loop), spot rebalance through the pools, repay from cash (a borrow
@@ -38,7 +25,15 @@ from envs.config import ConfigError, SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance
+from envs.leverage_actions import (
+    ActionLayout,
+    health_factor_fast,
+    leverage_target,
+    max_feasible_leverage,
+)
 from envs.leverage_paths import ProtocolPaths, ProtocolSetup
+from envs.leverage_population import BorrowerCascades
+from envs.market.paths import MarketPaths
 from envs.protocols.gas import GAS_UNITS
 
 HF_CAP = 10.0  # observation: log(min(HF, 10)); "no debt" reads as very safe
@@ -78,78 +73,6 @@ class StepCosts(TradeCosts):
         return out
 
 
-@dataclass(frozen=True)
-class ActionLayout:
-    """Where each block of the action lives (see the module docstring)."""
-
-    n_assets: int
-    lending: bool
-    perps: bool
-
-    @property
-    def dim(self) -> int:
-        return self.n_assets + 1 + int(self.lending) + self.n_assets * int(self.perps)
-
-    def split(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(B, dim)`` (or spot-only ``(B, N + 1)``) -> spot ``(B, N+1)``, leverage ``(B,)``, hedges ``(B, N)``.
-
-        Missing blocks read as no leverage (``-1``) and no hedge (``0``).
-        """
-        n1 = self.n_assets + 1
-        b = actions.shape[0]
-        spot = actions[:, :n1]
-        if actions.shape[1] == n1:
-            return spot, np.full(b, -1.0), np.zeros((b, self.n_assets))
-        lev = actions[:, n1] if self.lending else np.full(b, -1.0)
-        start = n1 + int(self.lending)
-        hedge = actions[:, start : start + self.n_assets] if self.perps else np.zeros((b, self.n_assets))
-        return spot, lev, hedge
-
-    def safe_action(self) -> np.ndarray:
-        """``(dim,)`` action meaning all numeraire, no debt, no perps (the kill-switch's target)."""
-        action = np.zeros(self.dim)
-        action[: self.n_assets] = -1.0
-        action[self.n_assets] = 1.0
-        if self.lending:
-            action[self.n_assets + 1] = -1.0
-        return action
-
-
-def leverage_target(
-    leverage_action: np.ndarray,
-    weights: np.ndarray,
-    ltv: np.ndarray,
-    max_leverage: float,
-    ltv_buffer: float,
-) -> np.ndarray:
-    """Target debt / equity ``(B,)``: ``(a + 1) / 2 * max_leverage`` clipped to ``S / (1 - S)``.
-
-    Args:
-        leverage_action: ``(B,)`` in [-1, 1] (clipped first).
-        weights: ``(B, N + 1)`` target weights, cash last.
-        ltv: ``(N,)`` loan-to-value of each risky asset.
-    """
-    wanted = (np.clip(leverage_action, -1.0, 1.0) + 1.0) * 0.5 * max_leverage
-    s = ltv_buffer * (weights[:, :-1] * ltv).sum(axis=1)
-    return np.minimum(wanted, s / (1.0 - s))
-
-
-def max_feasible_leverage(ltv: np.ndarray, ltv_buffer: float) -> float:
-    """Largest leverage any target can reach: all weight on the highest-LTV asset."""
-    s = ltv_buffer * float(np.max(ltv))
-    return s / (1.0 - s)
-
-
-def health_factor_fast(
-    units: np.ndarray, price: np.ndarray, liq_threshold: np.ndarray, debt_usd: np.ndarray
-) -> np.ndarray:
-    """``(B,)`` HF = sum(units * price * LT) / debt, ``inf`` without debt (unchecked hot-path form of
-    :func:`envs.protocols.lending.health_factor`)."""
-    weighted = (units * price * liq_threshold).sum(axis=1)
-    safe = debt_usd > 0.0
-    return np.where(safe, weighted / np.where(safe, debt_usd, 1.0), np.inf)
-
-
 @dataclass
 class LeveredFills:
     """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded)."""
@@ -183,17 +106,21 @@ class LeverageEngine:
         if self.lending_on:
             self._check_max_leverage()
         self.layout = ActionLayout(self.n_assets, self.lending_on, self.perps_on)
-        depth = np.array([env.amm.pair_depth_usd(a) for a in asset_names])
         self.paths = ProtocolPaths(
             self.setup,
             n_envs,
             env.warmup + env.horizon + 1,
             lending=self.lending_on,
             perps=self.perps_on,
-            cascades=self.cascades_on,
-            depth_usd=depth,
             step_days=config.market.step_days,
         )
+        self.cascades: BorrowerCascades | None = None
+        if self.cascades_on:
+            assert self.setup.lending is not None and self.setup.reserves is not None
+            depth = np.array([env.amm.pair_depth_usd(a) for a in asset_names])
+            self.cascades = BorrowerCascades(
+                self.setup.lending.population, self.setup.reserves, n_envs, depth
+            )
         self.debt = np.zeros(n_envs)
         self.perp_size = np.zeros((n_envs, self.n_assets))
         self.obs_size = 3 * int(self.lending_on) + 2 * self.n_assets * int(self.perps_on)
@@ -212,10 +139,31 @@ class LeverageEngine:
                 f"and leverage <= S / (1 - S); lower max_leverage to <= {cap:.4f}"
             )
 
-    def reset(self, index: np.ndarray, paths: object, seeds: np.ndarray) -> None:
-        self.paths.reset(index, paths, seeds)  # type: ignore[arg-type]
+    def reset(self, index: np.ndarray, paths: MarketPaths, seeds: np.ndarray) -> None:
+        self.paths.reset(index, paths, seeds)
+        if self.cascades is not None:
+            w = paths.warmup
+            self.cascades.reset(index, paths.close[:, w], paths.depth_multiplier[:, w])
         self.debt[index] = 0.0
         self.perp_size[index] = 0.0
+
+    def snapshot(self, index: int) -> dict:
+        """JSON-serializable protocol state of env ``index`` (debt, perps, borrower population)."""
+        state: dict = {"debt": float(self.debt[index]), "perp_size": self.perp_size[index].tolist()}
+        if self.cascades is not None:
+            state["population_units"] = self.cascades.units[index].tolist()
+            state["population_debt"] = self.cascades.debt[index].tolist()
+            state["population_fresh"] = self.cascades.fresh[index].tolist()
+        return state
+
+    def restore(self, index: int, state: dict) -> None:
+        """Inverse of :meth:`snapshot` (the protocol paths must already be generated by a reset)."""
+        self.debt[index] = float(state["debt"])
+        self.perp_size[index] = np.asarray(state["perp_size"])
+        if self.cascades is not None:
+            self.cascades.units[index] = np.asarray(state["population_units"])
+            self.cascades.debt[index] = np.asarray(state["population_debt"])
+            self.cascades.fresh[index] = np.asarray(state["population_fresh"])
 
     # ------------------------------------------------------------------ views
     def debt_usd(self, num: np.ndarray) -> np.ndarray:
@@ -228,7 +176,12 @@ class LeverageEngine:
         return health_factor_fast(units, price, self.setup.reserves.liq_threshold, self.debt * num)  # type: ignore[union-attr]
 
     def observation(
-        self, units: np.ndarray, price: np.ndarray, num: np.ndarray, value: np.ndarray, tau: np.ndarray
+        self,
+        units: np.ndarray,
+        price: np.ndarray,
+        num: np.ndarray,
+        value: np.ndarray,
+        tau: np.ndarray,
     ) -> np.ndarray:
         """Protocol block ``(B, obs_size)``: ``[log min(HF, 10), debt / equity, borrow rate x 10]`` if
         lending, then ``[perp notional_i / equity]`` and ``[funding rate_i annualized x 10]`` if perps."""
@@ -279,7 +232,11 @@ class LeverageEngine:
         eq = np.maximum(equity, 0.0)
         if self.lending_on:
             lev = leverage_target(
-                lev_a, w, self.setup.reserves.ltv, self.cfg.lending.max_leverage, self.cfg.lending.ltv_buffer  # type: ignore[union-attr]
+                lev_a,
+                w,
+                self.setup.reserves.ltv,
+                self.cfg.lending.max_leverage,
+                self.cfg.lending.ltv_buffer,  # type: ignore[union-attr]
             )
         else:
             lev = np.zeros(self.n_envs)
@@ -294,9 +251,13 @@ class LeverageEngine:
         if self.lending_on:
             target_debt_usd = lev * eq
             gap_usd = target_debt_usd - self.debt * num
-            move_debt = (np.abs(gap_usd) > band * eq) | ((target_debt_usd <= 0.0) & (self.debt > 0.0))
+            move_debt = (np.abs(gap_usd) > band * eq) | (
+                (target_debt_usd <= 0.0) & (self.debt > 0.0)
+            )
             borrow_usd = np.where(move_debt & (gap_usd > 0.0), gap_usd, 0.0)
-            borrow_gas = np.where(borrow_usd > 0.0, self._gas_usd(GAS_UNITS["aave_borrow"], gwei, eth), 0.0)
+            borrow_gas = np.where(
+                borrow_usd > 0.0, self._gas_usd(GAS_UNITS["aave_borrow"], gwei, eth), 0.0
+            )
             # a borrow must at least pay its own gas (cash never goes negative)
             ok = (borrow_usd > 0.0) & (cash * num + borrow_usd >= borrow_gas)
             borrow_usd = np.where(ok, borrow_usd, 0.0)
@@ -306,15 +267,21 @@ class LeverageEngine:
 
         mask = np.abs(target_usd - units * price) > band * eq[:, None]
         mask |= active[:, None] & (units > 0.0)
-        fills = execute_rebalance(units, cash, target_usd / price, mask, price, num, pools, gas, gwei, eth)
+        fills = execute_rebalance(
+            units, cash, target_usd / price, mask, price, num, pools, gas, gwei, eth
+        )
         units = units + fills.asset_delta
         cash = cash + fills.cash_delta
 
-        if self.lending_on:
-            cash, repay_gas = self._repay(units, cash, price, num, gwei, eth, move_debt, gap_usd, target_debt_usd, borrow_usd)
+        if self.lending_on and move_debt.any():
+            cash, repay_gas = self._repay(
+                units, cash, price, num, gwei, eth, move_debt, gap_usd, target_debt_usd, borrow_usd
+            )
         perp_fee = perp_gas = zero
-        if self.perps_on:
-            cash, perp_fee, perp_gas = self._trade_perps(cash, target_usd, hedge_a, active, price, num, eq, tau, gwei, eth)
+        if self.perps_on and (hedge_a.any() or self.perp_size.any()):
+            cash, perp_fee, perp_gas = self._trade_perps(
+                cash, target_usd, hedge_a, active, price, num, eq, tau, gwei, eth
+            )
         costs = TradeCosts(
             fills.costs.fees_usd + perp_fee,
             fills.costs.slippage_usd,
@@ -376,12 +343,18 @@ class LeverageEngine:
             (want == 0.0) & (old != 0.0)
         )
         new = np.where(trade, want, old)
-        initial_margin = self.cfg.perps.margin_buffer * (self.setup.imf * np.abs(new) * price).sum(axis=1)
+        initial_margin = self.cfg.perps.margin_buffer * (self.setup.imf * np.abs(new) * price).sum(
+            axis=1
+        )
         cash_usd = cash * num
         # |new - old| <= |new| + |old| bounds the fee of any scaled-down book
         fee_bound = perps.trading_fee * ((np.abs(old) + np.abs(new)) * mark).sum(axis=1)
         room = cash_usd - fee_bound
-        scale = np.where(initial_margin > room, np.clip(room / np.where(initial_margin > 0, initial_margin, 1.0), 0.0, 1.0), 1.0)
+        scale = np.where(
+            initial_margin > room,
+            np.clip(room / np.where(initial_margin > 0, initial_margin, 1.0), 0.0, 1.0),
+            1.0,
+        )
         new = new * scale[:, None]
         traded = np.abs(new - old)
         fee = perps.trading_fee * (traded * mark).sum(axis=1)

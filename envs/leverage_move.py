@@ -9,8 +9,9 @@ Order, per env (all vectorized over the batch):
    observes the rate it will pay.
 2. perps: PnL ``size * (mark(t+1) - mark(t))`` is settled to cash; funding over the step is
    ``rate(t) * size * index(t)`` (``funding_usd`` = paid minus received; ``rate > 0``: longs pay).
-3. cascades: the borrower population's forced sales of the step (precomputed at reset, they depend
-   only on prices) are sold into the agent's pools, which stay dislocated until the next realign;
+3. cascades: the borrower population is liquidated at the step's raw low (envs/leverage_population.py;
+   it depends only on prices) and its liquidators' sales go into the agent's pools, which stay
+   dislocated until the next realign;
    the intra-step low used for the agent's checks is deepened to
    ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted pool price).
 4. lending liquidation at ``low_eff`` (Aave close factor, bonus, protocol fee:
@@ -49,7 +50,9 @@ class MoveOutcome:
     """Per-env ``(B,)`` results of the protocols during one move (USD unless named otherwise).
 
     ``units_during_move``/``cash_during_move``/``debt_during_move`` (numeraire units) and
-    ``perp_size_during_move`` are the positions that earned the market PnL of the move.
+    ``perp_size_during_move`` are the positions that earned the market PnL of the move;
+    ``low_effective`` ``(B, N)`` the low the agent was checked at, ``cascade_sale_units`` ``(B, N)``
+    what the population's liquidators sold into the pools.
     """
 
     units: np.ndarray
@@ -61,6 +64,7 @@ class MoveOutcome:
     insurance_usd: np.ndarray
     liquidations: np.ndarray
     low_effective: np.ndarray
+    cascade_sale_units: np.ndarray
     units_during_move: np.ndarray
     cash_during_move: np.ndarray
     debt_during_move: np.ndarray
@@ -71,19 +75,31 @@ class MoveOutcome:
         return self.liquidation_penalty_usd + self.perp_liquidation_usd
 
 
-def pool_price(pools: PoolBook, rows: np.ndarray | slice) -> np.ndarray:
-    """Liquidity-weighted price of each pair ``(b, N)`` (numeraire per asset) over its fee tiers."""
-    return pools.reserve_num[rows].sum(axis=-1) / pools.reserve_asset[rows].sum(axis=-1)
+def sell_into_pools(pools: PoolBook, rows: np.ndarray, sell_units: np.ndarray) -> np.ndarray:
+    """Sell ``sell_units`` ``(len(rows), N)`` of each asset for the numeraire in the pools of envs
+    ``rows``, split optimally across the fee tiers (a liquidator's router, no gas).
 
-
-def sell_into_pools(pools: PoolBook, rows: np.ndarray, sell_units: np.ndarray) -> None:
-    """Sell ``sell_units`` ``(len(rows), N)`` of each asset for the numeraire, split optimally across
-    the fee tiers (a liquidator's router, no gas), mutating the pools of envs ``rows``."""
-    reserve_asset = pools.reserve_asset[rows]
-    reserve_num = pools.reserve_num[rows]
-    route = route_order(sell_units, reserve_asset, reserve_num, pools.fees, validate=False)
-    pools.reserve_asset[rows] = reserve_asset + route.amounts_in
-    pools.reserve_num[rows] = reserve_num - route.amounts_out
+    Only the pairs with something to sell are routed. Returns ``(len(rows), N)`` the ratio of each
+    pair's liquidity-weighted price (sum of numeraire / sum of asset reserves over its tiers) after
+    the sale to before it (1 where nothing was sold).
+    """
+    ratio = np.ones(sell_units.shape)
+    sub, asset = np.nonzero(sell_units > 0.0)
+    if sub.size == 0:
+        return ratio
+    env = rows[sub]
+    reserve_asset = pools.reserve_asset[env, asset]
+    reserve_num = pools.reserve_num[env, asset]
+    route = route_order(
+        sell_units[sub, asset], reserve_asset, reserve_num, pools.fees, validate=False
+    )
+    new_asset = reserve_asset + route.amounts_in
+    new_num = reserve_num - route.amounts_out
+    pools.reserve_asset[env, asset] = new_asset
+    pools.reserve_num[env, asset] = new_num
+    before = reserve_num.sum(axis=-1) / reserve_asset.sum(axis=-1)
+    ratio[sub, asset] = new_num.sum(axis=-1) / new_asset.sum(axis=-1) / before
+    return ratio
 
 
 def protocol_move(
@@ -117,15 +133,13 @@ def protocol_move(
         interest = (debt - held[2]) * num1 - ((grown - units) * price1).sum(axis=1)
         units = grown
 
-    low_eff = low1
-    if engine.cascades_on:
-        sales = paths.forced_sales[rows, tau + 1]
+    low_eff, sales = low1, zero[:, None]
+    if engine.cascades is not None:
+        sales = engine.cascades.step(low1, price1)
         hit = np.flatnonzero(sales.any(axis=1))
         if hit.size:
-            before = pool_price(pools, hit)
-            sell_into_pools(pools, hit, sales[hit])
             low_eff = low1.copy()
-            low_eff[hit] = low1[hit] * (pool_price(pools, hit) / before)
+            low_eff[hit] = low1[hit] * sell_into_pools(pools, hit, sales[hit])
 
     penalty = zero
     liquidations = np.zeros(b, dtype=np.int64)
@@ -138,7 +152,9 @@ def protocol_move(
             idx = np.flatnonzero(underwater)
             # the spot router can leave -1e-13 units after a full sell; the protocol math rejects negatives
             bag = np.maximum(units[idx], 0.0)
-            result = liquidation_from_params(debt_usd[idx], bag, low_eff[idx], reserves, setup.lending)
+            result = liquidation_from_params(
+                debt_usd[idx], bag, low_eff[idx], reserves, setup.lending
+            )
             seized = result.collateral_seized_units
             units = units.copy()
             units[idx] = units[idx] - seized
@@ -155,9 +171,21 @@ def protocol_move(
 
     funding = perp_cost = insurance = zero
     if engine.perps_on:
-        cash, funding, perp_cost, insurance = _settle_perps(engine, cash, tau, price0, num1, low_eff, high1, liquidations)
+        cash, funding, perp_cost, insurance = _settle_perps(
+            engine, cash, tau, price0, num1, low_eff, high1, liquidations
+        )
     return MoveOutcome(
-        units, cash, interest, funding, penalty, perp_cost, insurance, liquidations, low_eff, *held
+        units,
+        cash,
+        interest,
+        funding,
+        penalty,
+        perp_cost,
+        insurance,
+        liquidations,
+        low_eff,
+        np.broadcast_to(sales, units.shape),
+        *held,
     )
 
 

@@ -1,9 +1,10 @@
-"""Protocol paths: the agent-independent lending, perps and cascade series of every env, built at reset.
+"""Protocol paths: the agent-independent lending and perps series of every env, built at reset.
 
-Borrow and supply rates (from the regime-driven utilization), the perp basis, mark and funding, and
-the borrower population's forced sales depend only on the market path and the path's seed, never on
-the agent. Generating them once per episode (vectorized over the envs that reset, looped over time
-only inside the protocol functions) keeps the per-step cost to a few array gathers.
+Borrow and supply rates (from the regime-driven utilization) and the perp basis, mark and funding
+depend only on the market path and the path's seed, never on the agent. Generating them once per
+episode (vectorized over the envs that reset; the regime AR(1) as a linear filter) keeps the
+per-step cost to a few array gathers. (The borrower population of the cascades is stepped with the
+envs instead: envs/leverage_population.py.)
 
 Randomness: env ``i`` draws its utilization shocks from ``np.random.default_rng([seed_i, 1])`` and
 its basis shocks from ``np.random.default_rng([seed_i, 2])``, so a path's protocol series are the
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import lfilter
 
 from envs.market.paths import MarketPaths
 from envs.protocols.lending import (
     accrue_debt,
     accrue_supply,
-    population_liquidations,
     regime_utilization,
     reserve_rates,
 )
@@ -91,14 +92,42 @@ def regime_path(
 ) -> np.ndarray:
     """Run a regime AR(1) along time: ``(b, T)`` codes and ``(b, T, C)`` shocks -> ``(b, T, C)`` values.
 
-    ``draw`` is the protocol's draw function (``regime_utilization`` or ``regime_basis``); the first
-    step starts from the stationary distribution of its regime.
+    ``draw`` is the protocol's one-step function (``regime_utilization`` or ``regime_basis``); the
+    first step starts from the stationary distribution of its regime. Reference implementation of
+    :func:`fast_regime_path`.
     """
     out = np.empty(noise.shape)
     previous = None
     for t in range(noise.shape[1]):
         previous = draw(regime_codes[:, t], process, noise[:, t], previous)  # type: ignore[operator]
         out[:, t] = previous
+    return out
+
+
+def fast_regime_path(
+    process: RegimeProcess, regime_codes: np.ndarray, noise: np.ndarray, draw: object
+) -> np.ndarray:
+    """:func:`regime_path` as a linear filter (equal to ~1e-15), for paths that never touch the bounds.
+
+    ``x_t = phi x_{t-1} + (1 - phi) m_t + sqrt(1 - phi^2) s_t eps_t`` is an IIR filter of its input;
+    the clip of every step only matters on a path that leaves ``[lower, upper]``, and such rows are
+    recomputed with the step-by-step reference, so the result never depends on the batch.
+    """
+    mean = process.mean[regime_codes]
+    std = process.std[regime_codes]
+    phi = np.broadcast_to(np.asarray(process.persistence, dtype=float), mean.shape[-1:])
+    drive = (1.0 - phi) * mean + np.sqrt(1.0 - phi * phi) * std * noise
+    drive[:, 0] = mean[:, 0] + std[:, 0] * noise[:, 0]  # stationary start
+    out = np.empty(noise.shape)
+    for value in np.unique(phi):
+        cols = np.flatnonzero(phi == value)
+        out[..., cols] = lfilter([1.0], [1.0, -value], drive[..., cols], axis=1)
+    lower = np.broadcast_to(np.asarray(process.lower, dtype=float), phi.shape)
+    upper = np.broadcast_to(np.asarray(process.upper, dtype=float), phi.shape)
+    outside = ((out < lower) | (out > upper)).any(axis=(1, 2))
+    if outside.any():
+        rows = np.flatnonzero(outside)
+        out[rows] = regime_path(process, regime_codes[rows], noise[rows], draw)
     return out
 
 
@@ -121,8 +150,6 @@ class ProtocolPaths:
         mark: ``(B, L, N)`` perp mark price, USD.
         funding: ``(B, L, N)`` funding rate over the step ``tau -> tau + 1`` (fraction of notional,
             > 0: longs pay).
-        forced_sales: ``(B, L, N)`` units the population's liquidators sell in the step ending at
-            ``tau`` (zero at and before ``warmup``).
     """
 
     def __init__(
@@ -133,17 +160,16 @@ class ProtocolPaths:
         *,
         lending: bool,
         perps: bool,
-        cascades: bool,
-        depth_usd: np.ndarray,
         step_days: float,
     ) -> None:
         b, n = n_envs, len(setup.asset_names)
         self.setup = setup
-        self.lending, self.perps, self.cascades = lending, perps, cascades
-        self.depth_usd = depth_usd
+        self.lending, self.perps = lending, perps
         self.dt_years = step_days / DAYS_PER_YEAR
         self.step_days = step_days
-        self._processes: dict[tuple[str, ...], tuple[RegimeProcess | None, RegimeProcess | None]] = {}
+        self._processes: dict[
+            tuple[str, ...], tuple[RegimeProcess | None, RegimeProcess | None]
+        ] = {}
         if lending:
             self.borrow_rate = np.zeros((b, length))
             self.debt_growth = np.ones((b, length))
@@ -153,8 +179,6 @@ class ProtocolPaths:
             self.basis = np.zeros((b, length, n))
             self.mark = np.ones((b, length, n))
             self.funding = np.zeros((b, length, n))
-        if cascades:
-            self.forced_sales = np.zeros((b, length, n))
 
     def _regime_processes(
         self, regime_names: tuple[str, ...]
@@ -181,15 +205,15 @@ class ProtocolPaths:
             self._reset_rates(index, paths, seeds, codes, util_process)
         if basis_process is not None:
             noise = path_noise(seeds, BASIS_STREAM, steps, paths.n_assets)
-            basis = regime_path(basis_process, codes, noise, regime_basis)
+            basis = fast_regime_path(basis_process, codes, noise, regime_basis)
             self.basis[index, w:] = basis
             self.basis[index, :w] = basis[:, :1]
             self.mark[index] = mark_price(paths.close, self.basis[index])
-            funding = funding_rate_from_params(self.mark[index], paths.close, self.setup.perps.funding)  # type: ignore[union-attr]
+            funding = funding_rate_from_params(
+                self.mark[index], paths.close, self.setup.perps.funding
+            )  # type: ignore[union-attr]
             # the venue's periods_per_step counts 8 h periods per daily step
             self.funding[index] = funding * self.step_days
-        if self.cascades:
-            self._reset_population(index, paths)
 
     def _reset_rates(
         self,
@@ -201,7 +225,7 @@ class ProtocolPaths:
     ) -> None:
         w, n = paths.warmup, paths.n_assets
         noise = path_noise(seeds, UTILIZATION_STREAM, codes.shape[1], n + 1)
-        util = regime_path(process, codes, noise, regime_utilization)
+        util = fast_regime_path(process, codes, noise, regime_utilization)
         setup = self.setup
         debt_borrow, _ = reserve_rates(util[..., 0], setup.debt_reserve)  # type: ignore[arg-type]
         _, asset_supply = reserve_rates(util[..., 1:], setup.reserves)  # type: ignore[arg-type]
@@ -211,21 +235,3 @@ class ProtocolPaths:
         self.supply_rate[index, :w] = asset_supply[:, :1]
         self.debt_growth[index] = accrue_debt(1.0, self.borrow_rate[index], self.dt_years)
         self.supply_growth[index] = accrue_supply(1.0, self.supply_rate[index], self.dt_years)
-
-    def _reset_population(self, index: np.ndarray, paths: MarketPaths) -> None:
-        setup, w = self.setup, paths.warmup
-        reserves = setup.reserves
-        assert setup.lending is not None and reserves is not None
-        depth = self.depth_usd[None, :] * paths.depth_multiplier[:, w, None]
-        sales = population_liquidations(
-            paths.low[:, w + 1 :],
-            paths.close[:, w],
-            depth,
-            reserves.liq_threshold,
-            reserves.liq_bonus,
-            reserves.liq_protocol_fee,
-            setup.lending.population,
-            paths.close[:, w + 1 :],
-        )
-        self.forced_sales[index, : w + 1] = 0.0
-        self.forced_sales[index, w + 1 :] = sales

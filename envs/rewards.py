@@ -44,7 +44,9 @@ class RewardModel:
         if kind == "log_growth":
             reward = growth
         elif kind == "drawdown_penalized":
-            reward = growth - self.cfg.drawdown_penalty * np.maximum(drawdown_after - drawdown_before, 0.0)
+            reward = growth - self.cfg.drawdown_penalty * np.maximum(
+                drawdown_after - drawdown_before, 0.0
+            )
         else:
             reward = self._differential_sharpe(ratio - 1.0)
         return self.cfg.scale * reward

@@ -36,5 +36,7 @@ def check_evaluation_seeds(seeds: np.ndarray) -> np.ndarray:
     """Refuse evaluation seeds in the training range."""
     seeds = np.asarray(seeds, dtype=np.int64)
     if np.any(seeds < 0) or np.any(seeds >= TRAIN_SEED_BASE):
-        raise ValueError(f"evaluation seeds must be in [0, 2**62) to stay disjoint from training; got {seeds}")
+        raise ValueError(
+            f"evaluation seeds must be in [0, 2**62) to stay disjoint from training; got {seeds}"
+        )
     return seeds

@@ -33,7 +33,8 @@ from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance, target_units
 from envs.features import market_features, n_market_features, observation_size
 from envs.kill_switch import KillSwitch
-from envs.leverage import LeverageEngine, StepCosts
+from envs.leverage import LeverageEngine
+from envs.leverage_info import protocol_info, protocol_step_fields
 from envs.leverage_move import MoveOutcome, protocol_move
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
@@ -140,7 +141,9 @@ class PortfolioSimulator:
         self.gas_gwei = np.ones((b, length))
         self.eth = np.ones((b, length))
         self.regime = np.zeros((b, length), dtype=np.int8)
-        self.features = np.zeros((b, length, n_market_features(n, env_cfg.observation)), dtype=np.float32)
+        self.features = np.zeros(
+            (b, length, n_market_features(n, env_cfg.observation)), dtype=np.float32
+        )
         self.regime_names: tuple[str, ...] = ()
         self.dates: np.ndarray | None = None
         self.t = np.zeros(b, dtype=np.int64)
@@ -150,11 +153,15 @@ class PortfolioSimulator:
         self.value = np.ones(b)
 
     # ------------------------------------------------------------------ reset
-    def reset_envs(self, index: np.ndarray, seeds: np.ndarray, paths: MarketPaths | None = None) -> None:
+    def reset_envs(
+        self, index: np.ndarray, seeds: np.ndarray, paths: MarketPaths | None = None
+    ) -> None:
         """Start new episodes for envs ``index`` on market paths drawn from ``seeds`` (or given ``paths``)."""
         index = np.asarray(index, dtype=np.int64)
         if paths is None:
-            paths = sample_paths(self.config.market, np.asarray(seeds), self.path_length, self.warmup)
+            paths = sample_paths(
+                self.config.market, np.asarray(seeds), self.path_length, self.warmup
+            )
         if paths.length != self.path_length or paths.n_assets != self.n_assets:
             raise ValueError(
                 f"market paths have length {paths.length} and {paths.n_assets} assets; "
@@ -171,7 +178,9 @@ class PortfolioSimulator:
         self.regime_names = paths.regime_names
         if paths.dates is not None:
             if self.dates is None:
-                self.dates = np.full((self.n_envs, self.path_length), np.datetime64("NaT"), dtype="datetime64[D]")
+                self.dates = np.full(
+                    (self.n_envs, self.path_length), np.datetime64("NaT"), dtype="datetime64[D]"
+                )
             self.dates[index] = np.broadcast_to(paths.dates, (len(index), self.path_length))
         self.features[index] = market_features(
             paths.close,
@@ -293,15 +302,27 @@ class PortfolioSimulator:
         assert engine is not None
         arr = np.asarray(actions, dtype=np.float64)
         spot_only = arr.shape[-1] == self.n_assets + 1 and self.action_dim > self.n_assets + 1
-        actions = validate_actions(actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim)
+        actions = validate_actions(
+            actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim
+        )
         rows, tau = self._rows, self._tau()
         price, num = self.close[rows, tau], self.numeraire[rows, tau]
         value_before = self.value
         hf = engine.health_factor(self.units, price, num) if engine.lending_on else None
         active = self.kill_switch.update(1.0 - value_before / self.peak, hf)
         fills = engine.execute(
-            self.units, self.cash, actions, active, price, num, value_before, tau,
-            self.pools, self.gas, self.gas_gwei[rows, tau], self.eth[rows, tau],
+            self.units,
+            self.cash,
+            actions,
+            active,
+            price,
+            num,
+            value_before,
+            tau,
+            self.pools,
+            self.gas,
+            self.gas_gwei[rows, tau],
+            self.eth[rows, tau],
         )
         self.units, self.cash = fills.units, fills.cash
         turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
@@ -319,8 +340,16 @@ class PortfolioSimulator:
         engine = self.protocols
         if engine is not None:
             move = protocol_move(
-                engine, self.units, self.cash, tau1 - 1, self.close[rows, tau1 - 1], new_price, new_num,
-                self.low[rows, tau1], self.high[rows, tau1], self.pools,
+                engine,
+                self.units,
+                self.cash,
+                tau1 - 1,
+                self.close[rows, tau1 - 1],
+                new_price,
+                new_num,
+                self.low[rows, tau1],
+                self.high[rows, tau1],
+                self.pools,
             )
             self._move = move
             self.units, self.cash = move.units, move.cash
@@ -341,44 +370,37 @@ class PortfolioSimulator:
         terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
         truncated = (self.t >= self.horizon) & ~terminated
         result = StepResult(
-            reward, terminated, truncated, value_after, done.costs, done.turnover, self.regime[rows, tau1],
+            reward,
+            terminated,
+            truncated,
+            value_after,
+            done.costs,
+            done.turnover,
+            self.regime[rows, tau1],
             done.kill_switch,
         )
         if engine is not None:
-            self._protocol_fields(result, done.costs, new_price, new_num)
+            assert self._move is not None
+            protocol_step_fields(result, engine, self._move, self.units, new_price, new_num)
         return result
-
-    def _protocol_fields(self, result: StepResult, costs: TradeCosts, price: np.ndarray, num: np.ndarray) -> None:
-        engine, move = self.protocols, self._move
-        assert engine is not None and move is not None
-        result.costs = StepCosts(
-            costs.fees_usd, costs.slippage_usd, costs.gas_usd,
-            move.interest_usd, move.funding_usd, move.liquidation_usd,
-        )
-        result.health_factor = engine.health_factor(self.units, price, num)
-        result.debt_usd = engine.debt * num
-        collateral = (self.units * price).sum(axis=1)
-        result.collateral_usd = collateral if engine.lending_on else np.zeros(self.n_envs)
-        result.liquidations = move.liquidations
-        result.liquidation_penalty_usd = move.liquidation_penalty_usd
-        result.interest_usd = move.interest_usd
-        result.funding_usd = move.funding_usd
-        result.perp_notional_usd = (np.abs(engine.perp_size) * price).sum(axis=1)
-        result.insurance_usd = move.insurance_usd
 
     # ------------------------------------------------------------------ state
     STATE_FIELDS = ("t", "units", "cash", "peak", "value")
 
     def snapshot(self, index: int) -> dict:
         """JSON-serializable state of env ``index`` (positions, pools, risk state), for ledgers and resumes."""
-        state = {name: np.asarray(getattr(self, name)[index]).tolist() for name in self.STATE_FIELDS}
+        state = {
+            name: np.asarray(getattr(self, name)[index]).tolist() for name in self.STATE_FIELDS
+        }
         state["reserve_asset"] = self.pools.reserve_asset[index].tolist()
         state["reserve_num"] = self.pools.reserve_num[index].tolist()
         state["kill_switch_remaining"] = int(self.kill_switch.remaining[index])
-        state["reward_ema"] = [float(self.rewards.ema_mean[index]), float(self.rewards.ema_sq[index])]
+        state["reward_ema"] = [
+            float(self.rewards.ema_mean[index]),
+            float(self.rewards.ema_sq[index]),
+        ]
         if self.protocols is not None:
-            state["debt"] = float(self.protocols.debt[index])
-            state["perp_size"] = self.protocols.perp_size[index].tolist()
+            state["protocols"] = self.protocols.snapshot(index)
         return state
 
     def restore(self, index: int, state: dict) -> None:
@@ -390,15 +412,18 @@ class PortfolioSimulator:
         self.kill_switch.remaining[index] = int(state["kill_switch_remaining"])
         self.rewards.ema_mean[index], self.rewards.ema_sq[index] = state["reward_ema"]
         if self.protocols is not None:
-            self.protocols.debt[index] = float(state.get("debt", 0.0))
-            self.protocols.perp_size[index] = np.asarray(state.get("perp_size", 0.0))
+            self.protocols.restore(index, state["protocols"])
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
         price, num = self.prices_now()
         value = self.value[index]
         tau = int(self._tau()[index])
-        costs = result.costs.as_dict(index) if result is not None else {"fees": 0.0, "slippage": 0.0, "gas": 0.0}
+        costs = (
+            result.costs.as_dict(index)
+            if result is not None
+            else {"fees": 0.0, "slippage": 0.0, "gas": 0.0}
+        )
         for kind in ("interest", "funding", "liquidation"):
             costs.setdefault(kind, 0.0)
         holdings = np.append(self.units[index], self.cash[index])
@@ -417,40 +442,19 @@ class PortfolioSimulator:
         if self.dates is not None:
             info["date"] = str(self.dates[index, tau])
         if self.protocols is not None:
-            info.update(self._protocol_info(index, tau, price, num, result))
-        return info
-
-    def _protocol_info(
-        self, index: int, tau: int, price: np.ndarray, num: np.ndarray, result: StepResult | None
-    ) -> dict:
-        """Protocol keys of ``info`` (see docs/env_leverage.md); flows are zero right after a reset."""
-        engine = self.protocols
-        assert engine is not None
-        p, n = price[index], float(num[index])
-        debt_units = float(engine.debt[index])
-        info: dict = {
-            "health_factor": float(engine.health_factor(self.units, price, num)[index]),
-            "debt_usd": debt_units * n,
-            "debt_units": debt_units,
-            "collateral_usd": float(self.units[index] @ p) if engine.lending_on else 0.0,
-            "perp_size": engine.perp_size[index].copy(),
-            "perp_notional_usd": float(np.abs(engine.perp_size[index]) @ p),
-            "mark_prices": engine.paths.mark[index, tau].copy() if engine.perps_on else p.copy(),
-        }
-        flows = ("liquidations", "liquidation_penalty_usd", "interest_usd", "funding_usd", "insurance_usd")
-        move = self._move
-        if result is None or move is None:
-            info.update({k: 0 if k == "liquidations" else 0.0 for k in flows})
-            info["holdings_during_move"] = np.append(self.units[index], self.cash[index])
-            info["debt_units_during_move"] = debt_units
-            info["perp_size_during_move"] = engine.perp_size[index].copy()
-            info["low_prices_effective"] = self.low[index, tau].copy()
-            return info
-        for key in flows:
-            value = getattr(result, key)[index]
-            info[key] = int(value) if key == "liquidations" else float(value)
-        info["holdings_during_move"] = np.append(move.units_during_move[index], move.cash_during_move[index])
-        info["debt_units_during_move"] = float(move.debt_during_move[index])
-        info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
-        info["low_prices_effective"] = move.low_effective[index].copy()
+            move = self._move if result is not None else None
+            info.update(
+                protocol_info(
+                    self.protocols,
+                    move,
+                    result,
+                    index,
+                    tau,
+                    self.units,
+                    self.cash,
+                    price,
+                    num,
+                    self.low[index, tau],
+                )
+            )
         return info

@@ -19,13 +19,13 @@ a backtest computes from the full path. With ``history_rows`` set, only the trai
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import numpy as np
 
 from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions
 from envs.config import SimulationConfig
-from envs.execution.costs import TradeCosts
 from envs.features import market_features
 from envs.market.paths import MarketPaths
 from envs.simulator import Execution, PortfolioSimulator
@@ -63,7 +63,9 @@ def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
     for name in ("close", "high", "low"):
         arr = np.asarray(getattr(bar, name), dtype=np.float64)
         if arr.shape != (n,):
-            raise ValueError(f"bar {bar.index} ({bar.time}): {name} has shape {arr.shape}, expected ({n},)")
+            raise ValueError(
+                f"bar {bar.index} ({bar.time}): {name} has shape {arr.shape}, expected ({n},)"
+            )
         bad = ~np.isfinite(arr) | (arr <= 0.0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -73,8 +75,12 @@ def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
     for name in ("numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd"):
         value = float(getattr(bar, name))
         if not (np.isfinite(value) and value > 0.0):
-            raise ValueError(f"bar {bar.index} ({bar.time}): {name}={value!r} must be finite and > 0")
-    close, high, low = (np.asarray(getattr(bar, k), dtype=np.float64) for k in ("close", "high", "low"))
+            raise ValueError(
+                f"bar {bar.index} ({bar.time}): {name}={value!r} must be finite and > 0"
+            )
+    close, high, low = (
+        np.asarray(getattr(bar, k), dtype=np.float64) for k in ("close", "high", "low")
+    )
     if np.any(high < close * (1 - 1e-9)) or np.any(low > close * (1 + 1e-9)):
         raise ValueError(f"bar {bar.index} ({bar.time}): need high >= close >= low for every asset")
 
@@ -126,7 +132,18 @@ class StreamingSimulator(PortfolioSimulator):
             raise ValueError(f"capacity={capacity} must be >= 1")
         need = config.env.observation.history_needed
         if history_rows is not None and history_rows < need:
-            raise ValueError(f"history_rows={history_rows} must be >= observation.history_needed = {need}")
+            raise ValueError(
+                f"history_rows={history_rows} must be >= observation.history_needed = {need}"
+            )
+        if config.env.protocols_enabled:
+            # the protocol series (rates, funding, liquidation cascades) are generated per path at
+            # reset; streaming them bar by bar is not implemented, so refuse rather than trade on
+            # series built from padded (flat) future rows
+            raise ValueError(
+                "streaming (paper trading) supports spot-only configs; this config enables "
+                f"env.lending={config.env.lending.enabled}, env.perps={config.env.perps.enabled}, "
+                f"cascades={config.env.cascades_enabled}"
+            )
         super().__init__(_with_horizon(config, capacity), n_envs=1)
         self.feed_regime_names = tuple(regime_names)
         self.history_rows = history_rows
@@ -140,7 +157,17 @@ class StreamingSimulator(PortfolioSimulator):
             return
         new_length = max(rows, 2 * self.path_length)
         extra = new_length - self.path_length
-        for name in ("close", "low", "high", "numeraire", "depth", "gas_gwei", "eth", "regime", "features"):
+        for name in (
+            "close",
+            "low",
+            "high",
+            "numeraire",
+            "depth",
+            "gas_gwei",
+            "eth",
+            "regime",
+            "features",
+        ):
             arr = getattr(self, name)
             pad = np.repeat(arr[:, -1:], extra, axis=1)
             setattr(self, name, np.concatenate([arr, pad], axis=1))
@@ -150,7 +177,9 @@ class StreamingSimulator(PortfolioSimulator):
     def _write_row(self, bar: MarketBar) -> int:
         row = self.rows_loaded
         if bar.index != row:
-            raise ValueError(f"bar index {bar.index} arrived but the simulator expects bar {row} (no gaps, no repeats)")
+            raise ValueError(
+                f"bar index {bar.index} arrived but the simulator expects bar {row} (no gaps, no repeats)"
+            )
         self._ensure_rows(row + 1)
         self.close[0, row] = bar.close
         self.high[0, row] = bar.high
@@ -211,8 +240,12 @@ class StreamingSimulator(PortfolioSimulator):
         if self.started:
             raise RuntimeError("the portfolio has already started")
         if self.rows_loaded != self.warmup + 1:
-            raise RuntimeError(f"start() needs exactly warmup + 1 = {self.warmup + 1} bars; {self.rows_loaded} loaded")
-        self.reset_envs(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=self._padded_paths())
+            raise RuntimeError(
+                f"start() needs exactly warmup + 1 = {self.warmup + 1} bars; {self.rows_loaded} loaded"
+            )
+        self.reset_envs(
+            np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=self._padded_paths()
+        )
         self.started = True
 
     def load_history(self, bars: list[MarketBar]) -> None:
@@ -244,9 +277,18 @@ class StreamingSimulator(PortfolioSimulator):
         if active:
             target = np.zeros_like(target)
             target[-1] = 1.0
-        submitted = apply_no_trade_band(target, current, self.band) | (active & (units_before > 0.0))
+        submitted = apply_no_trade_band(target, current, self.band) | (
+            active & (units_before > 0.0)
+        )
         self.last_intent = OrderIntent(
-            current, target, submitted, float(done.value_before[0]), units_before, cash_before, price[0].copy(), float(num[0])
+            current,
+            target,
+            submitted,
+            float(done.value_before[0]),
+            units_before,
+            cash_before,
+            price[0].copy(),
+            float(num[0]),
         )
         return done
 
@@ -262,7 +304,10 @@ class StreamingSimulator(PortfolioSimulator):
             for f in dataclasses.fields(pending):
                 value = getattr(pending, f.name)
                 if dataclasses.is_dataclass(value):
-                    record[f.name] = {g.name: np.asarray(getattr(value, g.name)).tolist() for g in dataclasses.fields(value)}
+                    record[f.name] = {
+                        g.name: np.asarray(getattr(value, g.name)).tolist()
+                        for g in dataclasses.fields(value)
+                    }
                 else:
                     record[f.name] = np.asarray(value).tolist()
             state["pending"] = record
@@ -271,7 +316,9 @@ class StreamingSimulator(PortfolioSimulator):
     def load_state(self, state: dict) -> None:
         """Inverse of :meth:`state` (the bars up to the state's decision row must be loaded)."""
         if not self.started:
-            raise RuntimeError("load_state() needs the warmup bars loaded and the portfolio started")
+            raise RuntimeError(
+                "load_state() needs the warmup bars loaded and the portfolio started"
+            )
         self.restore(0, state)
         if self.decision_row != self.rows_loaded - 1:
             raise ValueError(
@@ -281,11 +328,15 @@ class StreamingSimulator(PortfolioSimulator):
         if pending is None:
             self._pending = None
             return
+        hints = typing.get_type_hints(Execution)
         values = {}
         for f in dataclasses.fields(Execution):
             raw = pending[f.name]
-            if isinstance(raw, dict):
-                values[f.name] = TradeCosts(**{k: np.asarray(v, dtype=np.float64) for k, v in raw.items()})
+            kind = hints[f.name]
+            if isinstance(raw, dict) and dataclasses.is_dataclass(kind):
+                values[f.name] = kind(
+                    **{k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
+                )
             else:
                 values[f.name] = np.asarray(raw)
         self._pending = Execution(**values)

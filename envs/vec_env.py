@@ -50,7 +50,9 @@ class DeFiMarketVecEnv(VecEnv):
 
     # SB3 VecEnv API ---------------------------------------------------------
     def seed(self, seed: int | None = None) -> Sequence[None | int]:
-        self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+        self._rngs = [
+            seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)
+        ]
         return [None if seed is None else seed + i for i in range(self.num_envs)]
 
     def _draw_path_seeds(self, index: np.ndarray) -> np.ndarray:
@@ -81,7 +83,10 @@ class DeFiMarketVecEnv(VecEnv):
                 infos[i] = {
                     "terminal_observation": obs[i].copy(),
                     "TimeLimit.truncated": bool(result.truncated[i]),
-                    "episode": {"r": float(self._episode_return[i]), "l": int(self._episode_length[i])},
+                    "episode": {
+                        "r": float(self._episode_return[i]),
+                        "l": int(self._episode_length[i]),
+                    },
                     "portfolio_value": float(result.value_usd[i]),
                 }
             self.sim.reset_envs(index, self._draw_path_seeds(index))
@@ -104,9 +109,13 @@ class DeFiMarketVecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         setattr(self, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs
+    ) -> list[Any]:
         method = getattr(self, method_name)
         return [method(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
 
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
         return [False for _ in self._get_indices(indices)]

@@ -366,34 +366,57 @@ def _cell(summary: pd.DataFrame, policy: str, metric: str, what: str = "mean") -
     return f"{fmt(metric, row[what])} [{fmt(metric, row[what + '_ci_low'])}, {fmt(metric, row[what + '_ci_high'])}]"
 
 
+TERMINAL_METRICS = (
+    "sharpe_ratio",
+    "annual_return",
+    "max_drawdown",
+    "conditional_value_at_risk",
+    "cost_total_usd",
+)
+
+
 def print_group(g: GroupComparison, console: Console) -> None:
-    """Two rich tables: mean [95% CI] of key metrics; then IQM, P(improvement), PSR and DSR."""
+    """Rich tables: mean [95% CI] and IQM [95% CI] of the key metrics (one table for a single
+    path), then P(improvement) over the best baseline, PSR and DSR."""
     title = f"{g.scenario_set}: {g.n_scenarios} scenario(s), config {g.config_hash}, {len(g.run_ids)} run(s)"
-    cols = ("sharpe_ratio", "annual_return", "max_drawdown", "cost_total_usd")
-    metrics = Table(title=f"{title}\nmean [95% stratified-bootstrap CI] across scenarios")
-    metrics.add_column("policy")
-    for c in cols:
-        metrics.add_column(c, justify="right")
+    cols = [
+        c
+        for c in TERMINAL_METRICS
+        if not g.summary.empty and (g.best_baseline or "", c) in g.summary.index
+    ]
+    kinds = (
+        (("mean", "value on the single path"),)
+        if g.n_scenarios == 1
+        else (
+            ("mean", "mean [95% stratified-bootstrap CI] across scenarios"),
+            ("iqm", "IQM [95% stratified-bootstrap CI] across scenarios"),
+        )
+    )
+    for what, label in kinds:
+        table = Table(title=f"{title}\n{label}")
+        table.add_column("policy")
+        for c in cols:
+            table.add_column(c, justify="right")
+        for p in g.sharpe_tests.index:
+            table.add_row(p, *[_cell(g.summary, p, c, what) for c in cols])
+        console.print(table)
     tests = Table(
         title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)"
     )
-    for c in ("policy", "Sharpe IQM [CI]", "P(better than best) [CI]", "PSR", "DSR"):
+    for c in ("policy", "P(better than best) [CI]", "PSR", "DSR"):
         tests.add_column(c, justify="left" if c == "policy" else "right")
     for p in g.sharpe_tests.index:
-        metrics.add_row(p, *[_cell(g.summary, p, c) for c in cols])
         poi = "(best)" if p == g.best_baseline else "-"
         if p in g.improvement.index and g.n_scenarios == 1:
             poi = "n/a (1 path)"
         elif p in g.improvement.index:
             r = g.improvement.loc[p]
-            poi = f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]" + (
-                " *" if r["poi_significant"] else ""
+            star = " *" if r["poi_significant"] else ""
+            poi = (
+                f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]{star}"
             )
         t = g.sharpe_tests.loc[p]
-        tests.add_row(
-            p, _cell(g.summary, p, "sharpe_ratio", "iqm"), poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}"
-        )
-    console.print(metrics)
+        tests.add_row(p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
     console.print(tests)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

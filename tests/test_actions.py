@@ -5,7 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions, weights_to_actions
+from envs.actions import (
+    actions_to_weights,
+    apply_no_trade_band,
+    validate_actions,
+    weights_to_actions,
+)
 
 
 def test_hand_computed_mapping():

@@ -6,7 +6,9 @@ from envs.config import ConfigError, load_config, parse_cli_overrides
 
 
 def test_default_config_loads_and_overrides_apply():
-    cfg = load_config(None, parse_cli_overrides(["env.horizon=90", "env.reward.kind=differential_sharpe"]))
+    cfg = load_config(
+        None, parse_cli_overrides(["env.horizon=90", "env.reward.kind=differential_sharpe"])
+    )
     assert cfg.env.horizon == 90
     assert cfg.env.reward.kind == "differential_sharpe"
     assert cfg.market.assets == ["BTC", "ETH", "SOL", "LINK", "AVAX"]
@@ -36,3 +38,12 @@ def test_malformed_override_and_missing_file():
         parse_cli_overrides(["env.horizon"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("does/not/exist.yaml")
+
+
+def test_a_section_can_be_overridden_by_a_file_and_then_refined():
+    cfg = load_config(
+        None, {"market": "configs/market/replay_heldout.yaml", "market.assets": ["BTC", "ETH"]}
+    )
+    assert cfg.market.source == "replay"
+    assert str(cfg.market.start) == "2023-01-01"
+    assert cfg.market.assets == ["BTC", "ETH"]

@@ -90,7 +90,11 @@ def test_determinism_for_a_seed():
 
 
 def test_batched_env_equals_single_envs():
-    n_envs, seed, steps = 4, 21, 130  # crosses an episode boundary (horizon 60): auto-reset included
+    n_envs, seed, steps = (
+        4,
+        21,
+        130,
+    )  # crosses an episode boundary (horizon 60): auto-reset included
     venv = make_vec_env(n_envs=n_envs, seed=seed, **SHORT)
     singles = [make_env(**SHORT) for _ in range(n_envs)]
     obs_single = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(singles)])
@@ -105,7 +109,9 @@ def test_batched_env_equals_single_envs():
             assert dones[i] == (term or trunc)
             assert rewards[i] == pytest.approx(r, rel=1e-5, abs=1e-7)
             if term or trunc:
-                np.testing.assert_allclose(infos[i]["terminal_observation"], o, rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(
+                    infos[i]["terminal_observation"], o, rtol=1e-6, atol=1e-7
+                )
                 o, _ = env.reset()
             np.testing.assert_allclose(obs_batch[i], o, rtol=1e-6, atol=1e-7)
 

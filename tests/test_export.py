@@ -37,7 +37,15 @@ def train_tiny(algo: str, cfg, steps: int = 400, seed: int = 0):
     venv = VecNormalize(envs.make_vec_env(cfg, n_envs=4, seed=seed))
     kwargs = {"net_arch": [32, 32]}
     if algo == "ppo":
-        model = PPO("MlpPolicy", venv, n_steps=32, batch_size=64, n_epochs=2, seed=seed, policy_kwargs=kwargs)
+        model = PPO(
+            "MlpPolicy",
+            venv,
+            n_steps=32,
+            batch_size=64,
+            n_epochs=2,
+            seed=seed,
+            policy_kwargs=kwargs,
+        )
     else:
         model = SAC("MlpPolicy", venv, learning_starts=64, batch_size=64, buffer_size=2_000, seed=seed,
                     policy_kwargs=kwargs)  # fmt: skip
@@ -72,7 +80,9 @@ def exported(request, cfg, tmp_path_factory):
     model, venv = train_tiny(algo, cfg)
     venv.training = False
     out = tmp_path_factory.mktemp(f"export_{algo}")
-    manifest = export_policy(ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, algo), out)
+    manifest = export_policy(
+        ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, algo), out
+    )
     return algo, model, venv, out, manifest
 
 
@@ -88,7 +98,9 @@ def test_onnx_equals_sb3_deterministic_policy_on_1000_env_observations(exported,
     np.testing.assert_allclose(got["target_weights"], expected_weights, atol=TOL, rtol=0)
     np.testing.assert_allclose(got["target_weights"].sum(axis=1), 1.0, atol=1e-12)
     # the Policy interface returns the same actions (what the env receives)
-    np.testing.assert_allclose(OnnxPolicy(out).act(observations), expected_actions, atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        OnnxPolicy(out).act(observations), expected_actions, atol=TOL, rtol=0
+    )
 
 
 def test_normalization_is_part_of_the_graph(exported, observations):
@@ -122,6 +134,35 @@ def test_ppo_mean_is_clamped_to_the_box(cfg, observations, tmp_path):
     np.testing.assert_allclose(got["action"], expected, atol=TOL, rtol=0)
 
 
+def test_leverage_and_hedge_dimensions_are_read_from_the_env(tmp_path):
+    """With lending and perps the action has 1 + N more entries: labelled, clipped, passed through."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    cfg = envs.load_config(None, {"env.horizon": 30, "env.lending.enabled": True, "env.perps.enabled": True})
+    venv = VecNormalize(envs.make_vec_env(cfg, n_envs=2, seed=0))
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, seed=0, policy_kwargs={"net_arch": [16]})
+    with torch.no_grad():
+        model.policy.action_net.bias[6] = 5.0  # leverage output past the upper bound
+        model.policy.action_net.bias[7] = -5.0  # first hedge ratio past the lower bound
+    venv.training = False
+    manifest = export_policy(ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, "ppo"), tmp_path)
+    assets = tuple(cfg.market.assets)
+    assert manifest.action_dim == 12 == venv.action_space.shape[0]
+    assert [(b.name, b.start, b.stop) for b in manifest.action_layout] == [
+        ("weights", 0, 6),
+        ("leverage", 6, 7),
+        ("hedge", 7, 12),
+    ]
+    assert manifest.action_layout[2].labels == tuple(f"hedge_{a}" for a in assets)
+    obs = env_observations(cfg, n=64)
+    got = OnnxPolicy(tmp_path).predict(obs)
+    expected, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    np.testing.assert_allclose(got["action"], expected, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(got["extra_actions"], got["action"][:, 6:])
+    np.testing.assert_allclose(got["target_weights"], actions_to_weights(expected[:, :6].astype(np.float64)), atol=TOL)
+    np.testing.assert_array_equal(got["extra_actions"][:, :2], np.tile([1.0, -1.0], (len(obs), 1)))
+
+
 def test_manifest_describes_the_export(exported, cfg):
     algo, _, venv, out, manifest = exported
     loaded = load_manifest(out)
@@ -129,7 +170,9 @@ def test_manifest_describes_the_export(exported, cfg):
     assert loaded.algo == algo
     assert loaded.asset_names == tuple(cfg.market.assets)
     assert loaded.numeraire == cfg.market.numeraire
-    assert list(loaded.observation_names) == feature_names(tuple(cfg.market.assets), cfg.env.observation)
+    assert list(loaded.observation_names) == feature_names(
+        tuple(cfg.market.assets), cfg.env.observation
+    )
     assert loaded.obs_dim == venv.observation_space.shape[0]
     weights = loaded.weights_block
     assert (weights.start, weights.stop) == (0, len(cfg.market.assets) + 1)
@@ -139,7 +182,9 @@ def test_manifest_describes_the_export(exported, cfg):
     assert loaded.env_config_hash == section_hash(cfg.env) != loaded.market_config_hash
     assert loaded.onnx_sha256 == sha256_file(out / ONNX_FILE)
     assert envs.load_config(loaded.simulation_config) == cfg
-    assert {"torch", "stable-baselines3", "onnx", "onnxruntime", "onnx_opset"} <= set(loaded.versions)
+    assert {"torch", "stable-baselines3", "onnx", "onnxruntime", "onnx_opset"} <= set(
+        loaded.versions
+    )
     assert loaded.normalization["enabled"] is True
     assert json.loads((out / MANIFEST_FILE).read_text())["policy_id"] == loaded.policy_id
 
@@ -175,7 +220,10 @@ def test_corrupt_or_swapped_files_are_refused(exported, tmp_path):
 
 def test_torch_action_map_matches_numpy_by_hand():
     cash_only = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
-    actions = torch.tensor([[1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, -1.0], [3.0, -7.0, 0.0, 1.0]], dtype=torch.float64)
+    actions = torch.tensor(
+        [[1.0, -1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, -1.0], [3.0, -7.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
     got = _actions_to_weights(actions, cash_only).numpy()
     # x = (clip(a) + 1) / 2: [1, 0, 0, .5] -> [2/3, 0, 0, 1/3]; all -1 -> cash only; [1, 0, .5, 1] / 2.5
     expected = np.array([[2 / 3, 0, 0, 1 / 3], [0, 0, 0, 1], [0.4, 0.0, 0.2, 0.4]])
@@ -201,19 +249,37 @@ def test_export_cli_from_model_files(exported, observations, tmp_path):
     (run_dir / "best").mkdir(parents=True)
     model.save(run_dir / "best" / "model.zip")
     venv.save(str(run_dir / "best" / "vecnormalize.pkl"))
-    train_cfg = {"algo": algo, "simulation": tiny_config().model_dump(mode="json"), "total_timesteps": 400}
+    train_cfg = {
+        "algo": algo,
+        "simulation": tiny_config().model_dump(mode="json"),
+        "total_timesteps": 400,
+    }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(train_cfg))
     out = tmp_path / "onnx"
-    result = CliRunner().invoke(app, ["export", "--model", str(run_dir / "best" / "model.zip"), "--out", str(out), "--no-mlflow"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--model",
+            str(run_dir / "best" / "model.zip"),
+            "--out",
+            str(out),
+            "--no-mlflow",
+        ],
+    )
     assert result.exit_code == 0, result.output
     expected, _ = model.predict(venv.normalize_obs(observations[:100]), deterministic=True)
     np.testing.assert_allclose(OnnxPolicy(out).act(observations[:100]), expected, atol=TOL, rtol=0)
     assert load_manifest(out).algo == algo
-    missing = CliRunner().invoke(app, ["export", "--model", str(tmp_path / "nope.zip"), "--out", str(out)])
+    missing = CliRunner().invoke(
+        app, ["export", "--model", str(tmp_path / "nope.zip"), "--out", str(out)]
+    )
     assert missing.exit_code == 2 and "not found" in missing.output
 
 
-def test_export_logs_to_mlflow_and_tags_the_registered_version(exported, observations, tmp_path, monkeypatch):
+def test_export_logs_to_mlflow_and_tags_the_registered_version(
+    exported, observations, tmp_path, monkeypatch
+):
     import mlflow
     from mlflow import MlflowClient
 
@@ -233,20 +299,28 @@ def test_export_logs_to_mlflow_and_tags_the_registered_version(exported, observa
     (staged / "best").mkdir(parents=True)
     model.save(staged / "best" / "model.zip")
     venv.save(str(staged / "best" / "vecnormalize.pkl"))
-    train_cfg = {"algo": algo, "simulation": tiny_config().model_dump(mode="json"), "total_timesteps": 400}
+    train_cfg = {
+        "algo": algo,
+        "simulation": tiny_config().model_dump(mode="json"),
+        "total_timesteps": 400,
+    }
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(staged / "best"), "best")
         mlflow.log_text(yaml.safe_dump(train_cfg), "config/train_config.yaml")
         mlflow.set_tag("algo", algo)
     client = MlflowClient()
     client.create_registered_model("defialloc-ppo")
-    version = client.create_model_version("defialloc-ppo", f"runs:/{run.info.run_id}/policy", run_id=run.info.run_id)
+    version = client.create_model_version(
+        "defialloc-ppo", f"runs:/{run.info.run_id}/policy", run_id=run.info.run_id
+    )
 
     out_dir = tmp_path / "from_run"
     result = CliRunner().invoke(app, ["export", "--run-id", run.info.run_id, "--out", str(out_dir)])
     assert result.exit_code == 0, result.output
     expected, _ = model.predict(venv.normalize_obs(observations[:100]), deterministic=True)
-    np.testing.assert_allclose(OnnxPolicy(out_dir).act(observations[:100]), expected, atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        OnnxPolicy(out_dir).act(observations[:100]), expected, atol=TOL, rtol=0
+    )
     exported_manifest = load_manifest(out_dir)
     assert exported_manifest.source["run_id"] == run.info.run_id
 
@@ -255,10 +329,17 @@ def test_export_logs_to_mlflow_and_tags_the_registered_version(exported, observa
     assert tags["onnx_export_uri"] == f"runs:/{run.info.run_id}/onnx_export"
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     # the logged folder is a usable export, and the mlflow.onnx model loads
-    fetched = Path(mlflow.artifacts.download_artifacts(tags["onnx_export_uri"], dst_path=str(tmp_path / "dl")))
-    np.testing.assert_allclose(OnnxPolicy(fetched).act(observations[:10]), expected[:10], atol=TOL, rtol=0)
+    fetched = Path(
+        mlflow.artifacts.download_artifacts(tags["onnx_export_uri"], dst_path=str(tmp_path / "dl"))
+    )
+    np.testing.assert_allclose(
+        OnnxPolicy(fetched).act(observations[:10]), expected[:10], atol=TOL, rtol=0
+    )
     onnx_model = mlflow.onnx.load_model(tags["onnx_model_uri"])
     assert [i.name for i in onnx_model.graph.input] == ["observation"]
     # --model exports go to a run of their own
     logged = log_export(out, manifest, experiment="export-test")
-    assert logged["attached_versions"] == [] and client.get_run(logged["run_id"]).data.tags["onnx_policy_id"]
+    assert (
+        logged["attached_versions"] == []
+        and client.get_run(logged["run_id"]).data.tags["onnx_policy_id"]
+    )

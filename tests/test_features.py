@@ -43,7 +43,9 @@ def test_blocks_match_direct_computation():
     np.testing.assert_allclose(row[8], corr, rtol=1e-9)
     np.testing.assert_allclose(row[9:12], [np.log(0.8), np.log(45 / 30), 0.0])
     assert feats.shape[-1] == n_market_features(2, cfg)
-    assert len(feature_names(("A", "B"), cfg)) == n_market_features(2, cfg) + 2 + 2  # weights (N+1) + drawdown
+    assert (
+        len(feature_names(("A", "B"), cfg)) == n_market_features(2, cfg) + 2 + 2
+    )  # weights (N+1) + drawdown
 
 
 def test_crash_correlation_is_near_one():

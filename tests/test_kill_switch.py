@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from envs.kill_switch import KillSwitch, KillSwitchConfig
-from envs.leverage import ActionLayout
+from envs.leverage_actions import ActionLayout
 from tests.test_leverage_env import action, identity_error, make_paths, small_env
 
 

@@ -18,7 +18,7 @@ from envs import make_env, make_vec_env
 from envs.config import ConfigError
 from envs.env import DeFiMarketEnv
 from envs.features import observation_size
-from envs.leverage import ActionLayout, leverage_target, max_feasible_leverage
+from envs.leverage_actions import ActionLayout, leverage_target, max_feasible_leverage
 from envs.market.paths import MarketPaths
 from envs.protocols.lending import population_liquidations
 from envs.protocols.params import DEFAULT_LENDING_PATH, DEFAULT_PERPS_PATH, load_lending_params
@@ -345,7 +345,7 @@ def test_cascade_sales_deepen_the_low_and_liquidate_a_borderline_position(tmp_pa
         load_lending_params().population,
         paths.close[:, 7:],
     )[0, 0]
-    np.testing.assert_allclose(sim.protocols.paths.forced_sales[0, 7], expected_sales, rtol=1e-12)
+    np.testing.assert_array_equal(info["cascade_sale_units"], expected_sales)
     assert expected_sales[1] > 0.0 and expected_sales[0] == 0.0
     low_eff = info["low_prices_effective"][1]
     assert low_eff < 1620.0 * 0.99  # sold into the agent's ETH pools: the low is deeper

@@ -19,7 +19,6 @@ from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.simulator import PortfolioSimulator
 from envs.streaming import MarketBar, StreamingSimulator
-from evaluation.rollout import run_policy
 from training.paper.feeds import LiveFeedAdapter, PathFeed, ReplayFeed, SimulatedFeed
 from training.paper.ledger import RECORD_TABLES, Ledger, LedgerMismatch
 from training.paper.runner import PaperTrader
@@ -30,10 +29,16 @@ DATA_DIRS = (REPO / "data" / "crypto-daily", REPO.parent / "shared" / "data" / "
 DATA_DIR = next((d for d in DATA_DIRS if (d / "BTC-USD.csv").is_file()), None)
 needs_data = pytest.mark.skipif(DATA_DIR is None, reason="data/crypto-daily not found")
 #: a config whose kill-switch fires on real 2023 moves (its state must survive restarts too)
-KILL_SWITCH = {"env.kill_switch.enabled": True, "env.kill_switch.max_drawdown": 0.06, "env.kill_switch.cooldown_steps": 3}
+KILL_SWITCH = {
+    "env.kill_switch.enabled": True,
+    "env.kill_switch.max_drawdown": 0.06,
+    "env.kill_switch.cooldown_steps": 3,
+}
 
 
-def make_policy_dir(out: Path, *, seed: int = 0, scale: float = 25.0, overrides: dict | None = None) -> Path:
+def make_policy_dir(
+    out: Path, *, seed: int = 0, scale: float = 25.0, overrides: dict | None = None
+) -> Path:
     """Export an (untrained) PPO whose action head is scaled up so that it trades every bar."""
     import torch
     from stable_baselines3 import PPO
@@ -51,7 +56,9 @@ def make_policy_dir(out: Path, *, seed: int = 0, scale: float = 25.0, overrides:
     for _ in range(40):
         venv.step(rng.uniform(-1, 1, (2, venv.action_space.shape[0])))
     venv.training = False
-    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, seed=seed, policy_kwargs={"net_arch": [16]})
+    model = PPO(
+        "MlpPolicy", venv, n_steps=8, batch_size=16, seed=seed, policy_kwargs={"net_arch": [16]}
+    )
     with torch.no_grad():
         model.policy.action_net.weight.mul_(scale)
     export_policy(ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, "ppo"), out)
@@ -85,7 +92,9 @@ def policy(policy_dir) -> OnnxPolicy:
     return OnnxPolicy(policy_dir)
 
 
-def simulated_feed(policy: OnnxPolicy, n_bars: int = 140, seed: int = 3, speed: float = 0.0) -> SimulatedFeed:
+def simulated_feed(
+    policy: OnnxPolicy, n_bars: int = 140, seed: int = 3, speed: float = 0.0
+) -> SimulatedFeed:
     cfg = load_config(policy.manifest.simulation_config)
     return SimulatedFeed.from_config(cfg, seed, n_bars, speed=speed)
 
@@ -114,9 +123,13 @@ def test_streaming_features_equal_the_backtest_features_bit_for_bit(policy):
         if bar.index == warmup:
             stream.start()
             trailing.start()
-    np.testing.assert_array_equal(stream.features[0, warmup:n_bars], batch.features[0, warmup:n_bars])
+    np.testing.assert_array_equal(
+        stream.features[0, warmup:n_bars], batch.features[0, warmup:n_bars]
+    )
     # a bounded trailing window gives the same features up to float32 rounding
-    np.testing.assert_allclose(trailing.features[0, warmup:n_bars], batch.features[0, warmup:n_bars], atol=1e-5)
+    np.testing.assert_allclose(
+        trailing.features[0, warmup:n_bars], batch.features[0, warmup:n_bars], atol=1e-5
+    )
 
 
 def test_streaming_state_round_trips_through_json(policy):
@@ -164,27 +177,48 @@ def test_ledger_accounting_per_bar(policy, tmp_path):
     assert summary.decisions == feed.length - warmup
     conn = sqlite3.connect(tmp_path / "paper.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("bars", "equity", "orders", "positions", "snapshots")}
+    counts = {
+        t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("bars", "equity", "orders", "positions", "snapshots")
+    }
     assert counts == {"bars": feed.length, "equity": summary.decisions, "orders": summary.decisions * n_assets,
                       "positions": summary.decisions * (n_assets + 1), "snapshots": summary.decisions}  # fmt: skip
-    equity = conn.execute("SELECT bar_index, value_usd, value_after_trade_usd, fees_usd, slippage_usd, gas_usd FROM equity ORDER BY bar_index").fetchall()
+    equity = conn.execute(
+        "SELECT bar_index, value_usd, value_after_trade_usd, fees_usd, slippage_usd, gas_usd FROM equity ORDER BY bar_index"
+    ).fetchall()
     assert equity[0][1] == 100_000.0 and summary.fees_usd > 0 and summary.gas_usd > 0
-    for bar_index, value, after, fees, slip, gas in equity:
+    for _, value, after, fees, slip, gas in equity:
         # trading at market prices loses exactly the costs: value after = value before - fees - slippage - gas
         assert after == pytest.approx(value - fees - slip - gas, rel=1e-10, abs=1e-6)
     for (bar_index, *_), (_, next_value, *_) in zip(equity[:-1], equity[1:], strict=True):
         # the next bar's mark = the holdings after this bar's trades at the next bar's prices
-        holdings = dict(conn.execute("SELECT asset, units FROM positions WHERE bar_index = ?", (bar_index,)).fetchall())
-        prices = dict(conn.execute("SELECT asset, close FROM bar_prices WHERE bar_index = ?", (bar_index + 1,)).fetchall())
-        numeraire = conn.execute("SELECT numeraire_usd FROM bars WHERE bar_index = ?", (bar_index + 1,)).fetchone()[0]
+        holdings = dict(
+            conn.execute(
+                "SELECT asset, units FROM positions WHERE bar_index = ?", (bar_index,)
+            ).fetchall()
+        )
+        prices = dict(
+            conn.execute(
+                "SELECT asset, close FROM bar_prices WHERE bar_index = ?", (bar_index + 1,)
+            ).fetchall()
+        )
+        numeraire = conn.execute(
+            "SELECT numeraire_usd FROM bars WHERE bar_index = ?", (bar_index + 1,)
+        ).fetchone()[0]
         marked = sum(holdings[a] * p for a, p in prices.items()) + holdings["USDC"] * numeraire
         assert next_value == pytest.approx(marked, rel=1e-12)
     # fills are the position changes
-    fills = conn.execute("SELECT bar_index, asset, units FROM fills WHERE asset != 'USDC'").fetchall()
+    fills = conn.execute(
+        "SELECT bar_index, asset, units FROM fills WHERE asset != 'USDC'"
+    ).fetchall()
     assert fills
     for bar_index, asset, units in fills[:20]:
-        (now,) = conn.execute("SELECT units FROM positions WHERE bar_index = ? AND asset = ?", (bar_index, asset)).fetchone()
-        before = conn.execute("SELECT units FROM positions WHERE bar_index = ? AND asset = ?", (bar_index - 1, asset)).fetchone()
+        (now,) = conn.execute(
+            "SELECT units FROM positions WHERE bar_index = ? AND asset = ?", (bar_index, asset)
+        ).fetchone()
+        before = conn.execute(
+            "SELECT units FROM positions WHERE bar_index = ? AND asset = ?", (bar_index - 1, asset)
+        ).fetchone()
         assert now - (before[0] if before else 0.0) == pytest.approx(units, rel=1e-9, abs=1e-12)
     # the terminal view shows the last equity, every position and the last actions
     from rich.console import Console
@@ -203,7 +237,9 @@ def test_resume_in_pieces_writes_the_uninterrupted_ledger(policy, tmp_path):
     run_trader(policy, feed, tmp_path / "whole.db")
     pieces = [1, 60, 1, 1, 17, 5]  # cuts in the warmup, at the first decision and later
     for n in pieces:
-        summary = run_trader(policy, simulated_feed(policy, n_bars=130), tmp_path / "pieces.db", max_bars=n)
+        summary = run_trader(
+            policy, simulated_feed(policy, n_bars=130), tmp_path / "pieces.db", max_bars=n
+        )
         assert summary.status == "paused"
     final = run_trader(policy, simulated_feed(policy, n_bars=130), tmp_path / "pieces.db")
     assert final.status == "finished" and final.first_new_bar == sum(pieces)
@@ -226,11 +262,19 @@ def test_paper_on_held_out_period_equals_the_backtest(policy, tmp_path):
     summary = run_trader(policy, feed, tmp_path / "held_out.db")
     assert summary.decisions == 465
     result = run_period_backtest(
-        load_config(cfg, {"market.data_dir": str(DATA_DIR)}), [policy], "2023-01-01", "2024-04-09", progress=False
+        load_config(cfg, {"market.data_dir": str(DATA_DIR)}),
+        [policy],
+        "2023-01-01",
+        "2024-04-09",
+        progress=False,
     )
     record = result.records[policy.name]
     conn = sqlite3.connect(tmp_path / "held_out.db")
-    rows = np.array(conn.execute("SELECT value_usd, fees_usd, slippage_usd, gas_usd, turnover, kill_switch FROM equity ORDER BY bar_index").fetchall())
+    rows = np.array(
+        conn.execute(
+            "SELECT value_usd, fees_usd, slippage_usd, gas_usd, turnover, kill_switch FROM equity ORDER BY bar_index"
+        ).fetchall()
+    )
     # the backtest marks the last bar and stops; paper trading also decides (and trades) at the last bar
     np.testing.assert_array_equal(rows[:, 0], record.value_usd[0])
     np.testing.assert_array_equal(rows[:-1, 1], record.fees_usd[0])
@@ -238,13 +282,19 @@ def test_paper_on_held_out_period_equals_the_backtest(policy, tmp_path):
     np.testing.assert_array_equal(rows[:-1, 3], record.gas_usd[0])
     np.testing.assert_array_equal(rows[:-1, 4], record.turnover[0])
     assert rows[:, 5].sum() > 0, "the kill-switch should fire in 2023 with a 6% drawdown limit"
-    weights = np.array(conn.execute("SELECT weight FROM positions ORDER BY bar_index, rowid").fetchall()).reshape(465, -1)
+    weights = np.array(
+        conn.execute("SELECT weight FROM positions ORDER BY bar_index, rowid").fetchall()
+    ).reshape(465, -1)
     np.testing.assert_allclose(weights[:-1], record.weights[0], atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- feeds
 def test_simulated_feed_is_deterministic_per_seed(policy):
-    a, b, c = simulated_feed(policy, seed=4), simulated_feed(policy, seed=4), simulated_feed(policy, seed=5)
+    a, b, c = (
+        simulated_feed(policy, seed=4),
+        simulated_feed(policy, seed=4),
+        simulated_feed(policy, seed=5),
+    )
     assert a.identity() == b.identity() != c.identity()
     np.testing.assert_array_equal(a.bar(100).close, b.bar(100).close)
     assert a.times[1] == "2030-01-02"
@@ -254,7 +304,9 @@ def test_replay_feed_paces_bars_at_the_chosen_speed(policy):
     slept: list[float] = []
     cfg = load_config(policy.manifest.simulation_config)
     paths = sample_paths(cfg.market, np.array([1]), 70, cfg.env.warmup)
-    feed = PathFeed(paths, kind="test", numeraire="USDC", source={}, speed=1000.0, sleep=slept.append)
+    feed = PathFeed(
+        paths, kind="test", numeraire="USDC", source={}, speed=1000.0, sleep=slept.append
+    )
     assert [b.index for b in feed.bars(start=65)] == [65, 66, 67, 68, 69]
     assert all(0 < s <= 0.005 for s in slept)
 
@@ -263,7 +315,9 @@ class ListAdapter(LiveFeedAdapter):
     """A live adapter serving prepared bars (no network): the interface a real venue implements."""
 
     def __init__(self, bars: list[MarketBar], asset_names, numeraire="USDC", step_days=1.0) -> None:
-        super().__init__(asset_names, numeraire, step_days, venue="test", poll_seconds=0.0, sleep=lambda s: None)
+        super().__init__(
+            asset_names, numeraire, step_days, venue="test", poll_seconds=0.0, sleep=lambda s: None
+        )
         self._bars = bars
         self.polls = 0
 
@@ -292,7 +346,10 @@ def test_live_adapter_feeds_the_loop(policy, tmp_path):
     assert summary.status == "finished" and summary.bars_written == 70 and live.polls == 2
     # same bars as the simulated feed -> the same trading record
     run_trader(policy, feed, tmp_path / "sim.db")
-    live_tables, sim_tables = ledger_tables(tmp_path / "live.db"), ledger_tables(tmp_path / "sim.db")
+    live_tables, sim_tables = (
+        ledger_tables(tmp_path / "live.db"),
+        ledger_tables(tmp_path / "sim.db"),
+    )
     for table in RECORD_TABLES[1:]:
         assert live_tables[table] == sim_tables[table], table
 
@@ -316,6 +373,15 @@ def test_feed_assets_or_step_not_matching_the_manifest_are_refused(policy, tmp_p
     with pytest.raises(ValueError, match="step_days=0.5 does not match"):
         run_trader(policy, SimulatedFeed.from_config(half_day, 0, 80), tmp_path / "a.db")
     _no_ledger(tmp_path / "a.db")
+
+
+def test_levered_policies_are_refused_until_protocol_series_stream(tmp_path):
+    levered = OnnxPolicy(make_policy_dir(tmp_path / "levered", overrides={"env.lending.enabled": True}))
+    assert levered.manifest.action_dim == 7
+    feed = simulated_feed(levered, n_bars=70)
+    with pytest.raises(ValueError, match="spot-only"):
+        run_trader(levered, feed, tmp_path / "lev.db")
+    _no_ledger(tmp_path / "lev.db")
 
 
 def test_corrupt_onnx_is_refused_by_the_cli(policy_dir, tmp_path):
@@ -371,7 +437,10 @@ def test_gaps_and_non_positive_prices_in_a_replay_are_refused(policy, tmp_path):
         return [",".join(line.split(",")[:4] + ["0"] + line.split(",")[5:]) if line.startswith("2023-02-10") else line
                 for line in lines]  # fmt: skip
 
-    for name, edit, message in (("gap", drop_day, "gap in dates"), ("zero", zero_close, "must be finite numbers > 0")):
+    for name, edit, message in (
+        ("gap", drop_day, "gap in dates"),
+        ("zero", zero_close, "must be finite numbers > 0"),
+    ):
         folder = _write_csvs(DATA_DIR, tmp_path / name, {"SOL": edit})
         with pytest.raises(ValueError, match=message):
             feed = ReplayFeed.from_config(cfg, "2023-01-01", "2023-03-31", data_dir=str(folder))
@@ -385,8 +454,14 @@ def test_bad_bars_from_a_live_feed_stop_before_anything_of_theirs_is_written(pol
     bad_price = bars[70].close.copy()
     bad_price[2] = -1.0
     cases = {
-        "negative": (bars[:70] + [MarketBar(**{**bars[70].__dict__, "close": bad_price})], "price of SOL is -1.0"),
-        "gap": (bars[:70] + [MarketBar(**{**bars[71].__dict__, "index": 70})], "gap in feed at bar 70"),
+        "negative": (
+            bars[:70] + [MarketBar(**{**bars[70].__dict__, "close": bad_price})],
+            "price of SOL is -1.0",
+        ),
+        "gap": (
+            bars[:70] + [MarketBar(**{**bars[71].__dict__, "index": 70})],
+            "gap in feed at bar 70",
+        ),
     }
     for name, (served, message) in cases.items():
         ledger = tmp_path / f"{name}.db"
@@ -398,7 +473,11 @@ def test_bad_bars_from_a_live_feed_stop_before_anything_of_theirs_is_written(pol
     broken = MarketPaths(**{**paths.__dict__, "close": paths.close.copy()})
     broken.close[0, 75, 1] = 0.0
     with pytest.raises(ValueError, match="price of ETH is 0.0"):
-        run_trader(policy, PathFeed(broken, kind="test", numeraire="USDC", source={}), tmp_path / "upfront.db")
+        run_trader(
+            policy,
+            PathFeed(broken, kind="test", numeraire="USDC", source={}),
+            tmp_path / "upfront.db",
+        )
     _no_ledger(tmp_path / "upfront.db")
 
 
@@ -428,12 +507,18 @@ def test_paper_runtime_imports_no_torch_and_loads_no_pickle(policy_dir, tmp_path
     import os
 
     ledger = tmp_path / "rt.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     args = ["paper", "--policy", str(policy_dir), "--feed", "simulated", "--bars", "90", "--ledger", str(ledger),
             "--experiment", "paper-test", "--no-view"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", RUNTIME_PROBE, *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0 and "RUNTIME-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0 and "RUNTIME-OK" in proc.stdout, (
+        proc.stdout[-3000:] + proc.stderr[-3000:]
+    )
     # metrics were streamed to a run of its own, one step per decision bar
     from mlflow import MlflowClient
 

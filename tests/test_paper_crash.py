@@ -59,14 +59,27 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(tm
         else:
             # wait until this process writes (start-up takes a second or two), then kill it at random
             previous, deadline = progress[-1], time.monotonic() + 30
-            while _last_bar(ledger) <= previous and time.monotonic() < deadline and proc.poll() is None:
+            while (
+                _last_bar(ledger) <= previous
+                and time.monotonic() < deadline
+                and proc.poll() is None
+            ):
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, N_BARS / SPEED * 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        assert proc.returncode == -signal.SIGKILL, (
+            proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        )
         progress.append(_last_bar(ledger))
-    finished = subprocess.run(_paper_args(policy_dir, ledger), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        _paper_args(policy_dir, ledger),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     mid_run = [p for p in progress if 0 <= p < N_BARS - 1]
     print("kill points (last committed bar):", progress)

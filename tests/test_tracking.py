@@ -17,15 +17,18 @@ from evaluation.tracking import format_seeds, log_backtest, params_hash, trackin
 POLICIES = ["equal_weight", "min_variance", "risk_parity"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_store(tmp_path, monkeypatch):
-    """Every test writes to tmp_path (never an mlflow.db or mlruns/ in the repository)."""
+@pytest.fixture(scope="module", autouse=True)
+def store(tmp_path_factory):
+    """One temporary SQLite store for the module (creating one runs MLflow's migrations, seconds);
+    never an mlflow.db, mlruns/ or mlartifacts/ in the repository."""
+    root = tmp_path_factory.mktemp("mlflow")
     stray = [REPO_ROOT / name for name in ("mlflow.db", "mlruns", "mlartifacts")]
     before = [p.exists() for p in stray]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'm.db'}")
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        yield root
     assert [p.exists() for p in stray] == before, "a test wrote MLflow files into the repository"
 
 
@@ -39,10 +42,10 @@ def result():
         )
 
 
-def test_tracking_uri_env_var_or_local_sqlite(tmp_path, monkeypatch):
-    assert tracking_uri() == f"sqlite:///{tmp_path / 'm.db'}"
+def test_tracking_uri_env_var_or_local_sqlite(store, monkeypatch):
+    assert tracking_uri() == f"sqlite:///{store / 'm.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert tracking_uri() == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert tracking_uri() == f"sqlite:///{(store / 'mlflow.db').resolve()}"  # in the working folder
 
 
 def test_format_seeds():

@@ -25,7 +25,10 @@ def _startup() -> None:
 
     tune_malloc()
 
-CONFIG_OPTION = typer.Option(None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)")
+
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="simulation config YAML (default: configs/default.yaml)"
+)
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
 
 
@@ -43,7 +46,9 @@ def _load(config: Path | None, overrides: list[str] | None):
 def simulate(
     overrides: list[str] = OVERRIDES_ARG,
     config: Path = CONFIG_OPTION,
-    weights: str = typer.Option("equal", help="fixed policy: equal | cash | BTC=0.5,ETH=0.3 (rest cash)"),
+    weights: str = typer.Option(
+        "equal", help="fixed policy: equal | cash | BTC=0.5,ETH=0.3 (rest cash)"
+    ),
     seed: int = typer.Option(0, help="scenario seed"),
     scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
 ) -> None:
@@ -60,7 +65,9 @@ def simulate(
     except ValueError as exc:
         console.print(f"[red]--weights: {exc}[/red]")
         raise typer.Exit(code=2) from None
-    record = run_policy(cfg, FixedWeightsPolicy(w, name=f"fixed:{weights}"), np.arange(seed, seed + scenarios))
+    record = run_policy(
+        cfg, FixedWeightsPolicy(w, name=f"fixed:{weights}"), np.arange(seed, seed + scenarios)
+    )
     print_episode_summary(record, cfg, console)
 
 
@@ -102,8 +109,12 @@ def calibrate(
     out: Path = typer.Option(Path("configs/market/calibrated.yaml"), help="market config to write"),
     assets: str = typer.Option("BTC,ETH,SOL,LINK,AVAX", help="comma-separated risky assets"),
     numeraire: str = typer.Option("USDC"),
-    end: str = typer.Option("2022-12-31", help="last date used for fitting (held-out data starts 2023-01-01)"),
-    allow_held_out: bool = typer.Option(False, help="allow end > 2022-12-31 (research hygiene: don't)"),
+    end: str = typer.Option(
+        "2022-12-31", help="last date used for fitting (held-out data starts 2023-01-01)"
+    ),
+    allow_held_out: bool = typer.Option(
+        False, help="allow end > 2022-12-31 (research hygiene: don't)"
+    ),
 ) -> None:
     """Fit the synthetic market (GARCH-t, regimes, correlations, jumps) to OHLCV files and write a config."""
     from envs.market.calibrate import run_calibration

@@ -26,15 +26,34 @@ def _fail(message: str) -> typer.Exit:
 
 
 def export_command(
-    run_id: str | None = typer.Option(None, "--run-id", help="MLflow training run to export (its best model, else final)"),
-    model: Path | None = typer.Option(None, "--model", help="SB3 model zip to export instead of a run"),
+    run_id: str | None = typer.Option(
+        None, "--run-id", help="MLflow training run to export (its best model, else final)"
+    ),
+    model: Path | None = typer.Option(
+        None, "--model", help="SB3 model zip to export instead of a run"
+    ),
     out: Path = typer.Option(..., "--out", help="folder to write policy.onnx and manifest.json to"),
-    vecnormalize: Path | None = typer.Option(None, help="VecNormalize statistics (default: vecnormalize.pkl next to --model)"),
-    config: Path | None = typer.Option(None, "--config", "-c", help="training or simulation config of --model (default: config.yaml next to it or one folder up)"),
-    algo: str | None = typer.Option(None, help="ppo | sac (default: from the config or the model zip)"),
-    which: str = typer.Option("auto", help="with --run-id: best | final | auto (best if the run has one)"),
-    log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="log the export to MLflow and tag the registered version"),
-    experiment: str = typer.Option("defialloc", help="MLflow experiment of the export run (only with --model)"),
+    vecnormalize: Path | None = typer.Option(
+        None, help="VecNormalize statistics (default: vecnormalize.pkl next to --model)"
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="training or simulation config of --model (default: config.yaml next to it or one folder up)",
+    ),
+    algo: str | None = typer.Option(
+        None, help="ppo | sac (default: from the config or the model zip)"
+    ),
+    which: str = typer.Option(
+        "auto", help="with --run-id: best | final | auto (best if the run has one)"
+    ),
+    log_mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow", help="log the export to MLflow and tag the registered version"
+    ),
+    experiment: str = typer.Option(
+        "defialloc", help="MLflow experiment of the export run (only with --model)"
+    ),
 ) -> None:
     """Export a trained policy to ONNX (normalization and the action map baked in) plus manifest.json."""
     if (run_id is None) == (model is None):
@@ -55,7 +74,9 @@ def export_command(
     table = Table(title=f"exported {manifest.algo.upper()} policy to {out}", show_header=False)
     table.add_row("policy_id", manifest.policy_id)
     table.add_row("assets", ", ".join(manifest.asset_names) + f" (+ {manifest.numeraire})")
-    table.add_row("observation / action", f"{manifest.obs_dim} features -> {manifest.action_dim} actions")
+    table.add_row(
+        "observation / action", f"{manifest.obs_dim} features -> {manifest.action_dim} actions"
+    )
     table.add_row("config hash", manifest.config_hash)
     table.add_row("onnx sha256", manifest.onnx_sha256[:16] + "...")
     if log_mlflow:
@@ -73,10 +94,17 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
     market = load_market_config(opts["market_config"]) if opts["market_config"] else None
     if kind == "replay":
         return ReplayFeed.from_config(
-            cfg, opts["start"], opts["end"], data_dir=opts["data_dir"], market=market, speed=opts["speed"]
+            cfg,
+            opts["start"],
+            opts["end"],
+            data_dir=opts["data_dir"],
+            market=market,
+            speed=opts["speed"],
         )
     if kind == "simulated":
-        return SimulatedFeed.from_config(cfg, opts["seed"], opts["bars"], market=market, speed=opts["speed"])
+        return SimulatedFeed.from_config(
+            cfg, opts["seed"], opts["bars"], market=market, speed=opts["speed"]
+        )
     if kind.startswith("python:"):
         import importlib
 
@@ -89,21 +117,43 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
 
 
 def paper_command(
-    policy: Path = typer.Option(..., "--policy", help="export folder (policy.onnx + manifest.json)"),
-    feed: str = typer.Option("replay", "--feed", help="replay | simulated | python:package.module:factory (a Feed adapter)"),
-    ledger: Path = typer.Option(Path("paper.db"), "--ledger", help="SQLite ledger: created, or resumed when it exists"),
-    start: str = typer.Option(HELD_OUT_START, help="replay: first decision date (the held-out period starts 2023-01-01)"),
+    policy: Path = typer.Option(
+        ..., "--policy", help="export folder (policy.onnx + manifest.json)"
+    ),
+    feed: str = typer.Option(
+        "replay",
+        "--feed",
+        help="replay | simulated | python:package.module:factory (a Feed adapter)",
+    ),
+    ledger: Path = typer.Option(
+        Path("paper.db"), "--ledger", help="SQLite ledger: created, or resumed when it exists"
+    ),
+    start: str = typer.Option(
+        HELD_OUT_START, help="replay: first decision date (the held-out period starts 2023-01-01)"
+    ),
     end: str = typer.Option(HELD_OUT_END, help="replay: last date"),
-    data_dir: str | None = typer.Option(None, help="replay: folder of SYMBOL-USD.csv (default: the policy config's)"),
-    market_config: Path | None = typer.Option(None, help="market YAML for the feed (default: the policy's market section)"),
+    data_dir: str | None = typer.Option(
+        None, help="replay: folder of SYMBOL-USD.csv (default: the policy config's)"
+    ),
+    market_config: Path | None = typer.Option(
+        None, help="market YAML for the feed (default: the policy's market section)"
+    ),
     seed: int = typer.Option(0, min=0, help="simulated: scenario seed"),
     bars: int = typer.Option(400, min=2, help="simulated: bars in the feed (warmup included)"),
     speed: float = typer.Option(0.0, min=0.0, help="bars per second (0: as fast as possible)"),
-    max_bars: int | None = typer.Option(None, min=1, help="stop after this many new bars (resume later)"),
-    log_mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="stream metrics to an MLflow run"),
+    max_bars: int | None = typer.Option(
+        None, min=1, help="stop after this many new bars (resume later)"
+    ),
+    log_mlflow: bool = typer.Option(
+        True, "--mlflow/--no-mlflow", help="stream metrics to an MLflow run"
+    ),
     experiment: str = typer.Option("defialloc-paper", help="MLflow experiment of the paper run"),
-    view: bool = typer.Option(True, "--view/--no-view", help="live terminal view (when stdout is a terminal)"),
-    history_rows: int | None = typer.Option(None, help="features from this many trailing bars (default: all, = backtest)"),
+    view: bool = typer.Option(
+        True, "--view/--no-view", help="live terminal view (when stdout is a terminal)"
+    ),
+    history_rows: int | None = typer.Option(
+        None, help="features from this many trailing bars (default: all, = backtest)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
 ) -> None:
     """Paper-trade an exported policy on a feed; crash-safe: rerun the same command to resume."""
@@ -119,7 +169,11 @@ def paper_command(
         cfg = load_config(onnx_policy.manifest.simulation_config)
         the_feed = _make_feed(feed, cfg, onnx_policy.manifest, opts)
         trader = PaperTrader(
-            onnx_policy, the_feed, ledger, mlflow_experiment=experiment if log_mlflow else None, history_rows=history_rows
+            onnx_policy,
+            the_feed,
+            ledger,
+            mlflow_experiment=experiment if log_mlflow else None,
+            history_rows=history_rows,
         )
         trader.preflight()
     except (ConfigError, ValueError) as exc:
@@ -145,17 +199,28 @@ def paper_command(
     if not live and view:
         console.print(render_ledger(ledger))
     table = Table(title=f"paper trading {summary.status}", show_header=False)
-    table.add_row("bars", f"{summary.bars_written} new (from bar {summary.first_new_bar}); last bar {summary.last_bar}")
+    table.add_row(
+        "bars",
+        f"{summary.bars_written} new (from bar {summary.first_new_bar}); last bar {summary.last_bar}",
+    )
     table.add_row("decisions", f"{summary.decisions}: {summary.first_time} .. {summary.last_time}")
-    table.add_row("value", f"${summary.initial_value_usd:,.2f} -> ${summary.value_usd:,.2f} ({summary.total_return:+.2%})")
+    table.add_row(
+        "value",
+        f"${summary.initial_value_usd:,.2f} -> ${summary.value_usd:,.2f} ({summary.total_return:+.2%})",
+    )
     table.add_row("max drawdown", f"{summary.max_drawdown:.2%}")
-    table.add_row("costs", f"fees ${summary.fees_usd:,.2f}, slippage ${summary.slippage_usd:,.2f}, gas ${summary.gas_usd:,.2f}")
+    table.add_row(
+        "costs",
+        f"fees ${summary.fees_usd:,.2f}, slippage ${summary.slippage_usd:,.2f}, gas ${summary.gas_usd:,.2f}",
+    )
     if summary.mlflow_run_id:
         table.add_row("mlflow run", summary.mlflow_run_id)
     console.print(table)
 
 
-def paper_view_command(ledger: Path = typer.Option(Path("paper.db"), "--ledger", help="paper-trading ledger")) -> None:
+def paper_view_command(
+    ledger: Path = typer.Option(Path("paper.db"), "--ledger", help="paper-trading ledger"),
+) -> None:
     """Show a paper-trading ledger (equity, positions, last actions); safe while a paper run writes it."""
     from training.paper.view import render_ledger
 
@@ -190,7 +255,9 @@ def bench_policy_command(
     for _ in range(calls):
         pol.act(obs)
     per_call_us = (time.perf_counter() - start) / calls * 1e6
-    console.print(f"onnxruntime act(): {per_call_us:,.1f} us per call at batch {batch} ({calls} calls)")
+    console.print(
+        f"onnxruntime act(): {per_call_us:,.1f} us per call at batch {batch} ({calls} calls)"
+    )
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

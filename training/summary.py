@@ -13,8 +13,19 @@ from evaluation.rollout import EpisodeRecord
 def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console: Console) -> None:
     """Final value, return, drawdown, costs by kind and regime counts, per scenario and on average."""
     k, horizon = record.turnover.shape
-    table = Table(title=f"{record.policy} on {k} scenario(s) x {horizon} steps ({cfg.market.source} market)")
-    for col in ("seed", "final value $", "return", "max DD", "fees $", "slippage $", "gas $", "turnover"):
+    table = Table(
+        title=f"{record.policy} on {k} scenario(s) x {horizon} steps ({cfg.market.source} market)"
+    )
+    for col in (
+        "seed",
+        "final value $",
+        "return",
+        "max DD",
+        "fees $",
+        "slippage $",
+        "gas $",
+        "turnover",
+    ):
         table.add_column(col, justify="right")
     values = record.value_usd
     peak = np.maximum.accumulate(values, axis=1)

@@ -54,6 +54,8 @@ class GasModel:
             return np.zeros_like(gas_price_gwei)
         return gas_cost_usd(1.0, gas_price_gwei, eth_usd)
 
-    def orders_usd(self, n_orders: np.ndarray, n_pools: np.ndarray, usd_per_unit: np.ndarray) -> np.ndarray:
+    def orders_usd(
+        self, n_orders: np.ndarray, n_pools: np.ndarray, usd_per_unit: np.ndarray
+    ) -> np.ndarray:
         """USD gas of ``n_orders`` swap orders touching ``n_pools`` pools in all, per env ``(B,)``."""
         return (self.overhead_units * n_orders + self.units_per_pool * n_pools) * usd_per_unit

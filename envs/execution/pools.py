@@ -33,11 +33,15 @@ class PoolBook:
     reserve_num: np.ndarray
 
     @classmethod
-    def empty(cls, n_envs: int, fees: np.ndarray, depth_shares: np.ndarray, depth_usd: np.ndarray) -> PoolBook:
+    def empty(
+        cls, n_envs: int, fees: np.ndarray, depth_shares: np.ndarray, depth_usd: np.ndarray
+    ) -> PoolBook:
         shape = (n_envs, depth_usd.shape[0], fees.shape[0])
         return cls(fees, depth_shares, depth_usd, np.ones(shape), np.ones(shape))
 
-    def target_liquidity(self, price_usd: np.ndarray, numeraire_usd: np.ndarray, depth_multiplier: np.ndarray) -> np.ndarray:
+    def target_liquidity(
+        self, price_usd: np.ndarray, numeraire_usd: np.ndarray, depth_multiplier: np.ndarray
+    ) -> np.ndarray:
         """``sqrt(k)`` of each pool ``(B, N, K)`` when its two sides are each worth half its depth in USD."""
         side_usd = 0.5 * self.depth_usd[None, :, None] * self.depth_shares[None, None, :]
         side_usd = side_usd * depth_multiplier[:, None, None]
@@ -56,7 +60,9 @@ class PoolBook:
         self.reserve_asset[index] = liquidity / np.sqrt(price_num)
         self.reserve_num[index] = liquidity * np.sqrt(price_num)
 
-    def realign(self, price_usd: np.ndarray, numeraire_usd: np.ndarray, depth_multiplier: np.ndarray) -> None:
+    def realign(
+        self, price_usd: np.ndarray, numeraire_usd: np.ndarray, depth_multiplier: np.ndarray
+    ) -> None:
         """Arbitrage every pool back into its fee band around the market, then rescale its depth."""
         price_num = (price_usd / numeraire_usd[:, None])[..., None]
         ra, rn = arbitrage_to_band(self.reserve_asset, self.reserve_num, price_num, self.fees)[:2]

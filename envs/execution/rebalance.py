@@ -32,7 +32,9 @@ class Fills:
     traded_usd: np.ndarray  # (B, N) market value of each asset's order (sells and buys, positive)
 
 
-def target_units(target_weights: np.ndarray, value_usd: np.ndarray, price_usd: np.ndarray) -> np.ndarray:
+def target_units(
+    target_weights: np.ndarray, value_usd: np.ndarray, price_usd: np.ndarray
+) -> np.ndarray:
     """Units ``(B, N)`` that put ``target_weights[:, :N]`` of ``value_usd`` in each asset."""
     return target_weights[:, :-1] * (value_usd[:, None] / price_usd)
 
@@ -73,7 +75,9 @@ def execute_rebalance(
     out_price_usd = np.where(is_sell, num_col, price_usd)
     usd_per_gas = gas.usd_per_unit(gas_price_gwei, eth_usd)
     pool_gas_out = (gas.units_per_pool * usd_per_gas)[:, None] / out_price_usd
-    route = route_order(amount_in, reserve_in, reserve_out, pools.fees, pool_gas_out, validate=False)
+    route = route_order(
+        amount_in, reserve_in, reserve_out, pools.fees, pool_gas_out, validate=False
+    )
 
     pool_in, pool_out = route.amounts_in, route.amounts_out
     total_in, total_out = amount_in, route.amount_out
@@ -92,7 +96,9 @@ def execute_rebalance(
     cancel_all = cash_after_sells < 0.0
     short = (buys_in > room_for_buys) | cancel_all
     if short.any():
-        scale = np.where(short, np.clip(room_for_buys / np.where(buys_in > 0, buys_in, 1.0), 0.0, 1.0), 1.0)
+        scale = np.where(
+            short, np.clip(room_for_buys / np.where(buys_in > 0, buys_in, 1.0), 0.0, 1.0), 1.0
+        )
         scale = np.where(cancel_all, 0.0, scale)
         buy_gas = np.where(scale > 0.0, buy_gas, 0.0)
         sell_gas = np.where(cancel_all, 0.0, sell_gas)

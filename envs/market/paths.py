@@ -30,7 +30,8 @@ class MarketPaths:
         eth_usd: ``(B, L)`` ETH price in USD (gas is paid in ETH).
         warmup: number of history points before the first decision time.
         step_days: length of one step in days (1.0 for daily data).
-        dates: optional ``(L,)`` datetime64[D] dates (replay only; None for synthetic/bootstrap).
+        dates: optional datetime64[D] dates (replay only; None for synthetic/bootstrap): ``(L,)`` when every
+            path shares one window, else ``(B, L)``.
     """
 
     asset_names: tuple[str, ...]
@@ -97,5 +98,5 @@ class MarketPaths:
             eth_usd=self.eth_usd[idx],
             warmup=self.warmup,
             step_days=self.step_days,
-            dates=self.dates,
+            dates=self.dates[idx] if self.dates is not None and self.dates.ndim == 2 else self.dates,
         )

@@ -70,7 +70,7 @@ class Feed(ABC):
     def bars(self, start: int = 0) -> Iterator[MarketBar]:
         """Bars ``start, start + 1, ...`` (blocking until each is available)."""
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # noqa: B027 - optional hook: open-ended feeds check bar by bar
         """Check every bar up front when the feed is finite (nothing is written before this passes)."""
 
 
@@ -96,7 +96,16 @@ def check_spacing(previous: str, current: str, step_days: float, index: int) -> 
 
 def _paths_digest(paths: MarketPaths) -> str:
     digest = hashlib.sha256()
-    for name in ("close", "high", "low", "numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd", "regime"):
+    for name in (
+        "close",
+        "high",
+        "low",
+        "numeraire_usd",
+        "depth_multiplier",
+        "gas_price_gwei",
+        "eth_usd",
+        "regime",
+    ):
         digest.update(np.ascontiguousarray(getattr(paths, name)).tobytes())
     return digest.hexdigest()[:16]
 
@@ -203,7 +212,11 @@ class ReplayFeed(PathFeed):
         from envs.market.replay import load_panel, replay_paths
 
         base = market or config.market
-        update: dict[str, Any] = {"source": "replay", "start": _date(start, "start"), "end": _date(end, "end")}
+        update: dict[str, Any] = {
+            "source": "replay",
+            "start": _date(start, "start"),
+            "end": _date(end, "end"),
+        }
         if data_dir is not None:
             update["data_dir"] = str(data_dir)
         cfg = MarketConfig.model_validate({**base.model_dump(), **update})
@@ -245,15 +258,26 @@ class SimulatedFeed(PathFeed):
 
         warmup = config.env.warmup
         if n_bars < warmup + 2:
-            raise ValueError(f"--bars={n_bars} must be >= warmup + 2 = {warmup + 2} (history + two decisions)")
+            raise ValueError(
+                f"--bars={n_bars} must be >= warmup + 2 = {warmup + 2} (history + two decisions)"
+            )
         if seed < 0:
             raise ValueError(f"--seed={seed} must be >= 0")
         cfg = market or config.market
         if cfg.source == "replay":
-            raise ValueError("a simulated feed needs a synthetic or bootstrap market, not source=replay")
+            raise ValueError(
+                "a simulated feed needs a synthetic or bootstrap market, not source=replay"
+            )
         paths = sample_paths(cfg, np.array([seed], dtype=np.int64), n_bars, warmup)
         source = {"seed": int(seed), "source": cfg.source, "warmup": warmup, "epoch": epoch}
-        return cls(paths, kind="simulated", numeraire=cfg.numeraire, source=source, speed=speed, epoch=epoch)
+        return cls(
+            paths,
+            kind="simulated",
+            numeraire=cfg.numeraire,
+            source=source,
+            speed=speed,
+            epoch=epoch,
+        )
 
 
 def _date(value: str | dt.date, name: str) -> dt.date:

@@ -36,7 +36,17 @@ from envs.streaming import MarketBar
 
 LEDGER_FORMAT = "defialloc.paper_ledger/1"
 #: tables that make up the trading record (``sessions`` is an audit trail of restarts)
-RECORD_TABLES = ("meta", "bars", "bar_prices", "decisions", "orders", "fills", "positions", "equity", "snapshots")
+RECORD_TABLES = (
+    "meta",
+    "bars",
+    "bar_prices",
+    "decisions",
+    "orders",
+    "fills",
+    "positions",
+    "equity",
+    "snapshots",
+)
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,7 +121,9 @@ def inspect_ledger(path: str | Path) -> dict[str, Any] | None:
         conn.close()
 
 
-def check_ledger_matches(meta: dict[str, Any], path: Path, policy_id: str, feed_identity: dict[str, Any]) -> None:
+def check_ledger_matches(
+    meta: dict[str, Any], path: Path, policy_id: str, feed_identity: dict[str, Any]
+) -> None:
     """Raise :class:`LedgerMismatch` unless ``meta`` was written for this policy and this feed."""
     if meta.get("policy_id") != policy_id:
         raise LedgerMismatch(
@@ -120,9 +132,15 @@ def check_ledger_matches(meta: dict[str, Any], path: Path, policy_id: str, feed_
         )
     stored = meta.get("feed", {})
     if stored != feed_identity:
-        keys = sorted(k for k in set(stored) | set(feed_identity) if stored.get(k) != feed_identity.get(k))
-        diffs = ", ".join(f"{k}: ledger {stored.get(k)!r} vs feed {feed_identity.get(k)!r}" for k in keys)
-        raise LedgerMismatch(f"ledger {path} was written from another feed ({diffs}); pass a new --ledger")
+        keys = sorted(
+            k for k in set(stored) | set(feed_identity) if stored.get(k) != feed_identity.get(k)
+        )
+        diffs = ", ".join(
+            f"{k}: ledger {stored.get(k)!r} vs feed {feed_identity.get(k)!r}" for k in keys
+        )
+        raise LedgerMismatch(
+            f"ledger {path} was written from another feed ({diffs}); pass a new --ledger"
+        )
 
 
 class Ledger:
@@ -159,7 +177,9 @@ class Ledger:
             for statement in SCHEMA.strip().split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
+            )
             conn.execute("COMMIT")
             # checkpoint into the main file so the rename below moves a complete database
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -219,7 +239,9 @@ class Ledger:
         ]
 
     def last_state(self) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT state FROM snapshots ORDER BY bar_index DESC LIMIT 1").fetchone()
+        row = self.conn.execute(
+            "SELECT state FROM snapshots ORDER BY bar_index DESC LIMIT 1"
+        ).fetchone()
         return None if row is None else json.loads(row[0])
 
     def status(self) -> str | None:
@@ -233,16 +255,21 @@ class Ledger:
 
     def positions_at(self, bar_index: int) -> list[tuple]:
         return self.conn.execute(
-            "SELECT asset, units, price_usd, value_usd, weight FROM positions WHERE bar_index = ?", (bar_index,)
+            "SELECT asset, units, price_usd, value_usd, weight FROM positions WHERE bar_index = ?",
+            (bar_index,),
         ).fetchall()
 
     def tables(self, names: tuple[str, ...] = RECORD_TABLES) -> dict[str, list[tuple]]:
         """Every row of the trading record, sorted (for comparing two ledgers)."""
-        return {name: sorted(self.conn.execute(f"SELECT * FROM {name}").fetchall()) for name in names}
+        return {
+            name: sorted(self.conn.execute(f"SELECT * FROM {name}").fetchall()) for name in names
+        }
 
     # ------------------------------------------------------------------ writing
     def start_session(self, started_utc: str, first_bar: int) -> None:
-        self.conn.execute("INSERT INTO sessions (started_utc, first_bar) VALUES (?, ?)", (started_utc, first_bar))
+        self.conn.execute(
+            "INSERT INTO sessions (started_utc, first_bar) VALUES (?, ?)", (started_utc, first_bar)
+        )
 
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
@@ -269,20 +296,38 @@ class Ledger:
             )  # fmt: skip
             cur.executemany(
                 "INSERT INTO bar_prices VALUES (?, ?, ?, ?, ?)",
-                [(i, a, float(c), float(h), float(lo)) for a, c, h, lo in zip(self.asset_names, b.close, b.high, b.low, strict=True)],
+                [
+                    (i, a, float(c), float(h), float(lo))
+                    for a, c, h, lo in zip(self.asset_names, b.close, b.high, b.low, strict=True)
+                ],
             )
             if rec.decision is not None:
                 action, weights, kill = rec.decision
-                cur.execute("INSERT INTO decisions VALUES (?, ?, ?, ?)", (i, json.dumps(action), json.dumps(weights), int(kill)))
-            cur.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", [(i, *row) for row in rec.orders])
-            cur.executemany("INSERT INTO fills VALUES (?, ?, ?, ?, ?)", [(i, *row) for row in rec.fills])
-            cur.executemany("INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?)", [(i, *row) for row in rec.positions])
+                cur.execute(
+                    "INSERT INTO decisions VALUES (?, ?, ?, ?)",
+                    (i, json.dumps(action), json.dumps(weights), int(kill)),
+                )
+            cur.executemany(
+                "INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?)", [(i, *row) for row in rec.orders]
+            )
+            cur.executemany(
+                "INSERT INTO fills VALUES (?, ?, ?, ?, ?)", [(i, *row) for row in rec.fills]
+            )
+            cur.executemany(
+                "INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, *row) for row in rec.positions],
+            )
             if rec.equity is not None:
-                cur.execute("INSERT INTO equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (i, *rec.equity))
+                cur.execute(
+                    "INSERT INTO equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (i, *rec.equity),
+                )
             if rec.state is not None:
                 cur.execute("INSERT INTO snapshots VALUES (?, ?)", (i, json.dumps(rec.state)))
             if rec.status is not None:
-                cur.execute("INSERT OR REPLACE INTO meta VALUES ('status', ?)", (json.dumps(rec.status),))
+                cur.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('status', ?)", (json.dumps(rec.status),)
+                )
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")

@@ -115,10 +115,21 @@ class PaperTrader:
             raise ValueError(
                 f"feed numeraire {self.feed.numeraire!r} does not match the policy's {self.manifest.numeraire!r}"
             )
+        capacity = (
+            DEFAULT_CAPACITY
+            if self.feed.length is None
+            else max(1, self.feed.length - self.config.env.warmup)
+        )
+        # the simulator checks the config (e.g. spot-only) before anything is written
+        self.sim = StreamingSimulator(
+            self.config, capacity, self.feed.regime_names, self.history_rows
+        )
         self.feed.validate()
         meta = inspect_ledger(self.ledger_path)
         if meta is not None:
-            check_ledger_matches(meta, self.ledger_path, self.manifest.policy_id, self.feed.identity())
+            check_ledger_matches(
+                meta, self.ledger_path, self.manifest.policy_id, self.feed.identity()
+            )
         self._preflight = (meta,)
         return meta
 
@@ -155,8 +166,6 @@ class PaperTrader:
             self.ledger = Ledger.open(self.ledger_path)
             if run_id is not None and self.ledger.meta.get("mlflow_run_id") != run_id:
                 self.ledger.set_meta("mlflow_run_id", run_id)
-        capacity = DEFAULT_CAPACITY if self.feed.length is None else max(1, self.feed.length - self.config.env.warmup)
-        self.sim = StreamingSimulator(self.config, capacity, self.feed.regime_names, self.history_rows)
         self._resume()
 
     def _resume(self) -> None:
@@ -169,7 +178,9 @@ class PaperTrader:
         state = self.ledger.last_state()
         if state is not None:
             self.sim.load_state(state)
-        for fees, slip, gas in self.ledger.conn.execute("SELECT fees_usd, slippage_usd, gas_usd FROM equity"):
+        for fees, slip, gas in self.ledger.conn.execute(
+            "SELECT fees_usd, slippage_usd, gas_usd FROM equity"
+        ):
             self.totals["fees_usd"] += fees
             self.totals["slippage_usd"] += slip
             self.totals["gas_usd"] += gas
@@ -187,7 +198,9 @@ class PaperTrader:
     # ------------------------------------------------------------------ one bar
     def _check(self, bar: MarketBar, expected: int) -> None:
         if bar.index != expected:
-            raise ValueError(f"feed delivered bar {bar.index} but bar {expected} is next (a gap or a repeat)")
+            raise ValueError(
+                f"feed delivered bar {bar.index} but bar {expected} is next (a gap or a repeat)"
+            )
         check_bar(bar, self.asset_names)
         if self._last_time is not None:
             check_spacing(self._last_time, bar.time, self.feed.step_days, bar.index)
@@ -218,26 +231,64 @@ class PaperTrader:
         intent = sim.last_intent
         assert intent is not None
         kill = bool(done.kill_switch[0])
-        decision = (action[0].tolist(), np.asarray(outputs["target_weights"][0], dtype=np.float64).tolist(), kill)
+        decision = (
+            action[0].tolist(),
+            np.asarray(outputs["target_weights"][0], dtype=np.float64).tolist(),
+            kill,
+        )
         orders = []
         for i, asset in enumerate(self.asset_names):
             gap = float(intent.target[i] - intent.current[i])
             side = "buy" if gap > 0 else ("sell" if gap < 0 else "none")
-            orders.append((asset, float(intent.current[i]), float(intent.target[i]), gap * value, side, int(intent.submitted[i])))
+            orders.append(
+                (
+                    asset,
+                    float(intent.current[i]),
+                    float(intent.target[i]),
+                    gap * value,
+                    side,
+                    int(intent.submitted[i]),
+                )
+            )
         fills = []
         delta = sim.units[0] - intent.units_before
         for i, asset in enumerate(self.asset_names):
             if delta[i] != 0.0:
-                fills.append((asset, "buy" if delta[i] > 0 else "sell", float(delta[i]), float(abs(delta[i]) * price[0, i])))
+                fills.append(
+                    (
+                        asset,
+                        "buy" if delta[i] > 0 else "sell",
+                        float(delta[i]),
+                        float(abs(delta[i]) * price[0, i]),
+                    )
+                )
         cash_delta = float(sim.cash[0] - intent.cash_before)
         if cash_delta != 0.0:
             side = "in" if cash_delta > 0 else "out"
-            fills.append((self.manifest.numeraire, side, cash_delta, abs(cash_delta) * float(num[0])))
+            fills.append(
+                (self.manifest.numeraire, side, cash_delta, abs(cash_delta) * float(num[0]))
+            )
         positions = self._positions(price[0], float(num[0]))
         after = sum(p[3] for p in positions)
         costs = done.costs
-        fees, slip, gas = float(costs.fees_usd[0]), float(costs.slippage_usd[0]), float(costs.gas_usd[0])
-        equity = (bar.time, step, value, peak, 1.0 - value / peak, after, fees, slip, gas, float(done.turnover[0]), int(kill))
+        fees, slip, gas = (
+            float(costs.fees_usd[0]),
+            float(costs.slippage_usd[0]),
+            float(costs.gas_usd[0]),
+        )
+        equity = (
+            bar.time,
+            step,
+            value,
+            peak,
+            1.0 - value / peak,
+            after,
+            fees,
+            slip,
+            gas,
+            float(done.turnover[0]),
+            int(kill),
+        )
         return BarRecord(bar, "trade", decision, orders, fills, positions, equity, sim.state())
 
     def _positions(self, price: np.ndarray, num: float) -> list[tuple]:
@@ -249,7 +300,9 @@ class PaperTrader:
         total = float(values.sum()) + cash_value
         rows = [(a, float(units[i]), float(price[i]), float(values[i]), float(values[i] / total))
                 for i, a in enumerate(self.asset_names)]  # fmt: skip
-        rows.append((self.manifest.numeraire, float(sim.cash[0]), num, cash_value, cash_value / total))
+        rows.append(
+            (self.manifest.numeraire, float(sim.cash[0]), num, cash_value, cash_value / total)
+        )
         return rows
 
     # ------------------------------------------------------------------ loop
@@ -302,7 +355,14 @@ class PaperTrader:
             self.totals["gas_usd"] += gas
             if self.stream is not None:
                 weights = {p[0]: p[4] for p in record.positions}
-                self.stream.log(record.bar.index, bar_metrics((record.bar.index, *record.equity), self.config.env.initial_value_usd, weights))
+                self.stream.log(
+                    record.bar.index,
+                    bar_metrics(
+                        (record.bar.index, *record.equity),
+                        self.config.env.initial_value_usd,
+                        weights,
+                    ),
+                )
         if self.on_bar is not None:
             self.on_bar(record, self)
 
@@ -315,7 +375,9 @@ class PaperTrader:
 
     def summary(self, first_new: int, written: int, status: str) -> PaperSummary:
         assert self.ledger is not None
-        rows = self.ledger.conn.execute("SELECT time, value_usd FROM equity ORDER BY bar_index").fetchall()
+        rows = self.ledger.conn.execute(
+            "SELECT time, value_usd FROM equity ORDER BY bar_index"
+        ).fetchall()
         initial = self.config.env.initial_value_usd
         values = np.array([initial] + [v for _, v in rows]) if rows else np.array([initial])
         peak = np.maximum.accumulate(values)

@@ -17,7 +17,9 @@ import numpy as np
 PROGRESS_METRIC = "paper/value_usd"
 
 
-def bar_metrics(equity_row: tuple, initial_value: float, weights: Mapping[str, float]) -> dict[str, float]:
+def bar_metrics(
+    equity_row: tuple, initial_value: float, weights: Mapping[str, float]
+) -> dict[str, float]:
     """Metrics of one ``equity`` ledger row (see ``training/paper/ledger.py``) and its weights."""
     _, _, _, value, peak, drawdown, after, fees, slippage, gas, turnover, kill = equity_row
     out = {
@@ -49,13 +51,17 @@ class MetricsStream:
         self._last_flush = time.monotonic()
 
     @classmethod
-    def start(cls, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> MetricsStream:
+    def start(
+        cls, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    ) -> MetricsStream:
         """Create a new run in ``experiment`` (created if missing)."""
         from mlflow import MlflowClient
 
         client = MlflowClient()
         found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        experiment_id = (
+            found.experiment_id if found is not None else client.create_experiment(experiment)
+        )
         run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         for key, value in params.items():
             client.log_param(run.info.run_id, key, str(value)[:6000])
@@ -70,7 +76,9 @@ class MetricsStream:
 
         now_ms = int(time.time() * 1000)
         self._buffer.extend(
-            Metric(key=k, value=float(v), timestamp=now_ms, step=int(step)) for k, v in metrics.items() if np.isfinite(v)
+            Metric(key=k, value=float(v), timestamp=now_ms, step=int(step))
+            for k, v in metrics.items()
+            if np.isfinite(v)
         )
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()

@@ -33,7 +33,8 @@ def _read(path: Path) -> dict[str, Any]:
         positions = []
         if equity:
             positions = conn.execute(
-                "SELECT asset, units, price_usd, value_usd, weight FROM positions WHERE bar_index = ?", (equity[-1][0],)
+                "SELECT asset, units, price_usd, value_usd, weight FROM positions WHERE bar_index = ?",
+                (equity[-1][0],),
             ).fetchall()
         decisions = conn.execute(
             "SELECT d.bar_index, b.time, d.target_weights, d.kill_switch FROM decisions d "
@@ -63,9 +64,13 @@ def render_ledger(path: str | Path) -> Group:
     head.add_column(style="bold")
     head.add_column()
     head.add_row("policy", f"{meta.get('algo', '?')} {meta.get('policy_id', '?')}")
-    head.add_row("feed", f"{feed.get('kind', '?')} {feed.get('first_time', '')}..{feed.get('last_time', '')}")
+    head.add_row(
+        "feed", f"{feed.get('kind', '?')} {feed.get('first_time', '')}..{feed.get('last_time', '')}"
+    )
     last_bar, n_bars = data["last_bar"]
-    head.add_row("bars", f"{n_bars} written (last {last_bar}); status {meta.get('status', 'running')}")
+    head.add_row(
+        "bars", f"{n_bars} written (last {last_bar}); status {meta.get('status', 'running')}"
+    )
     if equity:
         first_value = equity[0][2]
         _, time, value, peak, drawdown, *_ = equity[-1]
@@ -73,16 +78,27 @@ def render_ledger(path: str | Path) -> Group:
         slippage = sum(r[6] for r in equity)
         gas = sum(r[7] for r in equity)
         max_dd = max(r[4] for r in equity)
-        head.add_row("equity", f"${value:,.2f} at {time}  ({value / first_value - 1:+.2%} since {equity[0][1]})")
+        head.add_row(
+            "equity",
+            f"${value:,.2f} at {time}  ({value / first_value - 1:+.2%} since {equity[0][1]})",
+        )
         head.add_row("drawdown", f"{drawdown:.2%} now, {max_dd:.2%} max (peak ${peak:,.2f})")
         head.add_row("costs", f"fees ${fees:,.2f}  slippage ${slippage:,.2f}  gas ${gas:,.2f}")
         head.add_row("kill-switch", "ACTIVE" if equity[-1][8] else "off")
     pos = Table(title="positions after the last bar", expand=False)
-    for col, justify in (("asset", "left"), ("units", "right"), ("price $", "right"), ("value $", "right"), ("weight", "right")):
+    for col, justify in (
+        ("asset", "left"),
+        ("units", "right"),
+        ("price $", "right"),
+        ("value $", "right"),
+        ("weight", "right"),
+    ):
         pos.add_column(col, justify=justify)  # type: ignore[arg-type]
     for asset, units, price, value, weight in data["positions"]:
         pos.add_row(asset, f"{units:,.6g}", f"{price:,.4f}", f"{value:,.2f}", f"{weight:.1%}")
-    acts = Table(title=f"last {LAST_ACTIONS} actions (target weights; * = order sent)", expand=False)
+    acts = Table(
+        title=f"last {LAST_ACTIONS} actions (target weights; * = order sent)", expand=False
+    )
     acts.add_column("bar")
     acts.add_column("time")
     for asset in assets:

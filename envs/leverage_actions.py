@@ -1,0 +1,101 @@
+"""The leveraged action: its layout, the leverage target and its feasibility clip.
+
+Action layout (a Box in ``[-1, 1]``, ``N`` risky assets; blocks present per config flag)::
+
+    [ N + 1 spot weight outputs (cash last) ]  always          -> weights w (envs/actions.py)
+    [ 1 leverage target                     ]  if lending       -> l = (a + 1) / 2 * max_leverage
+    [ N hedge ratios                        ]  if perps         -> h_i = a_i
+
+With equity ``E`` (net value: assets minus debt, USD) the targets are: risky value ``w_i (1 + l) E``,
+cash ``w_c (1 + l) E``, debt ``l E`` (leverage = debt / equity). Infeasible targets are clipped,
+never rejected: ``l <= S / (1 - S)`` with ``S = ltv_buffer * sum_i w_i LTV_i`` (only risky holdings
+are collateral), which keeps the target debt within ``ltv_buffer`` of the borrowing capacity. Perp
+size ``s_i = -h_i * target units_i`` (``h = 1``: spot fully hedged by a short; ``h = -1``: doubled
+by a long). The perps' initial margin ``margin_buffer * sum IMF_i |s_i| index_i`` must fit in the
+post-trade cash (USDC is the cross margin); the whole perp book is scaled down pro rata where it
+does not. A spot-only ``(B, N + 1)`` action is accepted too: it means no leverage and no hedges.
+
+Execution lives in :mod:`envs.leverage` (decision time) and :mod:`envs.leverage_move` (the move).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ActionLayout:
+    """Where each block of the action lives (see the module docstring)."""
+
+    n_assets: int
+    lending: bool
+    perps: bool
+
+    @property
+    def dim(self) -> int:
+        return self.n_assets + 1 + int(self.lending) + self.n_assets * int(self.perps)
+
+    def split(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(B, dim)`` (or spot-only ``(B, N + 1)``) -> spot ``(B, N+1)``, leverage ``(B,)``, hedges ``(B, N)``.
+
+        Missing blocks read as no leverage (``-1``) and no hedge (``0``).
+        """
+        n1 = self.n_assets + 1
+        b = actions.shape[0]
+        spot = actions[:, :n1]
+        if actions.shape[1] == n1:
+            return spot, np.full(b, -1.0), np.zeros((b, self.n_assets))
+        lev = actions[:, n1] if self.lending else np.full(b, -1.0)
+        start = n1 + int(self.lending)
+        hedge = (
+            actions[:, start : start + self.n_assets]
+            if self.perps
+            else np.zeros((b, self.n_assets))
+        )
+        return spot, lev, hedge
+
+    def safe_action(self) -> np.ndarray:
+        """``(dim,)`` action meaning all numeraire, no debt, no perps (the kill-switch's target)."""
+        action = np.zeros(self.dim)
+        action[: self.n_assets] = -1.0
+        action[self.n_assets] = 1.0
+        if self.lending:
+            action[self.n_assets + 1] = -1.0
+        return action
+
+
+def leverage_target(
+    leverage_action: np.ndarray,
+    weights: np.ndarray,
+    ltv: np.ndarray,
+    max_leverage: float,
+    ltv_buffer: float,
+) -> np.ndarray:
+    """Target debt / equity ``(B,)``: ``(a + 1) / 2 * max_leverage`` clipped to ``S / (1 - S)``.
+
+    Args:
+        leverage_action: ``(B,)`` in [-1, 1] (clipped first).
+        weights: ``(B, N + 1)`` target weights, cash last.
+        ltv: ``(N,)`` loan-to-value of each risky asset.
+    """
+    wanted = (np.clip(leverage_action, -1.0, 1.0) + 1.0) * 0.5 * max_leverage
+    s = ltv_buffer * (weights[:, :-1] * ltv).sum(axis=1)
+    return np.minimum(wanted, s / (1.0 - s))
+
+
+def max_feasible_leverage(ltv: np.ndarray, ltv_buffer: float) -> float:
+    """Largest leverage any target can reach: all weight on the highest-LTV asset."""
+    s = ltv_buffer * float(np.max(ltv))
+    return s / (1.0 - s)
+
+
+def health_factor_fast(
+    units: np.ndarray, price: np.ndarray, liq_threshold: np.ndarray, debt_usd: np.ndarray
+) -> np.ndarray:
+    """``(B,)`` HF = sum(units * price * LT) / debt, ``inf`` without debt (unchecked hot-path form of
+    :func:`envs.protocols.lending.health_factor`)."""
+    weighted = (units * price * liq_threshold).sum(axis=1)
+    safe = debt_usd > 0.0
+    return np.where(safe, weighted / np.where(safe, debt_usd, 1.0), np.inf)

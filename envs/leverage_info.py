@@ -1,0 +1,111 @@
+"""What the leveraged env reports: the protocol fields of a batched StepResult and of the single env's info.
+
+Keys (documented in docs/env_leverage.md), all USD unless named otherwise, after the step at ``t + 1``
+prices: ``health_factor`` (inf without debt), ``debt_usd``, ``debt_units`` (numeraire units),
+``collateral_usd``, ``perp_size`` (signed units), ``perp_notional_usd``, ``mark_prices``, the step's
+flows ``liquidations`` (count), ``liquidation_penalty_usd``, ``interest_usd`` (paid minus earned),
+``funding_usd`` (paid minus received), ``insurance_usd``, and what a test needs to recompute the
+market PnL independently: ``holdings_during_move`` (N + 1, cash last), ``debt_units_during_move``,
+``perp_size_during_move``, plus ``low_prices_effective`` (the low the agent was checked at) and
+``cascade_sale_units`` (the borrower population's forced sales into the pools).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from envs.leverage import LeverageEngine, StepCosts
+from envs.leverage_move import MoveOutcome
+
+if TYPE_CHECKING:
+    from envs.simulator import StepResult
+
+FLOW_KEYS = (
+    "liquidations",
+    "liquidation_penalty_usd",
+    "interest_usd",
+    "funding_usd",
+    "insurance_usd",
+)
+
+
+def protocol_step_fields(
+    result: StepResult,
+    engine: LeverageEngine,
+    move: MoveOutcome,
+    units: np.ndarray,
+    price: np.ndarray,
+    num: np.ndarray,
+) -> None:
+    """Fill the protocol fields of ``result`` (``(B,)`` arrays) and extend its costs."""
+    costs = result.costs
+    result.costs = StepCosts(
+        costs.fees_usd,
+        costs.slippage_usd,
+        costs.gas_usd,
+        move.interest_usd,
+        move.funding_usd,
+        move.liquidation_usd,
+    )
+    result.health_factor = engine.health_factor(units, price, num)
+    result.debt_usd = engine.debt * num
+    collateral = (units * price).sum(axis=1)
+    result.collateral_usd = collateral if engine.lending_on else np.zeros_like(collateral)
+    result.liquidations = move.liquidations
+    result.liquidation_penalty_usd = move.liquidation_penalty_usd
+    result.interest_usd = move.interest_usd
+    result.funding_usd = move.funding_usd
+    result.perp_notional_usd = (np.abs(engine.perp_size) * price).sum(axis=1)
+    result.insurance_usd = move.insurance_usd
+
+
+def protocol_info(
+    engine: LeverageEngine,
+    move: MoveOutcome | None,
+    result: StepResult | None,
+    index: int,
+    tau: int,
+    units: np.ndarray,
+    cash: np.ndarray,
+    price: np.ndarray,
+    num: np.ndarray,
+    low_now: np.ndarray,
+) -> dict:
+    """Protocol keys of env ``index``'s info; flows are zero right after a reset (``result`` None).
+
+    ``units`` ``(B, N)``, ``cash`` ``(B,)``, ``price`` ``(B, N)``, ``num`` ``(B,)`` are the state and
+    prices now at time index ``tau`` of the path; ``low_now`` ``(N,)`` the current time's low
+    (reported as the effective low after a reset).
+    """
+    p, n = price[index], float(num[index])
+    debt_units = float(engine.debt[index])
+    info: dict = {
+        "health_factor": float(engine.health_factor(units, price, num)[index]),
+        "debt_usd": debt_units * n,
+        "debt_units": debt_units,
+        "collateral_usd": float(units[index] @ p) if engine.lending_on else 0.0,
+        "perp_size": engine.perp_size[index].copy(),
+        "perp_notional_usd": float(np.abs(engine.perp_size[index]) @ p),
+        "mark_prices": engine.paths.mark[index, tau].copy() if engine.perps_on else p.copy(),
+    }
+    if result is None or move is None:
+        info.update({key: 0 if key == "liquidations" else 0.0 for key in FLOW_KEYS})
+        info["holdings_during_move"] = np.append(units[index], cash[index])
+        info["debt_units_during_move"] = debt_units
+        info["perp_size_during_move"] = engine.perp_size[index].copy()
+        info["low_prices_effective"] = np.array(low_now, dtype=float)
+        info["cascade_sale_units"] = np.zeros(engine.n_assets)
+        return info
+    for key in FLOW_KEYS:
+        value = getattr(result, key)[index]
+        info[key] = int(value) if key == "liquidations" else float(value)
+    info["holdings_during_move"] = np.append(
+        move.units_during_move[index], move.cash_during_move[index]
+    )
+    info["debt_units_during_move"] = float(move.debt_during_move[index])
+    info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
+    info["low_prices_effective"] = move.low_effective[index].copy()
+    info["cascade_sale_units"] = move.cascade_sale_units[index].copy()
+    return info
