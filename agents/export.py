@@ -394,16 +394,26 @@ def detect_algo(model_path: str | Path) -> str:
 
 
 def load_config_file(path: str | Path) -> tuple[SimulationConfig, str | None]:
-    """A training config (``simulation:`` + ``algo``) or a simulation config; returns (simulation, algo)."""
+    """A training config (``simulation:`` + ``algo``) or a simulation config; returns (simulation, algo).
+
+    Read without ``training.config`` (agents sit below training): a run's saved config holds its
+    simulation inline, or as a path relative to the file.
+    """
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if isinstance(data, dict) and "simulation" in data:
-        from training.config import load_train_config
-
-        train_cfg = load_train_config(path)
-        return train_cfg.simulation, train_cfg.algo
-    return load_config(path), None
+    path = Path(path)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not (isinstance(data, dict) and "simulation" in data):
+        return load_config(path), None
+    simulation = data["simulation"]
+    if (
+        isinstance(simulation, str)
+        and not Path(simulation).is_absolute()
+        and (path.parent / simulation).is_file()
+    ):
+        simulation = path.parent / simulation
+    algo = data.get("algo")
+    return load_config(simulation), str(algo) if algo is not None else None
 
 
 def _find_next_to(model_path: Path, names: tuple[str, ...]) -> Path | None:
@@ -455,9 +465,7 @@ def source_from_files(
     return ExportSource(model, normalizer, config, algo, source)
 
 
-def source_from_run(
-    run_id: str, which: str = "auto", dst: str | Path | None = None
-) -> ExportSource:
+def source_from_run(run_id: str, which: str = "auto") -> ExportSource:
     """Download a training run's model (``best`` if it has one, else ``final``) and config from MLflow."""
     import mlflow
     from mlflow import MlflowClient
@@ -476,21 +484,20 @@ def source_from_run(
         raise ValueError(
             f"--run-id {run_id}: the run has no {which!r} model artifacts (found {sorted(top)})"
         )
-    folder = Path(dst or tempfile.mkdtemp(prefix="defialloc-export-"))
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=which, dst_path=str(folder)
+    with tempfile.TemporaryDirectory(prefix="defialloc-export-") as folder:
+        fetch = mlflow.artifacts.download_artifacts
+        model_dir = Path(fetch(run_id=run_id, artifact_path=which, dst_path=folder))
+        cfg_file = Path(
+            fetch(run_id=run_id, artifact_path="config/train_config.yaml", dst_path=folder)
         )
-    )
-    cfg_file = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="config/train_config.yaml", dst_path=str(folder)
+        vec = model_dir / "vecnormalize.pkl"
+        # everything is loaded into memory here, so the downloads can go
+        src = source_from_files(
+            model_dir / "model.zip",
+            vec if vec.is_file() else None,
+            cfg_file,
+            run.data.tags.get("algo"),
         )
-    )
-    vec = model_dir / "vecnormalize.pkl"
-    src = source_from_files(
-        model_dir / "model.zip", vec if vec.is_file() else None, cfg_file, run.data.tags.get("algo")
-    )
     src.source = {
         "run_id": run_id,
         "artifact": which,
@@ -572,7 +579,9 @@ def log_export(
         mlflow.set_tags({"onnx_policy_id": manifest.policy_id, "onnx_sha256": manifest.onnx_sha256})
         the_run = active.info.run_id
     finally:
-        mlflow.end_run(status=status if status in ("FINISHED", "FAILED", "KILLED") else "FINISHED")
+        mlflow.end_run()
+        if run_id is not None:  # the training run keeps its own status (RUNNING, KILLED, ...)
+            client.update_run(run_id, status=status)
     tags = {
         "onnx_export_uri": f"runs:/{the_run}/{MLFLOW_EXPORT_DIR}",
         "onnx_model_uri": info.model_uri,

@@ -60,7 +60,8 @@ def policy_kwargs(algo: str, policy: Mapping[str, Any]) -> dict[str, Any]:
     ``net_arch`` (hidden sizes of the actor) and ``critic_arch`` (of the value net for PPO, of each
     Q-net for SAC; defaults to ``net_arch``) become SB3's ``dict(pi=..., vf|qf=...)``;
     ``activation`` names a torch activation; other keys (``log_std_init``, ``ortho_init``, ...) pass
-    through unchanged.
+    through unchanged, except ``log_std_init`` for SAC without gSDE (SB3 would silently ignore it:
+    SAC's exploration noise is set by its entropy coefficient).
     """
     algorithm_class(algo)
     actor = list(policy.get("net_arch", [64, 64]))
@@ -74,6 +75,8 @@ def policy_kwargs(algo: str, policy: Mapping[str, Any]) -> dict[str, Any]:
         "activation_fn": ACTIVATIONS[activation],
     }
     kwargs.update({k: v for k, v in policy.items() if k not in _POLICY_BLOCK_KEYS and v is not None})
+    if algo == "sac" and not policy.get("use_sde", False):
+        kwargs.pop("log_std_init", None)
     return kwargs
 
 
@@ -153,8 +156,11 @@ class ObsNormalizer:
     @classmethod
     def load(cls, path: str | Path) -> ObsNormalizer:
         """Read the statistics from a file written by ``VecNormalize.save`` (no env needed)."""
-        with open(path, "rb") as handle:
-            saved = pickle.load(handle)  # noqa: S301 - our own artifact
+        try:
+            with open(path, "rb") as handle:
+                saved = pickle.load(handle)  # our own artifact (VecNormalize.save)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+            raise ValueError(f"{path} is not a pickle written by VecNormalize.save, expected a saved VecNormalize ({exc})") from None
         if not isinstance(saved, VecNormalize):
             raise ValueError(f"{path} holds a {type(saved).__name__}, expected a saved VecNormalize")
         return cls.from_vec_normalize(saved)

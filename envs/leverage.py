@@ -123,6 +123,7 @@ class LeverageEngine:
             )
         self.debt = np.zeros(n_envs)
         self.perp_size = np.zeros((n_envs, self.n_assets))
+        self.hf_now = np.full(n_envs, np.inf)
         self.obs_size = 3 * int(self.lending_on) + 2 * self.n_assets * int(self.perps_on)
 
     def _check_max_leverage(self) -> None:
@@ -146,6 +147,7 @@ class LeverageEngine:
             self.cascades.reset(index, paths.close[:, w], paths.depth_multiplier[:, w])
         self.debt[index] = 0.0
         self.perp_size[index] = 0.0
+        self.hf_now[index] = np.inf
 
     def snapshot(self, index: int) -> dict:
         """JSON-serializable protocol state of env ``index`` (debt, perps, borrower population)."""
@@ -175,6 +177,12 @@ class LeverageEngine:
             return np.full(self.n_envs, np.inf)
         return health_factor_fast(units, price, self.setup.reserves.liq_threshold, self.debt * num)  # type: ignore[union-attr]
 
+    def refresh_health(self, units: np.ndarray, price: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """Recompute :attr:`hf_now`, the HF at the decision time's close (after every reset/advance);
+        the kill-switch, the observation and the info all read this one array."""
+        self.hf_now = self.health_factor(units, price, num)
+        return self.hf_now
+
     def observation(
         self,
         units: np.ndarray,
@@ -189,7 +197,7 @@ class LeverageEngine:
         equity = np.where(value > 0.0, value, np.inf)
         blocks = []
         if self.lending_on:
-            hf = self.health_factor(units, price, num)
+            hf = self.hf_now
             blocks.append(np.log(np.clip(hf, 1e-6, HF_CAP))[:, None])
             blocks.append((self.debt * num / equity)[:, None])
             blocks.append((self.paths.borrow_rate[rows, tau] * RATE_SCALE)[:, None])
@@ -198,6 +206,14 @@ class LeverageEngine:
             per_year = 365.0 / self.paths.step_days
             blocks.append(self.paths.funding[rows, tau] * per_year * RATE_SCALE)
         return np.concatenate(blocks, axis=1)
+
+    def observation_names(self, asset_names: tuple[str, ...]) -> list[str]:
+        """Names of the protocol block's entries, in order (appended after envs/features.py's)."""
+        names = ["log_health_factor", "leverage", "borrow_rate_x10"] if self.lending_on else []
+        if self.perps_on:
+            names += [f"perp_exposure_{a}" for a in asset_names]
+            names += [f"funding_rate_ann_x10_{a}" for a in asset_names]
+        return names
 
     # ------------------------------------------------------------------ execute
     def _gas_usd(self, units: float, gwei: np.ndarray, eth: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ def protocol_step_fields(
         move.funding_usd,
         move.liquidation_usd,
     )
-    result.health_factor = engine.health_factor(units, price, num)
+    result.health_factor = engine.refresh_health(units, price, num)
     result.debt_usd = engine.debt * num
     collateral = (units * price).sum(axis=1)
     result.collateral_usd = collateral if engine.lending_on else np.zeros_like(collateral)
@@ -82,7 +82,7 @@ def protocol_info(
     p, n = price[index], float(num[index])
     debt_units = float(engine.debt[index])
     info: dict = {
-        "health_factor": float(engine.health_factor(units, price, num)[index]),
+        "health_factor": float(engine.hf_now[index]),
         "debt_usd": debt_units * n,
         "debt_units": debt_units,
         "collateral_usd": float(units[index] @ p) if engine.lending_on else 0.0,

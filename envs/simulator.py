@@ -308,7 +308,7 @@ class PortfolioSimulator:
         rows, tau = self._rows, self._tau()
         price, num = self.close[rows, tau], self.numeraire[rows, tau]
         value_before = self.value
-        hf = engine.health_factor(self.units, price, num) if engine.lending_on else None
+        hf = engine.hf_now if engine.lending_on else None
         active = self.kill_switch.update(1.0 - value_before / self.peak, hf)
         fills = engine.execute(
             self.units,
@@ -413,6 +413,7 @@ class PortfolioSimulator:
         self.rewards.ema_mean[index], self.rewards.ema_sq[index] = state["reward_ema"]
         if self.protocols is not None:
             self.protocols.restore(index, state["protocols"])
+            self.protocols.refresh_health(self.units, *self.prices_now())
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""

@@ -74,16 +74,28 @@ def observations(cfg):
     return env_observations(cfg)
 
 
+_EXPORTS: dict[str, tuple] = {}
+
+
+def _export(algo: str, cfg, tmp_path_factory) -> tuple:
+    """Train and export once per algorithm for the whole module."""
+    if algo not in _EXPORTS:
+        model, venv = train_tiny(algo, cfg)
+        venv.training = False
+        out = tmp_path_factory.mktemp(f"export_{algo}")
+        source = ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, algo)
+        _EXPORTS[algo] = (algo, model, venv, out, export_policy(source, out))
+    return _EXPORTS[algo]
+
+
 @pytest.fixture(scope="module", params=["ppo", "sac"])
 def exported(request, cfg, tmp_path_factory):
-    algo = request.param
-    model, venv = train_tiny(algo, cfg)
-    venv.training = False
-    out = tmp_path_factory.mktemp(f"export_{algo}")
-    manifest = export_policy(
-        ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, algo), out
-    )
-    return algo, model, venv, out, manifest
+    return _export(request.param, cfg, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ppo_exported(cfg, tmp_path_factory):
+    return _export("ppo", cfg, tmp_path_factory)
 
 
 def test_onnx_equals_sb3_deterministic_policy_on_1000_env_observations(exported, observations):
@@ -138,14 +150,20 @@ def test_leverage_and_hedge_dimensions_are_read_from_the_env(tmp_path):
     """With lending and perps the action has 1 + N more entries: labelled, clipped, passed through."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    cfg = envs.load_config(None, {"env.horizon": 30, "env.lending.enabled": True, "env.perps.enabled": True})
+    cfg = envs.load_config(
+        None, {"env.horizon": 30, "env.lending.enabled": True, "env.perps.enabled": True}
+    )
     venv = VecNormalize(envs.make_vec_env(cfg, n_envs=2, seed=0))
-    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=16, seed=0, policy_kwargs={"net_arch": [16]})
+    model = PPO(
+        "MlpPolicy", venv, n_steps=8, batch_size=16, seed=0, policy_kwargs={"net_arch": [16]}
+    )
     with torch.no_grad():
         model.policy.action_net.bias[6] = 5.0  # leverage output past the upper bound
         model.policy.action_net.bias[7] = -5.0  # first hedge ratio past the lower bound
     venv.training = False
-    manifest = export_policy(ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, "ppo"), tmp_path)
+    manifest = export_policy(
+        ExportSource(model, ObsNormalizer.from_vec_normalize(venv), cfg, "ppo"), tmp_path
+    )
     assets = tuple(cfg.market.assets)
     assert manifest.action_dim == 12 == venv.action_space.shape[0]
     assert [(b.name, b.start, b.stop) for b in manifest.action_layout] == [
@@ -159,7 +177,9 @@ def test_leverage_and_hedge_dimensions_are_read_from_the_env(tmp_path):
     expected, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
     np.testing.assert_allclose(got["action"], expected, atol=TOL, rtol=0)
     np.testing.assert_array_equal(got["extra_actions"], got["action"][:, 6:])
-    np.testing.assert_allclose(got["target_weights"], actions_to_weights(expected[:, :6].astype(np.float64)), atol=TOL)
+    np.testing.assert_allclose(
+        got["target_weights"], actions_to_weights(expected[:, :6].astype(np.float64)), atol=TOL
+    )
     np.testing.assert_array_equal(got["extra_actions"][:, :2], np.tile([1.0, -1.0], (len(obs), 1)))
 
 
@@ -278,16 +298,14 @@ def test_export_cli_from_model_files(exported, observations, tmp_path):
 
 
 def test_export_logs_to_mlflow_and_tags_the_registered_version(
-    exported, observations, tmp_path, monkeypatch
+    ppo_exported, observations, tmp_path, monkeypatch
 ):
     import mlflow
     from mlflow import MlflowClient
 
     from training.cli import app
 
-    algo, model, venv, out, manifest = exported
-    if algo != "ppo":
-        pytest.skip("one algorithm is enough for the MLflow plumbing")
+    algo, model, venv, out, manifest = ppo_exported
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     # global MLflow state this test changes, restored at teardown

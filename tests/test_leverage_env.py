@@ -189,7 +189,9 @@ def test_borrow_targets_debt_and_exposure_from_equity():
     # the 300k buy plus gas exceeds the 100k + 200k cash: the buy is scaled to spend it all
     eth_value = info["holdings_during_move"][1] * 2000.0
     costs = info["costs"]
-    assert eth_value + costs["fees"] + costs["slippage"] + costs["gas"] == pytest.approx(300_000.0, rel=1e-12)
+    assert eth_value + costs["fees"] + costs["slippage"] + costs["gas"] == pytest.approx(
+        300_000.0, rel=1e-12
+    )
     assert 0.0 <= info["holdings_during_move"][-1] < 1e-6
     eth_value = info["holdings"][1] * 2000.0
     expected_hf = 0.83 * eth_value / info["debt_units"]
@@ -262,6 +264,42 @@ def test_funding_sign_and_size(tmp_path, regime, hedge, expected_funding_usd):
     assert second["funding_usd"] == pytest.approx(expected_funding_usd, rel=1e-9)
     assert second["costs"]["funding"] == second["funding_usd"]
     assert identity_error(first, second) < 1e-9
+
+
+def test_carry_over_a_step_uses_the_rates_quoted_at_its_start(tmp_path):
+    """Calm at t = 0, crash from t = 1 (noiseless regime AR(1)s): step 0 pays the calm funding and
+    interest; at t = 1 basis and utilization move by ``m + phi (x - m)`` toward the crash means."""
+    perps = deterministic_perps(tmp_path, {"calm": 0.0001, "bull": 0.0003, "crash": -0.0003})
+    env = small_env(
+        3,
+        **{
+            "env.perps.params_path": perps,
+            "env.lending.params_path": deterministic_lending(tmp_path),
+        },
+    )
+    regime = np.full(6 + 3 + 1, CRASH, dtype=np.int8)
+    regime[: 6 + 1] = CALM
+    _, before = env.reset(seed=0, options={"paths": flat_path(3, regime=regime)})
+    act = action(env, [0.5, 0.0, 0.5], leverage=0.0, hedges=[1.0, 0.0])
+    _, _, _, _, first = env.step(act)
+    _, _, _, _, second = env.step(act)
+    basis1 = -0.0003 + 0.7 * (0.0001 + 0.0003)  # persistence 0.7 (perps.yaml)
+    util1 = 0.92 + 0.9 * (0.60 - 0.92)  # USDC, persistence 0.9
+    size = first["perp_size"][0]
+    assert second["perp_size_during_move"][0] == size
+    assert first["funding_usd"] == pytest.approx(3 * 0.0001 * size * 100.0, rel=1e-9)
+    assert second["funding_usd"] == pytest.approx(3 * basis1 * size * 100.0, rel=1e-9)
+    for info, rate in ((first, 0.035 * 0.60 / 0.90), (second, 0.035 * util1 / 0.90)):
+        debt = info["debt_units_during_move"]
+        assert info["debt_units"] == pytest.approx(debt * math.exp(rate / YEAR), rel=1e-13)
+    np.testing.assert_allclose(
+        first["mark_prices"], [100 * (1 + basis1), 2000 * (1 + basis1)], rtol=1e-12
+    )
+    basis2 = -0.0003 + 0.7 * (basis1 + 0.0003)  # the mark at t = 2, after the second step
+    np.testing.assert_allclose(
+        second["mark_prices"], [100 * (1 + basis2), 2000 * (1 + basis2)], rtol=1e-12
+    )
+    assert identity_error(before, first) < 1e-9 and identity_error(first, second) < 1e-9
 
 
 # ---------------------------------------------------------------------------------------- perps
@@ -468,6 +506,10 @@ def test_observation_block_layout():
     obs, _ = env.reset(seed=0, options={"paths": flat_path(3)})
     spot_dim = observation_size(2, env.unwrapped.config.env.observation)
     assert obs.shape == (spot_dim + 3 + 2 * 2,)
+    assert env.unwrapped.sim.protocols.observation_names(ASSETS) == [
+        "log_health_factor", "leverage", "borrow_rate_x10", "perp_exposure_BTC", "perp_exposure_ETH",
+        "funding_rate_ann_x10_BTC", "funding_rate_ann_x10_ETH",
+    ]  # fmt: skip
     assert obs[spot_dim] == pytest.approx(math.log(10.0))  # no debt: HF = inf reads as log(10)
     assert obs[spot_dim + 1] == 0.0  # leverage
     obs, *_, info = env.step(action(env, [0, 1, 0], leverage=1.0, hedges=[0.0, 0.5]))
@@ -532,3 +574,41 @@ def test_negative_rates_are_refused(tmp_path, edit, match):
 def test_bad_leverage_config_values_get_clear_errors(overrides, match):
     with pytest.raises(ValueError, match=match):
         make_env(LEVERAGE_CONFIG, **overrides)
+
+
+def test_cascade_sales_along_a_path_are_population_liquidations_exactly():
+    """The online population (stepped with the env, liquidation calls batched by row) reproduces the
+    protocol's ``population_liquidations`` along the env's own path, bit for bit."""
+    horizon = 120
+    venv = make_vec_env(LEVERAGE_CONFIG, n_envs=3, seed=3, **{"env.horizon": horizon})
+    venv.reset()
+    sim = venv.sim
+    w = sim.warmup
+    reserves = sim.protocols.setup.reserves
+    depth = np.array([sim.config.env.amm.pair_depth_usd(a) for a in sim.asset_names])
+    expected = population_liquidations(
+        sim.low[:, w + 1 :], sim.close[:, w], depth * sim.depth[:, w, None], reserves.liq_threshold,
+        reserves.liq_bonus, reserves.liq_protocol_fee, load_lending_params().population,
+        sim.close[:, w + 1 :],
+    )  # fmt: skip
+    got = np.zeros_like(expected)
+    for t in range(horizon - 1):
+        venv.step(np.zeros((3, venv.action_space.shape[0]), np.float32))
+        got[:, t] = np.stack([venv.env_info(i)["cascade_sale_units"] for i in range(3)])
+    np.testing.assert_array_equal(got[:, : horizon - 1], expected[:, : horizon - 1])
+    assert expected[:, : horizon - 1].sum() > 0.0  # the path does liquidate borrowers
+
+
+def test_snapshot_restore_resumes_the_leveraged_state_exactly():
+    env = make_env(LEVERAGE_CONFIG, seed=2, **{"env.horizon": 80})
+    sim = env.unwrapped.sim
+    rng = np.random.default_rng(4)
+    actions = [_random_action(rng, env.action_space.shape[0]).astype(np.float32) for _ in range(50)]
+    for a in actions[:30]:
+        env.step(a)
+    state = sim.snapshot(0)
+    first = [env.step(a)[4]["portfolio_value"] for a in actions[30:]]
+    sim.restore(0, state)
+    second = [env.step(a)[4]["portfolio_value"] for a in actions[30:]]
+    assert first == second
+    assert state["protocols"]["debt"] >= 0.0 and len(state["protocols"]["perp_size"]) == 5

@@ -376,7 +376,9 @@ def test_feed_assets_or_step_not_matching_the_manifest_are_refused(policy, tmp_p
 
 
 def test_levered_policies_are_refused_until_protocol_series_stream(tmp_path):
-    levered = OnnxPolicy(make_policy_dir(tmp_path / "levered", overrides={"env.lending.enabled": True}))
+    levered = OnnxPolicy(
+        make_policy_dir(tmp_path / "levered", overrides={"env.lending.enabled": True})
+    )
     assert levered.manifest.action_dim == 7
     feed = simulated_feed(levered, n_bars=70)
     with pytest.raises(ValueError, match="spot-only"):
@@ -529,3 +531,29 @@ def test_paper_runtime_imports_no_torch_and_loads_no_pickle(policy_dir, tmp_path
     steps = [m.step for m in client.get_metric_history(run_id, "paper/value_usd")]
     warmup = OnnxPolicy(policy_dir).manifest.simulation_config["env"]["warmup"]
     assert sorted(steps) == list(range(warmup, 90))
+
+
+def test_ruin_halts_the_run_and_a_restart_does_nothing(tmp_path):
+    """At or below env.ruin_fraction of the start value the portfolio stops trading (and stays stopped)."""
+    fragile = OnnxPolicy(
+        make_policy_dir(tmp_path / "fragile", overrides={"env.ruin_fraction": 0.9})
+    )
+    feed = simulated_feed(fragile, n_bars=90)
+    paths = feed.paths
+    crash = {name: getattr(paths, name).copy() for name in ("close", "high", "low")}
+    for arr in crash.values():
+        arr[0, 70:] *= 0.05  # every risky asset loses 95 % between bars 69 and 70
+    crashed = PathFeed(
+        MarketPaths(**{**paths.__dict__, **crash}), kind="test", numeraire="USDC", source={}
+    )
+    ledger = tmp_path / "ruin.db"
+    summary = run_trader(fragile, crashed, ledger)
+    assert summary.status == "halted: ruined" and summary.last_bar == 70
+    db = Ledger.open(ledger)
+    assert db.status() == "halted: ruined"
+    (value,) = db.conn.execute("SELECT value_usd FROM equity WHERE bar_index = 70").fetchone()
+    assert value <= 0.9 * 100_000.0
+    assert db.conn.execute("SELECT COUNT(*) FROM decisions WHERE bar_index = 70").fetchone()[0] == 0
+    db.close()
+    again = run_trader(fragile, crashed, ledger)
+    assert again.status == "halted: ruined" and again.bars_written == 0

@@ -60,6 +60,9 @@ def export_command(
         raise _fail("give exactly one of --run-id RUN_ID or --model PATH")
     if which not in ("auto", "best", "final"):
         raise _fail(f"--which={which!r} must be auto, best or final")
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from agents.export import export_policy, log_export, source_from_files, source_from_run
     from envs.config import ConfigError
 

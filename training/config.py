@@ -123,6 +123,7 @@ class EvalConfig(StrictModel):
         default=None, description="baseline names (default: policies_to_run of configs/evaluation/default.yaml)"
     )
     workers: int = Field(default=1, ge=1, le=64, description="backtest processes")
+    plots: bool = Field(default=True, description="log the backtest plots (PNG) with the evaluation runs")
 
 
 class CheckpointConfig(StrictModel):

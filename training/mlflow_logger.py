@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from numbers import Real
@@ -92,7 +93,7 @@ class SB3PyfuncModel(mlflow.pyfunc.PythonModel):
         self.algo = algo
         self._policy = None
 
-    def load_context(self, context) -> None:  # noqa: ANN001 - mlflow's PythonModelContext
+    def load_context(self, context: Any) -> None:
         from agents.sb3 import SB3Policy
 
         artifacts = context.artifacts
@@ -100,7 +101,9 @@ class SB3PyfuncModel(mlflow.pyfunc.PythonModel):
             self.algo, artifacts["model"], artifacts.get("vecnormalize"), name=self.algo, device="cpu"
         )
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - mlflow's signature
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
+            (model_input,) = model_input.values()
         obs = np.asarray(model_input, dtype=np.float32)
         if obs.ndim == 1:
             obs = obs[None, :]
@@ -110,8 +113,8 @@ class SB3PyfuncModel(mlflow.pyfunc.PythonModel):
 def policy_signature(obs_dim: int, action_dim: int) -> ModelSignature:
     """Tensor signature ``(-1, obs_dim) float32 -> (-1, action_dim) float32``."""
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, obs_dim), name="observation")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, action_dim), name="action")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, obs_dim))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, action_dim))]),
     )
 
 
@@ -145,13 +148,21 @@ def log_policy_model(
     artifacts = {"model": str(model_path)}
     if vecnormalize_path is not None:
         artifacts["vecnormalize"] = str(vecnormalize_path)
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=SB3PyfuncModel(algo),
-        artifacts=artifacts,
-        signature=policy_signature(obs_dim, action_dim),
-        pip_requirements=_pip_requirements(),
-    )
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    # it warns that the wrapper object is cloudpickled: it is ours and holds no state but `algo`
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=SB3PyfuncModel(algo),
+            artifacts=artifacts,
+            signature=policy_signature(obs_dim, action_dim),
+            input_example=np.zeros((1, obs_dim), dtype=np.float32),
+            pip_requirements=_pip_requirements(),
+        )
+    finally:
+        pyfunc_logger.setLevel(level)
     if registered_name is None:
         return None
     version = mlflow.register_model(info.model_uri, registered_name)

@@ -366,7 +366,7 @@ def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progres
         cfg.simulation, [policy, *baselines], seeds, workers=cfg.eval.workers, progress=progress, scenario_set="test"
     )
     name = f"{cfg.mlflow.run_name or cfg.algo}-test"
-    runs["test"] = log_backtest(test, cfg.mlflow.experiment, name, cfg.simulation, extra)
+    runs["test"] = log_backtest(test, cfg.mlflow.experiment, name, cfg.simulation, extra, plots=cfg.eval.plots)
     if cfg.eval.held_out:
         spec = resolve_period(cfg.eval.held_out_period, eval_cfg)
         feasible = [b for b in baselines if b != ORACLE_BASELINE]
@@ -380,6 +380,6 @@ def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progres
             progress=progress,
         )
         name = f"{cfg.mlflow.run_name or cfg.algo}-{cfg.eval.held_out_period}"
-        runs["held_out"] = log_backtest(held, cfg.mlflow.experiment, name, held.config, extra)
+        runs["held_out"] = log_backtest(held, cfg.mlflow.experiment, name, held.config, extra, plots=cfg.eval.plots)
     MlflowClient().set_tag(result.run_id, "evaluation_runs", json.dumps(runs))
     return runs

@@ -234,6 +234,11 @@ class ReplayFeed(PathFeed):
                 f"the data hold only {int(np.datetime64(cfg.start, 'D') - panel.dates[lo])} days before "
                 f"start={cfg.start}; the policy needs warmup={warmup} days of history"
             )
+        last = panel.dates[hi - 1]
+        if last != np.datetime64(cfg.end, "D"):
+            raise ValueError(
+                f"the data in {cfg.resolved_data_dir()} end at {last}, before end={cfg.end}"
+            )
         paths = replay_paths(cfg, np.zeros(1, dtype=np.int64), hi - lo, warmup)
         source = {"start": str(cfg.start), "end": str(cfg.end), "warmup": warmup}
         return cls(paths, kind="replay", numeraire=cfg.numeraire, source=source, speed=speed)

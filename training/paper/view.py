@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,9 @@ def render_ledger(path: str | Path) -> Group:
     )
     last_bar, n_bars = data["last_bar"]
     head.add_row(
-        "bars", f"{n_bars} written (last {last_bar}); status {meta.get('status', 'running')}"
+        "bars",
+        f"{n_bars} written (last bar {last_bar}; decisions from bar {meta.get('warmup', '?')})"
+        + (f"; {meta['status']}" if meta.get("status") else ""),
     )
     if equity:
         first_value = equity[0][2]
@@ -115,13 +118,15 @@ def render_ledger(path: str | Path) -> Group:
 
 
 class LiveView:
-    """Refresh :func:`render_ledger` in place at most every ``every`` bars (a context manager)."""
+    """Refresh :func:`render_ledger` in place, at most every ``min_seconds`` (a context manager)."""
 
-    def __init__(self, path: str | Path, console: Console | None = None, every: int = 1) -> None:
+    def __init__(
+        self, path: str | Path, console: Console | None = None, min_seconds: float = 0.25
+    ) -> None:
         self.path = Path(path)
         self.console = console or Console()
-        self.every = max(1, every)
-        self._count = 0
+        self.min_seconds = min_seconds
+        self._last = 0.0
         self._live: Live | None = None
 
     def __enter__(self) -> LiveView:
@@ -136,6 +141,8 @@ class LiveView:
             self._live.__exit__(*exc)  # type: ignore[arg-type]
 
     def update(self, *_: object) -> None:
-        self._count += 1
-        if self._live is not None and self._count % self.every == 0:
+        """Called after every committed bar; re-reads the ledger when the last refresh is old enough."""
+        now = time.monotonic()
+        if self._live is not None and now - self._last >= self.min_seconds:
+            self._last = now
             self._live.update(render_ledger(self.path))

@@ -1,0 +1,190 @@
+"""Training tracked in MLflow: streamed metrics, params/tags/artifacts, registry, interrupt + resume.
+
+Every test uses a temporary SQLite tracking store and runs in a temporary folder, so no mlflow.db or
+runs/ folder is written into the repository.
+"""
+
+import math
+import os
+import signal
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.sb3 import SB3Policy
+from envs.config import REPO_ROOT, ConfigError
+from training.callbacks import STATE_FILE, RunState
+from training.config import load_train_config
+from training.mlflow_logger import MLflowKVWriter
+from training.train import load_resume_config, train
+
+ROLLOUT = 32 * 4  # n_steps x n_envs
+
+
+def tiny_config(tmp_path: Path, **overrides):
+    base = {
+        "env.horizon": 30,
+        "n_envs": 4,
+        "total_timesteps": 8 * ROLLOUT,
+        "ppo.n_steps": 32,
+        "ppo.batch_size": 64,
+        "ppo.n_epochs": 2,
+        "policy.net_arch": [16, 16],
+        "eval.every_steps": 2 * ROLLOUT,
+        "eval.n_scenarios": 4,
+        "eval.final": False,
+        "checkpoint.every_steps": 2 * ROLLOUT,
+        "output_dir": str(tmp_path / "runs"),
+        "mlflow.experiment": f"test-train-{tmp_path.name}",
+        "mlflow.register_model": False,
+    }
+    return load_train_config(REPO_ROOT / "configs" / "train" / "ppo.yaml", base | overrides)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module (creating its tables takes seconds); tests use own experiments."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def tracking(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+class MetricsSeenDuringTraining(BaseCallback):
+    """Reads the run's metrics from MLflow while training is still going on."""
+
+    def __init__(self, run_id_getter) -> None:
+        super().__init__()
+        self.run_id_getter = run_id_getter
+        self.seen: list[int] = []
+
+    def _on_rollout_start(self) -> None:
+        run_id = mlflow.active_run().info.run_id
+        history = MlflowClient().get_metric_history(run_id, "time/total_timesteps")
+        self.seen.append(len(history))
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class InterruptAt(BaseCallback):
+    """Sends this process a SIGINT (as Ctrl-C would) once ``step`` env steps are done."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self.sent = step, False
+
+    def _on_step(self) -> bool:
+        if not self.sent and self.num_timesteps >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return True
+
+
+def test_kv_writer_forwards_numeric_values_at_the_step(tracking):
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("kv")).info.run_id
+    writer = MLflowKVWriter(run_id, client)
+    values = {"train/loss": 0.5, "time/fps": 120, "note": "text", "flag": True, "hidden": 1.0, "bad": math.nan}
+    writer.write(values, {"hidden": ("stdout", "mlflow"), "train/loss": ("tensorboard",)}, step=4096)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics == {"train/loss": 0.5, "time/fps": 120.0}
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [4096]
+
+
+def test_training_run_streams_metrics_logs_params_tags_artifacts_and_registers(tracking, tmp_path):
+    cfg = tiny_config(tmp_path, **{"mlflow.register_model": True, "mlflow.registered_name": "test-ppo"})
+    watcher = MetricsSeenDuringTraining(None)
+    result = train(cfg, progress=False, callbacks=[watcher])
+    assert result.completed and result.num_timesteps == 8 * ROLLOUT
+    # streamed: metrics of earlier iterations were in MLflow while training still ran
+    assert watcher.seen[0] == 0 and watcher.seen[-1] >= 6
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(result.run_id, "time/total_timesteps")]
+    assert steps == [ROLLOUT * k for k in range(1, 9)]
+    assert len(client.get_metric_history(result.run_id, "train/loss")) >= 6
+    val_steps = [m.step for m in client.get_metric_history(result.run_id, "val/mean_log_growth")]
+    assert val_steps[:2] == [2 * ROLLOUT, 4 * ROLLOUT] and val_steps[-1] == 8 * ROLLOUT
+    assert run.data.params["ppo.n_steps"] == "32"
+    assert run.data.params["simulation.env.horizon"] == "30"
+    assert run.data.tags["algo"] == "ppo"
+    assert run.data.tags["config_hash"] == cfg.config_hash()
+    assert run.data.tags["git_commit"]
+    artifacts = {f.path for folder in ("final", "best", "config") for f in client.list_artifacts(result.run_id, folder)}
+    assert {"final/model.zip", "final/vecnormalize.pkl", "best/model.zip", "config/train_config.yaml"} <= artifacts
+    # the registry holds the best model, reachable by alias, acting like the SB3Policy it wraps
+    version = client.get_model_version_by_alias("test-ppo", "candidate")
+    assert str(version.version) == result.model_version and version.run_id == result.run_id
+    served = mlflow.pyfunc.load_model("models:/test-ppo@candidate")
+    best = result.policy_dir()
+    policy = SB3Policy.load("ppo", best / "model.zip", best / "vecnormalize.pkl", device="cpu")
+    obs = np.random.default_rng(0).normal(size=(5, policy.obs_dim)).astype(np.float32)
+    np.testing.assert_allclose(served.predict(obs), policy.act(obs), atol=1e-6)
+
+
+def test_interrupted_run_resumes_in_the_same_run_without_losing_steps(tracking, tmp_path):
+    cfg = tiny_config(tmp_path)
+    first = train(cfg, progress=False, callbacks=[InterruptAt(3 * ROLLOUT - 8)])
+    assert not first.completed
+    client = MlflowClient()
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    # the stop waits for the rollout boundary, so the checkpoint holds exactly the learned steps
+    saved = RunState.load(first.run_dir / "checkpoint" / STATE_FILE)
+    assert saved.num_timesteps == 3 * ROLLOUT == first.num_timesteps
+
+    with pytest.raises(ConfigError, match="cannot change n_envs"):
+        load_resume_config(first.run_id, {"n_envs": 8})
+    resumed_cfg = load_resume_config(first.run_id)
+    assert resumed_cfg.config_hash() == cfg.config_hash()
+    second = train(resumed_cfg, resume_run_id=first.run_id, progress=False)
+    assert second.run_id == first.run_id
+    assert second.completed and second.num_timesteps == 8 * ROLLOUT
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    steps = [m.step for m in client.get_metric_history(first.run_id, "time/total_timesteps")]
+    assert sorted(steps) == [ROLLOUT * k for k in range(1, 9)]  # every iteration once, none repeated
+    updates = sorted(client.get_metric_history(first.run_id, "train/n_updates"), key=lambda m: m.step)
+    values = [m.value for m in updates]
+    assert values == sorted(values) and values[-1] > values[0]  # the optimizer state carried on
+
+
+def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "total_timesteps": 2 * ROLLOUT,
+            "eval.final": True,
+            "eval.test_scenarios": 3,
+            "eval.baselines": ["equal_weight"],
+            "eval.held_out": True,
+            "eval.plots": False,
+        },
+    )
+    result = train(cfg, progress=False)
+    assert set(result.evaluation_run_ids) == {"test", "held_out"}
+    client = MlflowClient()
+    training_run = client.get_run(result.run_id)
+    for kind, run_id in result.evaluation_run_ids.items():
+        run = client.get_run(run_id)
+        assert run.info.experiment_id == training_run.info.experiment_id
+        assert run.data.tags["defialloc.kind"] == "evaluation"
+        assert run.data.params["policies"] == "ppo,equal_weight"
+        assert run.data.params["training_run_id"] == result.run_id
+        assert "sharpe_ratio.ppo" in run.data.metrics and "sharpe_ratio.equal_weight" in run.data.metrics
+    held = client.get_run(result.evaluation_run_ids["held_out"])
+    assert held.data.tags["held_out"] == "true"
+    assert held.data.params["period_start"] == "2023-01-01"
+    assert client.get_run(result.evaluation_run_ids["test"]).data.params["n_scenarios"] == "3"
