@@ -74,7 +74,9 @@ def policy_kwargs(algo: str, policy: Mapping[str, Any]) -> dict[str, Any]:
         "net_arch": {"pi": actor, critic_key: critic},
         "activation_fn": ACTIVATIONS[activation],
     }
-    kwargs.update({k: v for k, v in policy.items() if k not in _POLICY_BLOCK_KEYS and v is not None})
+    kwargs.update(
+        {k: v for k, v in policy.items() if k not in _POLICY_BLOCK_KEYS and v is not None}
+    )
     if algo == "sac" and not policy.get("use_sde", False):
         kwargs.pop("log_std_init", None)
     return kwargs
@@ -114,7 +116,9 @@ def make_agent(
     )
 
 
-def load_model(algo: str, path: str | Path, venv: VecEnv | None = None, device: str = "auto") -> BaseAlgorithm:
+def load_model(
+    algo: str, path: str | Path, venv: VecEnv | None = None, device: str = "auto"
+) -> BaseAlgorithm:
     """Load a saved model zip (``venv`` is needed only to continue training)."""
     return algorithm_class(algo).load(str(path), env=venv, device=resolve_device(device))
 
@@ -160,16 +164,22 @@ class ObsNormalizer:
             with open(path, "rb") as handle:
                 saved = pickle.load(handle)  # our own artifact (VecNormalize.save)
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise ValueError(f"{path} is not a pickle written by VecNormalize.save, expected a saved VecNormalize ({exc})") from None
+            raise ValueError(
+                f"{path} is not a pickle written by VecNormalize.save, expected a saved VecNormalize ({exc})"
+            ) from None
         if not isinstance(saved, VecNormalize):
-            raise ValueError(f"{path} holds a {type(saved).__name__}, expected a saved VecNormalize")
+            raise ValueError(
+                f"{path} holds a {type(saved).__name__}, expected a saved VecNormalize"
+            )
         return cls.from_vec_normalize(saved)
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
         """Normalize ``(B, obs_dim)`` raw observations (float32 out, like VecNormalize)."""
         if not self.enabled:
             return np.asarray(observation, dtype=np.float32)
-        z = (np.asarray(observation, dtype=np.float64) - self.mean) / np.sqrt(self.var + self.epsilon)
+        z = (np.asarray(observation, dtype=np.float64) - self.mean) / np.sqrt(
+            self.var + self.epsilon
+        )
         return np.clip(z, -self.clip, self.clip).astype(np.float32)
 
 
@@ -181,7 +191,9 @@ class SB3Policy(Policy):
     deterministic action is taken (PPO: the Gaussian mean clipped to the Box; SAC: the squashed mean).
     """
 
-    def __init__(self, model: BaseAlgorithm, normalizer: ObsNormalizer | None = None, name: str | None = None):
+    def __init__(
+        self, model: BaseAlgorithm, normalizer: ObsNormalizer | None = None, name: str | None = None
+    ):
         obs_shape = model.observation_space.shape
         if obs_shape is None or len(obs_shape) != 1:
             raise ValueError(f"SB3Policy needs a flat Box observation space, got shape {obs_shape}")
@@ -206,7 +218,9 @@ class SB3Policy(Policy):
     ) -> SB3Policy:
         """Load a saved model zip and (optionally) its ``VecNormalize`` statistics file."""
         model = load_model(algo, model_path, device=device)
-        normalizer = ObsNormalizer.load(vecnormalize_path) if vecnormalize_path is not None else None
+        normalizer = (
+            ObsNormalizer.load(vecnormalize_path) if vecnormalize_path is not None else None
+        )
         return cls(model, normalizer, name=name or algo)
 
     def act(self, observation: np.ndarray, view: MarketView | None = None) -> np.ndarray:

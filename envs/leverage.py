@@ -168,9 +168,6 @@ class LeverageEngine:
             self.cascades.fresh[index] = np.asarray(state["population_fresh"])
 
     # ------------------------------------------------------------------ views
-    def debt_usd(self, num: np.ndarray) -> np.ndarray:
-        return self.debt * num
-
     def health_factor(self, units: np.ndarray, price: np.ndarray, num: np.ndarray) -> np.ndarray:
         """``(B,)`` HF at ``price``; ``inf`` without debt (or without lending)."""
         if not self.lending_on:

@@ -9,11 +9,11 @@ Order, per env (all vectorized over the batch):
    observes the rate it will pay.
 2. perps: PnL ``size * (mark(t+1) - mark(t))`` is settled to cash; funding over the step is
    ``rate(t) * size * index(t)`` (``funding_usd`` = paid minus received; ``rate > 0``: longs pay).
-3. cascades: the borrower population is liquidated at the step's raw low (envs/leverage_population.py;
-   it depends only on prices) and its liquidators' sales go into the agent's pools, which stay
-   dislocated until the next realign;
-   the intra-step low used for the agent's checks is deepened to
-   ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted pool price).
+3. cascades: the borrower population is liquidated at the step's raw low (it depends only on
+   prices: envs/leverage_population.py) and its liquidators' sales go into the agent's pools, which
+   stay dislocated until the next realign; the intra-step low used for the agent's checks is
+   deepened to ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted
+   pool price of each pair).
 4. lending liquidation at ``low_eff`` (Aave close factor, bonus, protocol fee:
    ``liquidation_from_params``); the liquidator sells what it keeps through the pools.
    ``liquidation_penalty_usd`` = seized units x close(t+1) - debt repaid, so the accounting

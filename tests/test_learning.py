@@ -23,7 +23,11 @@ from evaluation.rollout import EpisodeRecord, run_policy
 from training.config import load_train_config
 from training.train import build_env, configure_torch
 
-ASSETS = {"BTC": (0.004, 0.01, 20_000.0), "ETH": (-0.004, 0.02, 1_500.0), "SOL": (-0.004, 0.02, 30.0)}
+ASSETS = {
+    "BTC": (0.004, 0.01, 20_000.0),
+    "ETH": (-0.004, 0.02, 1_500.0),
+    "SOL": (-0.004, 0.02, 30.0),
+}
 
 
 def write_dominant_asset_data(folder: Path, seed: int = 0) -> Path:
@@ -73,11 +77,15 @@ def test_ppo_learns_to_hold_the_dominant_asset(tmp_path: Path):
     seeds = scenario_seeds("test", 64)
     btc = list(ASSETS).index("BTC")
 
-    untrained = run_policy(cfg.simulation, SB3Policy(model, ObsNormalizer.from_vec_normalize(venv)), seeds)
+    untrained = run_policy(
+        cfg.simulation, SB3Policy(model, ObsNormalizer.from_vec_normalize(venv)), seeds
+    )
     assert untrained.weights[:, :, btc].mean() < 0.4  # not met by construction: the test can fail
 
     model.learn(cfg.total_timesteps)
-    agent = run_policy(cfg.simulation, SB3Policy(model, ObsNormalizer.from_vec_normalize(venv)), seeds)
+    agent = run_policy(
+        cfg.simulation, SB3Policy(model, ObsNormalizer.from_vec_normalize(venv)), seeds
+    )
     random = run_policy(cfg.simulation, RandomPolicy(len(ASSETS) + 1, seed=0), seeds)
 
     agent_growth, random_growth = _log_growth(agent), _log_growth(random)

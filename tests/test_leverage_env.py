@@ -612,3 +612,30 @@ def test_snapshot_restore_resumes_the_leveraged_state_exactly():
     second = [env.step(a)[4]["portfolio_value"] for a in actions[30:]]
     assert first == second
     assert state["protocols"]["debt"] >= 0.0 and len(state["protocols"]["perp_size"]) == 5
+
+
+def test_fast_regime_path_matches_the_step_by_step_protocol_draws():
+    """The filter form of the regime AR(1) equals the protocol's draw loop, clipped rows included."""
+    from envs.leverage_paths import fast_regime_path, path_noise, regime_path
+    from envs.protocols.lending import regime_utilization
+    from envs.protocols.params import load_perps_params
+    from envs.protocols.perps import regime_basis
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 3, size=(4, 200))
+    names = ("calm", "bull", "crash")
+    util = load_lending_params().utilization_process(names, ["USDC", "WETH", "WBTC"])
+    noise = path_noise(np.arange(4), 1, 200, 3)
+    np.testing.assert_allclose(
+        fast_regime_path(util, codes, noise, regime_utilization),
+        regime_path(util, codes, noise, regime_utilization),
+        rtol=0,
+        atol=1e-14,
+    )
+    basis = load_perps_params().basis_by_regime.process(names, 2)
+    wild = path_noise(np.arange(4), 2, 200, 2) * 60.0  # hits the +-2 % clip
+    expected = regime_path(basis, codes, wild, regime_basis)
+    assert np.any(np.abs(expected) == 0.02)
+    np.testing.assert_allclose(
+        fast_regime_path(basis, codes, wild, regime_basis), expected, atol=1e-15
+    )

@@ -22,12 +22,23 @@ def test_shipped_configs_load(path: Path):
 
 
 def test_all_four_configs_exist():
-    assert {p.name for p in TRAIN_CONFIGS} >= {"ppo.yaml", "sac.yaml", "demo_ppo.yaml", "demo_sac.yaml"}
+    assert {p.name for p in TRAIN_CONFIGS} >= {
+        "ppo.yaml",
+        "sac.yaml",
+        "demo_ppo.yaml",
+        "demo_sac.yaml",
+    }
 
 
 def test_overrides_route_to_training_and_simulation_sections():
     over = parse_cli_overrides(
-        ["ppo.learning_rate=1e-4", "n_envs=8", "env.horizon=60", "simulation.env.warmup=70", "market.step_days=1"]
+        [
+            "ppo.learning_rate=1e-4",
+            "n_envs=8",
+            "env.horizon=60",
+            "simulation.env.warmup=70",
+            "market.step_days=1",
+        ]
     )
     cfg = load_train_config(PPO, over)
     assert cfg.ppo.learning_rate == pytest.approx(1e-4)
@@ -37,7 +48,9 @@ def test_overrides_route_to_training_and_simulation_sections():
 
 
 def test_split_overrides():
-    train, sim = split_overrides({"sac.tau": 0.01, "env.horizon": 5, "simulation.market.step_days": 2, "seed": 1})
+    train, sim = split_overrides(
+        {"sac.tau": 0.01, "env.horizon": 5, "simulation.market.step_days": 2, "seed": 1}
+    )
     assert train == {"sac.tau": 0.01, "seed": 1}
     assert sim == {"env.horizon": 5, "market.step_days": 2}
 

@@ -95,15 +95,26 @@ def test_kv_writer_forwards_numeric_values_at_the_step(tracking):
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("kv")).info.run_id
     writer = MLflowKVWriter(run_id, client)
-    values = {"train/loss": 0.5, "time/fps": 120, "note": "text", "flag": True, "hidden": 1.0, "bad": math.nan}
-    writer.write(values, {"hidden": ("stdout", "mlflow"), "train/loss": ("tensorboard",)}, step=4096)
+    values = {
+        "train/loss": 0.5,
+        "time/fps": 120,
+        "note": "text",
+        "flag": True,
+        "hidden": 1.0,
+        "bad": math.nan,
+    }
+    writer.write(
+        values, {"hidden": ("stdout", "mlflow"), "train/loss": ("tensorboard",)}, step=4096
+    )
     metrics = client.get_run(run_id).data.metrics
     assert metrics == {"train/loss": 0.5, "time/fps": 120.0}
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [4096]
 
 
 def test_training_run_streams_metrics_logs_params_tags_artifacts_and_registers(tracking, tmp_path):
-    cfg = tiny_config(tmp_path, **{"mlflow.register_model": True, "mlflow.registered_name": "test-ppo"})
+    cfg = tiny_config(
+        tmp_path, **{"mlflow.register_model": True, "mlflow.registered_name": "test-ppo"}
+    )
     watcher = MetricsSeenDuringTraining(None)
     result = train(cfg, progress=False, callbacks=[watcher])
     assert result.completed and result.num_timesteps == 8 * ROLLOUT
@@ -122,8 +133,17 @@ def test_training_run_streams_metrics_logs_params_tags_artifacts_and_registers(t
     assert run.data.tags["algo"] == "ppo"
     assert run.data.tags["config_hash"] == cfg.config_hash()
     assert run.data.tags["git_commit"]
-    artifacts = {f.path for folder in ("final", "best", "config") for f in client.list_artifacts(result.run_id, folder)}
-    assert {"final/model.zip", "final/vecnormalize.pkl", "best/model.zip", "config/train_config.yaml"} <= artifacts
+    artifacts = {
+        f.path
+        for folder in ("final", "best", "config")
+        for f in client.list_artifacts(result.run_id, folder)
+    }
+    assert {
+        "final/model.zip",
+        "final/vecnormalize.pkl",
+        "best/model.zip",
+        "config/train_config.yaml",
+    } <= artifacts
     # the registry holds the best model, reachable by alias, acting like the SB3Policy it wraps
     version = client.get_model_version_by_alias("test-ppo", "candidate")
     assert str(version.version) == result.model_version and version.run_id == result.run_id
@@ -155,8 +175,11 @@ def test_interrupted_run_resumes_in_the_same_run_without_losing_steps(tracking, 
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id])) == 1
     steps = [m.step for m in client.get_metric_history(first.run_id, "time/total_timesteps")]
-    assert sorted(steps) == [ROLLOUT * k for k in range(1, 9)]  # every iteration once, none repeated
-    updates = sorted(client.get_metric_history(first.run_id, "train/n_updates"), key=lambda m: m.step)
+    # every iteration logged once, none repeated or missing
+    assert sorted(steps) == [ROLLOUT * k for k in range(1, 9)]
+    updates = sorted(
+        client.get_metric_history(first.run_id, "train/n_updates"), key=lambda m: m.step
+    )
     values = [m.value for m in updates]
     assert values == sorted(values) and values[-1] > values[0]  # the optimizer state carried on
 
@@ -177,13 +200,16 @@ def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, 
     assert set(result.evaluation_run_ids) == {"test", "held_out"}
     client = MlflowClient()
     training_run = client.get_run(result.run_id)
-    for kind, run_id in result.evaluation_run_ids.items():
+    for run_id in result.evaluation_run_ids.values():
         run = client.get_run(run_id)
         assert run.info.experiment_id == training_run.info.experiment_id
         assert run.data.tags["defialloc.kind"] == "evaluation"
         assert run.data.params["policies"] == "ppo,equal_weight"
         assert run.data.params["training_run_id"] == result.run_id
-        assert "sharpe_ratio.ppo" in run.data.metrics and "sharpe_ratio.equal_weight" in run.data.metrics
+        assert (
+            "sharpe_ratio.ppo" in run.data.metrics
+            and "sharpe_ratio.equal_weight" in run.data.metrics
+        )
     held = client.get_run(result.evaluation_run_ids["held_out"])
     assert held.data.tags["held_out"] == "true"
     assert held.data.params["period_start"] == "2023-01-01"

@@ -23,7 +23,12 @@ def trained():
     """A PPO model after a few updates, with non-trivial VecNormalize statistics."""
     torch.set_num_threads(1)
     venv = VecNormalize(make_vec_env(SIM, n_envs=4, seed=0), norm_reward=False)
-    cfg = {"policy": {"net_arch": [16, 16], "log_std_init": -0.5}, "n_steps": 32, "batch_size": 64, "n_epochs": 2}
+    cfg = {
+        "policy": {"net_arch": [16, 16], "log_std_init": -0.5},
+        "n_steps": 32,
+        "batch_size": 64,
+        "n_epochs": 2,
+    }
     model = make_agent("ppo", venv, cfg, "cpu", seed=0)
     model.learn(256)
     return model, venv
@@ -34,10 +39,14 @@ def test_policy_kwargs_map_config_to_sb3():
     assert ppo["net_arch"] == {"pi": [32, 16], "vf": [32, 16]}
     assert ppo["activation_fn"] is torch.nn.Tanh
     assert ppo["log_std_init"] == -1.0
-    sac = policy_kwargs("sac", {"net_arch": [64], "critic_arch": [128, 128], "activation": "relu", "log_std_init": -1.0})
+    sac = policy_kwargs(
+        "sac",
+        {"net_arch": [64], "critic_arch": [128, 128], "activation": "relu", "log_std_init": -1.0},
+    )
     assert sac["net_arch"] == {"pi": [64], "qf": [128, 128]}
     assert sac["activation_fn"] is torch.nn.ReLU
-    assert "log_std_init" not in sac  # SAC uses it only with gSDE: dropped rather than silently ignored
+    # SAC uses log_std_init only with gSDE: dropped rather than silently ignored
+    assert "log_std_init" not in sac
     with pytest.raises(ValueError, match="policy.activation='swish'"):
         policy_kwargs("ppo", {"activation": "swish"})
     with pytest.raises(ValueError, match="algo='td3'"):
@@ -46,7 +55,9 @@ def test_policy_kwargs_map_config_to_sb3():
 
 def test_make_agent_builds_the_configured_networks():
     venv = make_vec_env(SIM, n_envs=2, seed=0)
-    model = make_agent("sac", venv, {"policy": {"net_arch": [24, 24]}, "buffer_size": 1000}, "cpu", seed=0)
+    model = make_agent(
+        "sac", venv, {"policy": {"net_arch": [24, 24]}, "buffer_size": 1000}, "cpu", seed=0
+    )
     linear = [m for m in model.actor.latent_pi if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linear] == [24, 24]
     assert linear[0].in_features == venv.observation_space.shape[0]
@@ -60,7 +71,9 @@ def test_resolve_device():
 
 
 def test_obs_normalizer_matches_hand_computation():
-    norm = ObsNormalizer(mean=np.array([1.0, -2.0]), var=np.array([4.0, 0.25]), clip=1.5, epsilon=0.0)
+    norm = ObsNormalizer(
+        mean=np.array([1.0, -2.0]), var=np.array([4.0, 0.25]), clip=1.5, epsilon=0.0
+    )
     obs = np.array([[3.0, -2.0], [1.0, 0.0], [-9.0, -2.5]])
     # (3-1)/2 = 1, (-2+2)/0.5 = 0 ; 0, 4 -> clipped 1.5 ; -5 -> -1.5, -1
     expected = np.array([[1.0, 0.0], [0.0, 1.5], [-1.5, -1.0]], dtype=np.float32)
@@ -102,7 +115,9 @@ def test_sb3_policy_runs_in_backtests_and_reloads_from_files(trained, tmp_path: 
     model.save(tmp_path / "model.zip")
     venv.save(str(tmp_path / "vecnormalize.pkl"))
     policy = SB3Policy(model, ObsNormalizer.from_vec_normalize(venv))
-    loaded = SB3Policy.load("ppo", tmp_path / "model.zip", tmp_path / "vecnormalize.pkl", device="cpu")
+    loaded = SB3Policy.load(
+        "ppo", tmp_path / "model.zip", tmp_path / "vecnormalize.pkl", device="cpu"
+    )
     seeds = scenario_seeds("validation", 3)
     r1, r2 = run_policy(SIM, policy, seeds), run_policy(SIM, loaded, seeds)
     np.testing.assert_allclose(r1.value_usd, r2.value_usd)

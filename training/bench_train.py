@@ -55,7 +55,9 @@ def bench_algorithm(cfg: TrainConfig, steps: int) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="The `render_mode` attribute is not defined")
         timer = StepTimer(make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=cfg.seed))
     gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
-    venv = VecNormalize(timer, norm_obs=cfg.normalize.obs, norm_reward=cfg.normalize.reward, gamma=gamma)
+    venv = VecNormalize(
+        timer, norm_obs=cfg.normalize.obs, norm_reward=cfg.normalize.reward, gamma=gamma
+    )
     kwargs = cfg.agent_kwargs()
     if cfg.algo == "sac":
         kwargs["learning_starts"] = min(kwargs["learning_starts"], kwargs["batch_size"])
@@ -71,7 +73,9 @@ def bench_algorithm(cfg: TrainConfig, steps: int) -> dict[str, Any]:
         "wall_s": round(wall, 2),
         "env_steps_per_s": round(done / wall, 1),
         "env_share": round(timer.seconds / wall, 4),
-        "env_only_steps_per_s": round(timer.env_steps / timer.seconds, 1) if timer.seconds > 0 else None,
+        "env_only_steps_per_s": round(timer.env_steps / timer.seconds, 1)
+        if timer.seconds > 0
+        else None,
         "n_envs": cfg.n_envs,
         "net_arch": cfg.policy.net_arch,
         "torch_threads": torch.get_num_threads(),
@@ -79,13 +83,19 @@ def bench_algorithm(cfg: TrainConfig, steps: int) -> dict[str, Any]:
         "horizon": cfg.simulation.env.horizon,
     }
     if cfg.algo == "ppo":
-        result |= {"n_steps": cfg.ppo.n_steps, "batch_size": cfg.ppo.batch_size, "n_epochs": cfg.ppo.n_epochs}
+        result |= {
+            "n_steps": cfg.ppo.n_steps,
+            "batch_size": cfg.ppo.batch_size,
+            "n_epochs": cfg.ppo.n_epochs,
+        }
     else:
         result |= {
             "batch_size": cfg.sac.batch_size,
             "train_freq": cfg.sac.train_freq,
             "gradient_steps": cfg.sac.gradient_steps,
-            "updates_per_env_step": round(cfg.sac.gradient_steps / (cfg.sac.train_freq * cfg.n_envs), 4),
+            "updates_per_env_step": round(
+                cfg.sac.gradient_steps / (cfg.sac.train_freq * cfg.n_envs), 4
+            ),
         }
     venv.close()
     return result
@@ -98,5 +108,6 @@ def bench_train(
 ) -> dict[str, dict[str, Any]]:
     """Benchmark each ``{algo: config path}`` for ``steps[algo]`` env steps (overrides apply to all)."""
     return {
-        algo: bench_algorithm(load_train_config(path, overrides), steps[algo]) for algo, path in configs.items()
+        algo: bench_algorithm(load_train_config(path, overrides), steps[algo])
+        for algo, path in configs.items()
     }

@@ -68,9 +68,13 @@ def validation_metrics(
     growth = np.log(value[:, -1] / value[:, 0])
     returns = record.returns
     std = returns.std(axis=1, ddof=1) if returns.shape[1] > 1 else np.zeros(len(returns))
-    sharpe = np.where(std > 0, returns.mean(axis=1) / np.where(std > 0, std, 1.0), 0.0) * np.sqrt(periods_per_year)
+    sharpe = np.where(std > 0, returns.mean(axis=1) / np.where(std > 0, std, 1.0), 0.0) * np.sqrt(
+        periods_per_year
+    )
     peak = np.maximum.accumulate(value, axis=1)
-    cost = record.fees_usd.sum(axis=1) + record.slippage_usd.sum(axis=1) + record.gas_usd.sum(axis=1)
+    cost = (
+        record.fees_usd.sum(axis=1) + record.slippage_usd.sum(axis=1) + record.gas_usd.sum(axis=1)
+    )
     return {
         "mean_log_growth": float(growth.mean()),
         "median_log_growth": float(np.median(growth)),
@@ -83,7 +87,9 @@ def validation_metrics(
     }
 
 
-def save_checkpoint(model, venv: VecNormalize, state: RunState, folder: Path, replay_buffer: bool) -> None:
+def save_checkpoint(
+    model, venv: VecNormalize, state: RunState, folder: Path, replay_buffer: bool
+) -> None:
     """Write model, VecNormalize statistics, (SAC) replay buffer and ``state.json`` to ``folder``.
 
     Written to a sibling temporary folder first and swapped in, so an interruption mid-save leaves
@@ -151,7 +157,9 @@ class ValidationCallback(BaseCallback):
         venv = self.model.get_vec_normalize_env()
         normalizer = ObsNormalizer.from_vec_normalize(venv) if venv is not None else None
         policy = SB3Policy(self.model, normalizer, name=self.policy_name)
-        metrics = validation_metrics(run_policy(self.simulation, policy, self.seeds), self.periods_per_year)
+        metrics = validation_metrics(
+            run_policy(self.simulation, policy, self.seeds), self.periods_per_year
+        )
         step = int(self.num_timesteps)
         score = metrics[self.metric]
         if self.state.best_metric is None or score > self.state.best_metric:

@@ -15,12 +15,23 @@ from rich.table import Table
 
 console = Console()
 
-OVERRIDES_ARG = typer.Argument(None, help="key=value overrides, e.g. total_timesteps=100000 ppo.learning_rate=1e-4 env.horizon=90")
-CONFIG_OPT = typer.Option(None, "--config", "-c", help="training config YAML, e.g. configs/train/ppo.yaml")
-DEVICE_OPT = typer.Option(None, "--device", help="auto (CUDA if present) | cpu | cuda; default: the config's")
-RESUME_OPT = typer.Option(None, "--resume", help="continue this MLflow run id from its last checkpoint")
+OVERRIDES_ARG = typer.Argument(
+    None,
+    help="key=value overrides, e.g. total_timesteps=100000 ppo.learning_rate=1e-4 env.horizon=90",
+)
+CONFIG_OPT = typer.Option(
+    None, "--config", "-c", help="training config YAML, e.g. configs/train/ppo.yaml"
+)
+DEVICE_OPT = typer.Option(
+    None, "--device", help="auto (CUDA if present) | cpu | cuda; default: the config's"
+)
+RESUME_OPT = typer.Option(
+    None, "--resume", help="continue this MLflow run id from its last checkpoint"
+)
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="progress bar")
-FINAL_EVAL_OPT = typer.Option(True, "--final-eval/--no-final-eval", help="backtest vs the baselines at the end")
+FINAL_EVAL_OPT = typer.Option(
+    True, "--final-eval/--no-final-eval", help="backtest vs the baselines at the end"
+)
 
 
 def _overrides(items: list[str] | None, device: str | None) -> dict[str, Any]:
@@ -57,16 +68,26 @@ def train_command(
         cfg = load_resume_config(resume, items) if resume else load_train_config(config, items)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    console.rule(f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)")
-    result = train(cfg, resume_run_id=resume, progress=progress, final_evaluation=final_eval and cfg.eval.final)
+    console.rule(
+        f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)"
+    )
+    result = train(
+        cfg, resume_run_id=resume, progress=progress, final_evaluation=final_eval and cfg.eval.final
+    )
     table = Table(title=f"{cfg.algo.upper()} run {result.run_id}", show_header=False)
     table.add_row("status", "completed" if result.completed else "interrupted (resumable)")
     table.add_row("env steps", f"{result.num_timesteps:,}")
     table.add_row("throughput (this session)", f"{result.env_steps_per_s:,.0f} env-steps/s")
     if result.best_metric is not None:
-        table.add_row(f"best validation {cfg.eval.metric}", f"{result.best_metric:+.4f} at step {result.best_step:,}")
+        table.add_row(
+            f"best validation {cfg.eval.metric}",
+            f"{result.best_metric:+.4f} at step {result.best_step:,}",
+        )
     if result.model_version is not None:
-        table.add_row("registered model", f"{cfg.registered_name} v{result.model_version} (@{cfg.mlflow.alias})")
+        table.add_row(
+            "registered model",
+            f"{cfg.registered_name} v{result.model_version} (@{cfg.mlflow.alias})",
+        )
     for kind, run_id in result.evaluation_run_ids.items():
         table.add_row(f"evaluation run ({kind})", run_id)
     table.add_row("files", str(result.run_dir))
@@ -95,14 +116,27 @@ def bench_train_command(
         raise _fail(f"--algo {algo!r} must be ppo, sac or both")
     chosen = {k: v for k, v in paths.items() if algo in (k, "both")}
     try:
-        result = bench_train(chosen, {"ppo": steps, "sac": max(steps // 3, 1_000)}, _overrides(overrides, None))
+        result = bench_train(
+            chosen, {"ppo": steps, "sac": max(steps // 3, 1_000)}, _overrides(overrides, None)
+        )
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(title="training throughput (env steps summed over envs; env share = time in reset/step_wait)")
-    for col in ("algo", "env-steps/s", "env share", "env alone, steps/s", "n_envs", "net", "updates", "threads"):
+    table = Table(
+        title="training throughput (env steps summed over envs; env share = time in reset/step_wait)"
+    )
+    for col in (
+        "algo",
+        "env-steps/s",
+        "env share",
+        "env alone, steps/s",
+        "n_envs",
+        "net",
+        "updates",
+        "threads",
+    ):
         table.add_column(col, justify="right")
     for name, r in result.items():
         updates = (

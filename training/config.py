@@ -37,9 +37,13 @@ class PolicyNetConfig(StrictModel):
     """Actor/critic networks (see ``agents.sb3.policy_kwargs``)."""
 
     net_arch: list[int] = Field(default_factory=lambda: [64, 64], min_length=1, max_length=6)
-    critic_arch: list[int] | None = Field(default=None, max_length=6, description="default: net_arch")
+    critic_arch: list[int] | None = Field(
+        default=None, max_length=6, description="default: net_arch"
+    )
     activation: Literal["tanh", "relu", "elu", "leaky_relu"] = "tanh"
-    log_std_init: float = Field(default=0.0, ge=-5.0, le=2.0, description="initial log std of the Gaussian")
+    log_std_init: float = Field(
+        default=0.0, ge=-5.0, le=2.0, description="initial log std of the Gaussian"
+    )
 
     @field_validator("net_arch", "critic_arch")
     @classmethod
@@ -73,13 +77,17 @@ class SACConfig(StrictModel):
 
     learning_rate: float = Field(default=3e-4, gt=0.0, le=1.0)
     buffer_size: int = Field(default=200_000, ge=100, le=10_000_000)
-    learning_starts: int = Field(default=5_000, ge=0, description="env steps of random actions first")
+    learning_starts: int = Field(
+        default=5_000, ge=0, description="env steps of random actions first"
+    )
     batch_size: int = Field(default=256, ge=2, le=100_000)
     tau: float = Field(default=0.005, gt=0.0, le=1.0)
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
     train_freq: int = Field(default=1, ge=1, le=10_000, description="vec-env steps between updates")
     gradient_steps: int = Field(default=2, ge=1, le=10_000, description="gradient steps per update")
-    ent_coef: str | float = Field(default="auto", description="'auto', 'auto_<init>' or a fixed float > 0")
+    ent_coef: str | float = Field(
+        default="auto", description="'auto', 'auto_<init>' or a fixed float > 0"
+    )
     target_entropy: str | float = "auto"
 
     @field_validator("ent_coef")
@@ -112,24 +120,33 @@ class NormalizeConfig(StrictModel):
 class EvalConfig(StrictModel):
     """Validation during training and the final evaluation against the baselines."""
 
-    every_steps: int = Field(default=50_000, ge=0, description="env steps between validations (0: never)")
+    every_steps: int = Field(
+        default=50_000, ge=0, description="env steps between validations (0: never)"
+    )
     n_scenarios: int = Field(default=32, ge=1, le=10_000, description="validation scenario seeds")
     metric: Literal["mean_log_growth", "mean_sharpe", "median_log_growth"] = "mean_log_growth"
     final: bool = Field(default=True, description="backtest vs the baselines when training ends")
     test_scenarios: int = Field(default=64, ge=1, le=10_000, description="test scenario seeds")
     held_out: bool = Field(default=True, description="also backtest on the real held-out period")
-    held_out_period: str = Field(default="heldout_2023", description="a period named in the evaluation config")
+    held_out_period: str = Field(
+        default="heldout_2023", description="a period named in the evaluation config"
+    )
     baselines: list[str] | None = Field(
-        default=None, description="baseline names (default: policies_to_run of configs/evaluation/default.yaml)"
+        default=None,
+        description="baseline names (default: policies_to_run of configs/evaluation/default.yaml)",
     )
     workers: int = Field(default=1, ge=1, le=64, description="backtest processes")
-    plots: bool = Field(default=True, description="log the backtest plots (PNG) with the evaluation runs")
+    plots: bool = Field(
+        default=True, description="log the backtest plots (PNG) with the evaluation runs"
+    )
 
 
 class CheckpointConfig(StrictModel):
     """Checkpoints (model, VecNormalize, SAC replay buffer, step count) for ``--resume``."""
 
-    every_steps: int = Field(default=50_000, ge=0, description="env steps between checkpoints (0: end only)")
+    every_steps: int = Field(
+        default=50_000, ge=0, description="env steps between checkpoints (0: end only)"
+    )
     replay_buffer: bool = Field(default=True, description="SAC: save the replay buffer too")
 
 
@@ -139,8 +156,14 @@ class MlflowConfig(StrictModel):
     experiment: str = Field(default="defialloc", min_length=1, max_length=200)
     run_name: str | None = Field(default=None, max_length=200)
     register_model: bool = True
-    registered_name: str | None = Field(default=None, description="registry name (default: defialloc-<algo>)")
-    alias: str = Field(default="candidate", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", description="set on the new version")
+    registered_name: str | None = Field(
+        default=None, description="registry name (default: defialloc-<algo>)"
+    )
+    alias: str = Field(
+        default="candidate",
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="set on the new version",
+    )
 
 
 class TrainConfig(StrictModel):
@@ -150,10 +173,16 @@ class TrainConfig(StrictModel):
     simulation: SimulationConfig
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="seeds torch, numpy and the envs")
     n_envs: int = Field(default=64, ge=1, le=4096, description="envs stepped together")
-    total_timesteps: int = Field(ge=1, le=10**10, description="training budget in env steps (all envs)")
-    torch_threads: int = Field(default=1, ge=1, le=256, description="1 is fastest for small MLPs on CPU")
+    total_timesteps: int = Field(
+        ge=1, le=10**10, description="training budget in env steps (all envs)"
+    )
+    torch_threads: int = Field(
+        default=1, ge=1, le=256, description="1 is fastest for small MLPs on CPU"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    output_dir: str = Field(default="runs", description="checkpoints and models go to <output_dir>/<run_id>/")
+    output_dir: str = Field(
+        default="runs", description="checkpoints and models go to <output_dir>/<run_id>/"
+    )
     policy: PolicyNetConfig = Field(default_factory=PolicyNetConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     sac: SACConfig = Field(default_factory=SACConfig)
@@ -178,7 +207,9 @@ class TrainConfig(StrictModel):
                     f"sac.batch_size={self.sac.batch_size} must be <= sac.buffer_size={self.sac.buffer_size}"
                 )
             if self.sac.buffer_size < self.n_envs:
-                raise ValueError(f"sac.buffer_size={self.sac.buffer_size} must be >= n_envs={self.n_envs}")
+                raise ValueError(
+                    f"sac.buffer_size={self.sac.buffer_size} must be >= n_envs={self.n_envs}"
+                )
         return self
 
     # ---------------------------------------------------------------- views
@@ -281,17 +312,23 @@ def load_train_config(
         path = _find(str(config), Path.cwd())
         data, base = _read_mapping(path), path.parent
     else:
-        raise ConfigError(f"training config must be a path, dict or TrainConfig, got {type(config).__name__}")
+        raise ConfigError(
+            f"training config must be a path, dict or TrainConfig, got {type(config).__name__}"
+        )
     train_over, sim_over = split_overrides(overrides or {})
     if train_over:
         data = apply_overrides(data, train_over)
     if "simulation" not in data:
-        raise ConfigError("simulation: missing; name a simulation config, e.g. simulation: configs/default.yaml")
+        raise ConfigError(
+            "simulation: missing; name a simulation config, e.g. simulation: configs/default.yaml"
+        )
     simulation = data["simulation"]
     if isinstance(simulation, str):
         simulation = _find(simulation, base)
     elif not isinstance(simulation, dict | SimulationConfig):
-        raise ConfigError(f"simulation = {simulation!r}: must be a YAML path or a mapping of sections")
+        raise ConfigError(
+            f"simulation = {simulation!r}: must be a YAML path or a mapping of sections"
+        )
     try:
         data["simulation"] = load_config(simulation, sim_over or None)
     except ConfigError as exc:

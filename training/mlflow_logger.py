@@ -44,25 +44,35 @@ class MLflowKVWriter(KVWriter):
         self.client = client or MlflowClient()
         self.n_writes = 0
 
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+    def write(
+        self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0
+    ) -> None:
         now_ms = int(time.time() * 1000)
         metrics = []
         for key, value in key_values.items():
             excluded = key_excluded.get(key) or ()
-            if FORMAT_NAME in excluded or isinstance(value, bool) or not isinstance(value, Real | np.number):
+            if (
+                FORMAT_NAME in excluded
+                or isinstance(value, bool)
+                or not isinstance(value, Real | np.number)
+            ):
                 continue
             if not np.isfinite(float(value)):
                 continue
             metrics.append(Metric(key=key, value=float(value), timestamp=now_ms, step=int(step)))
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+            self.client.log_batch(
+                self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH]
+            )
         self.n_writes += 1
 
     def close(self) -> None:
         return None
 
 
-def make_sb3_logger(run_id: str, stdout: bool = False, client: MlflowClient | None = None) -> Logger:
+def make_sb3_logger(
+    run_id: str, stdout: bool = False, client: MlflowClient | None = None
+) -> Logger:
     """An SB3 ``Logger`` writing to MLflow (and to stdout as SB3's table when ``stdout``)."""
     formats: list[KVWriter] = [MLflowKVWriter(run_id, client)]
     if stdout:
@@ -70,7 +80,9 @@ def make_sb3_logger(run_id: str, stdout: bool = False, client: MlflowClient | No
     return Logger(folder=None, output_formats=formats)
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], step: int, client: MlflowClient | None = None) -> None:
+def log_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int, client: MlflowClient | None = None
+) -> None:
     """Log finite metrics at ``step`` in one batch (NaN/inf dropped: MLflow rejects or mis-plots them)."""
     now_ms = int(time.time() * 1000)
     batch = [
@@ -98,10 +110,16 @@ class SB3PyfuncModel(mlflow.pyfunc.PythonModel):
 
         artifacts = context.artifacts
         self._policy = SB3Policy.load(
-            self.algo, artifacts["model"], artifacts.get("vecnormalize"), name=self.algo, device="cpu"
+            self.algo,
+            artifacts["model"],
+            artifacts.get("vecnormalize"),
+            name=self.algo,
+            device="cpu",
         )
 
-    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(
+        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
+    ) -> np.ndarray:
         if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
             (model_input,) = model_input.values()
         obs = np.asarray(model_input, dtype=np.float32)

@@ -40,6 +40,7 @@ from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
 from envs import make_vec_env
 from envs.config import ConfigError
 from envs.seeds import scenario_seeds
+from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
 from training.callbacks import (
     BEST_FILE,
     MODEL_FILE,
@@ -52,7 +53,6 @@ from training.callbacks import (
     ValidationCallback,
     save_checkpoint,
 )
-from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
 from training.config import TrainConfig, load_train_config
 from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
 
@@ -61,7 +61,9 @@ RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
 CONFIG_FILE = "config.yaml"
 #: keys a resumed run may change (everything else must match the interrupted run's config)
-RESUMABLE_OVERRIDES = frozenset({"total_timesteps", "device", "torch_threads", "eval.final", "eval.workers"})
+RESUMABLE_OVERRIDES = frozenset(
+    {"total_timesteps", "device", "torch_threads", "eval.final", "eval.workers"}
+)
 
 
 @dataclass
@@ -90,7 +92,11 @@ class TrainResult:
 
     def policy_dir(self) -> Path:
         """The model to use: the best validated one if any, else the final one."""
-        return self.best_model_dir if (self.best_model_dir / MODEL_FILE).is_file() else self.final_model_dir
+        return (
+            self.best_model_dir
+            if (self.best_model_dir / MODEL_FILE).is_file()
+            else self.final_model_dir
+        )
 
 
 def configure_torch(seed: int, threads: int) -> None:
@@ -125,7 +131,9 @@ def run_dir_of(run_id: str, client: MlflowClient | None = None) -> Path:
     run = (client or MlflowClient()).get_run(run_id)
     folder = run.data.tags.get(RUN_DIR_TAG)
     if folder is None:
-        raise ValueError(f"run {run_id} has no {RUN_DIR_TAG} tag: it was not started by `defialloc train`")
+        raise ValueError(
+            f"run {run_id} has no {RUN_DIR_TAG} tag: it was not started by `defialloc train`"
+        )
     return Path(folder)
 
 
@@ -140,7 +148,9 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
     try:
         folder = run_dir_of(run_id)
     except mlflow.exceptions.MlflowException as exc:
-        raise ConfigError(f"--resume {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})") from None
+        raise ConfigError(
+            f"--resume {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})"
+        ) from None
     except ValueError as exc:
         raise ConfigError(f"--resume {run_id}: {exc}") from None
     if not (folder / "checkpoint" / STATE_FILE).is_file():
@@ -168,7 +178,9 @@ def _graceful_sigint(checkpoint: CheckpointCallback) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start_run(cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient) -> tuple[Any, Path, RunState]:
+def _start_run(
+    cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient
+) -> tuple[Any, Path, RunState]:
     """Start (or reopen) the MLflow run; return it with the run folder and the restored state."""
     if resume_run_id is None:
         experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
@@ -189,7 +201,8 @@ def _start_run(cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient
         )
         mlflow.log_text(cfg.to_yaml(), "config/train_config.yaml")
         state = RunState(
-            next_validation_step=cfg.eval.every_steps or 0, next_checkpoint_step=cfg.checkpoint.every_steps or 0
+            next_validation_step=cfg.eval.every_steps or 0,
+            next_checkpoint_step=cfg.checkpoint.every_steps or 0,
         )
         return run, run_dir, state
     run_dir = run_dir_of(resume_run_id, client)
@@ -290,7 +303,15 @@ def train(
     elapsed = time.perf_counter() - start
     speed = (model.num_timesteps - steps_before) / elapsed if elapsed > 0 else float("nan")
     log_metrics(run_id, {"time/session_env_steps_per_s": speed}, int(model.num_timesteps), client)
-    result = TrainResult(run_id, run.info.experiment_id, cfg.algo, int(model.num_timesteps), completed, run_dir, speed)
+    result = TrainResult(
+        run_id,
+        run.info.experiment_id,
+        cfg.algo,
+        int(model.num_timesteps),
+        completed,
+        run_dir,
+        speed,
+    )
     if not completed:
         mlflow.set_tag(STATUS_TAG, "interrupted")
         mlflow.end_run(status="KILLED")
@@ -313,7 +334,12 @@ def train(
 
 
 def _finish(
-    cfg: TrainConfig, model: BaseAlgorithm, venv: VecNormalize, run_dir: Path, result: TrainResult, register: bool | None
+    cfg: TrainConfig,
+    model: BaseAlgorithm,
+    venv: VecNormalize,
+    run_dir: Path,
+    result: TrainResult,
+    register: bool | None,
 ) -> None:
     """Save and log the final model, log the best one, register the policy (best if validated)."""
     final = run_dir / "final"
@@ -342,7 +368,9 @@ def _finish(
         mlflow.set_tag("registered_model", f"{cfg.registered_name}/{version.version}")
 
 
-def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progress: bool = True) -> dict[str, str]:
+def evaluate_against_baselines(
+    cfg: TrainConfig, result: TrainResult, *, progress: bool = True
+) -> dict[str, str]:
     """Backtest the trained policy (best by validation) against the baselines, paired, on the test
     scenario seeds and on the real held-out period; each is one evaluation run in the training
     run's experiment (``defialloc compare`` pairs them). Returns ``{"test": run_id, "held_out": ...}``.
@@ -356,17 +384,32 @@ def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progres
     from evaluation.tracking import log_backtest
 
     folder = result.policy_dir()
-    policy = SB3Policy.load(cfg.algo, folder / MODEL_FILE, folder / VECNORMALIZE_FILE, name=cfg.algo, device="cpu")
+    policy = SB3Policy.load(
+        cfg.algo, folder / MODEL_FILE, folder / VECNORMALIZE_FILE, name=cfg.algo, device="cpu"
+    )
     eval_cfg = load_evaluation_config()
-    baselines = list(cfg.eval.baselines if cfg.eval.baselines is not None else eval_cfg.policies_to_run)
-    extra = {"training_run_id": result.run_id, "agent": cfg.algo, "agent_steps": result.num_timesteps}
+    baselines = list(
+        cfg.eval.baselines if cfg.eval.baselines is not None else eval_cfg.policies_to_run
+    )
+    extra = {
+        "training_run_id": result.run_id,
+        "agent": cfg.algo,
+        "agent_steps": result.num_timesteps,
+    }
     runs: dict[str, str] = {}
     seeds = scenario_seeds("test", cfg.eval.test_scenarios)
     test = run_backtest(
-        cfg.simulation, [policy, *baselines], seeds, workers=cfg.eval.workers, progress=progress, scenario_set="test"
+        cfg.simulation,
+        [policy, *baselines],
+        seeds,
+        workers=cfg.eval.workers,
+        progress=progress,
+        scenario_set="test",
     )
     name = f"{cfg.mlflow.run_name or cfg.algo}-test"
-    runs["test"] = log_backtest(test, cfg.mlflow.experiment, name, cfg.simulation, extra, plots=cfg.eval.plots)
+    runs["test"] = log_backtest(
+        test, cfg.mlflow.experiment, name, cfg.simulation, extra, plots=cfg.eval.plots
+    )
     if cfg.eval.held_out:
         spec = resolve_period(cfg.eval.held_out_period, eval_cfg)
         feasible = [b for b in baselines if b != ORACLE_BASELINE]
@@ -380,6 +423,8 @@ def evaluate_against_baselines(cfg: TrainConfig, result: TrainResult, *, progres
             progress=progress,
         )
         name = f"{cfg.mlflow.run_name or cfg.algo}-{cfg.eval.held_out_period}"
-        runs["held_out"] = log_backtest(held, cfg.mlflow.experiment, name, held.config, extra, plots=cfg.eval.plots)
+        runs["held_out"] = log_backtest(
+            held, cfg.mlflow.experiment, name, held.config, extra, plots=cfg.eval.plots
+        )
     MlflowClient().set_tag(result.run_id, "evaluation_runs", json.dumps(runs))
     return runs
