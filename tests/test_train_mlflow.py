@@ -184,6 +184,43 @@ def test_interrupted_run_resumes_in_the_same_run_without_losing_steps(tracking, 
     assert values == sorted(values) and values[-1] > values[0]  # the optimizer state carried on
 
 
+def test_sac_resume_restores_the_replay_buffer(tracking, tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "algo": "sac",
+            "sac.learning_starts": 64,
+            "sac.buffer_size": 2000,
+            "sac.batch_size": 32,
+            "sac.gradient_steps": 1,
+            "checkpoint.every_steps": 0,
+            "total_timesteps": 600,
+        },
+    )
+    first = train(cfg, progress=False, callbacks=[InterruptAt(300)])
+    assert not first.completed
+    stopped_at = RunState.load(first.run_dir / "checkpoint" / STATE_FILE).num_timesteps
+    assert stopped_at == first.num_timesteps and 300 <= stopped_at < 320  # next vec-env step
+
+    captured = {}
+
+    class BufferSize(BaseCallback):
+        def _on_training_start(self) -> None:
+            captured["buffer"] = self.model.replay_buffer.size() * self.model.n_envs
+
+        def _on_step(self) -> bool:
+            return True
+
+    second = train(
+        load_resume_config(first.run_id),
+        resume_run_id=first.run_id,
+        progress=False,
+        callbacks=[BufferSize()],
+    )
+    assert captured["buffer"] == stopped_at  # every transition collected before the stop
+    assert second.completed and second.num_timesteps == 600 and second.run_id == first.run_id
+
+
 def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, tmp_path):
     cfg = tiny_config(
         tmp_path,

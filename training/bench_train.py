@@ -9,17 +9,15 @@ is cut to one batch so the figure is the steady state with updates, not the rand
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import torch
 from stable_baselines3.common.logger import Logger
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from agents.sb3 import make_agent, resolve_device
-from envs import make_vec_env
 from training.config import TrainConfig, load_train_config
-from training.train import configure_torch
+from training.train import build_env, configure_torch
 
 
 class StepTimer(VecEnvWrapper):
@@ -51,13 +49,14 @@ def bench_algorithm(cfg: TrainConfig, steps: int) -> dict[str, Any]:
     ``env_only_steps_per_s`` and the settings that drive the figure.
     """
     configure_torch(cfg.seed, cfg.torch_threads)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The `render_mode` attribute is not defined")
-        timer = StepTimer(make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=cfg.seed))
-    gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
-    venv = VecNormalize(
-        timer, norm_obs=cfg.normalize.obs, norm_reward=cfg.normalize.reward, gamma=gamma
-    )
+    timers: list[StepTimer] = []
+
+    def timed(venv: VecEnv) -> VecEnv:
+        timers.append(StepTimer(venv))
+        return timers[-1]
+
+    venv = build_env(cfg, cfg.seed, wrap=timed)
+    timer = timers[0]
     kwargs = cfg.agent_kwargs()
     if cfg.algo == "sac":
         kwargs["learning_starts"] = min(kwargs["learning_starts"], kwargs["batch_size"])
@@ -70,7 +69,7 @@ def bench_algorithm(cfg: TrainConfig, steps: int) -> dict[str, Any]:
     result: dict[str, Any] = {
         "algo": cfg.algo,
         "env_steps": done,
-        "wall_s": round(wall, 2),
+        "wall_s": round(wall, 3),
         "env_steps_per_s": round(done / wall, 1),
         "env_share": round(timer.seconds / wall, 4),
         "env_only_steps_per_s": round(timer.env_steps / timer.seconds, 1)

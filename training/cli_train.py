@@ -71,9 +71,15 @@ def train_command(
     console.rule(
         f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)"
     )
-    result = train(
-        cfg, resume_run_id=resume, progress=progress, final_evaluation=final_eval and cfg.eval.final
-    )
+    try:
+        result = train(
+            cfg,
+            resume_run_id=resume,
+            progress=progress,
+            final_evaluation=final_eval and cfg.eval.final,
+        )
+    except ValueError as exc:  # bad data or settings found while running (the message names them)
+        raise _fail(str(exc)) from None
     table = Table(title=f"{cfg.algo.upper()} run {result.run_id}", show_header=False)
     table.add_row("status", "completed" if result.completed else "interrupted (resumable)")
     table.add_row("env steps", f"{result.num_timesteps:,}")
@@ -124,37 +130,26 @@ def bench_train_command(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table(
-        title="training throughput (env steps summed over envs; env share = time in reset/step_wait)"
-    )
-    for col in (
-        "algo",
-        "env-steps/s",
-        "env share",
-        "env alone, steps/s",
-        "n_envs",
-        "net",
-        "updates",
-        "threads",
-    ):
+    table = Table(title="training throughput (env steps summed over all envs)")
+    for col in ("algo", "env-steps/s", "env share", "env alone/s", "envs", "net", "updates/step"):
         table.add_column(col, justify="right")
     for name, r in result.items():
-        updates = (
-            f"{r['n_epochs']} epochs x batch {r['batch_size']} / {r['n_steps'] * r['n_envs']} steps"
-            if name == "ppo"
-            else f"{r['updates_per_env_step']} per env step, batch {r['batch_size']}"
-        )
+        # gradient steps per env step: PPO n_epochs * (rollout / batch) per rollout of n_steps * n_envs
+        ratio = r["n_epochs"] / r["batch_size"] if name == "ppo" else r["updates_per_env_step"]
         table.add_row(
             name.upper(),
             f"{r['env_steps_per_s']:,.0f}",
             f"{r['env_share']:.1%}",
             f"{r['env_only_steps_per_s']:,.0f}",
             str(r["n_envs"]),
-            str(r["net_arch"]),
-            updates,
-            str(r["torch_threads"]),
+            "x".join(map(str, r["net_arch"])),
+            f"{ratio:.3g}",
         )
     console.print(table)
+    console.print(
+        f"torch threads: {next(iter(result.values()))['torch_threads']}. env share = wall time inside "
+        "the env's reset/step_wait; the rest is the learner (forward passes, buffers, updates)."
+    )
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ One call of :func:`train` is one MLflow run (or the continuation of one, with ``
    checkpoints at rollout boundaries (Ctrl-C stops at the next boundary with a checkpoint);
 5. the final and best models (+ VecNormalize statistics) as artifacts, the policy (best by validation)
    as a pyfunc model registered in the Model Registry with an alias;
-6. the final backtest of the agent against the baselines (``training.final_eval``).
+6. the backtest of the agent against the baselines (:func:`evaluate_against_baselines`).
 
 Files of a run live in ``<output_dir>/<run_id>/``: ``config.yaml``, ``checkpoint/``, ``best/``, ``final/``.
 """
@@ -23,7 +23,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,22 @@ def configure_torch(seed: int, threads: int) -> None:
     set_random_seed(seed)
 
 
-def build_env(cfg: TrainConfig, seed: int, vecnormalize_path: Path | None = None) -> VecNormalize:
-    """The batched training env wrapped in VecNormalize (statistics restored from a file if given)."""
+def build_env(
+    cfg: TrainConfig,
+    seed: int,
+    vecnormalize_path: Path | None = None,
+    wrap: Callable[[VecEnv], VecEnv] | None = None,
+) -> VecNormalize:
+    """The batched training env wrapped in VecNormalize (statistics restored from a file if given).
+
+    ``wrap`` (e.g. ``bench_train.StepTimer``) goes between the raw env and VecNormalize.
+    """
     with warnings.catch_warnings():
         # SB3's VecEnv base class warns that our batched env has no render_mode; it needs none
         warnings.filterwarnings("ignore", message="The `render_mode` attribute is not defined")
         venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
+    if wrap is not None:
+        venv = wrap(venv)
     if vecnormalize_path is not None:
         env = VecNormalize.load(str(vecnormalize_path), venv)
         env.training = True
@@ -207,6 +217,7 @@ def _start_run(
         return run, run_dir, state
     run_dir = run_dir_of(resume_run_id, client)
     run = mlflow.start_run(run_id=resume_run_id)
+    (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())  # a later resume keeps an extended budget
     state = RunState.load(run_dir / "checkpoint" / STATE_FILE)
     best_file = run_dir / "best" / BEST_FILE
     if best_file.is_file():  # the best model may be newer than the last checkpoint
@@ -258,9 +269,53 @@ def train(
     setup_mlflow(cfg.mlflow.experiment)
     client = MlflowClient()
     run, run_dir, state = _start_run(cfg, resume_run_id, client)
-    run_id = run.info.run_id
     mlflow.set_tag(STATUS_TAG, "running")
-    resume = resume_run_id is not None
+    try:
+        result = _train_session(
+            cfg,
+            run,
+            run_dir,
+            state,
+            device,
+            resume_run_id is not None,
+            progress,
+            callbacks,
+            register,
+            client,
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C: the last periodic checkpoint is the resume point
+        mlflow.set_tag(STATUS_TAG, "interrupted")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.set_tag(STATUS_TAG, "failed")
+        mlflow.end_run(status="FAILED")
+        raise
+    if not result.completed:
+        mlflow.set_tag(STATUS_TAG, "interrupted")
+        mlflow.end_run(status="KILLED")
+        return result
+    mlflow.set_tag(STATUS_TAG, "completed")
+    mlflow.end_run()
+    if cfg.eval.final if final_evaluation is None else final_evaluation:
+        result.evaluation_run_ids = evaluate_against_baselines(cfg, result, progress=progress)
+    return result
+
+
+def _train_session(
+    cfg: TrainConfig,
+    run: Any,
+    run_dir: Path,
+    state: RunState,
+    device: str,
+    resume: bool,
+    progress: bool,
+    callbacks: Sequence[BaseCallback],
+    register: bool | None,
+    client: MlflowClient,
+) -> TrainResult:
+    """Build env and model, learn, and (when the budget is reached) save, log and register."""
+    run_id = run.info.run_id
     # a resumed run draws fresh training paths instead of replaying the first session's
     env_seed = cfg.seed + (state.num_timesteps if resume else 0)
     venv = build_env(cfg, env_seed, run_dir / "checkpoint" / VECNORMALIZE_FILE if resume else None)
@@ -282,9 +337,9 @@ def train(
     )
     steps_before, start = int(model.num_timesteps), time.perf_counter()
     remaining = cfg.total_timesteps - steps_before
-    completed = True
-    try:
-        if remaining > 0:
+    interrupted = False
+    if remaining > 0:
+        try:
             with _graceful_sigint(checkpoint):
                 model.learn(
                     remaining,
@@ -293,43 +348,22 @@ def train(
                     reset_num_timesteps=not resume,
                     progress_bar=progress,
                 )
-        completed = model.num_timesteps >= cfg.total_timesteps
-    except TrainingInterrupted:
-        completed = False
-    except BaseException:
-        mlflow.set_tag(STATUS_TAG, "failed")
-        mlflow.end_run(status="FAILED")
-        raise
+        except TrainingInterrupted:
+            interrupted = True
     elapsed = time.perf_counter() - start
-    speed = (model.num_timesteps - steps_before) / elapsed if elapsed > 0 else float("nan")
-    log_metrics(run_id, {"time/session_env_steps_per_s": speed}, int(model.num_timesteps), client)
-    result = TrainResult(
-        run_id,
-        run.info.experiment_id,
-        cfg.algo,
-        int(model.num_timesteps),
-        completed,
-        run_dir,
-        speed,
-    )
-    if not completed:
-        mlflow.set_tag(STATUS_TAG, "interrupted")
-        mlflow.end_run(status="KILLED")
-        result.best_metric, result.best_step = state.best_metric, state.best_step
-        return result
-
-    if validation.last_validated_step != model.num_timesteps:
-        validation.validate()
-    state.completed = True
-    save_checkpoint(model, venv, state, run_dir / "checkpoint", cfg.checkpoint.replay_buffer)
-    _finish(cfg, model, venv, run_dir, result, register)
+    steps = int(model.num_timesteps)
+    speed = (steps - steps_before) / elapsed if elapsed > 0 else float("nan")
+    log_metrics(run_id, {"time/session_env_steps_per_s": speed}, steps, client)
+    completed = not interrupted and steps >= cfg.total_timesteps
+    result = TrainResult(run_id, run.info.experiment_id, cfg.algo, steps, completed, run_dir, speed)
+    if completed:
+        if validation.last_validated_step != steps:
+            validation.validate()
+        state.completed = True
+        save_checkpoint(model, venv, state, run_dir / "checkpoint", cfg.checkpoint.replay_buffer)
+        _finish(cfg, model, venv, run_dir, result, register)
     result.best_metric, result.best_step = state.best_metric, state.best_step
-    mlflow.set_tag(STATUS_TAG, "completed")
-    mlflow.end_run()
     venv.close()
-
-    if cfg.eval.final if final_evaluation is None else final_evaluation:
-        result.evaluation_run_ids = evaluate_against_baselines(cfg, result, progress=progress)
     return result
 
 
