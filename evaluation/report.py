@@ -270,7 +270,16 @@ def load_group_tables(
         table = pd.read_csv(_download(rid, METRICS_ARTIFACT, tmp / rid))
         groups.setdefault(key, []).append(table.assign(run_id=rid))
         ids.setdefault(key, []).append(rid)
-    return [(key, pd.concat(tables, ignore_index=True), ids[key]) for key, tables in groups.items()]
+    return [(key, _merge_tables(tables), ids[key]) for key, tables in groups.items()]
+
+
+def _merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the metric tables of a group's runs, keeping one copy of rows that several runs
+    share exactly (the same deterministic baseline on the same scenarios), so no scenario counts twice."""
+    merged = pd.concat(tables, ignore_index=True)
+    return merged.drop_duplicates(
+        subset=[c for c in merged.columns if c != "run_id"], ignore_index=True
+    )
 
 
 def _pooled_returns(run_ids: list[str], policies: list[str], tmp: Path) -> dict[str, np.ndarray]:

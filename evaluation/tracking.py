@@ -81,7 +81,7 @@ def git_commit() -> str:
         if head.returncode != 0:
             return "unknown"
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -104,8 +104,14 @@ def format_seeds(seeds: np.ndarray) -> str:
 
 
 def params_hash(policy_params: dict[str, Any]) -> str:
-    """Short stable hash of the policies' resolved parameters (runs are compared only if equal)."""
-    blob = json.dumps(policy_params, sort_keys=True, default=str).encode()
+    """Short stable hash of the policies' resolved parameters (runs are compared only if equal).
+
+    Policies without parameters (trained agents) are left out, so the evaluations of different agents
+    against the same baselines fall into one comparison group.
+    """
+    blob = json.dumps(
+        {k: v for k, v in policy_params.items() if v}, sort_keys=True, default=str
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -143,3 +143,35 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
     with pytest.raises(ValueError, match="not found"):
         compare("does-not-exist", console=console)
+
+
+def test_agents_against_the_same_baselines_share_a_comparison_group():
+    import pandas as pd
+
+    from evaluation.report import _merge_tables
+    from evaluation.tracking import params_hash
+
+    base = {"equal_weight": {"rebalance_every": 7}}
+    assert params_hash({"ppo": {}, **base}) == params_hash({"sac": {}, **base})
+    assert params_hash(base) != params_hash({"equal_weight": {"rebalance_every": 30}})
+    a = pd.DataFrame(
+        {
+            "policy": ["ppo", "equal_weight"],
+            "seed": [1, 1],
+            "sharpe": [0.5, 0.9],
+            "run_id": ["a", "a"],
+        }
+    )
+    b = pd.DataFrame(
+        {
+            "policy": ["sac", "equal_weight"],
+            "seed": [1, 1],
+            "sharpe": [0.4, 0.9],
+            "run_id": ["b", "b"],
+        }
+    )
+    c = pd.DataFrame(
+        {"policy": ["ppo"], "seed": [1], "sharpe": [0.6], "run_id": ["c"]}
+    )  # a second PPO training seed
+    merged = _merge_tables([a, b, c])
+    assert sorted(merged["policy"]) == ["equal_weight", "ppo", "ppo", "sac"]

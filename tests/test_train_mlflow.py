@@ -52,20 +52,22 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def tracking(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def tracking(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    return uri
+    mlflow.set_tracking_uri(store)
+    yield store
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow.set_tracking_uri(previous)
 
 
 class MetricsSeenDuringTraining(BaseCallback):
     """Reads the run's metrics from MLflow while training is still going on."""
 
-    def __init__(self, run_id_getter) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.run_id_getter = run_id_getter
         self.seen: list[int] = []
 
     def _on_rollout_start(self) -> None:
@@ -115,7 +117,7 @@ def test_training_run_streams_metrics_logs_params_tags_artifacts_and_registers(t
     cfg = tiny_config(
         tmp_path, **{"mlflow.register_model": True, "mlflow.registered_name": "test-ppo"}
     )
-    watcher = MetricsSeenDuringTraining(None)
+    watcher = MetricsSeenDuringTraining()
     result = train(cfg, progress=False, callbacks=[watcher])
     assert result.completed and result.num_timesteps == 8 * ROLLOUT
     # streamed: metrics of earlier iterations were in MLflow while training still ran
