@@ -311,7 +311,7 @@ def compare(
     """Compare every evaluation run of ``experiment``; print tables; write ``out`` (.md or .html)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = console or Console()
-    out_path = Path(out) if out is not None else None
+    out_path = Path(out).resolve() if out is not None else None
     if out_path is not None and out_path.suffix not in (".md", ".html"):
         raise ValueError(f"out={out_path} must end in .md or .html")
     results = []

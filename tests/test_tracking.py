@@ -99,7 +99,7 @@ def test_log_backtest_and_read_it_back(result, tmp_path):
     assert len(series) == len(POLICIES) * 12 * 40
 
 
-def test_compare_writes_a_report_with_cis(result, tmp_path):
+def test_compare_writes_a_report_with_cis(result, tmp_path, monkeypatch):
     from rich.console import Console
 
     from evaluation.report import compare
@@ -111,7 +111,9 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
     )
     log_backtest(period, "cmp", "p", result.config, plots=False)
     console = Console(record=True, width=160)
-    groups = compare("cmp", tmp_path / "report.md", n_boot=300, console=console)
+    monkeypatch.chdir(tmp_path)  # a relative report path (as `make demo` passes) must work too
+    groups = compare("cmp", "reports/report.md", n_boot=300, console=console)
+    assert (tmp_path / "reports" / "report.md").is_file()
     by_set = {g.scenario_set: g for g in groups}
     assert set(by_set) == {"test", "period:2022-05-01..2022-06-30"}
     g = by_set["test"]
@@ -129,7 +131,7 @@ def test_compare_writes_a_report_with_cis(result, tmp_path):
     assert g.sharpe_tests["psr"].between(0, 1).all() and g.sharpe_tests["dsr"].between(0, 1).all()
     single = by_set["period:2022-05-01..2022-06-30"]
     assert single.n_scenarios == 1 and not single.improvement["poi_significant"].any()
-    text = (tmp_path / "report.md").read_text()
+    text = (tmp_path / "reports" / "report.md").read_text()
     assert "What is and is not significant" in text and "P(improvement)" in text
     assert "![equity_curves](report_files/" in text
     assert list((tmp_path / "report_files").rglob("equity_curves.png"))

@@ -155,4 +155,26 @@ def bench_train_command(
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``train`` to the CLI and ``train`` to ``bench``."""
     app.command("train")(train_command)
+    app.command("experiment")(experiment_command)
     bench_app.command("train")(bench_train_command)
+
+
+def experiment_command(
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="experiment YAML (configs/experiments/)"
+    ),
+    out: Path = typer.Option(
+        None, help="report file (.md or .html); default reports/<experiment>.md"
+    ),
+) -> None:
+    """Train several configs x seeds into one MLflow experiment and compare them with the baselines."""
+    from rich.console import Console
+
+    from envs.config import ConfigError
+    from training.experiment import run_experiment
+
+    try:
+        run_experiment(config, Console(), out=out)
+    except (ConfigError, FileNotFoundError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
