@@ -134,7 +134,7 @@ def test_compare_writes_a_report_with_cis(result, tmp_path, monkeypatch):
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "What is and is not significant" in text and "P(improvement)" in text
     assert "![equity_curves](report_files/" in text
-    assert list((tmp_path / "report_files").rglob("equity_curves.png"))
+    assert list((tmp_path / "reports" / "report_files").rglob("equity_curves.png"))
     assert "PSR" in console.export_text()
     compare(
         "cmp",
