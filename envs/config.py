@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from envs.kill_switch import KillSwitchConfig
 from envs.market.config import MarketConfig
+from envs.yaml_io import REPO_ROOT, ConfigError, read_yaml_mapping, resolve_config_path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
 
@@ -258,10 +258,6 @@ class SimulationConfig(StrictModel):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-class ConfigError(ValueError):
-    """A config could not be loaded: the message names the key, the value and what is allowed."""
-
-
 def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     """Turn a pydantic error into lines ``key.path = value: what is allowed``."""
     lines = []
@@ -279,25 +275,11 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, "config")
 
 
 def _resolve_path(name: str, base: Path) -> Path:
-    candidate = Path(name)
-    if candidate.is_absolute():
-        return candidate
-    for root in (base, Path.cwd(), REPO_ROOT):
-        if (root / candidate).is_file():
-            return root / candidate
-    return base / candidate
+    return resolve_config_path(name, base)
 
 
 def _resolve_sections(data: dict[str, Any], base: Path) -> dict[str, Any]:

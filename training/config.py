@@ -29,6 +29,7 @@ from envs.config import (
     format_validation_error,
     load_config,
 )
+from envs.yaml_io import read_yaml_mapping, resolve_config_path
 
 SIMULATION_PREFIXES = ("simulation.", "env.", "market.")
 
@@ -253,26 +254,11 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"training config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"training config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"training config {path} must hold a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path, "training config")
 
 
 def _find(name: str, base: Path) -> Path:
-    """A relative path is looked up next to the file naming it, then in the cwd, then the repo root."""
-    candidate = Path(name)
-    if candidate.is_absolute():
-        return candidate
-    for root in (base, Path.cwd(), REPO_ROOT):
-        if (root / candidate).is_file():
-            return root / candidate
-    return base / candidate
+    return resolve_config_path(name, base)
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from envs.yaml_io import read_yaml_mapping
 
 REGIME_NAMES: tuple[str, ...] = ("calm", "bull", "crash")
 CALM, BULL, CRASH = 0, 1, 2
@@ -459,14 +460,7 @@ def load_market_config(path: str | Path) -> MarketConfig:
         ValueError: missing file, invalid YAML, or invalid keys/values (each named with its value).
     """
     file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"market config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"market config {file} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"market config {file} must hold a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(file, "market config")
     if set(data) == {"market"} and isinstance(data["market"], dict):
         data = data["market"]
     try:

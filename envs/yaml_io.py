@@ -1,0 +1,38 @@
+"""Reading config files: one YAML-mapping reader and one path resolver for every config model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config could not be loaded: the message names the key, the value and what is allowed."""
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """The mapping in YAML file ``path``; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve_config_path(name: str | Path, base: Path) -> Path:
+    """A relative path is looked up next to the file naming it (``base``), then in the cwd, then the repo root."""
+    candidate = Path(name)
+    if candidate.is_absolute():
+        return candidate
+    for root in (base, Path.cwd(), REPO_ROOT):
+        if (root / candidate).is_file():
+            return root / candidate
+    return base / candidate
