@@ -559,8 +559,9 @@ def log_export(
         active = mlflow.start_run(run_id=run_id)
     else:
         status = "FINISHED"
-        mlflow.set_experiment(experiment)
-        active = mlflow.start_run(run_name="export")
+        from agents.mlflow_store import setup_mlflow
+
+        active = mlflow.start_run(experiment_id=setup_mlflow(experiment), run_name="export")
     try:
         info = mlflow.onnx.log_model(
             onnx.load(str(folder / ONNX_FILE)),

@@ -30,7 +30,9 @@ import yaml
 from envs.config import REPO_ROOT, SimulationConfig
 
 if TYPE_CHECKING:
-    from evaluation.backtest import BacktestResult
+    from agents.mlflow_store import local_artifact_root as _local_artifact_root  # noqa: F401
+from agents.mlflow_store import setup_mlflow, tracking_uri  # noqa: F401  (re-exported)
+from evaluation.backtest import BacktestResult
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -41,35 +43,6 @@ SERIES_ARTIFACT = "series.parquet"
 PLOTS_DIR = "plots"
 #: MLflow caps a param value at 6000 characters; longer seed lists are summarized
 MAX_PARAM_CHARS = 6000
-
-
-def tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    return uri or f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-
-
-def _local_artifact_root(uri: str) -> str | None:
-    """Artifact folder for a local SQLite store (``<db folder>/mlartifacts``), None otherwise."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = Path(uri.removeprefix("sqlite:///"))
-    return (db.parent / "mlartifacts").resolve().as_uri()
-
-
-def setup_mlflow(experiment: str) -> str:
-    """Point mlflow at :func:`tracking_uri`, create ``experiment`` if needed; return its id."""
-    import mlflow
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    root = _local_artifact_root(uri)
-    location = None if root is None else f"{root}/{experiment}"
-    return client.create_experiment(experiment, artifact_location=location)
 
 
 def git_commit() -> str:

@@ -311,7 +311,9 @@ def test_export_logs_to_mlflow_and_tags_the_registered_version(
     # global MLflow state this test changes, restored at teardown
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    mlflow.set_experiment("export-test")
+    from agents.mlflow_store import setup_mlflow
+
+    mlflow.set_experiment(experiment_id=setup_mlflow("export-test"))  # artifacts beside the tmp db
     # a training run as training/train.py leaves it: model artifacts, resolved config, registered version
     staged = tmp_path / "staged"
     (staged / "best").mkdir(parents=True)

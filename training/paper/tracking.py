@@ -57,11 +57,10 @@ class MetricsStream:
         """Create a new run in ``experiment`` (created if missing)."""
         from mlflow import MlflowClient
 
+        from agents.mlflow_store import setup_mlflow
+
+        experiment_id = setup_mlflow(experiment)
         client = MlflowClient()
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = (
-            found.experiment_id if found is not None else client.create_experiment(experiment)
-        )
         run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         for key, value in params.items():
             client.log_param(run.info.run_id, key, str(value)[:6000])
