@@ -20,7 +20,10 @@ if ENV_ID not in gym.registry:
 
 
 def make_env(
-    config: SimulationConfig | dict | str | Path | None = None, *, seed: int | None = None, **overrides: Any
+    config: SimulationConfig | dict | str | Path | None = None,
+    *,
+    seed: int | None = None,
+    **overrides: Any,
 ):
     """Build one :class:`~envs.env.DeFiMarketEnv`.
 

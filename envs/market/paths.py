@@ -64,7 +64,9 @@ class MarketPaths:
         """Raise ValueError naming the offending array when shapes or values are inconsistent."""
         b, length, n = self.close.shape
         if n != len(self.asset_names):
-            raise ValueError(f"close has {n} asset columns but asset_names has {len(self.asset_names)}")
+            raise ValueError(
+                f"close has {n} asset columns but asset_names has {len(self.asset_names)}"
+            )
         for name in ("high", "low"):
             arr = getattr(self, name)
             if arr.shape != (b, length, n):
@@ -73,11 +75,21 @@ class MarketPaths:
             arr = getattr(self, name)
             if arr.shape != (b, length):
                 raise ValueError(f"{name} has shape {arr.shape}, expected {(b, length)}")
-        for name in ("close", "high", "low", "numeraire_usd", "depth_multiplier", "gas_price_gwei", "eth_usd"):
+        for name in (
+            "close",
+            "high",
+            "low",
+            "numeraire_usd",
+            "depth_multiplier",
+            "gas_price_gwei",
+            "eth_usd",
+        ):
             arr = getattr(self, name)
             if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
                 raise ValueError(f"{name} must be finite and > 0 everywhere")
-        if np.any(self.high < self.close * (1 - 1e-12)) or np.any(self.low > self.close * (1 + 1e-12)):
+        if np.any(self.high < self.close * (1 - 1e-12)) or np.any(
+            self.low > self.close * (1 + 1e-12)
+        ):
             raise ValueError("high must be >= close >= low at every point")
         if not 0 <= self.warmup < length:
             raise ValueError(f"warmup={self.warmup} must be in [0, {length})")
@@ -98,5 +110,7 @@ class MarketPaths:
             eth_usd=self.eth_usd[idx],
             warmup=self.warmup,
             step_days=self.step_days,
-            dates=self.dates[idx] if self.dates is not None and self.dates.ndim == 2 else self.dates,
+            dates=self.dates[idx]
+            if self.dates is not None and self.dates.ndim == 2
+            else self.dates,
         )
