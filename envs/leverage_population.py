@@ -1,7 +1,7 @@
 """The borrower population behind liquidation cascades, stepped along with the envs.
 
 Other leveraged borrowers (Aave-like, one collateral asset each, ``K`` health-factor buckets per asset;
-model and parameters in ``envs/protocols/lending.py`` and docs/leverage.md) are liquidated when a
+model and parameters in ``envs/protocols/borrowers.py`` and docs/leverage.md) are liquidated when a
 step's LOW crosses their liquidation price; their liquidators' sales are what the env pushes into
 the agent's pools. Their positions depend only on the market path (the agent is too small to move
 them, and the forced sales do not feed back into the path's prices), so the sales of a path are
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.protocols.lending import (
+from envs.protocols.borrowers import (
     BorrowerPopulation,
     init_population,
     liquidate_population,

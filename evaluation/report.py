@@ -8,11 +8,11 @@ IQM with 95% stratified-bootstrap CIs over scenarios; against the best FEASIBLE 
 of the primary metric; the oracle is an upper reference, never the yardstick) the paired mean
 difference and the probability of improvement with CIs; and the probabilistic / deflated Sharpe
 ratios of the per-step returns pooled over scenarios (DSR deflates for all policies in the group).
+The Markdown/HTML text of the report is rendered by ``evaluation/report_render.py``.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from rich.table import Table
 from agents.baselines.policies import FEASIBLE_BASELINES
 from evaluation import statistics as st
 from evaluation.plots import PLOTS
+from evaluation.report_render import _cell, write_report
 from evaluation.tracking import (
     EVALUATION_KIND,
     EVALUATION_TAG,
@@ -62,27 +63,7 @@ REPORT_METRICS = (
     "cost_total_usd",
     "turnover_annual",
 )
-PERCENT_METRICS = {
-    "annual_return",
-    "annual_volatility",
-    "max_drawdown",
-    "value_at_risk",
-    "conditional_value_at_risk",
-    "total_return",
-    "turnover_annual",
-}
 ORACLE = "oracle_mean_variance"
-
-
-def fmt(metric: str, value: float) -> str:
-    """A metric value for a table: percents, USD or a ratio."""
-    if not np.isfinite(value):
-        return "nan"
-    if metric in PERCENT_METRICS:
-        return f"{100 * value:.1f}%"
-    if metric.endswith("_usd"):
-        return f"{value:,.0f}"
-    return f"{value:.2f}"
 
 
 @dataclass
@@ -366,15 +347,6 @@ def _download_plots(run_id: str, dst: Path) -> list[Path]:
     return sorted(folder.glob("*.png"), key=lambda f: (order.get(f.stem, len(order)), f.stem))
 
 
-def _cell(summary: pd.DataFrame, policy: str, metric: str, what: str = "mean") -> str:
-    if (policy, metric) not in summary.index:
-        return "-"
-    row = summary.loc[(policy, metric)]
-    if row["n"] < 2:  # one scenario: the interval is the point itself
-        return fmt(metric, row[what])
-    return f"{fmt(metric, row[what])} [{fmt(metric, row[what + '_ci_low'])}, {fmt(metric, row[what + '_ci_high'])}]"
-
-
 TERMINAL_METRICS = (
     "sharpe_ratio",
     "annual_return",
@@ -429,111 +401,3 @@ def print_group(g: GroupComparison, console: Console) -> None:
     console.print(tests)
     for line in g.statements:
         console.print(f"- {line}", markup=False)
-
-
-# ------------------------------------------------------------------------------------ writing
-def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
-    blocks: list[tuple[str, object]] = [
-        ("h2", f"{g.scenario_set}: {g.n_scenarios} scenario(s), config {g.config_hash}"),
-        (
-            "p",
-            f"Runs: {', '.join(g.run_ids)}. Primary metric: {g.primary_metric}; best feasible baseline: {g.best_baseline}.",
-        ),
-    ]
-    single = g.n_scenarios == 1  # one replayed path: no distribution across scenarios to summarize
-    if not g.summary.empty:
-        policies = list(dict.fromkeys(g.summary.index.get_level_values(0)))
-        metrics = list(dict.fromkeys(g.summary.index.get_level_values(1)))
-        tables = (
-            (("mean", "Value on the single path"),)
-            if single
-            else (
-                ("mean", "Mean [95% stratified-bootstrap CI]"),
-                ("iqm", "IQM [95% CI]"),
-            )
-        )
-        for what, label in tables:
-            frame = pd.DataFrame(
-                {m: [_cell(g.summary, p, m, what) for p in policies] for m in metrics},
-                index=policies,
-            )
-            blocks += [("h3", f"{label} per policy and metric"), ("table", frame)]
-    if not g.improvement.empty:
-        imp = g.improvement[["diff_mean"]] if single else g.improvement
-        blocks += [
-            (
-                "h3",
-                f"Paired comparison with the best baseline ({g.best_baseline}) on {g.primary_metric}: "
-                + (
-                    "difference on the single path"
-                    if single
-                    else "mean difference and P(improvement), 95% CIs"
-                ),
-            ),
-            ("table", imp.round(3)),
-        ]
-    blocks += [
-        ("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
-        ("table", g.sharpe_tests.round(4).astype({"n_returns": int})),
-    ]
-    blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
-    for path in g.plot_files:
-        blocks.append(("img", path))
-    return blocks
-
-
-def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> Path:
-    """Write the comparison as Markdown (plots beside it) or HTML (plots embedded)."""
-    blocks: list[tuple[str, object]] = [
-        ("h1", f"Evaluation report: experiment {experiment}"),
-        (
-            "p",
-            f"Tracking URI: {tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
-            "(2000 resamples, seed 0). P(improvement): paired P(X > best baseline), ties 1/2. "
-            "PSR: P(true Sharpe > 0); DSR: PSR against the expected maximum Sharpe of all policies tried.",
-        ),
-    ]
-    for g in groups:
-        blocks += _group_blocks(g)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    html = out.suffix == ".html"
-    parts = []
-    for kind, value in blocks:
-        if kind in ("h1", "h2", "h3"):
-            level = int(kind[1])
-            parts.append(f"<{kind}>{value}</{kind}>" if html else f"{'#' * level} {value}\n")
-        elif kind == "p":
-            parts.append(f"<p>{value}</p>" if html else f"{value}\n")
-        elif kind == "ul":
-            items = list(value)  # type: ignore[call-overload]
-            parts.append(
-                "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
-                if html
-                else "\n".join(f"- {i}" for i in items) + "\n"
-            )
-        elif kind == "table":
-            frame: pd.DataFrame = value  # type: ignore[assignment]
-            parts.append(frame.to_html() if html else markdown_table(frame))
-        elif kind == "img":
-            path: Path = value  # type: ignore[assignment]
-            if html:
-                data = base64.b64encode(path.read_bytes()).decode()
-                parts.append(
-                    f'<p><img alt="{path.stem}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
-                )
-            else:
-                parts.append(f"![{path.stem}]({path.relative_to(out.parent).as_posix()})\n")
-    text = "\n".join(parts)
-    if html:
-        text = f"<!doctype html><html><head><meta charset='utf-8'><title>{experiment}</title></head><body>{text}</body></html>"
-    out.write_text(text)
-    return out
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A pipe table of ``frame`` with its index as the first column (no tabulate needed)."""
-    header = [str(frame.index.name or ""), *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in frame.astype(object).iterrows():  # object rows keep ints as ints
-        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row.to_numpy())]) + " |")
-    return "\n".join(lines) + "\n"

@@ -17,7 +17,8 @@ from stable_baselines3.common.vec_env import VecNormalize
 from typer.testing import CliRunner
 
 import envs
-from agents.export import ExportSource, _actions_to_weights, export_policy, log_export, section_hash
+from agents.export import ExportSource, _actions_to_weights, export_policy, section_hash
+from agents.export_mlflow import log_export
 from agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, OnnxPolicy, load_manifest, sha256_file
 from agents.sb3 import ObsNormalizer
 from envs.actions import actions_to_weights

@@ -7,6 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from envs.protocols.borrowers import (
+    init_population,
+    liquidate_population,
+    population_liquidations,
+    population_step,
+    refresh_population,
+)
 from envs.protocols.lending import (
     accrue_debt,
     accrue_supply,
@@ -15,13 +22,8 @@ from envs.protocols.lending import (
     borrow_rate,
     close_factor,
     health_factor,
-    init_population,
-    liquidate_population,
     liquidation,
     liquidation_from_params,
-    population_liquidations,
-    population_step,
-    refresh_population,
     regime_utilization,
     reserve_rates,
     supply_rate,

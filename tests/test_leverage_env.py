@@ -20,7 +20,7 @@ from envs.env import DeFiMarketEnv
 from envs.features import observation_size
 from envs.leverage_actions import ActionLayout, leverage_target, max_feasible_leverage
 from envs.market.paths import MarketPaths
-from envs.protocols.lending import population_liquidations
+from envs.protocols.borrowers import population_liquidations
 from envs.protocols.params import DEFAULT_LENDING_PATH, DEFAULT_PERPS_PATH, load_lending_params
 
 LEVERAGE_CONFIG = "configs/leverage.yaml"

@@ -12,13 +12,13 @@ from rich.console import Console
 from envs.market.calibrate import (
     _depeg_params,
     calibrate_market,
-    calibration_report,
     detect_jumps,
     nearest_correlation,
     run_calibration,
     transition_counts,
     write_market_config,
 )
+from envs.market.calibration_report import calibration_report
 from envs.market.config import REPO_ROOT, load_market_config
 from envs.market.replay import load_ohlcv
 

@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from sklearn.covariance import LedoitWolf
 
 from agents.baselines import BASELINES, make_policy
-from agents.baselines.policies import true_moments_by_regime
+from agents.baselines.oracle import true_moments_by_regime
 from agents.policy import MarketView
 from envs.config import load_config
 from envs.market.sources import sample_paths

@@ -63,7 +63,8 @@ def export_command(
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from agents.export import export_policy, log_export, source_from_files, source_from_run
+    from agents.export import export_policy, source_from_files
+    from agents.export_mlflow import log_export, source_from_run
     from envs.config import ConfigError
 
     try:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from envs.market.defaults import default_correlations, default_garch, default_jumps
 from envs.yaml_io import read_yaml_mapping
 
 REGIME_NAMES: tuple[str, ...] = ("calm", "bull", "crash")
@@ -214,8 +215,8 @@ class SyntheticParams(_Strict):
     vol_multiplier: PositiveRegimeValues = Field(
         default_factory=lambda: PositiveRegimeValues(calm=0.8, bull=1.05, crash=1.4)
     )
-    correlation: RegimeCorrelations = Field(default_factory=lambda: _default_correlations())
-    garch: dict[str, GarchParams] = Field(default_factory=lambda: _default_garch())
+    correlation: RegimeCorrelations = Field(default_factory=default_correlations)
+    garch: dict[str, GarchParams] = Field(default_factory=default_garch)
     nu: float = Field(default=4.5, gt=2.0, le=200.0, description="Student-t degrees of freedom")
     initial_price_usd: dict[str, float] = Field(
         default_factory=lambda: {
@@ -226,7 +227,7 @@ class SyntheticParams(_Strict):
             "AVAX": 11.0,
         }
     )
-    jumps: JumpParams = Field(default_factory=lambda: _default_jumps())
+    jumps: JumpParams = Field(default_factory=default_jumps)
     depeg: DepegParams = Field(
         default_factory=lambda: DepegParams(
             intensity_per_year=RateRegimeValues(calm=0.15, bull=0.15, crash=0.6)
@@ -467,35 +468,3 @@ def load_market_config(path: str | Path) -> MarketConfig:
         return MarketConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"invalid market config {file}:\n  {_format_error(exc)}") from None
-
-
-def _default_garch() -> dict[str, GarchParams]:
-    # Reference-level priors (docs/market.md); configs/market/default.yaml holds the fitted values.
-    table = {
-        "BTC": (1.5e-4, 0.11, 0.80),
-        "ETH": (2.5e-4, 0.125, 0.78),
-        "SOL": (8.0e-4, 0.12, 0.75),
-        "LINK": (6.0e-4, 0.10, 0.78),
-        "AVAX": (8.0e-4, 0.12, 0.75),
-    }
-    return {a: GarchParams(omega_daily=w, alpha=al, beta=be) for a, (w, al, be) in table.items()}
-
-
-def _default_correlations() -> RegimeCorrelations:
-    n = len(DEFAULT_ASSETS)
-
-    def const(rho: float) -> list[list[float]]:
-        return (np.full((n, n), rho) + (1 - rho) * np.eye(n)).tolist()
-
-    return RegimeCorrelations(
-        assets=list(DEFAULT_ASSETS), calm=const(0.6), bull=const(0.45), crash=const(0.88)
-    )
-
-
-def _default_jumps() -> JumpParams:
-    return JumpParams(
-        common_intensity_per_year=RateRegimeValues(calm=2.0, bull=2.0, crash=20.0),
-        idio_intensity_per_year=RateRegimeValues(calm=3.0, bull=4.0, crash=6.0),
-        mean_log={"BTC": -0.06, "ETH": -0.08, "SOL": -0.10, "LINK": -0.09, "AVAX": -0.10},
-        std_log={"BTC": 0.06, "ETH": 0.08, "SOL": 0.12, "LINK": 0.10, "AVAX": 0.12},
-    )

@@ -1,0 +1,131 @@
+"""The oracle mean-variance UPPER REFERENCE: a baseline that is told what no real strategy can know.
+
+One job: give the evaluation a ceiling, not a yardstick to beat. :class:`OracleMeanVariancePolicy`
+solves the same cost-aware mean-variance utility as ``mean_variance`` (see
+:mod:`agents.baselines.policies`), but on the TRUE conditional moments of the next step's simple
+returns, computed by :func:`true_moments_by_regime` from the synthetic market's generating
+parameters and the scenario's true current regime (``MarketView.oracle["regime"]``). It is only
+valid on ``market.source = synthetic``; the registry in :mod:`agents.baselines.policies` lists it
+as ``oracle_mean_variance`` and leaves it out of ``FEASIBLE_BASELINES``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from agents.baselines.optimizers import SolverFallbackWarning
+from agents.baselines.policies import (
+    BaselineParams,
+    BaselinePolicy,
+    UtilityParams,
+    _penalty,
+    mean_variance_with_cash,
+)
+from agents.policy import MarketView
+from envs.config import SimulationConfig
+from envs.market.config import DAYS_PER_YEAR, MarketConfig
+from envs.market.synthetic import step_transition
+
+
+class OracleParams(BaselineParams, UtilityParams):
+    """True moments + quadratic utility (no estimation window)."""
+
+
+def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray]:
+    """True next-step SIMPLE-return moments given the current regime (upper-reference oracle).
+
+    Returns ``(mu, cov)`` with ``mu[i]`` ``(N,)`` and ``cov[i]`` ``(N, N)``: the moments of the next
+    step's simple returns given that the CURRENT regime is ``i``, under the synthetic model of
+    ``envs/market/synthetic.py``: a mixture over the next regime ``j ~ P_step[i, j]`` of per-regime
+    log-return laws with mean ``drift_j dt`` (the generator compensates the jumps' mean) and covariance
+    ``vm_j^2 sqrt(h h') C_j + jump covariance``, with ``h`` each asset's UNCONDITIONAL GARCH variance
+    (the oracle is not told the conditional one). Log moments become simple-return moments by
+    lognormal moment matching (exact for the diffusive part, an approximation with jumps).
+    """
+    p = market.synthetic
+    assets = list(market.assets)
+    dt = market.step_days
+    h_bar = np.array([p.garch[a].unconditional_variance_daily for a in assets]) * dt
+    vm = p.vol_multiplier.array()  # (3,)
+    corr = p.correlation.matrices(assets)  # (3, N, N)
+    sd = np.sqrt(h_bar)
+    diff_cov = vm[:, None, None] ** 2 * corr * np.outer(sd, sd)[None]
+    to_prob = dt / DAYS_PER_YEAR
+    p_c = -np.expm1(-p.jumps.common_intensity_per_year.array() * to_prob)  # (3,)
+    p_i = -np.expm1(-p.jumps.idio_intensity_per_year.array() * to_prob)
+    m = np.array([p.jumps.mean_log[a] for a in assets])
+    s = np.array([p.jumps.std_log[a] for a in assets])
+    rho = p.jumps.size_correlation
+    q = p_c + (1.0 - p_c) * p_i  # P(asset jumps in a step)
+    mm, ss = np.outer(m, m), np.outer(s, s)
+    # E[J_a J_b]: a common event (sizes correlated rho) or two independent idiosyncratic jumps
+    cross = p_c[:, None, None] * (mm + rho * ss) + ((1.0 - p_c) * p_i**2)[:, None, None] * mm
+    second = q[:, None] * (m**2 + s**2)
+    jump_cov = cross - (q[:, None, None] ** 2) * mm
+    diag = np.arange(len(assets))
+    jump_cov[:, diag, diag] = second - (q[:, None] * m) ** 2
+    # the generator compensates jumps (subtracts q m every step): the log mean is the drift alone
+    log_mu = np.broadcast_to(
+        (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[:, None], (3, len(assets))
+    )
+    log_cov = diff_cov + jump_cov
+    var = np.diagonal(log_cov, axis1=1, axis2=2)
+    simple_mu = np.exp(log_mu + 0.5 * var) - 1.0  # (3, N)
+    growth = np.exp(log_mu + 0.5 * var)
+    simple_cov = growth[:, :, None] * growth[:, None, :] * np.expm1(log_cov)
+    trans = step_transition(p.transition_array(), dt)  # (3, 3): current -> next
+    mu = trans @ simple_mu
+    second_moment = simple_cov + simple_mu[:, :, None] * simple_mu[:, None, :]
+    cov = np.einsum("ij,jab->iab", trans, second_moment) - mu[:, :, None] * mu[:, None, :]
+    return mu, cov
+
+
+class OracleMeanVariancePolicy(BaselinePolicy):
+    """UPPER REFERENCE, not a feasible strategy: mean-variance on the TRUE next-step moments.
+
+    It is told each env's true current regime (``MarketView.oracle["regime"]``) and knows the
+    synthetic model's parameters, so its moments are the model's conditional mean and covariance of
+    the next step's simple returns given that regime (see :mod:`agents.baselines.oracle`). Only
+    valid on ``market.source = synthetic``.
+    """
+
+    name = "oracle_mean_variance"
+    uses_oracle = True
+    params_model = OracleParams
+
+    def __init__(
+        self, n_assets: int, config: SimulationConfig, name: str | None = None, **params: Any
+    ):
+        super().__init__(n_assets, name=name, **params)
+        if config.market.source != "synthetic":
+            raise ValueError(
+                f"{self.name} needs market.source='synthetic' (true parameters), got "
+                f"{config.market.source!r}; leave it out of replay/bootstrap evaluations"
+            )
+        self.mu_by_regime, self.cov_by_regime = true_moments_by_regime(config.market)
+
+    def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
+        if view.oracle is None or "regime" not in view.oracle:
+            raise ValueError(f"{self.name} needs MarketView.oracle['regime'] (uses_oracle=True)")
+        regime = np.asarray(view.oracle["regime"])[index]
+        p: OracleParams = self.params  # type: ignore[assignment]
+        risky = np.empty((index.size, self.n_assets))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SolverFallbackWarning)  # counted in diagnostics
+            for j in range(index.size):
+                r = int(regime[j])
+                risky[j], info = mean_variance_with_cash(
+                    self.mu_by_regime[r],
+                    self.cov_by_regime[r],
+                    p.risk_aversion,
+                    budget=self.budget,
+                    prev_risky=current[j, :-1],
+                    max_weight=p.max_weight,
+                    turnover_penalty=_penalty(p),
+                    allow_cash=p.allow_cash,
+                )
+                self._count(info)
+        return self._with_cash(risky)
