@@ -73,7 +73,7 @@ def simulate(
 
 @app.command()
 def demo() -> None:
-    """The main job of `make demo`."""
+    """Train a small PPO and SAC, backtest them against the baselines, print the table (`make demo`)."""
     from training.demo import run_demo
 
     run_demo(console)
