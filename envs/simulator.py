@@ -79,6 +79,11 @@ class Execution:
     costs: TradeCosts
     turnover: np.ndarray
     kill_switch: np.ndarray
+    #: spot path only (None with lending/perps): weights before trading, the targets acted on (after the
+    #: kill-switch override) and the assets traded (after the no-trade band), ``(B, N+1)`` / ``(B, N)``
+    current_weights: np.ndarray | None = None
+    target_weights: np.ndarray | None = None
+    trade_mask: np.ndarray | None = None
 
 
 def _cash_only(n_assets: int) -> np.ndarray:
@@ -293,7 +298,9 @@ class PortfolioSimulator:
         self.units = self.units + fills.asset_delta
         self.cash = self.cash + fills.cash_delta
         turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
-        self._pending = Execution(value_before, fills.costs, turnover, active)
+        self._pending = Execution(
+            value_before, fills.costs, turnover, active, current, target, mask
+        )
         return self._pending
 
     def _execute_levered(self, actions: np.ndarray) -> Execution:

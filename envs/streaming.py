@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions
 from envs.config import SimulationConfig
 from envs.features import market_features
 from envs.market.paths import MarketPaths
@@ -267,23 +266,14 @@ class StreamingSimulator(PortfolioSimulator):
 
     def execute(self, actions: np.ndarray) -> Execution:
         """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
-        actions = validate_actions(actions, self.n_envs, self.action_dim)
         price, num = self.prices_now()
-        current = self.weights(price, num, self.value)[0]
         units_before, cash_before = self.units[0].copy(), float(self.cash[0])
         done = super().execute(actions)
-        target = actions_to_weights(actions[:, : self.n_assets + 1])[0]
-        active = bool(done.kill_switch[0])
-        if active:
-            target = np.zeros_like(target)
-            target[-1] = 1.0
-        submitted = apply_no_trade_band(target, current, self.band) | (
-            active & (units_before > 0.0)
-        )
+        assert done.target_weights is not None and done.trade_mask is not None  # spot path only
         self.last_intent = OrderIntent(
-            current,
-            target,
-            submitted,
+            done.current_weights[0],
+            done.target_weights[0],
+            done.trade_mask[0],
             float(done.value_before[0]),
             units_before,
             cash_before,
