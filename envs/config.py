@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from envs.kill_switch import KillSwitchConfig
 from envs.market.config import MarketConfig
-from envs.yaml_io import REPO_ROOT, ConfigError, read_yaml_mapping, resolve_config_path
+from envs.yaml_io import (  # noqa: F401  (format_validation_error is re-exported)
+    REPO_ROOT,
+    ConfigError,
+    format_validation_error,
+    read_yaml_mapping,
+    resolve_config_path,
+)
 
 DEFAULT_CONFIG_PATH = REPO_ROOT / "configs" / "default.yaml"
 
@@ -256,22 +262,6 @@ class SimulationConfig(StrictModel):
         """Short stable hash of the resolved config (for MLflow tags and export manifests)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """Turn a pydantic error into lines ``key.path = value: what is allowed``."""
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
-        value = item.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
-        if item["type"] == "extra_forbidden":
-            lines.append(
-                f"{loc}: unknown key (value {shown}); check the spelling against the documented keys"
-            )
-        else:
-            lines.append(f"{loc} = {shown}: {item['msg']}")
-    return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

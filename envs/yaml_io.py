@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,3 +37,21 @@ def resolve_config_path(name: str | Path, base: Path) -> Path:
         if (root / candidate).is_file():
             return root / candidate
     return base / candidate
+
+
+def format_validation_error(
+    error: ValidationError, prefix: str = "", header: str = "invalid config"
+) -> str:
+    """Turn a pydantic error into ``header:`` then one line per problem, ``key.path = value: what is allowed``."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "") or "<root>"
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if item["type"] == "extra_forbidden":
+            lines.append(
+                f"{loc}: unknown key (value {shown}); check the spelling against the documented keys"
+            )
+        else:
+            lines.append(f"{loc} = {shown}: {item['msg']}")
+    return f"{header}:\n  " + "\n  ".join(lines)

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.market.defaults import default_correlations, default_garch, default_jumps
-from envs.yaml_io import read_yaml_mapping
+from envs.yaml_io import format_validation_error, read_yaml_mapping
 
 REGIME_NAMES: tuple[str, ...] = ("calm", "bull", "crash")
 CALM, BULL, CRASH = 0, 1, 2
@@ -443,17 +443,6 @@ def check_sample_request(seeds: Any, length: int, warmup: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _format_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        if item["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        else:
-            lines.append(f"{loc or '(market)'} = {item.get('input')!r}: {item['msg']}")
-    return "\n  ".join(lines)
-
-
 def load_market_config(path: str | Path) -> MarketConfig:
     """Load a market-section YAML file (a mapping of MarketConfig keys, or ``{market: {...}}``).
 
@@ -467,4 +456,6 @@ def load_market_config(path: str | Path) -> MarketConfig:
     try:
         return MarketConfig.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"invalid market config {file}:\n  {_format_error(exc)}") from None
+        raise ValueError(
+            format_validation_error(exc, header=f"invalid market config {file}")
+        ) from None

@@ -28,6 +28,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from envs.yaml_io import format_validation_error
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LENDING_PATH = REPO_ROOT / "configs" / "protocols" / "aave_v3_2023-10-31.yaml"
 DEFAULT_PERPS_PATH = REPO_ROOT / "configs" / "protocols" / "perps.yaml"
@@ -462,16 +464,6 @@ class PerpsParams(_Strict):
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _format_error(error: ValidationError, path: Path) -> str:
-    lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        value = item.get("input")
-        shown = "{...}" if isinstance(value, dict) else repr(value)
-        lines.append(f"{loc or '<root>'} = {shown}: {item['msg']}")
-    return f"invalid protocol config {path}:\n  " + "\n  ".join(lines)
-
-
 def _load(model: type[_Strict], source: str | Path | dict[str, Any]) -> Any:
     if isinstance(source, dict):
         data, path = source, Path("<dict>")
@@ -483,7 +475,9 @@ def _load(model: type[_Strict], source: str | Path | dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolConfigError(_format_error(exc, path)) from None
+        raise ProtocolConfigError(
+            format_validation_error(exc, header=f"invalid protocol config {path}")
+        ) from None
 
 
 def load_lending_params(source: str | Path | dict[str, Any] | None = None) -> LendingParams:
