@@ -25,6 +25,7 @@ from envs.config import ConfigError, SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance
+from envs.indexing import gather_at
 from envs.leverage_actions import (
     ActionLayout,
     health_factor_fast,
@@ -186,22 +187,24 @@ class LeverageEngine:
         price: np.ndarray,
         num: np.ndarray,
         value: np.ndarray,
-        tau: np.ndarray,
+        now: np.ndarray,
     ) -> np.ndarray:
         """Protocol block ``(B, obs_size)``: ``[log min(HF, 10), debt / equity, borrow rate x 10]`` if
-        lending, then ``[perp notional_i / equity]`` and ``[funding rate_i annualized x 10]`` if perps."""
-        rows = np.arange(self.n_envs)
+        lending, then ``[perp notional_i / equity]`` and ``[funding rate_i annualized x 10]`` if perps.
+
+        ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py).
+        """
         equity = np.where(value > 0.0, value, np.inf)
         blocks = []
         if self.lending_on:
             hf = self.hf_now
             blocks.append(np.log(np.clip(hf, 1e-6, HF_CAP))[:, None])
             blocks.append((self.debt * num / equity)[:, None])
-            blocks.append((self.paths.borrow_rate[rows, tau] * RATE_SCALE)[:, None])
+            blocks.append((gather_at(self.paths.borrow_rate, now) * RATE_SCALE)[:, None])
         if self.perps_on:
             blocks.append(self.perp_size * price / equity[:, None])
             per_year = 365.0 / self.paths.step_days
-            blocks.append(self.paths.funding[rows, tau] * per_year * RATE_SCALE)
+            blocks.append(gather_at(self.paths.funding, now) * per_year * RATE_SCALE)
         return np.concatenate(blocks, axis=1)
 
     def observation_names(self, asset_names: tuple[str, ...]) -> list[str]:
@@ -228,13 +231,15 @@ class LeverageEngine:
         price: np.ndarray,
         num: np.ndarray,
         equity: np.ndarray,
-        tau: np.ndarray,
+        now: np.ndarray,
         pools: PoolBook,
         gas: GasModel,
         gwei: np.ndarray,
         eth: np.ndarray,
     ) -> LeveredFills:
         """Borrow, rebalance spot, repay and trade perps toward the action's targets at ``t``.
+
+        ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py).
 
         ``active``: ``(B,)`` kill-switch override (target all numeraire, no debt, no perps). Mutates
         ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot units and cash.
@@ -293,7 +298,7 @@ class LeverageEngine:
         perp_fee = perp_gas = zero
         if self.perps_on and (hedge_a.any() or self.perp_size.any()):
             cash, perp_fee, perp_gas = self._trade_perps(
-                cash, target_usd, hedge_a, active, price, num, eq, tau, gwei, eth
+                cash, target_usd, hedge_a, active, price, num, eq, now, gwei, eth
             )
         costs = TradeCosts(
             fills.costs.fees_usd + perp_fee,
@@ -340,16 +345,15 @@ class LeverageEngine:
         price: np.ndarray,
         num: np.ndarray,
         eq: np.ndarray,
-        tau: np.ndarray,
+        now: np.ndarray,
         gwei: np.ndarray,
         eth: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Move the perp book toward ``-h * target units`` within the margin; returns cash, fee, gas."""
         perps = self.setup.perps
         assert perps is not None and self.setup.imf is not None
-        rows = np.arange(self.n_envs)
         old = self.perp_size
-        mark = self.paths.mark[rows, tau]
+        mark = gather_at(self.paths.mark, now)
         want = -np.clip(hedge_a, -1.0, 1.0) * target_usd / price
         want = np.where(active[:, None], 0.0, want)
         trade = (np.abs(want - old) * mark > self.cfg.action.no_trade_band * eq[:, None]) | (

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.protocols.lending import health_factor_unchecked
+
 
 @dataclass(frozen=True)
 class ActionLayout:
@@ -96,6 +98,4 @@ def health_factor_fast(
 ) -> np.ndarray:
     """``(B,)`` HF = sum(units * price * LT) / debt, ``inf`` without debt (unchecked hot-path form of
     :func:`envs.protocols.lending.health_factor`)."""
-    weighted = (units * price * liq_threshold).sum(axis=1)
-    safe = debt_usd > 0.0
-    return np.where(safe, weighted / np.where(safe, debt_usd, 1.0), np.inf)
+    return health_factor_unchecked(units * price, liq_threshold, debt_usd)

@@ -40,6 +40,7 @@ import numpy as np
 
 from envs.execution.pools import PoolBook
 from envs.execution.router import route_order
+from envs.indexing import gather_at
 from envs.leverage import LeverageEngine
 from envs.protocols.lending import liquidation_from_params
 from envs.protocols.perps import perp_liquidation
@@ -106,7 +107,7 @@ def protocol_move(
     engine: LeverageEngine,
     units: np.ndarray,
     cash: np.ndarray,
-    tau: np.ndarray,
+    now: np.ndarray,
     price0: np.ndarray,
     price1: np.ndarray,
     num1: np.ndarray,
@@ -117,19 +118,19 @@ def protocol_move(
     """Apply steps 1-5 of the module docstring; mutates ``engine.debt``, ``engine.perp_size`` and
     ``pools``; returns the new spot units and cash with the step's protocol flows.
 
-    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``tau`` ``(B,)``;
-    ``tau`` is the decision time index into the path (the move ends at ``tau + 1``).
+    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``now`` ``(B,)``;
+    ``now`` is the flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py; the
+    move ends at ``now + 1``).
     """
     b = engine.n_envs
-    rows = np.arange(b)
     paths, setup = engine.paths, engine.setup
     zero = np.zeros(b)
     held = (units, cash, engine.debt, engine.perp_size)
     debt = engine.debt
     interest = zero
     if engine.lending_on:
-        debt = debt * paths.debt_growth[rows, tau]
-        grown = units * paths.supply_growth[rows, tau]
+        debt = debt * gather_at(paths.debt_growth, now)
+        grown = units * gather_at(paths.supply_growth, now)
         interest = (debt - held[2]) * num1 - ((grown - units) * price1).sum(axis=1)
         units = grown
 
@@ -153,7 +154,7 @@ def protocol_move(
             # the spot router can leave -1e-13 units after a full sell; the protocol math rejects negatives
             bag = np.maximum(units[idx], 0.0)
             result = liquidation_from_params(
-                debt_usd[idx], bag, low_eff[idx], reserves, setup.lending
+                debt_usd[idx], bag, low_eff[idx], reserves, setup.lending, validate=False
             )
             seized = result.collateral_seized_units
             units = units.copy()
@@ -172,7 +173,7 @@ def protocol_move(
     funding = perp_cost = insurance = zero
     if engine.perps_on:
         cash, funding, perp_cost, insurance = _settle_perps(
-            engine, cash, tau, price0, num1, low_eff, high1, liquidations
+            engine, cash, now, price0, num1, low_eff, high1, liquidations
         )
     return MoveOutcome(
         units,
@@ -184,7 +185,7 @@ def protocol_move(
         insurance,
         liquidations,
         low_eff,
-        np.broadcast_to(sales, units.shape),
+        sales if sales.shape == units.shape else np.zeros(units.shape),
         *held,
     )
 
@@ -192,7 +193,7 @@ def protocol_move(
 def _settle_perps(
     engine: LeverageEngine,
     cash: np.ndarray,
-    tau: np.ndarray,
+    now: np.ndarray,
     price0: np.ndarray,
     num1: np.ndarray,
     low_eff: np.ndarray,
@@ -202,10 +203,9 @@ def _settle_perps(
     """Funding, PnL settlement and the margin check; returns cash, funding, liquidation cost, insurance."""
     setup, paths = engine.setup, engine.paths
     assert setup.perps is not None and setup.mmf is not None
-    rows = np.arange(engine.n_envs)
     size = engine.perp_size
-    mark0, mark1 = paths.mark[rows, tau], paths.mark[rows, tau + 1]
-    funding = (paths.funding[rows, tau] * size * price0).sum(axis=1)
+    mark0, mark1 = gather_at(paths.mark, now), gather_at(paths.mark, now + 1)
+    funding = (gather_at(paths.funding, now) * size * price0).sum(axis=1)
     margin_usd = cash * num1 - funding
     equity_close = margin_usd + (size * (mark1 - mark0)).sum(axis=1)
     cash = equity_close / num1
@@ -213,7 +213,7 @@ def _settle_perps(
     if not size.any():
         return cash, funding, zero, zero
     adverse_index = np.where(size < 0.0, high1, low_eff)
-    mark_adverse = adverse_index * (1.0 + paths.basis[rows, tau + 1])
+    mark_adverse = adverse_index * (1.0 + gather_at(paths.basis, now + 1))
     equity_adverse = margin_usd + (size * (mark_adverse - mark0)).sum(axis=1)
     maintenance = (setup.mmf * np.abs(size) * adverse_index).sum(axis=1)
     breach = (equity_adverse < maintenance) & (size != 0.0).any(axis=1)

@@ -32,6 +32,7 @@ from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance, target_units
 from envs.features import market_features, n_market_features, observation_size
+from envs.indexing import flat_time_index, gather_at
 from envs.kill_switch import KillSwitch
 from envs.leverage import LeverageEngine
 from envs.leverage_info import protocol_info, protocol_step_fields
@@ -152,21 +153,48 @@ class PortfolioSimulator:
         self.regime_names: tuple[str, ...] = ()
         self.dates: np.ndarray | None = None
         self.t = np.zeros(b, dtype=np.int64)
+        self._now = flat_time_index(b, length, self.warmup + self.t)
         self.units = np.zeros((b, n))
         self.cash = np.zeros(b)
         self.peak = np.ones(b)
         self.value = np.ones(b)
 
     # ------------------------------------------------------------------ reset
+    def sample_episodes(self, seeds: np.ndarray) -> tuple[MarketPaths, np.ndarray]:
+        """Market paths drawn from ``seeds`` ``(K,)`` and their observation features ``(K, L, F)``.
+
+        Path ``k`` depends only on ``seeds[k]``, so episodes can be drawn in batches ahead of the
+        resets that use them (:class:`envs.vec_env.DeFiMarketVecEnv` does) with identical results.
+        """
+        paths = sample_paths(self.config.market, np.asarray(seeds), self.path_length, self.warmup)
+        return paths, self.episode_features(paths)
+
+    def episode_features(self, paths: MarketPaths) -> np.ndarray:
+        """Observation features ``(K, L, F)`` float32 of every time point of ``paths`` (causal)."""
+        return market_features(
+            paths.close,
+            paths.numeraire_usd,
+            paths.depth_multiplier,
+            paths.gas_price_gwei,
+            self.config.env.observation,
+            paths.step_days,
+        )
+
     def reset_envs(
-        self, index: np.ndarray, seeds: np.ndarray, paths: MarketPaths | None = None
+        self,
+        index: np.ndarray,
+        seeds: np.ndarray,
+        paths: MarketPaths | None = None,
+        features: np.ndarray | None = None,
     ) -> None:
-        """Start new episodes for envs ``index`` on market paths drawn from ``seeds`` (or given ``paths``)."""
+        """Start new episodes for envs ``index`` on market paths drawn from ``seeds`` (or given ``paths``).
+
+        ``features``: the paths' :meth:`episode_features` when already computed (e.g. by
+        :meth:`sample_episodes`); computed here otherwise.
+        """
         index = np.asarray(index, dtype=np.int64)
         if paths is None:
-            paths = sample_paths(
-                self.config.market, np.asarray(seeds), self.path_length, self.warmup
-            )
+            paths, features = self.sample_episodes(seeds)
         if paths.length != self.path_length or paths.n_assets != self.n_assets:
             raise ValueError(
                 f"market paths have length {paths.length} and {paths.n_assets} assets; "
@@ -187,18 +215,12 @@ class PortfolioSimulator:
                     (self.n_envs, self.path_length), np.datetime64("NaT"), dtype="datetime64[D]"
                 )
             self.dates[index] = np.broadcast_to(paths.dates, (len(index), self.path_length))
-        self.features[index] = market_features(
-            paths.close,
-            paths.numeraire_usd,
-            paths.depth_multiplier,
-            paths.gas_price_gwei,
-            self.config.env.observation,
-            paths.step_days,
-        )
+        self.features[index] = self.episode_features(paths) if features is None else features
         tau = self.warmup
         price = paths.close[:, tau]
         num = paths.numeraire_usd[:, tau]
         self.t[index] = 0
+        self.sync_time_index()
         self._initial_positions(index, price, num)
         self.value[index] = self.initial_value
         self.peak[index] = self.initial_value
@@ -222,10 +244,17 @@ class PortfolioSimulator:
     def _tau(self) -> np.ndarray:
         return self.warmup + self.t
 
+    def sync_time_index(self) -> None:
+        """Recompute the flat decision-time index (after ``t`` or the path length changed)."""
+        self._now = flat_time_index(self.n_envs, self.path_length, self._tau())
+
+    def now(self, arr: np.ndarray, offset: int = 0) -> np.ndarray:
+        """Every env's row of a ``(B, L, ...)`` path array at the decision time (+ ``offset`` steps)."""
+        return gather_at(arr, self._now + offset if offset else self._now)
+
     def prices_now(self) -> tuple[np.ndarray, np.ndarray]:
         """Market prices ``(B, N)`` USD and numeraire USD price ``(B,)`` at the current decision time."""
-        tau = self._tau()
-        return self.close[self._rows, tau], self.numeraire[self._rows, tau]
+        return self.now(self.close), self.now(self.numeraire)
 
     def weights(self, price: np.ndarray, num: np.ndarray, value: np.ndarray) -> np.ndarray:
         """Current weights ``(B, N+1)`` (cash last) at the given prices."""
@@ -246,12 +275,12 @@ class PortfolioSimulator:
         price, num = self.prices_now()
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
         n_mkt = self.features.shape[2]
-        obs[:, :n_mkt] = self.features[self._rows, self._tau()]
+        obs[:, :n_mkt] = self.now(self.features)
         n_spot = self.obs_dim if self.protocols is None else self.obs_dim - self.protocols.obs_size
         obs[:, n_mkt : n_spot - 1] = self.weights(price, num, self.value)
         obs[:, n_spot - 1] = 1.0 - self.value / self.peak
         if self.protocols is not None:
-            block = self.protocols.observation(self.units, price, num, self.value, self._tau())
+            block = self.protocols.observation(self.units, price, num, self.value, self._now)
             clip = self.config.env.observation.clip
             obs[:, n_spot:] = np.clip(block, -clip, clip)
         return obs
@@ -273,8 +302,7 @@ class PortfolioSimulator:
         if self.protocols is not None:
             return self._execute_levered(actions)
         actions = validate_actions(actions, self.n_envs, self.action_dim)
-        rows, tau = self._rows, self._tau()
-        price, num = self.close[rows, tau], self.numeraire[rows, tau]
+        price, num = self.prices_now()
         value_before = self.value
         current = self.weights(price, num, value_before)
         target = actions_to_weights(actions)
@@ -292,8 +320,8 @@ class PortfolioSimulator:
             num,
             self.pools,
             self.gas,
-            self.gas_gwei[rows, tau],
-            self.eth[rows, tau],
+            self.now(self.gas_gwei),
+            self.now(self.eth),
         )
         self.units = self.units + fills.asset_delta
         self.cash = self.cash + fills.cash_delta
@@ -312,8 +340,7 @@ class PortfolioSimulator:
         actions = validate_actions(
             actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim
         )
-        rows, tau = self._rows, self._tau()
-        price, num = self.close[rows, tau], self.numeraire[rows, tau]
+        price, num = self.prices_now()
         value_before = self.value
         hf = engine.hf_now if engine.lending_on else None
         active = self.kill_switch.update(1.0 - value_before / self.peak, hf)
@@ -325,11 +352,11 @@ class PortfolioSimulator:
             price,
             num,
             value_before,
-            tau,
+            self._now,
             self.pools,
             self.gas,
-            self.gas_gwei[rows, tau],
-            self.eth[rows, tau],
+            self.now(self.gas_gwei),
+            self.now(self.eth),
         )
         self.units, self.cash = fills.units, fills.cash
         turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
@@ -341,21 +368,23 @@ class PortfolioSimulator:
         if self._pending is None:
             raise RuntimeError("advance() needs an execute() first")
         done, self._pending = self._pending, None
-        rows, tau1 = self._rows, self._tau() + 1
-        new_price, new_num = self.close[rows, tau1], self.numeraire[rows, tau1]
-        self.pools.realign(new_price, new_num, self.depth[rows, tau1])
+        if self.t.max() >= self.horizon:  # the flat time index would run into the next env's path
+            ended = np.flatnonzero(self.t >= self.horizon).tolist()
+            raise RuntimeError(f"envs {ended} are at the end of their path; reset them first")
+        new_price, new_num = self.now(self.close, 1), self.now(self.numeraire, 1)
+        self.pools.realign(new_price, new_num, self.now(self.depth, 1))
         engine = self.protocols
         if engine is not None:
             move = protocol_move(
                 engine,
                 self.units,
                 self.cash,
-                tau1 - 1,
-                self.close[rows, tau1 - 1],
+                self._now,
+                self.now(self.close),
                 new_price,
                 new_num,
-                self.low[rows, tau1],
-                self.high[rows, tau1],
+                self.now(self.low, 1),
+                self.now(self.high, 1),
                 self.pools,
             )
             self._move = move
@@ -374,6 +403,7 @@ class PortfolioSimulator:
         reward = self.rewards(value_before, value_after, dd_before, dd_after)
         self.value = value_after
         self.t = self.t + 1
+        self._now = self._now + 1
         terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
         truncated = (self.t >= self.horizon) & ~terminated
         result = StepResult(
@@ -383,7 +413,7 @@ class PortfolioSimulator:
             value_after,
             done.costs,
             done.turnover,
-            self.regime[rows, tau1],
+            self.now(self.regime),  # t + 1: the time index has moved
             done.kill_switch,
         )
         if engine is not None:
@@ -414,6 +444,7 @@ class PortfolioSimulator:
         """Inverse of :meth:`snapshot` (the market path must already be loaded)."""
         for name in self.STATE_FIELDS:
             getattr(self, name)[index] = np.asarray(state[name])
+        self.sync_time_index()
         self.pools.reserve_asset[index] = np.asarray(state["reserve_asset"])
         self.pools.reserve_num[index] = np.asarray(state["reserve_num"])
         self.kill_switch.remaining[index] = int(state["kill_switch_remaining"])

@@ -172,6 +172,7 @@ class StreamingSimulator(PortfolioSimulator):
             setattr(self, name, np.concatenate([arr, pad], axis=1))
         self.path_length = new_length
         self.horizon = new_length - self.warmup - 1
+        self.sync_time_index()
 
     def _write_row(self, bar: MarketBar) -> int:
         row = self.rows_loaded

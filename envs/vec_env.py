@@ -21,6 +21,7 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from envs.config import SimulationConfig
+from envs.episode_prefetch import EpisodePrefetch
 from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator, StepResult
 
@@ -37,6 +38,7 @@ class DeFiMarketVecEnv(VecEnv):
         obs_space = gym.spaces.Box(-clip, clip, shape=(self.sim.obs_dim,), dtype=np.float32)
         super().__init__(n_envs, obs_space, action_space)
         self._rngs = [seeding.np_random(None)[0] for _ in range(n_envs)]
+        self._upcoming = EpisodePrefetch(self.sim, self._draw_path_seeds)
         self._actions: np.ndarray | None = None
         self._episode_return = np.zeros(n_envs)
         self._episode_length = np.zeros(n_envs, dtype=np.int64)
@@ -53,14 +55,19 @@ class DeFiMarketVecEnv(VecEnv):
         self._rngs = [
             seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)
         ]
+        self._upcoming.clear()
         return [None if seed is None else seed + i for i in range(self.num_envs)]
 
     def _draw_path_seeds(self, index: np.ndarray) -> np.ndarray:
         return np.array([draw_training_path_seed(self._rngs[i]) for i in index], dtype=np.int64)
 
+    def _reset_envs(self, index: np.ndarray) -> None:
+        """Start the next episode of envs ``index`` (drawn ahead in batches: envs/episode_prefetch.py)."""
+        for group in self._upcoming.pop(index):
+            self.sim.reset_envs(group.envs, group.seeds, paths=group.paths, features=group.features)
+
     def reset(self) -> np.ndarray:
-        index = np.arange(self.num_envs)
-        self.sim.reset_envs(index, self._draw_path_seeds(index))
+        self._reset_envs(np.arange(self.num_envs))
         self._episode_return[:] = 0.0
         self._episode_length[:] = 0
         self.reset_infos = [{} for _ in range(self.num_envs)]
@@ -89,7 +96,7 @@ class DeFiMarketVecEnv(VecEnv):
                     },
                     "portfolio_value": float(result.value_usd[i]),
                 }
-            self.sim.reset_envs(index, self._draw_path_seeds(index))
+            self._reset_envs(index)
             self._episode_return[index] = 0.0
             self._episode_length[index] = 0
             obs[index] = self.sim.observe()[index]

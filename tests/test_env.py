@@ -116,6 +116,37 @@ def test_batched_env_equals_single_envs():
             np.testing.assert_allclose(obs_batch[i], o, rtol=1e-6, atol=1e-7)
 
 
+def test_batched_env_draws_episodes_ahead_in_batches_with_single_env_paths():
+    """Early ends at different steps (ruin at -3 %): the batched env draws the next episodes of all
+    envs in one batch, yet every env still runs exactly the single env's episodes."""
+    n_envs, seed, cfg = 4, 8, {**SHORT, "env.ruin_fraction": 0.97}
+    venv = make_vec_env(n_envs=n_envs, seed=seed, **cfg)
+    draws = []
+    sample = venv.sim.sample_episodes
+    venv.sim.sample_episodes = lambda seeds: draws.append(len(seeds)) or sample(seeds)
+    singles = [make_env(**cfg) for _ in range(n_envs)]
+    for i, env in enumerate(singles):
+        env.reset(seed=seed + i)
+    venv.reset()
+    rng, resets = np.random.default_rng(1), 0
+    for _ in range(150):
+        actions = rng.uniform(-1, 1, (n_envs, venv.action_space.shape[0])).astype(np.float32)
+        obs_batch, rewards, dones, _ = venv.step(actions)
+        for i, env in enumerate(singles):
+            o, r, term, trunc, _ = env.step(actions[i])
+            assert dones[i] == (term or trunc) and rewards[i] == pytest.approx(
+                r, rel=1e-5, abs=1e-7
+            )
+            if term or trunc:
+                o, _ = env.reset()
+                resets += 1
+            np.testing.assert_allclose(obs_batch[i], o, rtol=1e-6, atol=1e-7)
+    assert resets >= 6 and len(draws) < resets  # several early ends, fewer draws than resets
+    assert sum(draws) <= n_envs + resets + n_envs  # each drawn episode is used (or pending)
+    venv.seed(seed)  # re-seeding forgets the episodes drawn ahead: the first episodes come back
+    np.testing.assert_allclose(venv.reset(), np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(singles)]), rtol=1e-6, atol=1e-7)  # fmt: skip
+
+
 def test_ruin_terminates_and_horizon_truncates():
     env = make_env(seed=0, **{"env.horizon": 5})
     done = [env.step(np.zeros(env.action_space.shape, np.float32))[2:4] for _ in range(5)]

@@ -53,17 +53,21 @@ def health_factor(
     Returns:
         ``(...)`` health factor (dimensionless); liquidatable where < 1.
     """
-    collateral = check_range("collateral_usd", collateral_usd, 0.0)
-    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
-    debt = check_range("debt_usd", debt_usd, 0.0)
+    return health_factor_unchecked(
+        check_range("collateral_usd", collateral_usd, 0.0),
+        check_range("liq_threshold", liq_threshold, 0.0, 1.0),
+        check_range("debt_usd", debt_usd, 0.0),
+    )
+
+
+def health_factor_unchecked(
+    collateral: np.ndarray, threshold: np.ndarray, debt: np.ndarray
+) -> np.ndarray:
+    """:func:`health_factor` on already-validated float arrays (the env's hot path)."""
     weighted = (collateral * threshold).sum(axis=-1)
-    shape = np.broadcast_shapes(weighted.shape, debt.shape)
-    hf = np.full(shape, np.inf)
+    has_debt = debt > 0.0
     with np.errstate(over="ignore"):  # dust debt: HF overflows to inf, which is the right answer
-        np.divide(
-            np.broadcast_to(weighted, shape), np.broadcast_to(debt, shape), out=hf, where=debt > 0
-        )
-    return hf
+        return np.where(has_debt, weighted / np.where(has_debt, debt, 1.0), np.inf)
 
 
 def borrow_capacity_usd(collateral_usd: np.ndarray, ltv: np.ndarray) -> np.ndarray:
@@ -97,11 +101,29 @@ def close_factor(
     check_range("threshold", threshold, 0.0, 1.0, lower_open=True)
     check_range("default", default, 0.0, 1.0, lower_open=True)
     check_range("full_close_below_usd", full_close_below_usd, 0.0)
-    hf = np.asarray(hf, dtype=float)
+    if full_close_below_usd > 0.0 and (total_collateral_usd is None or debt_usd is None):
+        raise ValueError("full_close_below_usd > 0 needs total_collateral_usd and debt_usd")
+    return _close_factor(
+        np.asarray(hf, dtype=float),
+        threshold,
+        default,
+        total_collateral_usd,
+        debt_usd,
+        full_close_below_usd,
+    )
+
+
+def _close_factor(
+    hf: np.ndarray,
+    threshold: float,
+    default: float,
+    total_collateral_usd: np.ndarray | None,
+    debt_usd: np.ndarray | None,
+    full_close_below_usd: float,
+) -> np.ndarray:
+    """:func:`close_factor` with already-validated rules."""
     full = hf <= threshold
     if full_close_below_usd > 0.0:
-        if total_collateral_usd is None or debt_usd is None:
-            raise ValueError("full_close_below_usd > 0 needs total_collateral_usd and debt_usd")
         small = (np.asarray(total_collateral_usd) < full_close_below_usd) | (
             np.asarray(debt_usd) < full_close_below_usd
         )
@@ -162,13 +184,9 @@ def _seize_one_round(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One liquidationCall per position: ``(repaid (...), seized_units (..., N))``."""
     collateral_usd = units * prices
-    hf = health_factor(collateral_usd, threshold, debt)
-    target = (
-        close_factor(
-            hf, total_collateral_usd=collateral_usd.sum(axis=-1), debt_usd=debt, **cf_kwargs
-        )
-        * debt
-    )
+    hf = health_factor_unchecked(collateral_usd, threshold, debt)
+    total_usd = collateral_usd.sum(axis=-1) if cf_kwargs["full_close_below_usd"] > 0.0 else None
+    target = _close_factor(hf, total_collateral_usd=total_usd, debt_usd=debt, **cf_kwargs) * debt
     lb = np.broadcast_to(1.0 + bonus, collateral_usd.shape)
     if order == "largest_first":
         pick = np.argmax(collateral_usd, axis=-1)[..., None]
@@ -237,26 +255,48 @@ def liquidation(
         raise ValueError(f"max_rounds={max_rounds!r} must be an integer >= 1")
     units, prices = np.broadcast_arrays(units, prices)
     batch = np.broadcast_shapes(units.shape[:-1], debt.shape)
-    debt = np.broadcast_to(debt, batch).copy()
-    units = np.broadcast_to(units, (*batch, units.shape[-1])).copy()
-    prices = np.broadcast_to(prices, units.shape)
     cf_kwargs = {
         "threshold": close_factor_threshold,
         "default": default_close_factor,
         "full_close_below_usd": full_close_below_usd,
     }
-    hf_before = health_factor(units * prices, threshold, debt)
-    repaid_total = np.zeros(batch)
+    return _liquidate(
+        np.broadcast_to(debt, batch),
+        np.broadcast_to(units, (*batch, units.shape[-1])),
+        prices,
+        threshold,
+        bonus,
+        fee_share,
+        cf_kwargs,
+        seizure_order,
+        max_rounds,
+    )
+
+
+def _liquidate(
+    debt: np.ndarray,
+    units: np.ndarray,
+    prices: np.ndarray,
+    threshold: np.ndarray,
+    bonus: np.ndarray,
+    fee_share: np.ndarray | float,
+    cf_kwargs: dict,
+    order: SeizureOrder,
+    max_rounds: int,
+) -> LiquidationResult:
+    """:func:`liquidation` on validated float arrays of the same batch shape (does not mutate them)."""
+    prices = np.broadcast_to(prices, units.shape)
+    hf_before = health_factor_unchecked(units * prices, threshold, debt)
+    repaid_total = np.zeros(debt.shape)
     seized_total = np.zeros(units.shape)
     for _ in range(max_rounds):
-        repaid, seized = _seize_one_round(
-            debt, units, prices, threshold, bonus, cf_kwargs, seizure_order
-        )
+        repaid, seized = _seize_one_round(debt, units, prices, threshold, bonus, cf_kwargs, order)
         debt = np.maximum(debt - repaid, 0.0)
         units = units - seized
         repaid_total += repaid
         seized_total += seized
     fee_units = seized_total * (bonus / (1.0 + bonus)) * fee_share
+    value_after = units * prices
     penalty = (seized_total * prices).sum(axis=-1) - repaid_total
     return LiquidationResult(
         debt_repaid_usd=repaid_total,
@@ -264,8 +304,8 @@ def liquidation(
         protocol_fee_units=fee_units,
         penalty_usd=np.maximum(penalty, 0.0),
         health_factor_before=hf_before,
-        health_factor_after=health_factor(units * prices, threshold, debt),
-        bad_debt_usd=np.where((units * prices).sum(axis=-1) <= 0.0, debt, 0.0),
+        health_factor_after=health_factor_unchecked(value_after, threshold, debt),
+        bad_debt_usd=np.where(value_after.sum(axis=-1) <= 0.0, debt, 0.0),
     )
 
 
@@ -275,20 +315,45 @@ def liquidation_from_params(
     prices: np.ndarray,
     reserves: ReserveArrays,
     params: LendingParams,
+    *,
+    validate: bool = True,
 ) -> LiquidationResult:
-    """:func:`liquidation` with the thresholds, bonuses, fees and rules of a loaded snapshot."""
-    return liquidation(
+    """:func:`liquidation` with the thresholds, bonuses, fees and rules of a loaded snapshot.
+
+    ``validate=False`` is the env's hot path: ``debt_usd`` ``(M,)`` and ``collateral_units`` /
+    ``prices`` ``(M, N)`` are float arrays the caller guarantees are finite and >= 0 (the snapshot's
+    parameters were validated when it was loaded).
+    """
+    rules = params.close_factor
+    if validate:
+        return liquidation(
+            debt_usd,
+            collateral_units,
+            prices,
+            reserves.liq_threshold,
+            reserves.liq_bonus,
+            reserves.liq_protocol_fee,
+            close_factor_threshold=rules.hf_threshold,
+            default_close_factor=rules.default,
+            full_close_below_usd=rules.full_close_below_usd,
+            seizure_order=params.liquidation.seizure_order,
+            max_rounds=params.liquidation.max_rounds_per_step,
+        )
+    cf_kwargs = {
+        "threshold": rules.hf_threshold,
+        "default": rules.default,
+        "full_close_below_usd": rules.full_close_below_usd,
+    }
+    return _liquidate(
         debt_usd,
         collateral_units,
         prices,
         reserves.liq_threshold,
         reserves.liq_bonus,
         reserves.liq_protocol_fee,
-        close_factor_threshold=params.close_factor.hf_threshold,
-        default_close_factor=params.close_factor.default,
-        full_close_below_usd=params.close_factor.full_close_below_usd,
-        seizure_order=params.liquidation.seizure_order,
-        max_rounds=params.liquidation.max_rounds_per_step,
+        cf_kwargs,
+        params.liquidation.seizure_order,
+        params.liquidation.max_rounds_per_step,
     )
 
 
