@@ -221,7 +221,12 @@ def _settle_perps(
         return cash, funding, zero, zero
     idx = np.flatnonzero(breach)
     result = perp_liquidation(
-        equity_adverse[idx], size[idx], adverse_index[idx], setup.mmf, setup.perps.liquidation_fee
+        equity_adverse[idx],
+        size[idx],
+        adverse_index[idx],
+        setup.mmf,
+        setup.perps.liquidation_fee,
+        validate=False,
     )
     cash = cash.copy()
     cash[idx] = result.equity_after_usd / num1[idx]

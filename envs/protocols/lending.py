@@ -187,15 +187,16 @@ def _seize_one_round(
     hf = health_factor_unchecked(collateral_usd, threshold, debt)
     total_usd = collateral_usd.sum(axis=-1) if cf_kwargs["full_close_below_usd"] > 0.0 else None
     target = _close_factor(hf, total_collateral_usd=total_usd, debt_usd=debt, **cf_kwargs) * debt
-    lb = np.broadcast_to(1.0 + bonus, collateral_usd.shape)
+    lb = 1.0 + bonus  # (N,)
     if order == "largest_first":
-        pick = np.argmax(collateral_usd, axis=-1)[..., None]
-        bag_usd = np.take_along_axis(collateral_usd, pick, axis=-1)[..., 0]
-        lb_pick = np.take_along_axis(lb, pick, axis=-1)[..., 0]
+        pick = np.argmax(collateral_usd, axis=-1)
+        bag_usd = collateral_usd.max(axis=-1)
+        lb_pick = lb[pick]
         repaid = np.minimum(target, bag_usd / lb_pick)
-        onehot = np.arange(collateral_usd.shape[-1]) == pick
+        onehot = np.arange(collateral_usd.shape[-1]) == pick[..., None]
         seized_usd = np.where(onehot, (repaid * lb_pick)[..., None], 0.0)
     elif order == "pro_rata":
+        lb = np.broadcast_to(lb, collateral_usd.shape)
         total_usd = collateral_usd.sum(axis=-1)
         # the asset with the highest bonus runs out first: cap the repayment at its bag
         max_lb = np.where(collateral_usd > 0.0, lb, 0.0).max(axis=-1)
@@ -249,7 +250,10 @@ def liquidation(
     units = check_range("collateral_units", collateral_units, 0.0)
     prices = check_range("prices", prices, 0.0)
     threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
-    bonus = check_range("bonus", bonus, 0.0, 1.0, upper_open=True)
+    # (N,) per asset: the seizure picks one asset's bonus
+    bonus = np.broadcast_to(
+        check_range("bonus", bonus, 0.0, 1.0, upper_open=True), units.shape[-1:]
+    )
     fee_share = check_range("protocol_fee_share", protocol_fee_share, 0.0, 1.0)
     if not (isinstance(max_rounds, int | np.integer) and max_rounds >= 1):
         raise ValueError(f"max_rounds={max_rounds!r} must be an integer >= 1")

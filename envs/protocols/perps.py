@@ -171,6 +171,8 @@ def perp_liquidation(
     price: np.ndarray,
     mmf: np.ndarray,
     liquidation_fee: float = 0.015,
+    *,
+    validate: bool = True,
 ) -> PerpLiquidation:
     """Close every position of accounts below maintenance margin at ``price`` and charge the fee.
 
@@ -180,15 +182,21 @@ def perp_liquidation(
         price: ``(..., N)`` price of the check (e.g. :func:`adverse_price`).
         mmf: ``(N,)`` maintenance margin fractions.
         liquidation_fee: fraction of the closed notional.
+        validate: ``False`` is the env's hot path (float arrays, prices >= 0, fractions in [0, 1]
+            already checked when the venue's parameters were loaded).
     """
     equity = np.asarray(equity_usd, dtype=float)
     size = np.asarray(size_units, dtype=float)
-    notional = notional_usd(size, price)
-    liquidated = is_liquidatable(equity, notional, mmf) & (notional.sum(axis=-1) > 0.0)
+    if validate:
+        price = check_range("price", price, 0.0)
+        mmf = check_range("mmf", mmf, 0.0, 1.0)
+        check_range("fee_rate", liquidation_fee, 0.0, 1.0)
+    notional = np.abs(size) * price
+    total_notional = notional.sum(axis=-1)
+    # strict: equity exactly at the maintenance margin is safe (as :func:`is_liquidatable`)
+    liquidated = (equity < (notional * mmf).sum(axis=-1)) & (total_notional > 0.0)
     fee = np.where(
-        liquidated,
-        np.minimum(liquidation_fee_usd(notional, liquidation_fee), np.maximum(equity, 0.0)),
-        0.0,
+        liquidated, np.minimum(liquidation_fee * total_notional, np.maximum(equity, 0.0)), 0.0
     )
     return PerpLiquidation(
         liquidated=liquidated,
