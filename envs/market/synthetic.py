@@ -24,10 +24,15 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
 
 Determinism: path ``b`` is a function of ``seeds[b]`` only. Each path draws its random numbers from
 ``np.random.default_rng(seeds[b])`` in a fixed order and shape (independent of the batch size); the time
-recursions then run vectorized over paths (loop over time, arrays ``(B, N)``).
+recursions then run vectorized over paths (loop over time on time-major ``(T, B, M)`` arrays, one
+contiguous row per step), with elementwise float32/float64 operations only, so a path's values do not
+depend on the batch it is drawn in.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.signal import lfilter
@@ -36,7 +41,6 @@ from scipy.special import ndtri
 from envs.market.config import (
     DAYS_PER_YEAR,
     REGIME_NAMES,
-    GarchParams,
     GasParams,
     LiquidityParams,
     MarketConfig,
@@ -53,6 +57,8 @@ _N_U_FIXED = 4
 _Z_GAS, _Z_DEPTH, _Z_PEG = range(3)
 _F = np.float32  # random blocks and shocks; prices are accumulated in float64
 _EPS_U = 1e-7  # keeps inverse-CDF arguments inside (0, 1) despite float32 rounding
+_SMALL_BATCH = 4  # up to this many paths, the regime chains run on Python ints
+_LOOP_MIN_ROW = 256  # from this many values per time step, a prefix sum runs as a loop over time
 
 
 def step_transition(transition_daily: np.ndarray, step_days: float) -> np.ndarray:
@@ -88,14 +94,34 @@ def simulate_regimes(u: np.ndarray, transition: np.ndarray, initial: np.ndarray)
     for i in range(k):
         for c in cum[i]:
             next_state[:, i, :] += ut >= c
+    first = np.searchsorted(np.cumsum(initial)[:-1], ut[0], side="right").astype(np.intp)
+    if u.shape[0] <= _SMALL_BATCH:
+        return _chains_in_python(next_state, first)
     reg = np.empty(ut.shape, dtype=np.int8)
-    cur = np.searchsorted(np.cumsum(initial)[:-1], ut[0], side="right").astype(np.intp)
+    cur = first
     reg[0] = cur
     cols = np.arange(u.shape[0])
     for t in range(1, ut.shape[0]):
         cur = next_state[t][cur, cols]
         reg[t] = cur
     return np.ascontiguousarray(reg.T)
+
+
+def _chains_in_python(next_state: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """:func:`simulate_regimes`' time loop on Python ints, one path at a time.
+
+    For a few paths a list lookup per step (~0.05 us) beats a numpy gather (~1 us of call overhead).
+    """
+    out = np.empty((next_state.shape[2], next_state.shape[0]), dtype=np.int8)
+    for b in range(next_state.shape[2]):
+        table = next_state[:, :, b].tolist()
+        cur = int(first[b])
+        chain = [cur]
+        for row in table[1:]:
+            cur = row[cur]
+            chain.append(cur)
+        out[b] = chain
+    return out
 
 
 def _ar1_log_factor(z: np.ndarray, std: float, phi: float) -> np.ndarray:
@@ -184,77 +210,112 @@ class _Draws:
 
 
 def _correlated_shocks(z: np.ndarray, reg: np.ndarray, chol: np.ndarray) -> np.ndarray:
-    """``(B, T, M)`` shocks ``x_i = sum_{j<=i} L[k]_ij z_j`` for the first ``N`` columns (``chol``
-    ``(3, N, N)``), independent ``z`` for the rest; ``z`` is ``(B, M, T)``, ``reg`` ``(B, T)``.
+    """Time-major ``(T, B, M)`` shocks ``x_i = sum_{j<=i} L[k]_ij z_j`` for the first ``N`` columns
+    (``chol`` ``(3, N, N)``), independent ``z`` for the rest; ``z`` is ``(B, M, T)``, ``reg`` ``(B, T)``.
 
     Elementwise ops only (small-table gathers): BLAS kernels may round differently with the batch
-    size, which would break the batch-independence of each path.
+    size, which would break the batch-independence of each path. Each column is summed in order
+    ``j = 0, 1, ..., i`` on contiguous ``(B, T)`` blocks, then all are transposed at once.
     """
     b, m, steps = z.shape
     n = chol.shape[1]
-    shock = np.empty((b, steps, m), dtype=_F)
+    cols = np.empty((m, b, steps), dtype=_F)
     for i in range(n):
-        acc = chol[:, i, 0][reg] * z[:, 0]
+        acc = np.multiply(np.take(chol[:, i, 0], reg), z[:, 0], out=cols[i])
         for j in range(1, i + 1):
-            acc += chol[:, i, j][reg] * z[:, j]
-        shock[:, :, i] = acc
-    for i in range(n, m):
-        shock[:, :, i] = z[:, i]
-    return shock
+            acc += np.take(chol[:, i, j], reg) * z[:, j]
+    cols[n:] = z[:, n:].transpose(1, 0, 2)
+    return np.ascontiguousarray(cols.transpose(2, 1, 0))
 
 
-def _garch_variance(
-    shock: np.ndarray, garch: list[GarchParams], dt: float, cap: float
-) -> np.ndarray:
-    """``(B, T, M)`` conditional variances ``h_t`` for shocks ``e_t = sqrt(h_t) shock_t``.
+def _garch_variance(shock: np.ndarray, params: _Garch) -> np.ndarray:
+    """``(T, B, M)`` conditional variances ``h_t`` for time-major shocks ``(T, B, M)``, ``e_t = sqrt(h_t) shock_t``.
 
     ``h_{t+1} = omega dt + alpha e_t^2 + beta h_t = omega dt + (alpha shock_t^2 + beta) h_t``, started at
-    the unconditional level and capped at ``cap`` times it.
+    the unconditional level and capped at ``max_variance_multiple`` times it.
+
+    The cap rarely binds, so the recursion first runs without it (two float32 ops a step instead of
+    three); the paths that exceed it are then rerun with the cap from their first step above it. Up
+    to that step the minimum is a no-op, so the result is bit-identical to capping every step.
     """
-    omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
-    alpha = np.array([g.alpha for g in garch], dtype=_F)
-    beta = np.array([g.beta for g in garch], dtype=_F)
-    h_bar = omega / (1 - alpha - beta)
-    h_cap = (cap * h_bar).astype(_F)
-    growth = alpha * shock * shock + beta
-    var = np.empty_like(shock)
-    h = np.broadcast_to(h_bar, shock[:, 0].shape).copy()
-    for t in range(shock.shape[1]):
-        var[:, t] = h
-        np.multiply(growth[:, t], h, out=h)
-        h += omega
-        np.minimum(h, h_cap, out=h)
+    omega, alpha, beta, h_bar, h_cap = params
+    # on flat (T, B * M) rows with tiled constants: (M,) operands would give 5-long inner loops
+    steps, b, m = shock.shape
+    flat = shock.reshape(steps, b * m)
+    growth = np.multiply(np.tile(alpha, b), flat)
+    growth *= flat
+    growth += np.tile(beta, b)
+    growth = growth.reshape(steps, b, m)
+    var = np.empty(growth.shape, dtype=_F)
+    var[0] = h_bar
+    with np.errstate(over="ignore"):  # uncapped overflow is found below and recomputed
+        _variance_steps(var, growth, omega, None, 1)
+    rows = np.flatnonzero((var[1:].max(axis=0) > h_cap).any(axis=1))
+    if rows.size:
+        start = 1 + int(np.argmax((var[1:, rows] > h_cap).any(axis=(1, 2))))
+        sub = np.take(var, rows, axis=1)  # C-contiguous copies (var[:, rows] may not be)
+        np.minimum(sub[start], h_cap, out=sub[start])
+        _variance_steps(sub, np.take(growth, rows, axis=1), omega, h_cap, start + 1)
+        var[:, rows] = sub
     return var
 
 
-def _add_jumps(returns: np.ndarray, cfg: MarketConfig, reg: np.ndarray, u: np.ndarray) -> None:
-    """Add the jumps' log returns to ``returns[:, :, :N]`` in place, at event positions only.
+def _variance_steps(
+    var: np.ndarray, growth: np.ndarray, omega: np.ndarray, cap: np.ndarray | None, start: int
+) -> None:
+    """In place, for ``t >= start``: ``var[t] = growth[t-1] var[t-1] + omega`` (then ``min(., cap)``).
+
+    ``var`` and ``growth`` are ``(T, B, M)`` C-contiguous, ``omega`` and ``cap`` ``(M,)``. The steps
+    run on flat ``(B * M,)`` rows with pre-tiled constants: numpy's per-call overhead is about half
+    of that for 2-D operands that broadcast, and the call overhead is most of a step's cost.
+    """
+    steps, b, m = var.shape
+    if not var.flags.c_contiguous:  # reshape would write into a copy
+        raise ValueError("var must be C-contiguous")
+    flat_var = var.reshape(steps, b * m)
+    flat_growth = growth.reshape(steps, b * m)
+    rows = zip(flat_growth[start - 1 : -1], flat_var[start - 1 : -1], flat_var[start:], strict=True)
+    omega = np.tile(omega, b)
+    multiply, add = np.multiply, np.add
+    if cap is None:
+        for g, prev, nxt in rows:
+            multiply(g, prev, nxt)
+            add(nxt, omega, nxt)
+        return
+    cap, minimum = np.tile(cap, b), np.minimum
+    for g, prev, nxt in rows:
+        multiply(g, prev, nxt)
+        add(nxt, omega, nxt)
+        minimum(nxt, cap, nxt)
+
+
+def _add_jumps(returns: np.ndarray, model: _Model, reg: np.ndarray, u: np.ndarray) -> None:
+    """Add the jumps' log returns to time-major ``returns[..., :N]`` ``(L, B, M)`` float32, in place.
 
     Args:
-        returns: ``(B, L, M)`` float32; ``reg``: ``(B, L)`` regimes; ``u``: ``(B, L, 4 + N)`` uniforms.
+        reg: ``(B, L)`` regimes; u: ``(B, L, 4 + N)`` uniforms (batch-major, as drawn: the event
+            masks are found in memory order, then only the events' cells of ``returns`` are touched).
     """
-    jp = cfg.synthetic.jumps
-    n = len(cfg.assets)
-    mean = np.array([jp.mean_log[a] for a in cfg.assets], dtype=_F)
-    std = np.array([jp.std_log[a] for a in cfg.assets], dtype=_F)
-    p_common = _jump_probability(jp.common_intensity_per_year.array(), cfg.step_days)[reg]
-    p_idio = _jump_probability(jp.idio_intensity_per_year.array(), cfg.step_days)[reg]
-    u_common = u[:, :, _U_COMMON]
-    u_idio = u[:, :, _N_U_FIXED : _N_U_FIXED + n]
-    asset_returns = returns[:, :, :n]
-    common = u_common < p_common
-    if common.any():
-        factor = ndtri(np.clip(u_common[common] / p_common[common], _EPS_U, 1 - _EPS_U))
-        own = ndtri(np.clip(u_idio[common], _EPS_U, 1 - _EPS_U))
-        rho = jp.size_correlation
+    n = len(model.assets)
+    mean, std = model.jump_mean, model.jump_std
+    p_common = np.take(model.p_common, reg)
+    u_idio = u[..., _N_U_FIXED : _N_U_FIXED + n]
+    common = u[..., _U_COMMON] < p_common
+    events = b, t = np.nonzero(common)
+    if b.size:
+        u_event = u[b, t]  # (events, 4 + N)
+        factor = ndtri(np.clip(u_event[:, _U_COMMON] / p_common[b, t], _EPS_U, 1 - _EPS_U))
+        own = ndtri(np.clip(u_event[:, _N_U_FIXED : _N_U_FIXED + n], _EPS_U, 1 - _EPS_U))
+        rho = model.size_correlation
         xi = np.sqrt(rho) * factor[:, None] + np.sqrt(1.0 - rho) * own
-        asset_returns[common] += mean + std * xi
-    idio = (u_idio < p_idio[:, :, None]) & ~common[:, :, None]
-    if idio.any():
-        col = np.nonzero(idio)[2]
-        p_hit = np.broadcast_to(p_idio[:, :, None], idio.shape)[idio]
-        xi = ndtri(np.clip(u_idio[idio] / p_hit, _EPS_U, 1 - _EPS_U))
-        asset_returns[idio] += mean[col] + std[col] * xi
+        returns[t, b, :n] += mean + std * xi
+    p_idio = np.take(model.p_idio, reg)
+    idio = u_idio < p_idio[..., None]
+    idio[events] = False  # a common event already moved every asset
+    b, t, col = np.nonzero(idio)
+    if b.size:
+        xi = ndtri(np.clip(u_idio[b, t, col] / p_idio[b, t], _EPS_U, 1 - _EPS_U))
+        returns[t, b, col] += mean[col] + std[col] * xi
 
 
 def _jump_probability(intensity_per_year: np.ndarray, step_days: float) -> np.ndarray:
@@ -278,6 +339,97 @@ def _mean_step_return(cfg: MarketConfig, n_columns: int) -> np.ndarray:
     return (drift[:, None] - p_jump[:, None] * mean[None, :]).astype(_F)
 
 
+class _Garch(NamedTuple):
+    """Per-column GARCH constants, ``(M,)`` float32: ``omega dt``, alpha, beta, ``h_bar``, the cap."""
+
+    omega: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    h_bar: np.ndarray
+    h_cap: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The generator's constants for one :class:`MarketConfig` (``N`` assets, ``M`` shock columns).
+
+    Built once per config (:func:`_model_of`) instead of at every reset: a single-env reset would
+    otherwise spend ~15 % of its time re-deriving them from the pydantic model.
+    """
+
+    assets: tuple[str, ...]
+    n_shocks: int  # M = N, + 1 for the ETH fallback's own shock when ETH is not an asset
+    eth_column: int  # column of ETH among the M price columns
+    transition: np.ndarray  # (3, 3) per-step transition matrix
+    initial: np.ndarray  # (3,) stationary law of the first regime
+    vol_multiplier: np.ndarray  # (3,) float32
+    chol: np.ndarray  # (3, N, N) float32 Cholesky factors of the regime correlations
+    garch: _Garch
+    mean_step: np.ndarray  # (3, M) float32, see _mean_step_return
+    jump_mean: np.ndarray  # (N,) float32
+    jump_std: np.ndarray  # (N,) float32
+    p_common: np.ndarray  # (3,) float32 probability of a common jump event per step
+    p_idio: np.ndarray  # (3,) float32 probability of an asset's own jump per step
+    size_correlation: float
+    log_p0: np.ndarray  # (M,) float64 log initial prices
+
+    @classmethod
+    def build(cls, cfg: MarketConfig) -> _Model:
+        p, dt = cfg.synthetic, cfg.step_days
+        assets = list(cfg.assets)
+        n = len(assets)
+        has_eth = "ETH" in assets
+        m = n if has_eth else n + 1
+        garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
+        omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
+        alpha = np.array([g.alpha for g in garch], dtype=_F)
+        beta = np.array([g.beta for g in garch], dtype=_F)
+        h_bar = omega / (1 - alpha - beta)
+        h_cap = (p.max_variance_multiple * h_bar).astype(_F)
+        p0 = [p.initial_price_usd[a] for a in assets]
+        p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
+        jp = p.jumps
+        corr = p.correlation.matrices(assets) + 1e-12 * np.eye(n)
+        return cls(
+            assets=tuple(assets),
+            n_shocks=m,
+            eth_column=assets.index("ETH") if has_eth else n,
+            transition=step_transition(p.transition_array(), dt),
+            initial=p.stationary_distribution(),
+            vol_multiplier=p.vol_multiplier.array().astype(_F),
+            chol=np.linalg.cholesky(corr).astype(_F),
+            garch=_Garch(omega, alpha, beta, h_bar, h_cap),
+            mean_step=_mean_step_return(cfg, m),
+            jump_mean=np.array([jp.mean_log[a] for a in assets], dtype=_F),
+            jump_std=np.array([jp.std_log[a] for a in assets], dtype=_F),
+            p_common=_jump_probability(jp.common_intensity_per_year.array(), dt),
+            p_idio=_jump_probability(jp.idio_intensity_per_year.array(), dt),
+            size_correlation=jp.size_correlation,
+            log_p0=np.log(p0),
+        )
+
+
+_MODELS: dict[int, tuple[MarketConfig, _Model]] = {}
+_MAX_MODELS = 8
+
+
+def _model_of(cfg: MarketConfig) -> _Model:
+    """The cached :class:`_Model` of ``cfg``.
+
+    Configs are mutable, so a hit needs ``cfg`` to equal a deep snapshot taken when the model was
+    built (~12 us, vs ~80 us to rebuild); a changed or different config with a reused ``id`` rebuilds.
+    """
+    key = id(cfg)
+    hit = _MODELS.get(key)
+    if hit is not None and hit[0] == cfg:
+        return hit[1]
+    model = _Model.build(cfg)
+    if len(_MODELS) >= _MAX_MODELS and key not in _MODELS:
+        _MODELS.pop(next(iter(_MODELS)))
+    _MODELS[key] = (cfg.model_copy(deep=True), model)
+    return model
+
+
 def generate_synthetic_paths(
     cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int
 ) -> MarketPaths:
@@ -288,59 +440,39 @@ def generate_synthetic_paths(
         ``(B, length)``; ``close[:, 0]`` equals ``synthetic.initial_price_usd``.
     """
     seeds = check_sample_request(seeds, length, warmup)
+    model = _model_of(cfg)
     p = cfg.synthetic
-    assets = list(cfg.assets)
-    n = len(assets)
-    dt = cfg.step_days
-    has_eth = "ETH" in assets
-    burn = p.burn_in_steps
-    m = n if has_eth else n + 1  # shock columns: the assets (+ the ETH fallback's own shock)
-    d = _Draws(seeds, burn + length, length, n, m, p.nu)
-
-    transition = step_transition(p.transition_array(), dt)
-    reg = simulate_regimes(d.u[:, :, _U_REGIME], transition, p.stationary_distribution())
-    vm = p.vol_multiplier.array().astype(_F)[reg]
-    # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
-    chol = np.linalg.cholesky(p.correlation.matrices(assets) + 1e-12 * np.eye(n)).astype(_F)
-    shock = _correlated_shocks(d.z_diff, reg, chol)
-    shock *= (np.sqrt((p.nu - 2.0) / np.maximum(2.0 * d.gamma, 1e-12)) * vm)[:, :, None]
-    garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
-    vol = np.sqrt(_garch_variance(shock, garch, dt, p.max_variance_multiple)[:, burn:])
+    n, burn = len(model.assets), p.burn_in_steps
+    d = _Draws(seeds, burn + length, length, n, model.n_shocks, p.nu)
+    reg = simulate_regimes(d.u[:, :, _U_REGIME], model.transition, model.initial)
     regime = reg[:, burn:]
-    returns = vol * shock[:, burn:]
-    returns += _mean_step_return(cfg, m)[regime]
-    _add_jumps(returns, cfg, regime, d.u[:, burn:])
-    vol *= vm[:, burn:, None]  # the step's diffusive vol, for the high/low bridge
-
-    # Point 0 is priced at initial_price_usd; the return of step t moves the price from t-1 to t.
-    p0 = [p.initial_price_usd[a] for a in assets]
-    p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
-    log_close = np.empty(returns.shape, dtype=np.float64)
-    log_close[:, 0] = np.log(p0)
-    np.cumsum(returns[:, 1:], axis=1, dtype=np.float64, out=log_close[:, 1:])
-    log_close[:, 1:] += log_close[:, :1]
-    close_all = np.exp(log_close)
-    close = np.ascontiguousarray(close_all[:, :, :n])
-    r = returns[:, :, :n]
-    up, down = bridge_extremes(r, p.range_scale * vol[:, :, :n], d.e[:, :, :n], d.e[:, :, n:])
+    # time-major (L, B, M) while the recursions over time run (on contiguous rows)
+    returns, vol = _log_returns(model, d, reg, p.nu, burn)
+    _add_jumps(returns, model, regime, d.u[:, burn:])
+    close_all = _prices(returns, model.log_p0)
+    close = _batch_major(close_all[..., :n])
+    r = _batch_major(returns[..., :n])
+    vol = _batch_major(vol[..., :n])
+    up, down = bridge_extremes(r, p.range_scale * vol, d.e[:, :, :n], d.e[:, :, n:])
     # open = previous close = close * exp(-r), so high = close * exp(up - r) (exp in float32)
-    high = np.maximum(close * np.exp(up - r), close)
-    low = np.minimum(close * np.exp(down - r), close)
+    high = np.multiply(close, np.exp(np.subtract(up, r, out=up), out=up))
+    low = np.multiply(close, np.exp(np.subtract(down, r, out=down), out=down))
+    np.maximum(high, close, out=high)
+    np.minimum(low, close, out=low)
     np.maximum(high[:, 1:], close[:, :-1], out=high[:, 1:])  # exact bar bounds despite float32
     np.minimum(low[:, 1:], close[:, :-1], out=low[:, 1:])
-    eth_usd = close[:, :, assets.index("ETH")] if has_eth else close_all[:, :, n]
     depth, gwei = liquidity_and_gas(
         regime,
         cfg.liquidity,
         cfg.gas,
-        dt,
+        cfg.step_days,
         d.z[:, :, _Z_DEPTH],
         d.z[:, :, _Z_GAS],
         d.u[:, burn:, _U_SPIKE],
     )
     numeraire = _numeraire_path(cfg, regime, d.u[:, burn:, _U_DEPEG], d.z[:, :, _Z_PEG])
     return MarketPaths(
-        asset_names=tuple(assets),
+        asset_names=model.assets,
         close=close,
         high=high,
         low=low,
@@ -349,10 +481,54 @@ def generate_synthetic_paths(
         regime_names=REGIME_NAMES,
         depth_multiplier=depth,
         gas_price_gwei=gwei,
-        eth_usd=np.ascontiguousarray(eth_usd),
+        eth_usd=_batch_major(close_all[..., model.eth_column]),
         warmup=int(warmup),
-        step_days=dt,
+        step_days=cfg.step_days,
     )
+
+
+def _log_returns(
+    model: _Model, d: _Draws, reg: np.ndarray, nu: float, burn: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Diffusive log returns plus the regime drift, and the steps' diffusive vols, time-major ``(L, B, M)``
+    float32. ``reg`` is ``(B, T)`` over burn-in and path; the first ``burn`` steps only warm up the GARCH.
+    """
+    vm = model.vol_multiplier[reg].T
+    # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
+    shock = _correlated_shocks(d.z_diff, reg, model.chol)
+    shock *= (np.sqrt((nu - 2.0) / np.maximum(2.0 * d.gamma.T, 1e-12)) * vm)[:, :, None]
+    vol = np.sqrt(_garch_variance(shock, model.garch)[burn:])
+    returns = vol * shock[burn:]
+    returns += np.take(model.mean_step, reg[:, burn:].T, axis=0)
+    vol *= vm[burn:, :, None]  # the step's diffusive vol, for the high/low bridge
+    return returns, vol
+
+
+def _prices(returns: np.ndarray, log_p0: np.ndarray) -> np.ndarray:
+    """``(L, B, M)`` float64 prices: point 0 at ``exp(log_p0)``, then the float32 ``returns`` summed in
+    float64 (the return of step ``t`` moves the price from ``t - 1`` to ``t``; ``returns[0]`` unused).
+
+    Same sums as ``cumsum(returns[1:], axis=0, dtype=float64) + log_p0``; for wide rows a loop over
+    time, as numpy's cumsum along the outer axis walks each column separately (~15x slower).
+    """
+    log_close = np.empty(returns.shape, dtype=np.float64)
+    log_close[0] = log_p0
+    cum = log_close[1:]
+    if returns[0].size < _LOOP_MIN_ROW:
+        np.cumsum(returns[1:], axis=0, dtype=np.float64, out=cum)
+    else:
+        cum[0] = returns[1]
+        add = np.add
+        for r, prev, nxt in zip(returns[2:], cum[:-1], cum[1:], strict=True):
+            add(prev, r, nxt)
+    flat = cum.reshape(len(cum), -1)
+    flat += np.tile(log_p0, flat.shape[1] // len(log_p0))  # tiled: no 5-long inner loops
+    return np.exp(log_close, out=log_close)
+
+
+def _batch_major(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of time-major ``x`` ``(L, B, ...)`` with the first two axes swapped."""
+    return np.ascontiguousarray(np.swapaxes(x, 0, 1))
 
 
 def _numeraire_path(
@@ -364,9 +540,12 @@ def _numeraire_path(
     noise = np.exp(dp.noise_bps * 1e-4 * z_peg.astype(np.float64))
     p_event = (-np.expm1(-dp.intensity_per_year.array() * dt / DAYS_PER_YEAR))[reg]
     event = u_depeg < p_event
-    if not event.any():
+    rows = np.flatnonzero(event.any(axis=1))
+    if not rows.size:
         return noise
-    depth = np.zeros(reg.shape)
+    # only paths with an event: elsewhere D = 0 and (1 - D) * noise is noise itself
+    event, u_depeg, p_event = event[rows], u_depeg[rows], p_event[rows]
+    depth = np.zeros(event.shape)
     depth[event] = dp.depth_min + (dp.depth_max - dp.depth_min) * (u_depeg[event] / p_event[event])
     # D_t = max_{s<=t} d_s decay^(t-s): a running max in log space (no time loop).
     log_decay = -np.log(2.0) * dt / dp.half_life_days
@@ -374,4 +553,5 @@ def _numeraire_path(
     with np.errstate(divide="ignore"):
         log_d = np.log(depth) - log_decay * t_idx
     deviation = np.exp(np.maximum.accumulate(log_d, axis=1) + log_decay * t_idx)
-    return (1.0 - deviation) * noise
+    noise[rows] *= 1.0 - deviation
+    return noise

@@ -379,9 +379,31 @@ def borrow_rate(
     slope1 = check_range("slope1", slope1, 0.0)
     slope2 = check_range("slope2", slope2, 0.0)
     u_opt = check_range("u_optimal", u_optimal, 0.0, 1.0, lower_open=True, upper_open=True)
-    below = base + slope1 * u / u_opt
-    above = base + slope1 + slope2 * (u - u_opt) / (1.0 - u_opt)
-    return np.where(u <= u_opt, below, above)
+    return borrow_rate_unchecked(u, base, slope1, slope2, u_opt)
+
+
+def borrow_rate_unchecked(
+    u: np.ndarray, base: np.ndarray, slope1: np.ndarray, slope2: np.ndarray, u_opt: np.ndarray
+) -> np.ndarray:
+    """:func:`borrow_rate` without validation, for float arrays that are valid by construction.
+
+    The protocol paths call it at every reset on ``(B, L, N)`` utilizations that are clipped to
+    ``[0, 1]``, with parameters from a validated snapshot; re-checking them would cost as much as
+    the formula.
+    """
+    shape = np.broadcast_shapes(*(np.shape(a) for a in (u, base, slope1, slope2, u_opt)))
+    # base + slope1 * U / Uopt everywhere (in place), then the few entries above the kink
+    rate = np.multiply(slope1, u, out=np.empty(shape))
+    rate /= u_opt
+    rate += base
+    mask = np.broadcast_to(u > u_opt, shape)
+    kinked = np.nonzero(mask) if mask.ndim else mask  # indices: a few gathers, not full passes
+    if mask.any():
+        uk, bk, s1k, s2k, ok = (
+            np.broadcast_to(a, shape)[kinked] for a in (u, base, slope1, slope2, u_opt)
+        )
+        rate[kinked] = bk + s1k + s2k * (uk - ok) / (1.0 - ok)
+    return rate
 
 
 def supply_rate(
@@ -391,7 +413,14 @@ def supply_rate(
     u = check_range("utilization", utilization, 0.0, 1.0)
     r = check_range("borrow_rate_annual", borrow_rate_annual, 0.0)
     rf = check_range("reserve_factor", reserve_factor, 0.0, 1.0)
-    return r * u * (1.0 - rf)
+    return supply_rate_unchecked(u, r, rf)
+
+
+def supply_rate_unchecked(
+    u: np.ndarray, borrow: np.ndarray, reserve_factor: np.ndarray
+) -> np.ndarray:
+    """:func:`supply_rate` without validation (see :func:`borrow_rate_unchecked`)."""
+    return borrow * u * (1.0 - reserve_factor)
 
 
 def reserve_rates(
