@@ -1,7 +1,7 @@
 """Each env's next episode drawn ahead of its reset, in batches (used by the batched env).
 
 Envs of a batched env end at different steps (ruin ends an episode early), so most resets are of one
-or two envs. Drawing a market path and its features costs a fixed ~2-3 ms per call plus a little per
+or two envs. Drawing a market path, its features and protocol series costs a fixed ~2-3 ms per call plus a little per
 path, so one-env resets cost several times a path drawn in a batch. Since env ``i``'s next path seed
 is simply the next draw of env ``i``'s own generator, the next episodes of all envs can be drawn
 together, in one call, before they are needed: whenever a reset finds an env without a drawn episode,
@@ -17,25 +17,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.market.paths import MarketPaths
-from envs.simulator import PortfolioSimulator
+from envs.simulator import DrawnEpisodes, PortfolioSimulator
 
 
 @dataclass
 class EpisodeGroup:
-    """Envs ``envs`` ``(K,)`` starting episodes on ``paths`` (K paths) drawn from ``seeds``, with ``features``."""
+    """Envs ``envs`` ``(K,)`` starting the episodes ``drawn`` from path seeds ``seeds``."""
 
     envs: np.ndarray
     seeds: np.ndarray
-    paths: MarketPaths
-    features: np.ndarray
+    drawn: DrawnEpisodes
 
 
 @dataclass
-class _Drawn:
+class _Batch:
     seeds: np.ndarray
-    paths: MarketPaths
-    features: np.ndarray
+    drawn: DrawnEpisodes
     unused: int
 
 
@@ -52,7 +49,7 @@ class EpisodePrefetch:
     ) -> None:
         self._sim = sim
         self._draw_seeds = draw_seeds
-        self._batches: dict[int, _Drawn] = {}
+        self._batches: dict[int, _Batch] = {}
         self._counter = 0
         # env -> (batch id, position in the batch) of its next episode; -1 when not drawn yet
         self._slot = np.full((sim.n_envs, 2), -1, dtype=np.int64)
@@ -72,17 +69,10 @@ class EpisodePrefetch:
         for batch_id in np.unique(batch_of):
             rows = envs[batch_of == batch_id]
             position = self._slot[rows, 1]
-            drawn = self._batches[int(batch_id)]
-            groups.append(
-                EpisodeGroup(
-                    rows,
-                    drawn.seeds[position],
-                    drawn.paths.take(position),
-                    drawn.features[position],
-                )
-            )
-            drawn.unused -= rows.size
-            if drawn.unused == 0:  # free the batch's arrays
+            batch = self._batches[int(batch_id)]
+            groups.append(EpisodeGroup(rows, batch.seeds[position], batch.drawn.take(position)))
+            batch.unused -= rows.size
+            if batch.unused == 0:  # free the batch's arrays
                 del self._batches[int(batch_id)]
         self._slot[envs] = -1
         return groups
@@ -90,9 +80,8 @@ class EpisodePrefetch:
     def _draw_missing(self) -> None:
         missing = np.flatnonzero(self._slot[:, 0] < 0)
         seeds = self._draw_seeds(missing)
-        paths, features = self._sim.sample_episodes(seeds)
         batch_id = self._counter
         self._counter += 1
-        self._batches[batch_id] = _Drawn(seeds, paths, features, missing.size)
+        self._batches[batch_id] = _Batch(seeds, self._sim.sample_episodes(seeds), missing.size)
         self._slot[missing, 0] = batch_id
         self._slot[missing, 1] = np.arange(missing.size)

@@ -141,8 +141,16 @@ class LeverageEngine:
                 f"and leverage <= S / (1 - S); lower max_leverage to <= {cap:.4f}"
             )
 
-    def reset(self, index: np.ndarray, paths: MarketPaths, seeds: np.ndarray) -> None:
-        self.paths.reset(index, paths, seeds)
+    def reset(
+        self,
+        index: np.ndarray,
+        paths: MarketPaths,
+        seeds: np.ndarray,
+        series: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """New episodes for envs ``index`` on ``paths``; ``series``: their protocol series when
+        already drawn (``self.paths.generate(paths, seeds)``), drawn here otherwise."""
+        self.paths.assign(index, self.paths.generate(paths, seeds) if series is None else series)
         if self.cascades is not None:
             w = paths.warmup
             self.cascades.reset(index, paths.close[:, w], paths.depth_multiplier[:, w])

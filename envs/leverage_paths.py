@@ -275,40 +275,48 @@ class ProtocolPaths:
 
     def reset(self, index: np.ndarray, paths: MarketPaths, seeds: np.ndarray) -> None:
         """Generate the series of envs ``index`` for ``paths`` (``len(index)`` paths) and ``seeds``."""
-        codes = paths.regime[:, paths.warmup :]
-        index = _as_slice(index)
-        util_process, basis_process = self._regime_processes(paths.regime_names)
-        if util_process is not None:
-            self._reset_rates(index, paths.warmup, seeds, codes, util_process)
-        if basis_process is not None:
-            self._reset_perps(index, paths, seeds, codes, basis_process)
+        self.assign(index, self.generate(paths, seeds))
 
-    def _reset_perps(
+    def generate(self, paths: MarketPaths, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """The series of ``paths`` drawn from ``seeds`` ``(K,)``: ``{name: (K, L, ...) array}``, named
+        as this object's attributes. Path ``k``'s series depend only on ``seeds[k]`` and path ``k``."""
+        codes = paths.regime[:, paths.warmup :]
+        util_process, basis_process = self._regime_processes(paths.regime_names)
+        series: dict[str, np.ndarray] = {}
+        if util_process is not None:
+            series.update(self._rates(paths.warmup, seeds, codes, util_process))
+        if basis_process is not None:
+            series.update(self._perps(paths, seeds, codes, basis_process))
+        return series
+
+    def assign(self, index: np.ndarray, series: dict[str, np.ndarray]) -> None:
+        """Install :meth:`generate`'s ``series`` as the series of envs ``index``."""
+        rows = _as_slice(index)
+        for name, values in series.items():
+            getattr(self, name)[rows] = values
+
+    def _perps(
         self,
-        index: np.ndarray | slice,
         paths: MarketPaths,
         seeds: np.ndarray,
         codes: np.ndarray,
         process: RegimeProcess,
-    ) -> None:
+    ) -> dict[str, np.ndarray]:
         noise = path_noise(seeds, BASIS_STREAM, codes.shape[1], paths.n_assets)
         basis = fast_regime_path_time_major(process, codes, noise, regime_basis)
         basis = _with_history(basis.transpose(1, 0, 2), paths.warmup)
         mark = mark_price(paths.close, basis)
         funding = funding_rate_from_params(mark, paths.close, self.setup.perps.funding)  # type: ignore[union-attr]
         funding *= self.step_days  # the venue's periods_per_step counts 8 h periods per daily step
-        self.basis[index] = basis
-        self.mark[index] = mark
-        self.funding[index] = funding
+        return {"basis": basis, "mark": mark, "funding": funding}
 
-    def _reset_rates(
+    def _rates(
         self,
-        index: np.ndarray | slice,
         warmup: int,
         seeds: np.ndarray,
         codes: np.ndarray,
         process: RegimeProcess,
-    ) -> None:
+    ) -> dict[str, np.ndarray]:
         """Rates from the utilization of the debt reserve (column 0) and the N collateral reserves."""
         noise = path_noise(seeds, UTILIZATION_STREAM, codes.shape[1], process.mean.shape[1])
         util = fast_regime_path_time_major(process, codes, noise, regime_utilization)
@@ -323,13 +331,15 @@ class ProtocolPaths:
         supply = supply_rate_unchecked(flat, borrow, reserve_factor).reshape(steps, b, c)[..., 1:]
         debt_borrow = borrow.reshape(steps, b, c)[..., 0]
         # accrue_debt / accrue_supply of a unit balance (same arithmetic, rates >= 0 by construction)
-        for series, target in (
-            (debt_borrow, self.borrow_rate),
-            (np.exp(debt_borrow * self.dt_years), self.debt_growth),
-            (supply, self.supply_rate),
-            (1.0 + supply * self.dt_years, self.supply_growth),
-        ):
-            _write_with_history(target, index, series, warmup)
+        return {
+            name: _with_history(np.moveaxis(values, 0, 1), warmup)
+            for name, values in (
+                ("borrow_rate", debt_borrow),
+                ("debt_growth", np.exp(debt_borrow * self.dt_years)),
+                ("supply_rate", supply),
+                ("supply_growth", 1.0 + supply * self.dt_years),
+            )
+        }
 
 
 def _with_history(series: np.ndarray, warmup: int) -> np.ndarray:
@@ -338,18 +348,6 @@ def _with_history(series: np.ndarray, warmup: int) -> np.ndarray:
     out[:, warmup:] = series
     out[:, :warmup] = series[:, :1]
     return out
-
-
-def _write_with_history(
-    target: np.ndarray, index: np.ndarray | slice, series: np.ndarray, warmup: int
-) -> None:
-    """``target[index]`` = time-major ``series`` ``(T, b, ...)`` after ``warmup`` copies of its first row."""
-    if isinstance(index, slice):  # consecutive envs: write into the view, no temporary
-        rows = target[index]
-        rows[:, warmup:] = np.moveaxis(series, 0, 1)
-        rows[:, :warmup] = np.expand_dims(series[0], 1)
-    else:
-        target[index] = _with_history(np.moveaxis(series, 0, 1), warmup)
 
 
 def _as_slice(index: np.ndarray) -> np.ndarray | slice:

@@ -87,6 +87,28 @@ class Execution:
     trade_mask: np.ndarray | None = None
 
 
+@dataclass
+class DrawnEpisodes:
+    """What starting ``K`` episodes draws from their path seeds, before any env state is touched.
+
+    ``paths``: the market paths; ``features``: their observation features ``(K, L, F)`` float32;
+    ``protocol_series``: the lending/perps series (``ProtocolPaths.generate``), None in spot mode.
+    """
+
+    paths: MarketPaths
+    features: np.ndarray
+    protocol_series: dict[str, np.ndarray] | None = None
+
+    def take(self, rows: np.ndarray) -> DrawnEpisodes:
+        """The sub-batch of episodes ``rows``."""
+        series = self.protocol_series
+        return DrawnEpisodes(
+            self.paths.take(rows),
+            self.features[rows],
+            None if series is None else {name: v[rows] for name, v in series.items()},
+        )
+
+
 def _cash_only(n_assets: int) -> np.ndarray:
     w = np.zeros(n_assets + 1)
     w[-1] = 1.0
@@ -160,41 +182,49 @@ class PortfolioSimulator:
         self.value = np.ones(b)
 
     # ------------------------------------------------------------------ reset
-    def sample_episodes(self, seeds: np.ndarray) -> tuple[MarketPaths, np.ndarray]:
-        """Market paths drawn from ``seeds`` ``(K,)`` and their observation features ``(K, L, F)``.
+    def sample_episodes(self, seeds: np.ndarray) -> DrawnEpisodes:
+        """The episodes of path seeds ``seeds`` ``(K,)``: market paths, features, protocol series.
 
-        Path ``k`` depends only on ``seeds[k]``, so episodes can be drawn in batches ahead of the
+        Episode ``k`` depends only on ``seeds[k]``, so episodes can be drawn in batches ahead of the
         resets that use them (:class:`envs.vec_env.DeFiMarketVecEnv` does) with identical results.
         """
-        paths = sample_paths(self.config.market, np.asarray(seeds), self.path_length, self.warmup)
-        return paths, self.episode_features(paths)
+        seeds = np.asarray(seeds)
+        paths = sample_paths(self.config.market, seeds, self.path_length, self.warmup)
+        return self._drawn(paths, seeds)
 
-    def episode_features(self, paths: MarketPaths) -> np.ndarray:
-        """Observation features ``(K, L, F)`` float32 of every time point of ``paths`` (causal)."""
-        return market_features(
+    def _drawn(self, paths: MarketPaths, seeds: np.ndarray) -> DrawnEpisodes:
+        features = market_features(
             paths.close,
             paths.numeraire_usd,
             paths.depth_multiplier,
             paths.gas_price_gwei,
             self.config.env.observation,
             paths.step_days,
+            dtype=np.float32,
         )
+        series = None if self.protocols is None else self.protocols.paths.generate(paths, seeds)
+        return DrawnEpisodes(paths, features, series)
 
     def reset_envs(
         self,
         index: np.ndarray,
         seeds: np.ndarray,
         paths: MarketPaths | None = None,
-        features: np.ndarray | None = None,
+        drawn: DrawnEpisodes | None = None,
     ) -> None:
         """Start new episodes for envs ``index`` on market paths drawn from ``seeds`` (or given ``paths``).
 
-        ``features``: the paths' :meth:`episode_features` when already computed (e.g. by
-        :meth:`sample_episodes`); computed here otherwise.
+        ``drawn``: the episodes of ``seeds`` when already drawn by :meth:`sample_episodes` (then
+        ``paths`` is ignored).
         """
         index = np.asarray(index, dtype=np.int64)
-        if paths is None:
-            paths, features = self.sample_episodes(seeds)
+        seeds = np.asarray(seeds)
+        if drawn is None:
+            if paths is None:
+                drawn = self.sample_episodes(seeds)
+            else:
+                drawn = self._drawn(paths, seeds)
+        paths = drawn.paths
         if paths.length != self.path_length or paths.n_assets != self.n_assets:
             raise ValueError(
                 f"market paths have length {paths.length} and {paths.n_assets} assets; "
@@ -215,7 +245,7 @@ class PortfolioSimulator:
                     (self.n_envs, self.path_length), np.datetime64("NaT"), dtype="datetime64[D]"
                 )
             self.dates[index] = np.broadcast_to(paths.dates, (len(index), self.path_length))
-        self.features[index] = self.episode_features(paths) if features is None else features
+        self.features[index] = drawn.features
         tau = self.warmup
         price = paths.close[:, tau]
         num = paths.numeraire_usd[:, tau]
@@ -226,7 +256,7 @@ class PortfolioSimulator:
         self.peak[index] = self.initial_value
         self.pools.set_at_market(index, price, num, paths.depth_multiplier[:, tau])
         if self.protocols is not None:
-            self.protocols.reset(index, paths, np.asarray(seeds))
+            self.protocols.reset(index, paths, seeds, drawn.protocol_series)
         reset_mask = np.isin(self._rows, index)
         self.rewards.reset(reset_mask)
         self.kill_switch.reset(reset_mask)

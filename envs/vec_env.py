@@ -64,7 +64,7 @@ class DeFiMarketVecEnv(VecEnv):
     def _reset_envs(self, index: np.ndarray) -> None:
         """Start the next episode of envs ``index`` (drawn ahead in batches: envs/episode_prefetch.py)."""
         for group in self._upcoming.pop(index):
-            self.sim.reset_envs(group.envs, group.seeds, paths=group.paths, features=group.features)
+            self.sim.reset_envs(group.envs, group.seeds, drawn=group.drawn)
 
     def reset(self) -> np.ndarray:
         self._reset_envs(np.arange(self.num_envs))
