@@ -9,12 +9,8 @@ from scipy import stats
 
 from envs.market.config import REPO_ROOT, MarketConfig, load_market_config
 from envs.market.paths import MarketPaths
-from envs.market.synthetic import (
-    bridge_extremes,
-    generate_synthetic_paths,
-    liquidity_and_gas,
-    step_transition,
-)
+from envs.market.synthetic import bridge_extremes, generate_synthetic_paths, liquidity_and_gas
+from envs.market.synthetic_model import step_transition
 
 FIELDS = (
     "close",

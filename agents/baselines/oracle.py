@@ -27,7 +27,7 @@ from agents.baselines.policies import (
 from agents.policy import MarketView
 from envs.config import SimulationConfig
 from envs.market.config import DAYS_PER_YEAR, MarketConfig
-from envs.market.synthetic import step_transition
+from envs.market.synthetic_model import step_transition
 
 
 class OracleParams(BaselineParams, UtilityParams):

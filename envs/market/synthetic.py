@@ -2,7 +2,7 @@
 
 Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t`` in calm/bull/crash):
 
-* ``k_t`` is a Markov chain with per-step transition matrix ``P_daily^dt`` (see :func:`step_transition`).
+* ``k_t`` is a Markov chain with per-step transition matrix ``P_daily^dt`` (see :func:`envs.market.synthetic_model.step_transition`).
   ``regime[t]`` is the regime of the step that ends at ``t`` (the same meaning as the replay label at
   ``t``); it also sets the pool depth and the gas price at ``t``.
 * ``r_t = mu[k_t] dt + e_t + J_t`` with diffusive shock ``e_t = vm[k_t] sqrt(h_t) x_t`` and
@@ -31,9 +31,6 @@ depend on the batch it is drawn in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
-
 import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtri
@@ -47,6 +44,8 @@ from envs.market.config import (
     check_sample_request,
 )
 from envs.market.paths import MarketPaths
+from envs.market.synthetic_model import F32 as _F
+from envs.market.synthetic_model import GarchConstants, SyntheticModel, model_of
 
 # Blocks drawn per path (T = burn-in + L steps): uniforms U (T, 4 + N); diffusion normals (T, N [+1 for
 # the ETH fallback]); normals Z (L, 3) for gas, depth and peg noise; exponentials E (L, 2N) for the
@@ -55,25 +54,9 @@ from envs.market.paths import MarketPaths
 _U_REGIME, _U_COMMON, _U_DEPEG, _U_SPIKE = range(4)
 _N_U_FIXED = 4
 _Z_GAS, _Z_DEPTH, _Z_PEG = range(3)
-_F = np.float32  # random blocks and shocks; prices are accumulated in float64
 _EPS_U = 1e-7  # keeps inverse-CDF arguments inside (0, 1) despite float32 rounding
 _SMALL_BATCH = 4  # up to this many paths, the regime chains run on Python ints
 _LOOP_MIN_ROW = 256  # from this many values per time step, a prefix sum runs as a loop over time
-
-
-def step_transition(transition_daily: np.ndarray, step_days: float) -> np.ndarray:
-    """``(3, 3)`` per-step transition matrix for a step of ``step_days`` days.
-
-    Integer steps use the exact matrix power; a fractional remainder ``f`` uses ``I + f (P - I)`` (a valid
-    stochastic matrix with the same stationary law, exact to first order in ``f``).
-    """
-    whole = int(np.floor(step_days + 1e-12))
-    frac = step_days - whole
-    out = np.linalg.matrix_power(transition_daily, whole)
-    if frac > 1e-12:
-        eye = np.eye(len(transition_daily))
-        out = out @ (eye + frac * (transition_daily - eye))
-    return out / out.sum(axis=1, keepdims=True)
 
 
 def simulate_regimes(u: np.ndarray, transition: np.ndarray, initial: np.ndarray) -> np.ndarray:
@@ -228,7 +211,7 @@ def _correlated_shocks(z: np.ndarray, reg: np.ndarray, chol: np.ndarray) -> np.n
     return np.ascontiguousarray(cols.transpose(2, 1, 0))
 
 
-def _garch_variance(shock: np.ndarray, params: _Garch) -> np.ndarray:
+def _garch_variance(shock: np.ndarray, params: GarchConstants) -> np.ndarray:
     """``(T, B, M)`` conditional variances ``h_t`` for time-major shocks ``(T, B, M)``, ``e_t = sqrt(h_t) shock_t``.
 
     ``h_{t+1} = omega dt + alpha e_t^2 + beta h_t = omega dt + (alpha shock_t^2 + beta) h_t``, started at
@@ -289,7 +272,7 @@ def _variance_steps(
         minimum(nxt, cap, nxt)
 
 
-def _add_jumps(returns: np.ndarray, model: _Model, reg: np.ndarray, u: np.ndarray) -> None:
+def _add_jumps(returns: np.ndarray, model: SyntheticModel, reg: np.ndarray, u: np.ndarray) -> None:
     """Add the jumps' log returns to time-major ``returns[..., :N]`` ``(L, B, M)`` float32, in place.
 
     Args:
@@ -318,118 +301,6 @@ def _add_jumps(returns: np.ndarray, model: _Model, reg: np.ndarray, u: np.ndarra
         returns[t, b, col] += mean[col] + std[col] * xi
 
 
-def _jump_probability(intensity_per_year: np.ndarray, step_days: float) -> np.ndarray:
-    """``(3,)`` float32 probability of at least one Poisson event in a step."""
-    return (-np.expm1(-intensity_per_year * step_days / DAYS_PER_YEAR)).astype(_F)
-
-
-def _mean_step_return(cfg: MarketConfig, n_columns: int) -> np.ndarray:
-    """``(3, M)`` expected log return per step and regime, net of the jump compensator.
-
-    Column ``a < N``: ``drift_k dt / 365 - P_k(jump) mean_log[a]`` (at most one jump per asset and step,
-    ``P = p_common + (1 - p_common) p_idio``); an ETH fallback column gets the drift only.
-    """
-    p = cfg.synthetic
-    drift = p.drift_log_per_year.array() * cfg.step_days / DAYS_PER_YEAR
-    p_common = _jump_probability(p.jumps.common_intensity_per_year.array(), cfg.step_days)
-    p_idio = _jump_probability(p.jumps.idio_intensity_per_year.array(), cfg.step_days)
-    p_jump = p_common.astype(np.float64) + (1 - p_common) * p_idio
-    mean = np.zeros(n_columns)
-    mean[: len(cfg.assets)] = [p.jumps.mean_log[a] for a in cfg.assets]
-    return (drift[:, None] - p_jump[:, None] * mean[None, :]).astype(_F)
-
-
-class _Garch(NamedTuple):
-    """Per-column GARCH constants, ``(M,)`` float32: ``omega dt``, alpha, beta, ``h_bar``, the cap."""
-
-    omega: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    h_bar: np.ndarray
-    h_cap: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Model:
-    """The generator's constants for one :class:`MarketConfig` (``N`` assets, ``M`` shock columns).
-
-    Built once per config (:func:`_model_of`) instead of at every reset: a single-env reset would
-    otherwise spend ~15 % of its time re-deriving them from the pydantic model.
-    """
-
-    assets: tuple[str, ...]
-    n_shocks: int  # M = N, + 1 for the ETH fallback's own shock when ETH is not an asset
-    eth_column: int  # column of ETH among the M price columns
-    transition: np.ndarray  # (3, 3) per-step transition matrix
-    initial: np.ndarray  # (3,) stationary law of the first regime
-    vol_multiplier: np.ndarray  # (3,) float32
-    chol: np.ndarray  # (3, N, N) float32 Cholesky factors of the regime correlations
-    garch: _Garch
-    mean_step: np.ndarray  # (3, M) float32, see _mean_step_return
-    jump_mean: np.ndarray  # (N,) float32
-    jump_std: np.ndarray  # (N,) float32
-    p_common: np.ndarray  # (3,) float32 probability of a common jump event per step
-    p_idio: np.ndarray  # (3,) float32 probability of an asset's own jump per step
-    size_correlation: float
-    log_p0: np.ndarray  # (M,) float64 log initial prices
-
-    @classmethod
-    def build(cls, cfg: MarketConfig) -> _Model:
-        p, dt = cfg.synthetic, cfg.step_days
-        assets = list(cfg.assets)
-        n = len(assets)
-        has_eth = "ETH" in assets
-        m = n if has_eth else n + 1
-        garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
-        omega = (np.array([g.omega_daily for g in garch]) * dt).astype(_F)
-        alpha = np.array([g.alpha for g in garch], dtype=_F)
-        beta = np.array([g.beta for g in garch], dtype=_F)
-        h_bar = omega / (1 - alpha - beta)
-        h_cap = (p.max_variance_multiple * h_bar).astype(_F)
-        p0 = [p.initial_price_usd[a] for a in assets]
-        p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
-        jp = p.jumps
-        corr = p.correlation.matrices(assets) + 1e-12 * np.eye(n)
-        return cls(
-            assets=tuple(assets),
-            n_shocks=m,
-            eth_column=assets.index("ETH") if has_eth else n,
-            transition=step_transition(p.transition_array(), dt),
-            initial=p.stationary_distribution(),
-            vol_multiplier=p.vol_multiplier.array().astype(_F),
-            chol=np.linalg.cholesky(corr).astype(_F),
-            garch=_Garch(omega, alpha, beta, h_bar, h_cap),
-            mean_step=_mean_step_return(cfg, m),
-            jump_mean=np.array([jp.mean_log[a] for a in assets], dtype=_F),
-            jump_std=np.array([jp.std_log[a] for a in assets], dtype=_F),
-            p_common=_jump_probability(jp.common_intensity_per_year.array(), dt),
-            p_idio=_jump_probability(jp.idio_intensity_per_year.array(), dt),
-            size_correlation=jp.size_correlation,
-            log_p0=np.log(p0),
-        )
-
-
-_MODELS: dict[int, tuple[MarketConfig, _Model]] = {}
-_MAX_MODELS = 8
-
-
-def _model_of(cfg: MarketConfig) -> _Model:
-    """The cached :class:`_Model` of ``cfg``.
-
-    Configs are mutable, so a hit needs ``cfg`` to equal a deep snapshot taken when the model was
-    built (~12 us, vs ~80 us to rebuild); a changed or different config with a reused ``id`` rebuilds.
-    """
-    key = id(cfg)
-    hit = _MODELS.get(key)
-    if hit is not None and hit[0] == cfg:
-        return hit[1]
-    model = _Model.build(cfg)
-    if len(_MODELS) >= _MAX_MODELS and key not in _MODELS:
-        _MODELS.pop(next(iter(_MODELS)))
-    _MODELS[key] = (cfg.model_copy(deep=True), model)
-    return model
-
-
 def generate_synthetic_paths(
     cfg: MarketConfig, seeds: np.ndarray, length: int, warmup: int
 ) -> MarketPaths:
@@ -440,7 +311,7 @@ def generate_synthetic_paths(
         ``(B, length)``; ``close[:, 0]`` equals ``synthetic.initial_price_usd``.
     """
     seeds = check_sample_request(seeds, length, warmup)
-    model = _model_of(cfg)
+    model = model_of(cfg)
     p = cfg.synthetic
     n, burn = len(model.assets), p.burn_in_steps
     d = _Draws(seeds, burn + length, length, n, model.n_shocks, p.nu)
@@ -488,7 +359,7 @@ def generate_synthetic_paths(
 
 
 def _log_returns(
-    model: _Model, d: _Draws, reg: np.ndarray, nu: float, burn: int
+    model: SyntheticModel, d: _Draws, reg: np.ndarray, nu: float, burn: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Diffusive log returns plus the regime drift, and the steps' diffusive vols, time-major ``(L, B, M)``
     float32. ``reg`` is ``(B, T)`` over burn-in and path; the first ``burn`` steps only warm up the GARCH.
