@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.config import GasConfig
-from envs.protocols.gas import gas_cost_usd
+from envs.protocols.gas import _usd_per_gas_unit
 
 
 @dataclass
@@ -49,10 +49,13 @@ class GasModel:
         self.units_per_pool = cfg.units_per_pool
 
     def usd_per_unit(self, gas_price_gwei: np.ndarray, eth_usd: np.ndarray) -> np.ndarray:
-        """USD price of one gas unit per env ``(B,)`` (zero when gas is disabled)."""
+        """USD price of one gas unit per env ``(B,)`` (zero when gas is disabled).
+
+        Not validated (hot path): the market path that supplies the gas price and the ETH price is.
+        """
         if not self.enabled:
             return np.zeros_like(gas_price_gwei)
-        return gas_cost_usd(1.0, gas_price_gwei, eth_usd)
+        return _usd_per_gas_unit(gas_price_gwei, eth_usd)
 
     def orders_usd(
         self, n_orders: np.ndarray, n_pools: np.ndarray, usd_per_unit: np.ndarray

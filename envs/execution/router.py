@@ -13,17 +13,22 @@ split is feasible (``s_T >= max_T t_k``: no pool would receive a negative amount
 with the largest output minus ``gas_per_pool_out * |T|``. Without gas this is the exact water-filling
 optimum (the optimum's active set is feasible and every feasible split is a valid order); with gas it
 is the exact optimum over "which pools to touch" and never worse than any single pool net of gas.
-Everything is vectorized over the leading axes; the only Python loop is over the ``2^K - 1`` subsets.
+
+Everything is vectorized over the orders, in a pool-major layout: ``(K, M)`` per pool, ``(S, M)`` per
+subset (``S = 2^K - 1``), so each operation runs over long contiguous rows. :func:`route_order` is the
+validated public entry for ``(..., K)`` arrays; the simulator calls the core,
+:func:`_route_pool_major`, directly on its pool-major book.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from envs.protocols.amm import FeeTerms, _amount_out_unchecked, check_in_range, fee_terms
+from envs.protocols.amm import FeeTerms, _amount_out_keep, check_in_range, fee_terms
 
 __all__ = [
     "MAX_POOLS",
@@ -67,13 +72,20 @@ class RouteResult:
 
 @dataclass(frozen=True)
 class _SubsetTable:
-    """All non-empty subsets of K pools, ordered by size (singletons first, then pairs, ...)."""
+    """All ``S = 2^K - 1`` non-empty subsets of K pools, ordered by size (singletons first, then
+    pairs, ...), lexicographically within a size; rows ``:K`` are the single pools.
 
-    masks: np.ndarray  # (S, K) bool
-    weights: np.ndarray  # (K, S) float membership matrix, for subset sums by matmul
-    sizes: np.ndarray  # (S,) float, pools per subset
-    parent: np.ndarray  # (S,) int, the subset minus its last pool (-1 for singletons)
-    last: np.ndarray  # (S,) int, that last pool
+    The subsets that extend one parent by one more pool are then contiguous rows, so a subset
+    aggregate that no matmul gives (the max) takes one ufunc call per parent (``steps``, 3 for K = 3).
+    """
+
+    sizes: np.ndarray  # (S, 1) float, pools per subset
+    multi_weights: np.ndarray  # (S - K, K) float 0/1 membership of the multi-pool subsets
+    multi_t: np.ndarray  # (K, S) float 0/1, pool k is in subset s and s has several pools
+    single_t: np.ndarray  # (K, S) float 0/1, subset s is the single pool k
+    rank: np.ndarray  # (S, 1) uint8, S - s: the first-maximum search prefers earlier rows
+    # (parent, first, stop, pool): rows first:stop are parent plus pool, pool + 1, ...
+    steps: tuple[tuple[int, int, int, int], ...]
 
 
 @lru_cache(maxsize=MAX_POOLS)
@@ -86,11 +98,56 @@ def _subset_table(n_pools: int) -> _SubsetTable:
     masks = np.zeros((len(subsets), n_pools), dtype=bool)
     for i, members in enumerate(subsets):
         masks[i, list(members)] = True
-    parent = np.array([index.get(m[:-1], -1) for m in subsets])
-    last = np.array([m[-1] for m in subsets])
-    return _SubsetTable(
-        masks, masks.T.astype(np.float64), masks.sum(1).astype(np.float64), parent, last
+    steps = []
+    for p, members in enumerate(subsets):
+        if members[-1] + 1 < n_pools:  # children: members + (l,) for every l > the last member
+            first = index[(*members, members[-1] + 1)]
+            steps.append((p, first, first + n_pools - 1 - members[-1], members[-1] + 1))
+    sizes = masks.sum(1).astype(np.float64)
+    table = _SubsetTable(
+        sizes=sizes[:, None],
+        multi_weights=masks[n_pools:].astype(np.float64),
+        multi_t=(masks.T & (sizes > 1.0)).astype(np.float64),
+        single_t=(masks.T & (sizes == 1.0)).astype(np.float64),
+        rank=np.arange(len(subsets), 0, -1, dtype=np.uint8)[:, None],  # S <= 255 for K <= 8
+        steps=tuple(steps),
     )
+    for arr in (table.sizes, table.multi_weights, table.multi_t, table.single_t, table.rank):
+        arr.setflags(write=False)
+    return table
+
+
+def _fill_subsets(rows: np.ndarray, table: _SubsetTable, ufunc: np.ufunc) -> None:
+    """Aggregate the per-pool rows ``rows[:K]`` into every subset row ``rows[K:]`` in place.
+
+    ``rows``: ``(S, ...)``; ``ufunc`` is e.g. ``np.maximum``. The leading subset axis keeps every
+    call's inner loop over the whole contiguous trailing block.
+    """
+    for parent, first, stop, pool in table.steps:
+        ufunc(rows[parent], rows[pool : pool + stop - first], out=rows[first:stop])
+
+
+@lru_cache(maxsize=16)
+def _order_columns(n_orders: int) -> np.ndarray:
+    """``arange(M)`` (read-only, cached): with ``row * M`` the flat index of order m in a row."""
+    cols = np.arange(n_orders)
+    cols.setflags(write=False)
+    return cols
+
+
+# Below this many (subset, order) entries one argmax call is cheapest; above it numpy's argmax over
+# the short subset axis costs ~8 ns per order and a max / compare / max pass is faster.
+_ARGMAX_ENTRIES = 512
+
+
+def _first_argmax(net: np.ndarray, table: _SubsetTable) -> np.ndarray:
+    """``np.argmax(net, axis=0)`` of ``(S, M)`` values without NaN (the first maximum wins)."""
+    if net.size < _ARGMAX_ENTRIES:
+        return net.argmax(0)
+    top = net.max(0)
+    hit = np.equal(net, top).view(np.uint8)
+    hit *= table.rank  # S - row where the row attains the maximum, else 0
+    return np.subtract(table.rank.shape[0], hit.max(0), dtype=np.intp)
 
 
 def _validate_order(
@@ -154,8 +211,7 @@ def route_order(
         r_out = np.broadcast_to(r_out, shape)
     n_pools = shape[-1]
     lead = shape[:-1]
-    n_orders = int(np.prod(lead))
-    table = _subset_table(n_pools)
+    n_orders = math.prod(lead)
     # Pool-major layout (K, M): every row is contiguous, so per-pool and per-subset operations run on
     # long contiguous rows instead of broadcasting over a length-K inner axis (several times slower).
     fee_arr = np.asarray(fee, dtype=np.float64)
@@ -167,10 +223,14 @@ def route_order(
     r_in_k = np.ascontiguousarray(r_in.reshape(n_orders, n_pools).T)
     r_out_k = np.ascontiguousarray(r_out.reshape(n_orders, n_pools).T)
     x = np.ascontiguousarray(amount).reshape(n_orders)
-    gas_m = np.broadcast_to(gas, lead).reshape(n_orders) if gas.ndim else gas
-    split, amounts_out = _route_pool_major(x, r_in_k, r_out_k, terms, gas_m, table)
+    gas_m = None
+    if gas.ndim:
+        gas_m = np.broadcast_to(gas, lead).reshape(n_orders)
+    elif gas != 0.0:
+        gas_m = gas
+    split, amounts_out = _route_pool_major(x, r_in_k, r_out_k, terms, gas_m)
 
-    n_used = np.count_nonzero(split > 0.0, axis=0).reshape(lead)
+    n_used = (split > 0.0).sum(0).reshape(lead)
     fees_in = split * terms.fee
     return RouteResult(
         amount_out=amounts_out.sum(0).reshape(lead),
@@ -187,59 +247,103 @@ def _route_pool_major(
     r_in: np.ndarray,
     r_out: np.ndarray,
     terms: FeeTerms,
-    gas: np.ndarray,
-    table: _SubsetTable,
+    gas: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Core of :func:`route_order` on ``(M,)`` orders and ``(K, M)`` pools; returns ``(split, out)`` ``(K, M)``."""
-    n_pools = r_in.shape[0]
-    n_subsets = table.masks.shape[0]
-    keep = terms.keep
-    root = keep * r_in
+    """Core of :func:`route_order` in the pool-major layout, without validation (hot path).
+
+    Args:
+        amount: ``(M,)`` orders, input-token units, finite and ``>= 0``.
+        r_in, r_out: ``(K, M)`` C-contiguous reserves, finite and ``> 0``.
+        terms: fee terms at ``(K, M)``.
+        gas: ``(M,)`` or scalar gas per pool touched in output units, or ``None`` for no gas
+            (subtracting a zero gas changes nothing, so ``None`` only skips the work).
+
+    Returns:
+        ``(split, amounts_out)``, both ``(K, M)``: input sent to and output received from each pool.
+
+    Every step is branch-free elementwise work (no masked writes): which subset wins varies from
+    order to order, and data-dependent branches would mispredict.
+    """
+    n_pools, n_orders = r_in.shape
+    table = _subset_table(n_pools)
+    keep, inv_keep = terms.keep, terms.inv_keep
+    root = np.multiply(keep, r_in)
     root *= r_out
     np.sqrt(root, out=root)  # c_k
-    slope = root * terms.inv_keep  # c_k / g_k
-    offset = r_in * terms.inv_keep  # r_k / g_k
-    # Subset sums (S, M); the first K rows are the single pools.
-    weights = table.weights.T
-    slope_sum = weights @ slope
-    level = weights @ offset
-    level += amount  # X + B_T
-    water = level / slope_sum  # s_T
-    singles_out = _amount_out_unchecked(amount, r_in, r_out, terms.fee)
-    if n_subsets > n_pools:
-        output = np.empty_like(water)
-        output[:n_pools] = singles_out
-        multi = slice(n_pools, None)
-        # Output of the forced split, O_T - A_T^2 / (X + B_T).
-        multi_out = weights[multi] @ r_out
-        multi_out -= slope_sum[multi] * slope_sum[multi] / level[multi]
-        threshold = r_in / root  # t_k
-        max_threshold = np.empty_like(water)
-        max_threshold[:n_pools] = threshold
-        for j in range(n_pools, n_subsets):
-            np.maximum(
-                max_threshold[table.parent[j]], threshold[table.last[j]], out=max_threshold[j]
-            )
-        output[multi] = np.where(water[multi] >= max_threshold[multi], multi_out, -np.inf)
-    else:
-        output = singles_out
-    net = output - table.sizes[:, None] * gas if np.any(gas) else output
-    best = np.argmax(net, axis=0)  # ties go to the smaller subset (listed first)
+    # Net output of every subset's split (S, M): single pools first, then the multi-pool subsets.
+    net = np.empty((table.sizes.shape[0], n_orders))
+    _amount_out_keep(amount, r_in, r_out, keep, out=net[:n_pools])
+    multi = net.shape[0] > n_pools
+    if multi:
+        water, bound = _multi_pool_outputs(amount, r_in, r_out, root, terms, table, net)
+    if gas is not None:
+        net -= table.sizes * gas
+    if multi:
+        np.minimum(net[n_pools:], bound, out=net[n_pools:])  # -inf where infeasible
+    best = _first_argmax(net, table)  # ties go to the smaller subset (listed first)
 
-    chosen = np.take(table.masks.T, best, axis=1)  # (K, M)
-    s_best = water[best, np.arange(best.shape[0])]
-    split = s_best * root
+    split = root
+    if multi:
+        flat = best * n_orders
+        flat += _order_columns(n_orders)
+        split *= water.reshape(-1).take(flat)  # s_best c_k
     split -= r_in
-    split *= terms.inv_keep
+    split *= inv_keep
     np.maximum(split, 0.0, out=split)
-    split *= chosen
-    # Rounding leaves the split off the order by ~1e-16 of the reserves; restore the exact total,
-    # and give single-pool orders exactly the order amount.
+    split *= table.multi_t.take(best, axis=1)  # members of a chosen multi-pool subset
+    # Rounding leaves the split off the order by ~1e-16 of the reserves: restore the exact total.
+    # Single-pool orders get exactly the order amount: their forced split was zeroed above, and
+    # 0.0 + amount, x + 0.0 are exact (an arithmetic select: np.where broadcasting (M,) is slower).
     total = split.sum(0)
-    split *= amount / np.where(total > 0.0, total, 1.0)
-    split = np.where(chosen & (best < n_pools), amount, split)
-    amounts_out = _amount_out_unchecked(split, r_in, r_out, terms.fee)
-    return split, amounts_out
+    total += total == 0.0  # 1 where nothing was split
+    split *= amount / total
+    single = table.single_t.take(best, axis=1)
+    single *= amount
+    split += single
+    return split, _amount_out_keep(split, r_in, r_out, keep)
+
+
+def _multi_pool_outputs(
+    amount: np.ndarray,
+    r_in: np.ndarray,
+    r_out: np.ndarray,
+    root: np.ndarray,
+    terms: FeeTerms,
+    table: _SubsetTable,
+    net: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forced split of every multi-pool subset T: writes its output into ``net[K:]``.
+
+    The output is ``O_T - A_T^2 / (X + B_T)``, valid where the level ``s_T = (X + B_T) / A_T``
+    reaches every member's threshold ``t_k = r_k / c_k`` (no pool would receive a negative amount).
+
+    Returns:
+        ``(water, bound)``: ``water`` ``(S, M)`` holds ``s_T`` in the multi-pool rows (0 in the single
+        rows, which only need a finite value); ``bound`` ``(S - K, M)`` is ``+inf`` where T is
+        feasible and ``-inf`` where it is not (``min(output, bound)`` masks without a branch).
+    """
+    n_pools, n_orders = r_in.shape
+    # Subset sums of c_k / g_k, r_k / g_k and o_k: one stacked matmul (3, K, M) -> (3, S - K, M);
+    # 0/1 weights sum in pool order, exactly like adding the rows.
+    per_pool = np.empty((3, n_pools, n_orders))
+    np.multiply(root, terms.inv_keep, out=per_pool[0])
+    np.multiply(r_in, terms.inv_keep, out=per_pool[1])
+    per_pool[2] = r_out
+    slope_sum, level, out_sum = np.matmul(table.multi_weights, per_pool)
+    level += amount  # X + B_T
+    water = np.empty((table.sizes.shape[0], n_orders))
+    water[:n_pools] = 0.0
+    np.divide(level, slope_sum, out=water[n_pools:])  # s_T
+    multi_out = net[n_pools:]
+    np.multiply(slope_sum, slope_sum, out=multi_out)
+    multi_out /= level
+    np.subtract(out_sum, multi_out, out=multi_out)
+    threshold = np.empty((table.sizes.shape[0], n_orders))
+    np.divide(r_in, root, out=threshold[:n_pools])
+    _fill_subsets(threshold, table, np.maximum)  # max_T t_k
+    # s_T - max t is >= +0.0 exactly when s_T >= max t (finite operands): its sign gives the bound
+    bound = np.subtract(water[n_pools:], threshold[n_pools:], out=threshold[n_pools:])
+    return water, np.copysign(np.inf, bound, out=bound)
 
 
 @dataclass(frozen=True)

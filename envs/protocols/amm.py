@@ -9,9 +9,9 @@ dropped).
 Public functions validate their inputs and raise ``ValueError`` naming the argument, the bad value and
 the allowed range. The ``_unchecked`` variants skip validation for the batched simulator's hot path.
 
-Pools in the simulator are ``(B, N, K)`` arrays (env, asset, fee tier) with ``reserve_asset`` in asset
-units and ``reserve_num`` in numeraire units; a pool's price is ``reserve_num / reserve_asset``
-(numeraire per asset).
+The simulator's pools (:class:`envs.execution.pools.PoolBook`) hold an asset side in asset units and a
+numeraire side in numeraire units for every (fee tier, asset, env); a pool's price is numeraire
+reserve / asset reserve (numeraire per asset).
 """
 
 from __future__ import annotations
@@ -119,6 +119,24 @@ def _amount_out_unchecked(
     """:func:`get_amount_out` without validation (hot path)."""
     effective_in = amount_in * (1.0 - fee)
     return effective_in * reserve_out / (reserve_in + effective_in)
+
+
+def _amount_out_keep(
+    amount_in: np.ndarray,
+    reserve_in: np.ndarray,
+    reserve_out: np.ndarray,
+    keep: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`_amount_out_unchecked` with ``keep = 1 - fee`` precomputed (same bits), into ``out``.
+
+    Hot path: three full-shape operations on top of the fee product, no temporaries but one.
+    """
+    effective_in = np.multiply(amount_in, keep)
+    out = np.multiply(effective_in, reserve_out, out=out)
+    effective_in += reserve_in
+    out /= effective_in
+    return out
 
 
 def _amount_in_unchecked(
@@ -259,26 +277,50 @@ def arbitrage_to_band(
         shape = reserve_asset.shape
     else:
         shape = np.broadcast_shapes(reserve_asset.shape, reserve_num.shape)
-    terms = fee_terms(fee, shape)
     asset_value = reserve_asset * market_price  # numeraire units
-    ratio = reserve_num / asset_value  # P / p
-    pool_cheap = ratio < 1.0  # the arbitrageur buys the asset with numeraire
-    s = np.maximum(ratio, 1.0 / ratio)
-    s *= terms.keep
-    np.maximum(s, 1.0, out=s)
-    np.sqrt(s, out=s)
-    u = s - 1.0
-    u *= terms.inv_keep
-    u += 1.0
-    inv_s = np.reciprocal(s, out=s)
-    asset_mult = np.where(pool_cheap, inv_s, u)
-    num_mult = np.where(pool_cheap, u, inv_s)
+    asset_mult, num_mult = _band_multipliers(asset_value, reserve_num, fee_terms(fee, shape))
     new_asset = reserve_asset * asset_mult
     new_num = reserve_num * num_mult
     # profit = (R_a - R_a') p + (R_n - R_n'), written without a second broadcast of p
     profit_num = asset_value * (1.0 - asset_mult)
     profit_num += reserve_num * (1.0 - num_mult)
     return new_asset, new_num, profit_num
+
+
+def _band_multipliers(
+    asset_value: np.ndarray,
+    reserve_num: np.ndarray,
+    terms: FeeTerms,
+    one: np.ndarray | float = 1.0,
+) -> np.ndarray:
+    """Reserve multipliers of :func:`arbitrage_to_band`'s swap, stacked ``[asset, numeraire]`` (hot path).
+
+    Args:
+        asset_value: asset reserves valued at the market price (numeraire units).
+        reserve_num: numeraire reserves, broadcastable with ``asset_value``.
+        terms: fee terms at the pools' shape.
+        one: ``1.0``, or an all-ones array of the result shape (``np.maximum`` with a Python scalar
+            runs ~2.5x slower than with an array).
+
+    Returns:
+        ``(2, ...)`` new array: ``[0]`` multiplies the asset reserves, ``[1]`` the numeraire
+        reserves; both are exactly 1 for pools inside their band. Not validated.
+    """
+    ratio = reserve_num / asset_value  # P / p
+    pool_cheap = ratio < 1.0  # the arbitrageur buys the asset with numeraire
+    s = np.divide(1.0, ratio)
+    np.maximum(ratio, s, out=s)
+    s *= terms.keep
+    np.maximum(s, one, out=s)
+    np.sqrt(s, out=s)
+    # [1/s, u] with u = 1 + (s - 1) / g: a cheap pool's asset side shrinks by s and its numeraire
+    # side grows by u; a dear pool the other way round
+    mult = np.empty((2, *s.shape))
+    np.subtract(s, 1.0, out=mult[1])
+    mult[1] *= terms.inv_keep
+    mult[1] += 1.0
+    np.divide(1.0, s, out=mult[0])
+    return np.where(pool_cheap, mult, mult[::-1])
 
 
 def rescale_depth(
