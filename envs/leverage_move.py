@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.execution.pools import PoolBook
-from envs.execution.router import route_order
 from envs.indexing import gather_at
 from envs.leverage import LeverageEngine
 from envs.protocols.lending import liquidation_from_params
@@ -86,20 +85,8 @@ def sell_into_pools(pools: PoolBook, rows: np.ndarray, sell_units: np.ndarray) -
     """
     ratio = np.ones(sell_units.shape)
     sub, asset = np.nonzero(sell_units > 0.0)
-    if sub.size == 0:
-        return ratio
-    env = rows[sub]
-    reserve_asset = pools.reserve_asset[env, asset]
-    reserve_num = pools.reserve_num[env, asset]
-    route = route_order(
-        sell_units[sub, asset], reserve_asset, reserve_num, pools.fees, validate=False
-    )
-    new_asset = reserve_asset + route.amounts_in
-    new_num = reserve_num - route.amounts_out
-    pools.reserve_asset[env, asset] = new_asset
-    pools.reserve_num[env, asset] = new_num
-    before = reserve_num.sum(axis=-1) / reserve_asset.sum(axis=-1)
-    ratio[sub, asset] = new_num.sum(axis=-1) / new_asset.sum(axis=-1) / before
+    if sub.size:
+        ratio[sub, asset] = pools.sell_asset(rows[sub], asset, sell_units[sub, asset])
     return ratio
 
 
