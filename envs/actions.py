@@ -31,7 +31,7 @@ def validate_actions(actions: np.ndarray, n_envs: int, action_dim: int) -> np.nd
             f"action has shape {np.shape(actions)}; expected ({action_dim},) for one env "
             f"or ({n_envs}, {action_dim}) for {n_envs} envs"
         )
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0].tolist()
         raise ValueError(
             f"action contains NaN or inf at index {bad}; actions must be finite in [-1, 1]"
@@ -44,15 +44,18 @@ def actions_to_weights(actions: np.ndarray) -> np.ndarray:
 
     Values outside [-1, 1] are clipped first (SB3 clips Gaussian samples the same way).
     """
-    x = (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5
+    # np.clip's Python-level wrapper costs more than these two ufuncs (hot path: every env step)
+    x = np.maximum(np.minimum(actions, 1.0), -1.0)
+    x += 1.0
+    x *= 0.5
     mass = x.sum(axis=-1, keepdims=True)
     empty = mass <= ZERO_MASS
+    if not empty.any():
+        return np.divide(x, mass, out=x)
     weights = x / np.where(empty, 1.0, mass)
-    if np.any(empty):
-        cash_only = np.zeros_like(weights)
-        cash_only[..., -1] = 1.0
-        weights = np.where(empty, cash_only, weights)
-    return weights
+    cash_only = np.zeros_like(weights)
+    cash_only[..., -1] = 1.0
+    return np.where(empty, cash_only, weights)
 
 
 def weights_to_actions(weights: np.ndarray) -> np.ndarray:

@@ -196,24 +196,29 @@ class LeverageEngine:
         num: np.ndarray,
         value: np.ndarray,
         now: np.ndarray,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Protocol block ``(B, obs_size)``: ``[log min(HF, 10), debt / equity, borrow rate x 10]`` if
         lending, then ``[perp notional_i / equity]`` and ``[funding rate_i annualized x 10]`` if perps.
 
         ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py).
+        ``out``: optional ``(B, obs_size)`` array to write into (e.g. the observation's own columns).
         """
+        out = np.empty((self.n_envs, self.obs_size)) if out is None else out
         equity = np.where(value > 0.0, value, np.inf)
-        blocks = []
+        col = 0
         if self.lending_on:
-            hf = self.hf_now
-            blocks.append(np.log(np.clip(hf, 1e-6, HF_CAP))[:, None])
-            blocks.append((self.debt * num / equity)[:, None])
-            blocks.append((gather_at(self.paths.borrow_rate, now) * RATE_SCALE)[:, None])
+            out[:, 0] = np.log(np.maximum(np.minimum(self.hf_now, HF_CAP), 1e-6))
+            out[:, 1] = self.debt * num / equity
+            out[:, 2] = gather_at(self.paths.borrow_rate, now) * RATE_SCALE
+            col = 3
         if self.perps_on:
-            blocks.append(self.perp_size * price / equity[:, None])
-            per_year = 365.0 / self.paths.step_days
-            blocks.append(gather_at(self.paths.funding, now) * per_year * RATE_SCALE)
-        return np.concatenate(blocks, axis=1)
+            n, per_year = self.n_assets, 365.0 / self.paths.step_days
+            out[:, col : col + n] = self.perp_size * price / equity[:, None]
+            out[:, col + n : col + 2 * n] = (
+                gather_at(self.paths.funding, now) * per_year * RATE_SCALE
+            )
+        return out
 
     def observation_names(self, asset_names: tuple[str, ...]) -> list[str]:
         """Names of the protocol block's entries, in order (appended after envs/features.py's)."""
@@ -337,7 +342,7 @@ class LeverageEngine:
         excess = np.where(borrow_usd > 0.0, np.maximum(debt * num - capacity_usd, 0.0) / num, 0.0)
         want = np.minimum(np.maximum(want, excess), debt)
         gas_usd = np.where(want > 0.0, self._gas_usd(GAS_UNITS["aave_repay"], gwei, eth), 0.0)
-        repay = np.clip(np.minimum(want, cash - gas_usd / num), 0.0, None)
+        repay = np.maximum(np.minimum(want, cash - gas_usd / num), 0.0)
         paid = repay > 0.0
         gas_usd = np.where(paid, gas_usd, 0.0)
         self.debt = np.where(paid & (repay >= debt), 0.0, debt - repay)
@@ -362,8 +367,9 @@ class LeverageEngine:
         assert perps is not None and self.setup.imf is not None
         old = self.perp_size
         mark = gather_at(self.paths.mark, now)
-        want = -np.clip(hedge_a, -1.0, 1.0) * target_usd / price
-        want = np.where(active[:, None], 0.0, want)
+        want = -np.maximum(np.minimum(hedge_a, 1.0), -1.0) * target_usd / price
+        if active.any():
+            want[active] = 0.0
         trade = (np.abs(want - old) * mark > self.cfg.action.no_trade_band * eq[:, None]) | (
             (want == 0.0) & (old != 0.0)
         )
@@ -375,18 +381,23 @@ class LeverageEngine:
         # |new - old| <= |new| + |old| bounds the fee of any scaled-down book
         fee_bound = perps.trading_fee * ((np.abs(old) + np.abs(new)) * mark).sum(axis=1)
         room = cash_usd - fee_bound
-        scale = np.where(
-            initial_margin > room,
-            np.clip(room / np.where(initial_margin > 0, initial_margin, 1.0), 0.0, 1.0),
-            1.0,
-        )
-        new = new * scale[:, None]
+        short = initial_margin > room
+        if short.any():
+            fit = room / np.where(initial_margin > 0, initial_margin, 1.0)
+            scale = np.where(short, np.maximum(np.minimum(fit, 1.0), 0.0), 1.0)
+            new = new * scale[:, None]
         traded = np.abs(new - old)
         fee = perps.trading_fee * (traded * mark).sum(axis=1)
-        gas_units = self.cfg.perps.gas_units_per_order * (traded > 0.0).sum(axis=1)
-        gas_usd = self._gas_usd(1.0, gwei, eth) * gas_units
+        units_per_order = self.cfg.perps.gas_units_per_order
+        if units_per_order and self.cfg.gas.enabled:
+            gas_usd = self._gas_usd(1.0, gwei, eth) * (units_per_order * (traded > 0.0).sum(axis=1))
+        else:  # an off-chain order book (the default venue): no gas
+            gas_usd = np.zeros(self.n_envs)
         ok = fee + gas_usd <= cash_usd
-        self.perp_size = np.where(ok[:, None], new, old)
-        fee = np.where(ok, fee, 0.0)
-        gas_usd = np.where(ok, gas_usd, 0.0)
+        if ok.all():
+            self.perp_size = new
+        else:
+            self.perp_size = np.where(ok[:, None], new, old)
+            fee = np.where(ok, fee, 0.0)
+            gas_usd = np.where(ok, gas_usd, 0.0)
         return np.maximum(cash - (fee + gas_usd) / num, 0.0), fee, gas_usd

@@ -82,7 +82,7 @@ def leverage_target(
         weights: ``(B, N + 1)`` target weights, cash last.
         ltv: ``(N,)`` loan-to-value of each risky asset.
     """
-    wanted = (np.clip(leverage_action, -1.0, 1.0) + 1.0) * 0.5 * max_leverage
+    wanted = (np.maximum(np.minimum(leverage_action, 1.0), -1.0) + 1.0) * 0.5 * max_leverage
     s = ltv_buffer * (weights[:, :-1] * ltv).sum(axis=1)
     return np.minimum(wanted, s / (1.0 - s))
 

@@ -310,9 +310,10 @@ class PortfolioSimulator:
         obs[:, n_mkt : n_spot - 1] = self.weights(price, num, self.value)
         obs[:, n_spot - 1] = 1.0 - self.value / self.peak
         if self.protocols is not None:
-            block = self.protocols.observation(self.units, price, num, self.value, self._now)
+            block = obs[:, n_spot:]
+            self.protocols.observation(self.units, price, num, self.value, self._now, out=block)
             clip = self.config.env.observation.clip
-            obs[:, n_spot:] = np.clip(block, -clip, clip)
+            np.maximum(np.minimum(block, clip, out=block), -clip, out=block)
         return obs
 
     # ------------------------------------------------------------------ step
