@@ -62,11 +62,13 @@ class KillSwitch:
         if health_factor is not None:
             trigger |= health_factor < self.cfg.min_health_factor
         was_active = self.remaining > 0
-        self.remaining = np.where(was_active, self.remaining - 1, self.remaining)
+        remaining = self.remaining - was_active  # one step of cooldown used by the active ones
         fire = trigger & ~was_active
-        # the step that fires counts as the first of cooldown + 1 steps in cash
-        self.remaining = np.where(fire, self.cfg.cooldown_steps + 1, self.remaining)
-        return self.remaining > 0
+        if fire.any():
+            # the step that fires counts as the first of cooldown + 1 steps in cash
+            remaining[fire] = self.cfg.cooldown_steps + 1
+        self.remaining = remaining
+        return remaining > 0
 
     @property
     def last_override_step(self) -> np.ndarray:

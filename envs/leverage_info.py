@@ -67,32 +67,31 @@ def protocol_info(
     result: StepResult | None,
     index: int,
     tau: int,
-    units: np.ndarray,
-    cash: np.ndarray,
-    price: np.ndarray,
-    num: np.ndarray,
+    holdings: np.ndarray,
+    prices: np.ndarray,
     low_now: np.ndarray,
 ) -> dict:
     """Protocol keys of env ``index``'s info; flows are zero right after a reset (``result`` None).
 
-    ``units`` ``(B, N)``, ``cash`` ``(B,)``, ``price`` ``(B, N)``, ``num`` ``(B,)`` are the state and
-    prices now at time index ``tau`` of the path; ``low_now`` ``(N,)`` the current time's low
-    (reported as the effective low after a reset).
+    ``holdings`` ``(N + 1,)`` (cash last) and ``prices`` ``(N + 1,)`` USD (numeraire last) are env
+    ``index``'s state and prices now, at time index ``tau`` of its path; ``low_now`` ``(N,)`` the
+    current time's low (reported as the effective low after a reset).
     """
-    p, n = price[index], float(num[index])
+    p, n = prices[:-1], float(prices[-1])
+    units = holdings[:-1]
     debt_units = float(engine.debt[index])
     info: dict = {
         "health_factor": float(engine.hf_now[index]),
         "debt_usd": debt_units * n,
         "debt_units": debt_units,
-        "collateral_usd": float(units[index] @ p) if engine.lending_on else 0.0,
+        "collateral_usd": float(units @ p) if engine.lending_on else 0.0,
         "perp_size": engine.perp_size[index].copy(),
         "perp_notional_usd": float(np.abs(engine.perp_size[index]) @ p),
         "mark_prices": engine.paths.mark[index, tau].copy() if engine.perps_on else p.copy(),
     }
     if result is None or move is None:
         info.update({key: 0 if key == "liquidations" else 0.0 for key in FLOW_KEYS})
-        info["holdings_during_move"] = np.append(units[index], cash[index])
+        info["holdings_during_move"] = holdings.copy()
         info["debt_units_during_move"] = debt_units
         info["perp_size_during_move"] = engine.perp_size[index].copy()
         info["low_prices_effective"] = np.array(low_now, dtype=float)
@@ -101,9 +100,9 @@ def protocol_info(
     for key in FLOW_KEYS:
         value = getattr(result, key)[index]
         info[key] = int(value) if key == "liquidations" else float(value)
-    info["holdings_during_move"] = np.append(
-        move.units_during_move[index], move.cash_during_move[index]
-    )
+    during = np.empty(engine.n_assets + 1)
+    during[:-1], during[-1] = move.units_during_move[index], move.cash_during_move[index]
+    info["holdings_during_move"] = during
     info["debt_units_during_move"] = float(move.debt_during_move[index])
     info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
     info["low_prices_effective"] = move.low_effective[index].copy()

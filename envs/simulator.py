@@ -486,7 +486,6 @@ class PortfolioSimulator:
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
-        price, num = self.prices_now()
         value = self.value[index]
         tau = int(self._tau()[index])
         costs = (
@@ -496,12 +495,15 @@ class PortfolioSimulator:
         )
         for kind in ("interest", "funding", "liquidation"):
             costs.setdefault(kind, 0.0)
-        holdings = np.append(self.units[index], self.cash[index])
+        n = self.n_assets
+        holdings, prices = np.empty(n + 1), np.empty(n + 1)
+        holdings[:n], holdings[n] = self.units[index], self.cash[index]
+        prices[:n], prices[n] = self.close[index, tau], self.numeraire[index, tau]
         info = {
             "portfolio_value": float(value),
             "holdings": holdings,
-            "weights": self.weights(price, num, self.value)[index],
-            "prices": np.append(price[index], num[index]),
+            "weights": holdings * prices / value,
+            "prices": prices,
             "costs": costs,
             "turnover": float(result.turnover[index]) if result is not None else 0.0,
             "regime": self.regime_names[int(self.regime[index, tau])] if self.regime_names else "",
@@ -515,16 +517,7 @@ class PortfolioSimulator:
             move = self._move if result is not None else None
             info.update(
                 protocol_info(
-                    self.protocols,
-                    move,
-                    result,
-                    index,
-                    tau,
-                    self.units,
-                    self.cash,
-                    price,
-                    num,
-                    self.low[index, tau],
+                    self.protocols, move, result, index, tau, holdings, prices, self.low[index, tau]
                 )
             )
         return info
