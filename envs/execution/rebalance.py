@@ -144,7 +144,9 @@ def execute_rebalance(
 
     # (fee, slippage) per order, summed over the assets in one call
     order_costs = np.empty((2, *total_in.shape))
-    fee_usd = np.multiply(_fees_in(pool_in, pools.fees), orders.in_price_usd, out=order_costs[0])
+    fee_usd = np.multiply(
+        _fees_in(pool_in, pools.terms.fee), orders.in_price_usd, out=order_costs[0]
+    )
     value_in_usd = total_in * orders.in_price_usd
     slippage_usd = np.subtract(value_in_usd, total_out * orders.out_price_usd, out=order_costs[1])
     slippage_usd -= fee_usd
@@ -245,14 +247,13 @@ def _minus_one(shape: tuple[int, ...]) -> np.ndarray:
     return minus_one
 
 
-def _fees_in(pool_in: np.ndarray, fees: np.ndarray) -> np.ndarray:
-    """Swap fee of each order ``(N, B)`` in input units, from its ``(K, N, B)`` split and ``(K,)`` fees.
-
-    One order per row, ``(N B, K) @ (K,)``: the same BLAS dot products (same rounding) as a
-    ``(B, N, K)`` matmul, without numpy's one matrix-vector call per env.
+def _fees_in(pool_in: np.ndarray, fee: np.ndarray) -> np.ndarray:
+    """Swap fee of each order ``(N, B)`` in input units: its ``(K, N, B)`` split times the fee
+    ``fee`` ``(K, N, B)``, summed over the tiers (elementwise: a BLAS product of ``(N B, K)`` rows
+    needs a transposed copy and costs several times more; the sums differ by rounding only).
     """
-    n_pools = fees.shape[0]
-    return (np.ascontiguousarray(pool_in.reshape(n_pools, -1).T) @ fees).reshape(pool_in.shape[1:])
+    fees = np.multiply(pool_in, fee)
+    return np.add.reduce(fees, axis=0)
 
 
 def _transposed(matrix: np.ndarray) -> np.ndarray:

@@ -307,20 +307,24 @@ def _band_multipliers(
         reserves; both are exactly 1 for pools inside their band. Not validated.
     """
     ratio = reserve_num / asset_value  # P / p
-    pool_cheap = ratio < 1.0  # the arbitrageur buys the asset with numeraire
     s = np.divide(1.0, ratio)
     np.maximum(ratio, s, out=s)
     s *= terms.keep
     np.maximum(s, one, out=s)
     np.sqrt(s, out=s)
-    # [1/s, u] with u = 1 + (s - 1) / g: a cheap pool's asset side shrinks by s and its numeraire
-    # side grows by u; a dear pool the other way round
+    # A cheap pool's asset side shrinks by s and its numeraire side grows by u = 1 + (s - 1) / g;
+    # a dear pool the other way round. As 1/s <= 1 <= u, each side's multiplier is
+    # max(1/s, u * grows) with grows 1.0 on the side that grows, else 0.0 (exact: u * 1 = u,
+    # u * 0 = 0): branch-free, where np.where on the side, a coin flip per pool, mispredicts.
     mult = np.empty((2, *s.shape))
-    np.subtract(s, 1.0, out=mult[1])
-    mult[1] *= terms.inv_keep
-    mult[1] += 1.0
-    np.divide(1.0, s, out=mult[0])
-    return np.where(pool_cheap, mult, mult[::-1])
+    np.greater_equal(ratio, 1.0, out=mult[0])  # dear: the asset side grows
+    np.less(ratio, 1.0, out=mult[1])  # cheap: the numeraire side grows
+    u = np.subtract(s, 1.0, out=ratio)
+    u *= terms.inv_keep
+    u += 1.0
+    mult *= u
+    np.divide(1.0, s, out=s)
+    return np.maximum(mult, s, out=mult)
 
 
 def rescale_depth(
