@@ -181,10 +181,13 @@ def _seize_one_round(
     bonus: np.ndarray,
     cf_kwargs: dict,
     order: SeizureOrder,
+    hf: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One liquidationCall per position: ``(repaid (...), seized_units (..., N))``."""
+    """One liquidationCall per position: ``(repaid (...), seized_units (..., N))``; ``hf``: the
+    positions' HF at ``prices`` when the caller already has it."""
     collateral_usd = units * prices
-    hf = health_factor_unchecked(collateral_usd, threshold, debt)
+    if hf is None:
+        hf = health_factor_unchecked(collateral_usd, threshold, debt)
     total_usd = collateral_usd.sum(axis=-1) if cf_kwargs["full_close_below_usd"] > 0.0 else None
     target = _close_factor(hf, total_collateral_usd=total_usd, debt_usd=debt, **cf_kwargs) * debt
     lb = 1.0 + bonus  # (N,)
@@ -289,12 +292,17 @@ def _liquidate(
     max_rounds: int,
 ) -> LiquidationResult:
     """:func:`liquidation` on validated float arrays of the same batch shape (does not mutate them)."""
-    prices = np.broadcast_to(prices, units.shape)
+    if prices.shape != units.shape:
+        prices = np.broadcast_to(prices, units.shape)
     hf_before = health_factor_unchecked(units * prices, threshold, debt)
     repaid_total = np.zeros(debt.shape)
     seized_total = np.zeros(units.shape)
+    hf = hf_before
     for _ in range(max_rounds):
-        repaid, seized = _seize_one_round(debt, units, prices, threshold, bonus, cf_kwargs, order)
+        repaid, seized = _seize_one_round(
+            debt, units, prices, threshold, bonus, cf_kwargs, order, hf
+        )
+        hf = None  # later rounds re-check the HF of the updated positions
         debt = np.maximum(debt - repaid, 0.0)
         units = units - seized
         repaid_total += repaid
