@@ -147,6 +147,21 @@ def test_batched_env_draws_episodes_ahead_in_batches_with_single_env_paths():
     np.testing.assert_allclose(venv.reset(), np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(singles)]), rtol=1e-6, atol=1e-7)  # fmt: skip
 
 
+def test_simulator_refuses_to_step_an_env_past_its_path():
+    """The batched simulator reads each env's rows by a flat time index: an env left un-reset at
+    the end of its path must raise, not read the next env's path."""
+    from envs.simulator import PortfolioSimulator
+
+    venv = make_vec_env(n_envs=2, seed=0, **{"env.horizon": 3})
+    sim = PortfolioSimulator(venv.config, 2)
+    sim.reset_envs(np.arange(2), np.array([2**62, 2**62 + 1]))
+    hold = np.zeros((2, sim.action_dim))
+    for _ in range(3):
+        sim.step(hold)
+    with pytest.raises(RuntimeError, match=r"envs \[0, 1\] are at the end of their path"):
+        sim.step(hold)
+
+
 def test_ruin_terminates_and_horizon_truncates():
     env = make_env(seed=0, **{"env.horizon": 5})
     done = [env.step(np.zeros(env.action_space.shape, np.float32))[2:4] for _ in range(5)]

@@ -199,6 +199,30 @@ def test_liquidation_from_loaded_params():
     np.testing.assert_allclose(res.collateral_seized_units, [10_500 / 2160])
 
 
+def test_unchecked_liquidation_path_equals_the_validated_one():
+    """The env calls liquidation_from_params(validate=False): same numbers as the checked call, on
+    positions with several assets, 50 % and 100 % close factors and a capped seizure."""
+    params = load_lending_params()
+    reserves = params.reserve_arrays(["WBTC", "ETH", "LINK"])
+    rng = np.random.default_rng(7)
+    units = rng.uniform(0.0, 3.0, (40, 3))
+    prices = rng.uniform(5.0, 3_000.0, (40, 3))
+    debt = (units * prices * reserves.liq_threshold).sum(1) * rng.uniform(0.5, 1.6, 40)
+    checked = liquidation_from_params(debt, units, prices, reserves, params)
+    fast = liquidation_from_params(debt, units, prices, reserves, params, validate=False)
+    assert checked.liquidated.any() and not checked.liquidated.all()
+    for field in (
+        "debt_repaid_usd",
+        "collateral_seized_units",
+        "protocol_fee_units",
+        "penalty_usd",
+        "health_factor_before",
+        "health_factor_after",
+        "bad_debt_usd",
+    ):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(checked, field), err_msg=field)
+
+
 def test_liquidation_rejects_bad_input():
     with pytest.raises(ValueError, match="collateral_units"):
         liquidation(1.0, np.array([-1.0]), np.array([1.0]), [0.8], [0.05], 0.1)

@@ -121,6 +121,27 @@ def test_perp_liquidation_fee_and_insurance():
     np.testing.assert_allclose(small.equity_after_usd, [0.0])
 
 
+def test_unchecked_perp_liquidation_equals_the_validated_one():
+    rng = np.random.default_rng(3)
+    size = rng.uniform(-5.0, 5.0, (30, 2))
+    price = rng.uniform(100.0, 1_000.0, (30, 2))
+    equity = rng.uniform(-200.0, 400.0, 30)
+    mmf = np.array([0.03, 0.05])
+    checked = perp_liquidation(equity, size, price, mmf, 0.015)
+    fast = perp_liquidation(equity, size, price, mmf, 0.015, validate=False)
+    assert checked.liquidated.any() and not checked.liquidated.all()
+    for field in (
+        "liquidated",
+        "fee_usd",
+        "equity_after_usd",
+        "insurance_loss_usd",
+        "closed_size_units",
+    ):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(checked, field), err_msg=field)
+    with pytest.raises(ValueError, match="price"):
+        perp_liquidation(equity, size, -price, mmf, 0.015)
+
+
 def test_fees_pnl_and_adverse_price():
     assert trading_fee_usd(
         np.array([2.0, -3.0]), np.array([30_000.0, 100.0]), 0.0005
