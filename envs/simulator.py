@@ -222,7 +222,8 @@ class PortfolioSimulator:
         if drawn is None:
             if paths is None:
                 drawn = self.sample_episodes(seeds)
-            else:
+            else:  # the step's hot path trusts its prices: check what a caller hands in, once
+                paths.validate()
                 drawn = self._drawn(paths, seeds)
         paths = drawn.paths
         if paths.length != self.path_length or paths.n_assets != self.n_assets:

@@ -162,6 +162,16 @@ def test_simulator_refuses_to_step_an_env_past_its_path():
         sim.step(hold)
 
 
+def test_reset_with_given_paths_rejects_bad_prices():
+    env = make_env(**SHORT)
+    env.reset(seed=1)
+    sim = env.unwrapped.sim
+    paths = sim.sample_episodes(np.array([2**62 + 5])).paths
+    paths.low[0, sim.warmup + 3, 1] = np.nan
+    with pytest.raises(ValueError, match="low must be finite and > 0"):
+        env.reset(options={"paths": paths})
+
+
 def test_ruin_terminates_and_horizon_truncates():
     env = make_env(seed=0, **{"env.horizon": 5})
     done = [env.step(np.zeros(env.action_space.shape, np.float32))[2:4] for _ in range(5)]
