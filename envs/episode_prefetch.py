@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.simulator import DrawnEpisodes, PortfolioSimulator
+from envs.simulator import PortfolioSimulator
+from envs.step_records import DrawnEpisodes
 
 
 @dataclass

@@ -20,7 +20,7 @@ from envs.leverage import LeverageEngine, StepCosts
 from envs.leverage_move import MoveOutcome
 
 if TYPE_CHECKING:
-    from envs.simulator import StepResult
+    from envs.step_records import StepResult
 
 FLOW_KEYS = (
     "liquidations",

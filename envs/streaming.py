@@ -27,7 +27,8 @@ import numpy as np
 from envs.config import SimulationConfig
 from envs.features import market_features
 from envs.market.paths import MarketPaths
-from envs.simulator import Execution, PortfolioSimulator
+from envs.simulator import PortfolioSimulator
+from envs.step_records import Execution
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ observation is the new episode's first one; the final one is in ``infos[i]["term
 
 For speed, per-env ``infos`` carry only what SB3 needs (``terminal_observation``, ``TimeLimit.truncated``
 and an ``episode`` summary at episode end); the full per-step info of every env is available as batched
-arrays in :attr:`last_step` (a :class:`~envs.simulator.StepResult`) and through :meth:`env_info`.
+arrays in :attr:`last_step` (a :class:`~envs.step_records.StepResult`) and through :meth:`env_info`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 from envs.config import SimulationConfig
 from envs.episode_prefetch import EpisodePrefetch
 from envs.seeds import draw_training_path_seed
-from envs.simulator import PortfolioSimulator, StepResult
+from envs.simulator import PortfolioSimulator
+from envs.step_records import StepResult
 
 
 class DeFiMarketVecEnv(VecEnv):

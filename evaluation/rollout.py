@@ -22,7 +22,8 @@ from agents.policy import MarketView, Policy
 from envs.config import SimulationConfig
 from envs.market.paths import MarketPaths
 from envs.seeds import check_evaluation_seeds
-from envs.simulator import PortfolioSimulator, StepResult
+from envs.simulator import PortfolioSimulator
+from envs.step_records import StepResult
 
 #: StepResult fields recorded by dedicated EpisodeRecord attributes (everything else goes to extras)
 CORE_STEP_FIELDS = frozenset(

@@ -15,7 +15,7 @@ from envs.protocols.borrowers import (
     population_step,
     refresh_population,
 )
-from envs.protocols.lending import _snap_to_bag
+from envs.protocols.lending import snap_to_bag
 from envs.protocols.params import PopulationParams, ReserveArrays
 
 N_ASSETS = 3
@@ -46,7 +46,7 @@ def _dense_liquidation(pop, p_low, params):
         full = units * price * threshold <= 0.95 * debt
         repaid = np.where(liquidatable, np.where(full, debt, 0.5 * debt), 0.0)
         np.minimum(repaid, units * price / lb, out=repaid)
-        seized = _snap_to_bag(repaid * lb / price, units)
+        seized = snap_to_bag(repaid * lb / price, units)
         units, debt = units - seized, debt - repaid
         insolvent = (units <= 0.0) & (debt > 0.0)
         bad_total += np.sum(debt, axis=-1, where=insolvent)

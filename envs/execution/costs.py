@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.config import GasConfig
-from envs.protocols.gas import _usd_per_gas_unit
+from envs.protocols.gas import usd_per_gas_unit
 
 
 @dataclass
@@ -55,7 +55,7 @@ class GasModel:
         """
         if not self.enabled:
             return np.zeros_like(gas_price_gwei)
-        return _usd_per_gas_unit(gas_price_gwei, eth_usd)
+        return usd_per_gas_unit(gas_price_gwei, eth_usd)
 
     def orders_usd(
         self, n_orders: np.ndarray, n_pools: np.ndarray, usd_per_unit: np.ndarray

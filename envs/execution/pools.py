@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.execution.router import _route_pool_major
-from envs.protocols.amm import FeeTerms, _band_multipliers, fee_terms
+from envs.execution.router import route_pool_major
+from envs.protocols.amm import FeeTerms, band_multipliers, fee_terms
 
 
 class PoolBook:
@@ -147,7 +147,7 @@ class PoolBook:
         numeraire / sum of asset reserves over its tiers) after the sale over before it.
         """
         before = self.reserves[:, :, asset, env]  # (2, K, n)
-        split, out = _route_pool_major(
+        split, out = route_pool_major(
             amount, before[0], before[1], self._order_terms(amount.size), None
         )
         after = np.empty_like(before)
@@ -177,7 +177,7 @@ class PoolBook:
         asset, num = self.reserves
         price_num = np.divide(price_usd.T, numeraire_usd, out=_plane(price_usd))  # (N, B)
         asset_value = np.multiply(asset, price_num)  # numeraire units
-        mult = _band_multipliers(asset_value, num, self.terms, self._one)
+        mult = band_multipliers(asset_value, num, self.terms, self._one)
         moved = np.multiply(self.reserves, mult, out=mult)
         # liquidity providers rescale sqrt(k) to the target depth, keeping the pool price
         scale = np.multiply(moved[0], moved[1], out=asset_value)

@@ -26,8 +26,8 @@ import numpy as np
 
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
-from envs.execution.router import _route_pool_major
-from envs.protocols.amm import _amount_out_keep
+from envs.execution.router import route_pool_major
+from envs.protocols.amm import amount_out_keep
 
 
 @dataclass
@@ -132,7 +132,7 @@ def execute_rebalance(
         sell_gas = np.where(cancel_all, 0.0, sell_gas)
         leg_scale = np.where(orders.side[1], scale, np.where(cancel_all, 0.0, 1.0))
         pool_in = pool_in * leg_scale
-        pool_out = _amount_out_keep(pool_in, reserves[0], reserves[1], pools.terms.keep)
+        pool_out = amount_out_keep(pool_in, reserves[0], reserves[1], pools.terms.keep)
         flows = np.empty((2, *total_in.shape))
         total_out = pool_out.sum(0, out=flows[0])
         total_in = pool_in.sum(0, out=flows[1])
@@ -204,7 +204,7 @@ def _route(
     if usd_per_gas is not None:
         pool_gas = (gas.units_per_pool * usd_per_gas) / orders.out_price_usd
         pool_gas = pool_gas.reshape(n_orders)
-    split, out = _route_pool_major(
+    split, out = route_pool_major(
         orders.amount_in.reshape(n_orders),
         reserves[0].reshape(n_pools, n_orders),
         reserves[1].reshape(n_pools, n_orders),

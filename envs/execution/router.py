@@ -17,7 +17,7 @@ is the exact optimum over "which pools to touch" and never worse than any single
 Everything is vectorized over the orders, in a pool-major layout: ``(K, M)`` per pool, ``(S, M)`` per
 subset (``S = 2^K - 1``), so each operation runs over long contiguous rows. :func:`route_order` is the
 validated public entry for ``(..., K)`` arrays; the simulator calls the core,
-:func:`_route_pool_major`, directly on its pool-major book.
+:func:`route_pool_major`, directly on its pool-major book.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from envs.protocols.amm import FeeTerms, _amount_out_keep, check_in_range, fee_terms
+from envs.protocols.amm import FeeTerms, amount_out_keep, check_in_range, fee_terms
 
 __all__ = [
     "MAX_POOLS",
@@ -228,7 +228,7 @@ def route_order(
         gas_m = np.broadcast_to(gas, lead).reshape(n_orders)
     elif gas != 0.0:
         gas_m = gas
-    split, amounts_out = _route_pool_major(x, r_in_k, r_out_k, terms, gas_m)
+    split, amounts_out = route_pool_major(x, r_in_k, r_out_k, terms, gas_m)
 
     n_used = (split > 0.0).sum(0).reshape(lead)
     fees_in = split * terms.fee
@@ -242,7 +242,7 @@ def route_order(
     )
 
 
-def _route_pool_major(
+def route_pool_major(
     amount: np.ndarray,
     r_in: np.ndarray,
     r_out: np.ndarray,
@@ -272,7 +272,7 @@ def _route_pool_major(
     np.sqrt(root, out=root)  # c_k
     # Net output of every subset's split (S, M): single pools first, then the multi-pool subsets.
     net = np.empty((table.sizes.shape[0], n_orders))
-    _amount_out_keep(amount, r_in, r_out, keep, out=net[:n_pools])
+    amount_out_keep(amount, r_in, r_out, keep, out=net[:n_pools])
     multi = net.shape[0] > n_pools
     if multi:
         water, bound = _multi_pool_outputs(amount, r_in, r_out, root, terms, table, net)
@@ -300,7 +300,7 @@ def _route_pool_major(
     single = table.single_t.take(best, axis=1)
     single *= amount
     split += single
-    return split, _amount_out_keep(split, r_in, r_out, keep)
+    return split, amount_out_keep(split, r_in, r_out, keep)
 
 
 def _multi_pool_outputs(

@@ -121,7 +121,7 @@ def _amount_out_unchecked(
     return effective_in * reserve_out / (reserve_in + effective_in)
 
 
-def _amount_out_keep(
+def amount_out_keep(
     amount_in: np.ndarray,
     reserve_in: np.ndarray,
     reserve_out: np.ndarray,
@@ -278,7 +278,7 @@ def arbitrage_to_band(
     else:
         shape = np.broadcast_shapes(reserve_asset.shape, reserve_num.shape)
     asset_value = reserve_asset * market_price  # numeraire units
-    asset_mult, num_mult = _band_multipliers(asset_value, reserve_num, fee_terms(fee, shape))
+    asset_mult, num_mult = band_multipliers(asset_value, reserve_num, fee_terms(fee, shape))
     new_asset = reserve_asset * asset_mult
     new_num = reserve_num * num_mult
     # profit = (R_a - R_a') p + (R_n - R_n'), written without a second broadcast of p
@@ -287,7 +287,7 @@ def arbitrage_to_band(
     return new_asset, new_num, profit_num
 
 
-def _band_multipliers(
+def band_multipliers(
     asset_value: np.ndarray,
     reserve_num: np.ndarray,
     terms: FeeTerms,

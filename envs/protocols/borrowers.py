@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.protocols.lending import _snap_to_bag
+from envs.protocols.lending import snap_to_bag
 from envs.protocols.params import PopulationParams, check_range
 
 
@@ -161,7 +161,7 @@ def _liquidation_call(
     if liquidatable is not None:
         repaid = np.where(liquidatable, repaid, 0.0)
     np.minimum(repaid, value / lb, out=repaid)
-    seized = _snap_to_bag(repaid * lb / price, units)
+    seized = snap_to_bag(repaid * lb / price, units)
     return units - seized, debt - repaid, seized, repaid
 
 

@@ -68,7 +68,7 @@ def gas_cost_usd(
     return units * (price * 1e-9) * eth
 
 
-def _usd_per_gas_unit(gas_price_gwei: np.ndarray, eth_usd: np.ndarray) -> np.ndarray:
+def usd_per_gas_unit(gas_price_gwei: np.ndarray, eth_usd: np.ndarray) -> np.ndarray:
     """:func:`gas_cost_usd` of one gas unit (bit for bit: ``1.0 * x == x``), without validation.
 
     For hot paths whose inputs were validated upstream (the market path that supplies them).

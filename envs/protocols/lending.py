@@ -164,7 +164,7 @@ class LiquidationResult:
         return self.collateral_seized_units - self.protocol_fee_units
 
 
-def _snap_to_bag(seized: np.ndarray, units: np.ndarray) -> np.ndarray:
+def snap_to_bag(seized: np.ndarray, units: np.ndarray) -> np.ndarray:
     """Clip seizures to the bag, and make a capped seizure take it exactly.
 
     The capped case computes ``bag / lb * lb / p``, which can miss the bag by an ulp either way;
@@ -215,7 +215,7 @@ def _seize_one_round(
     else:
         raise ValueError(f"seizure_order={order!r} must be 'largest_first' or 'pro_rata'")
     seized = np.divide(seized_usd, prices, out=np.zeros_like(seized_usd), where=prices > 0.0)
-    return repaid, _snap_to_bag(seized, units)
+    return repaid, snap_to_bag(seized, units)
 
 
 def liquidation(
