@@ -71,7 +71,12 @@ class EpisodePrefetch:
             rows = envs[batch_of == batch_id]
             position = self._slot[rows, 1]
             batch = self._batches[int(batch_id)]
-            groups.append(EpisodeGroup(rows, batch.seeds[position], batch.drawn.take(position)))
+            whole = (
+                position.size == batch.seeds.size and (position == np.arange(position.size)).all()
+            )
+            # a whole batch in draw order (e.g. every env resetting at once) needs no gathered copy
+            drawn = batch.drawn if whole else batch.drawn.take(position)
+            groups.append(EpisodeGroup(rows, batch.seeds[position], drawn))
             batch.unused -= rows.size
             if batch.unused == 0:  # free the batch's arrays
                 del self._batches[int(batch_id)]

@@ -211,9 +211,9 @@ class PortfolioSimulator:
         """Recompute the flat decision-time index (after ``t`` or the path length changed)."""
         self._now = flat_time_index(self.n_envs, self.path_length, self._tau())
 
-    def now(self, arr: np.ndarray, offset: int = 0) -> np.ndarray:
-        """Every env's row of a ``(B, L, ...)`` path array at the decision time (+ ``offset`` steps)."""
-        return gather_at(arr, self._now + offset if offset else self._now)
+    def now(self, arr: np.ndarray) -> np.ndarray:
+        """Every env's row of a ``(B, L, ...)`` path array at the decision time."""
+        return gather_at(arr, self._now)
 
     def prices_now(self) -> tuple[np.ndarray, np.ndarray]:
         """Market prices ``(B, N)`` USD and numeraire USD price ``(B,)`` at the current decision time."""
@@ -299,8 +299,7 @@ class PortfolioSimulator:
         """:meth:`execute` with lending / perps: borrow, rebalance, repay, trade perps (envs/leverage.py)."""
         engine = self.protocols
         assert engine is not None
-        arr = np.asarray(actions, dtype=np.float64)
-        spot_only = arr.shape[-1] == self.n_assets + 1 and self.action_dim > self.n_assets + 1
+        spot_only = np.shape(actions)[-1] == self.n_assets + 1 < self.action_dim
         actions = validate_actions(
             actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim
         )
@@ -335,8 +334,9 @@ class PortfolioSimulator:
         if self.t.max() >= self.horizon:  # the flat time index would run into the next env's path
             ended = np.flatnonzero(self.t >= self.horizon).tolist()
             raise RuntimeError(f"envs {ended} are at the end of their path; reset them first")
-        new_price, new_num = self.now(self.close, 1), self.now(self.numeraire, 1)
-        self.pools.realign(new_price, new_num, self.now(self.depth, 1))
+        after = self._now + 1  # the flat index of t + 1
+        new_price, new_num = gather_at(self.close, after), gather_at(self.numeraire, after)
+        self.pools.realign(new_price, new_num, gather_at(self.depth, after))
         engine = self.protocols
         if engine is not None:
             move = protocol_move(
@@ -347,8 +347,8 @@ class PortfolioSimulator:
                 self.now(self.close),
                 new_price,
                 new_num,
-                self.now(self.low, 1),
-                self.now(self.high, 1),
+                gather_at(self.low, after),
+                gather_at(self.high, after),
                 self.pools,
             )
             self._move = move
@@ -367,7 +367,7 @@ class PortfolioSimulator:
         reward = self.rewards(value_before, value_after, dd_before, dd_after)
         self.value = value_after
         self.t = self.t + 1
-        self._now = self._now + 1
+        self._now = after
         terminated = value_after <= self.config.env.ruin_fraction * self.initial_value
         truncated = (self.t >= self.horizon) & ~terminated
         result = StepResult(

@@ -12,6 +12,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: the arrays that must be finite and > 0 everywhere (prices, depth, gas)
+POSITIVE_FIELDS = (
+    "close",
+    "high",
+    "low",
+    "numeraire_usd",
+    "depth_multiplier",
+    "gas_price_gwei",
+    "eth_usd",
+)
+
 
 @dataclass(frozen=True)
 class MarketPaths:
@@ -75,15 +86,7 @@ class MarketPaths:
             arr = getattr(self, name)
             if arr.shape != (b, length):
                 raise ValueError(f"{name} has shape {arr.shape}, expected {(b, length)}")
-        for name in (
-            "close",
-            "high",
-            "low",
-            "numeraire_usd",
-            "depth_multiplier",
-            "gas_price_gwei",
-            "eth_usd",
-        ):
+        for name in POSITIVE_FIELDS:
             arr = getattr(self, name)
             if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
                 raise ValueError(f"{name} must be finite and > 0 everywhere")

@@ -231,6 +231,7 @@ def liquidation(
     full_close_below_usd: float = 0.0,
     seizure_order: SeizureOrder = "largest_first",
     max_rounds: int = 1,
+    validate: bool = True,
 ) -> LiquidationResult:
     """Liquidate every position whose HF at ``prices`` (the step's LOW) is below 1.
 
@@ -248,11 +249,47 @@ def liquidation(
         close_factor_threshold, default_close_factor, full_close_below_usd: see :func:`close_factor`.
         seizure_order: ``"largest_first"`` or ``"pro_rata"`` (module docstring).
         max_rounds: liquidation calls per position in this step (>= 1).
+        validate: ``False`` is the env's hot path: float arrays ``debt_usd`` ``(M,)`` and
+            ``collateral_units`` / ``prices`` ``(M, N)`` the caller guarantees finite and >= 0,
+            parameters from a snapshot validated when it was loaded.
     """
+    if validate:
+        debt_usd, collateral_units, prices, bonus, protocol_fee_share = _checked_liquidation_inputs(
+            debt_usd, collateral_units, prices, liq_threshold, bonus, protocol_fee_share, max_rounds
+        )
+    cf_kwargs = {
+        "threshold": close_factor_threshold,
+        "default": default_close_factor,
+        "full_close_below_usd": full_close_below_usd,
+    }
+    return _liquidate(
+        debt_usd,
+        collateral_units,
+        prices,
+        np.asarray(liq_threshold, dtype=float),
+        bonus,
+        protocol_fee_share,
+        cf_kwargs,
+        seizure_order,
+        max_rounds,
+    )
+
+
+def _checked_liquidation_inputs(
+    debt_usd: np.ndarray,
+    collateral_units: np.ndarray,
+    prices: np.ndarray,
+    liq_threshold: np.ndarray,
+    bonus: np.ndarray,
+    protocol_fee_share: np.ndarray | float,
+    max_rounds: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`liquidation`'s range checks; returns debt, units, prices broadcast to one batch shape,
+    the ``(N,)`` bonuses and the fee share as float arrays."""
     debt = check_range("debt_usd", debt_usd, 0.0)
     units = check_range("collateral_units", collateral_units, 0.0)
     prices = check_range("prices", prices, 0.0)
-    threshold = check_range("liq_threshold", liq_threshold, 0.0, 1.0)
+    check_range("liq_threshold", liq_threshold, 0.0, 1.0)
     # (N,) per asset: the seizure picks one asset's bonus
     bonus = np.broadcast_to(
         check_range("bonus", bonus, 0.0, 1.0, upper_open=True), units.shape[-1:]
@@ -262,22 +299,8 @@ def liquidation(
         raise ValueError(f"max_rounds={max_rounds!r} must be an integer >= 1")
     units, prices = np.broadcast_arrays(units, prices)
     batch = np.broadcast_shapes(units.shape[:-1], debt.shape)
-    cf_kwargs = {
-        "threshold": close_factor_threshold,
-        "default": default_close_factor,
-        "full_close_below_usd": full_close_below_usd,
-    }
-    return _liquidate(
-        np.broadcast_to(debt, batch),
-        np.broadcast_to(units, (*batch, units.shape[-1])),
-        prices,
-        threshold,
-        bonus,
-        fee_share,
-        cf_kwargs,
-        seizure_order,
-        max_rounds,
-    )
+    units = np.broadcast_to(units, (*batch, units.shape[-1]))
+    return np.broadcast_to(debt, batch), units, prices, bonus, fee_share
 
 
 def _liquidate(
@@ -330,42 +353,22 @@ def liquidation_from_params(
     *,
     validate: bool = True,
 ) -> LiquidationResult:
-    """:func:`liquidation` with the thresholds, bonuses, fees and rules of a loaded snapshot.
-
-    ``validate=False`` is the env's hot path: ``debt_usd`` ``(M,)`` and ``collateral_units`` /
-    ``prices`` ``(M, N)`` are float arrays the caller guarantees are finite and >= 0 (the snapshot's
-    parameters were validated when it was loaded).
-    """
+    """:func:`liquidation` with the thresholds, bonuses, fees and rules of a loaded snapshot
+    (``validate``: see :func:`liquidation`)."""
     rules = params.close_factor
-    if validate:
-        return liquidation(
-            debt_usd,
-            collateral_units,
-            prices,
-            reserves.liq_threshold,
-            reserves.liq_bonus,
-            reserves.liq_protocol_fee,
-            close_factor_threshold=rules.hf_threshold,
-            default_close_factor=rules.default,
-            full_close_below_usd=rules.full_close_below_usd,
-            seizure_order=params.liquidation.seizure_order,
-            max_rounds=params.liquidation.max_rounds_per_step,
-        )
-    cf_kwargs = {
-        "threshold": rules.hf_threshold,
-        "default": rules.default,
-        "full_close_below_usd": rules.full_close_below_usd,
-    }
-    return _liquidate(
+    return liquidation(
         debt_usd,
         collateral_units,
         prices,
         reserves.liq_threshold,
         reserves.liq_bonus,
         reserves.liq_protocol_fee,
-        cf_kwargs,
-        params.liquidation.seizure_order,
-        params.liquidation.max_rounds_per_step,
+        close_factor_threshold=rules.hf_threshold,
+        default_close_factor=rules.default,
+        full_close_below_usd=rules.full_close_below_usd,
+        seizure_order=params.liquidation.seizure_order,
+        max_rounds=params.liquidation.max_rounds_per_step,
+        validate=validate,
     )
 
 

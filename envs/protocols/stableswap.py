@@ -104,6 +104,17 @@ def _get_y_unchecked(
     raise RuntimeError(f"get_y did not converge in {MAX_ITERATIONS} Newton iterations")
 
 
+def _check_pair(x: np.ndarray, i: int, j: int) -> tuple[np.ndarray, int, int]:
+    """Balances ``(..., n)`` and two distinct coin indices of a swap, checked."""
+    balances = _check_balances(x)
+    n_coins = balances.shape[-1]
+    i = _check_index("i", i, n_coins)
+    j = _check_index("j", j, n_coins)
+    if i == j:
+        raise ValueError(f"i and j must be different coins; got i = j = {i}")
+    return balances, i, j
+
+
 def get_y(
     i: int, j: int, x_new_i: float | np.ndarray, x: np.ndarray, A: float | np.ndarray
 ) -> np.ndarray:  # noqa: N803
@@ -117,12 +128,7 @@ def get_y(
 
     Returns ``(...)``, the new balance of coin ``j`` (fee-free).
     """
-    balances = _check_balances(x)
-    n_coins = balances.shape[-1]
-    i = _check_index("i", i, n_coins)
-    j = _check_index("j", j, n_coins)
-    if i == j:
-        raise ValueError(f"i and j must be different coins; got i = j = {i}")
+    balances, i, j = _check_pair(x, i, j)
     new_i = check_in_range("x_new_i", x_new_i, 0.0, low_open=True, high_open=True)
     return _get_y_unchecked(i, j, new_i, balances, _check_amplification(A))
 
@@ -141,12 +147,7 @@ def get_dy(
     is taken on the output (3pool: ``fee = 0.0004``); the contract's 1-wei rounding is dropped.
     ``dx`` is scalar or ``(...)``, ``>= 0``; ``fee`` in ``[0, 1)``. Returns ``(...)`` in coin-``j`` units.
     """
-    balances = _check_balances(x)
-    n_coins = balances.shape[-1]
-    i = _check_index("i", i, n_coins)
-    j = _check_index("j", j, n_coins)
-    if i == j:
-        raise ValueError(f"i and j must be different coins; got i = j = {i}")
+    balances, i, j = _check_pair(x, i, j)
     amount = check_in_range("dx", dx, 0.0, high_open=True)
     f = check_in_range("fee", fee, 0.0, 1.0, high_open=True)
     y = _get_y_unchecked(i, j, balances[..., i] + amount, balances, _check_amplification(A))

@@ -27,7 +27,7 @@ import numpy as np
 
 from envs.config import SimulationConfig
 from envs.market.config import MarketConfig
-from envs.market.paths import MarketPaths
+from envs.market.paths import POSITIVE_FIELDS, MarketPaths
 from envs.streaming import MarketBar, check_bar
 
 SECONDS_PER_DAY = 86_400.0
@@ -57,9 +57,14 @@ class Feed(ABC):
     step_days: float = 1.0
     regime_names: tuple[str, ...] = ()
 
-    @abstractmethod
     def identity(self) -> dict[str, Any]:
-        """JSON-serializable description of the data this feed delivers."""
+        """JSON-serializable description of the data this feed delivers (subclasses add to it)."""
+        return {
+            "kind": self.kind,
+            "asset_names": list(self.asset_names),
+            "numeraire": self.numeraire,
+            "step_days": self.step_days,
+        }
 
     @property
     def length(self) -> int | None:
@@ -96,16 +101,7 @@ def check_spacing(previous: str, current: str, step_days: float, index: int) -> 
 
 def _paths_digest(paths: MarketPaths) -> str:
     digest = hashlib.sha256()
-    for name in (
-        "close",
-        "high",
-        "low",
-        "numeraire_usd",
-        "depth_multiplier",
-        "gas_price_gwei",
-        "eth_usd",
-        "regime",
-    ):
+    for name in (*POSITIVE_FIELDS, "regime"):
         digest.update(np.ascontiguousarray(getattr(paths, name)).tobytes())
     return digest.hexdigest()[:16]
 
@@ -151,10 +147,7 @@ class PathFeed(Feed):
 
     def identity(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "asset_names": list(self.asset_names),
-            "numeraire": self.numeraire,
-            "step_days": self.step_days,
+            **super().identity(),
             "n_bars": self.length,
             "first_time": self.times[0],
             "last_time": self.times[-1],
@@ -330,14 +323,6 @@ class LiveFeedAdapter(Feed):
         self.kind = f"live:{venue}"
         self.poll_seconds = poll_seconds
         self._sleep = sleep
-
-    def identity(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "asset_names": list(self.asset_names),
-            "numeraire": self.numeraire,
-            "step_days": self.step_days,
-        }
 
     @abstractmethod
     def fetch_bar(self, index: int) -> MarketBar | None:
