@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.actions import weights_to_actions
+from envs.config import SimulationConfig
+from envs.leverage_actions import ActionLayout
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,38 @@ class FixedWeightsPolicy(Policy):
                 f"policy has {self.weights.shape[0]} weights but the env has {view.weights.shape[1]} (assets + cash)"
             )
         return np.broadcast_to(self.weights, view.weights.shape)
+
+
+class FixedLeveredPolicy(FixedWeightsPolicy):
+    """Fixed target weights plus a fixed leverage (debt / equity) and perp hedge ratio every step.
+
+    The env clips the leverage to what the weights' LTVs allow and scales the hedges to the margin
+    (envs/leverage_actions.py); ``leverage`` must lie in ``[0, env.lending.max_leverage]`` and
+    ``hedge`` in ``[-1, 1]`` (1: each spot holding fully hedged by a short perp).
+    """
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        config: SimulationConfig,
+        *,
+        leverage: float = 0.0,
+        hedge: float = 0.0,
+        name: str = "fixed_levered",
+    ) -> None:
+        super().__init__(weights, name)
+        env = config.env
+        self.layout = ActionLayout(
+            len(config.market.assets), env.lending.enabled, env.perps.enabled
+        )
+        self.leverage, self.hedge = float(leverage), float(hedge)
+        self.max_leverage = env.lending.max_leverage
+        # compose once now so that a bad leverage or hedge fails before any episode runs
+        self.layout.compose(self.weights[None, :], self.leverage, self.hedge, self.max_leverage)
+
+    def act(self, observation: np.ndarray, view: MarketView) -> np.ndarray:
+        spot = weights_to_actions(self.target_weights(view))
+        return self.layout.compose(spot, self.leverage, self.hedge, self.max_leverage)
 
 
 class RandomPolicy(Policy):

@@ -58,6 +58,45 @@ class ActionLayout:
         )
         return spot, lev, hedge
 
+    def compose(
+        self,
+        spot: np.ndarray,
+        leverage: np.ndarray | float = 0.0,
+        hedge: np.ndarray | float = 0.0,
+        max_leverage: float = 0.0,
+    ) -> np.ndarray:
+        """The ``(B, dim)`` action asking for spot outputs ``spot`` ``(B, N+1)``, debt / equity
+        ``leverage`` and hedge ratios ``hedge`` (scalars or ``(B,)`` / ``(B, N)``): the right
+        inverse of :meth:`split` and :func:`leverage_target` before its feasibility clip.
+
+        ``leverage`` must lie in ``[0, max_leverage]`` (the config's ``env.lending.max_leverage``)
+        and is only allowed with lending on; ``hedge`` in ``[-1, 1]`` and only with perps on.
+        """
+        spot = np.asarray(spot, dtype=np.float64)
+        b = spot.shape[0]
+        lev = np.broadcast_to(np.asarray(leverage, dtype=np.float64), (b,))
+        hedges = np.broadcast_to(np.asarray(hedge, dtype=np.float64), (b, self.n_assets))
+        if lev.any() and not self.lending:
+            raise ValueError("leverage > 0 needs the lending market (env.lending.enabled=true)")
+        if hedges.any() and not self.perps:
+            raise ValueError("hedge ratios need the perps venue (env.perps.enabled=true)")
+        if not ((lev >= 0.0) & (lev <= max_leverage)).all():
+            raise ValueError(
+                f"leverage (debt / equity) must be in [0, env.lending.max_leverage={max_leverage}], "
+                f"got {lev.min():g}..{lev.max():g}"
+            )
+        if not ((hedges >= -1.0) & (hedges <= 1.0)).all():
+            raise ValueError(
+                f"hedge ratios must be in [-1, 1], got {hedges.min():g}..{hedges.max():g}"
+            )
+        parts = [spot]
+        if self.lending:  # inverse of l = (a + 1) / 2 * max_leverage
+            a = 2.0 * lev / max_leverage - 1.0 if max_leverage > 0.0 else np.full(b, -1.0)
+            parts.append(a[:, None])
+        if self.perps:
+            parts.append(hedges)
+        return np.concatenate(parts, axis=1)
+
     def safe_action(self) -> np.ndarray:
         """``(dim,)`` action meaning all numeraire, no debt, no perps (the kill-switch's target)."""
         action = np.zeros(self.dim)

@@ -49,13 +49,19 @@ def simulate(
     weights: str = typer.Option(
         "equal", help="fixed policy: equal | cash | BTC=0.5,ETH=0.3 (rest cash)"
     ),
+    leverage: float = typer.Option(
+        0.0, help="debt / equity target in [0, env.lending.max_leverage] (needs lending on)"
+    ),
+    hedge: float = typer.Option(
+        0.0, help="perp hedge ratio of every asset in [-1, 1] (needs perps on; 1 = fully short)"
+    ),
     seed: int = typer.Option(0, help="scenario seed"),
     scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
 ) -> None:
     """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
     import numpy as np
 
-    from agents.policy import FixedWeightsPolicy, parse_weights
+    from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, parse_weights
     from evaluation.rollout import run_policy
     from training.summary import print_episode_summary
 
@@ -65,9 +71,21 @@ def simulate(
     except ValueError as exc:
         console.print(f"[red]--weights: {exc}[/red]")
         raise typer.Exit(code=2) from None
-    record = run_policy(
-        cfg, FixedWeightsPolicy(w, name=f"fixed:{weights}"), np.arange(seed, seed + scenarios)
-    )
+    name = f"fixed:{weights}"
+    policy = FixedWeightsPolicy(w, name=name)
+    if leverage or hedge:
+        try:
+            policy = FixedLeveredPolicy(
+                w,
+                cfg,
+                leverage=leverage,
+                hedge=hedge,
+                name=f"{name} lev={leverage:g} hedge={hedge:g}",
+            )
+        except ValueError as exc:
+            console.print(f"[red]--leverage/--hedge: {exc}[/red]")
+            raise typer.Exit(code=2) from None
+    record = run_policy(cfg, policy, np.arange(seed, seed + scenarios))
     print_episode_summary(record, cfg, console)
 
 

@@ -9,6 +9,9 @@ from rich.table import Table
 from envs.config import SimulationConfig
 from evaluation.rollout import EpisodeRecord
 
+#: cost kinds the lending market and the perps add (a config with either on reports them)
+PROTOCOL_COSTS = {"interest", "funding", "liquidation"}
+
 
 def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console: Console) -> None:
     """Final value, return, drawdown, costs by kind and regime counts, per scenario and on average."""
@@ -42,9 +45,43 @@ def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console:
             f"{record.turnover[i].sum():.2f}",
         )
     console.print(table)
+    if PROTOCOL_COSTS & record.costs_usd.keys():
+        console.print(protocol_table(record))
     codes, counts = np.unique(record.regime, return_counts=True)
     names = record.regime_names or tuple(str(c) for c in codes)
     regimes = ", ".join(f"{names[c]}: {n}" for c, n in zip(codes, counts, strict=True))
     console.print(f"regime steps (all scenarios): {regimes}")
     if record.dates is not None:
         console.print(f"dates: {record.dates[0, 0]} .. {record.dates[0, -1]}")
+
+
+def protocol_table(record: EpisodeRecord) -> Table:
+    """Per scenario: interest, funding and liquidation costs (USD, summed over the episode), the
+    number of liquidations, the lowest health factor, the highest debt / equity after a step and the
+    steps the kill-switch was engaged (a ruined env's later steps are left out)."""
+    table = Table(title="lending, perps and kill-switch")
+    columns = ("seed", "interest $", "funding $", "liquidation $", "liquidations", "min HF")
+    for col in (*columns, "max debt/equity", "kill-switch steps"):
+        table.add_column(col, justify="right")
+    zeros = np.zeros_like(record.turnover)
+    extras = record.extras
+    hf = extras.get("health_factor", np.full_like(zeros, np.inf))
+    debt = extras.get("debt_usd", zeros)
+    alive = record.alive
+    # debt over the equity after the step; dead steps (NaN debt) and zero equity drop out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lev = np.where(alive & (record.value_usd[:, 1:] > 0), debt / record.value_usd[:, 1:], 0.0)
+    for i in range(record.n_scenarios):
+        lowest = np.min(hf[i][alive[i]], initial=np.inf)
+        table.add_row(
+            str(record.seeds[i]) if i < len(record.seeds) else str(i),
+            *(
+                f"{record.costs_usd.get(kind, zeros)[i].sum():,.2f}"
+                for kind in ("interest", "funding", "liquidation")
+            ),
+            str(int(extras.get("liquidations", zeros)[i].sum())),
+            "no debt" if np.isinf(lowest) else f"{lowest:.3f}",
+            f"{np.nanmax(lev[i], initial=0.0):.2f}",
+            str(int(extras.get("kill_switch", zeros)[i].sum())),
+        )
+    return table
