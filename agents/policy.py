@@ -105,9 +105,7 @@ class FixedLeveredPolicy(FixedWeightsPolicy):
     ) -> None:
         super().__init__(weights, name)
         env = config.env
-        self.layout = ActionLayout(
-            len(config.market.assets), env.lending.enabled, env.perps.enabled
-        )
+        self.layout = ActionLayout.for_config(env, len(config.market.assets))
         self.leverage, self.hedge = float(leverage), float(hedge)
         self.max_leverage = env.lending.max_leverage
         # compose once now so that a bad leverage or hedge fails before any episode runs

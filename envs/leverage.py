@@ -106,7 +106,7 @@ class LeverageEngine:
         )
         if self.lending_on:
             self._check_max_leverage()
-        self.layout = ActionLayout(self.n_assets, self.lending_on, self.perps_on)
+        self.layout = ActionLayout.for_config(env, self.n_assets)
         self.paths = ProtocolPaths(
             self.setup,
             n_envs,

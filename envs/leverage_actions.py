@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.config import EnvConfig
 from envs.protocols.lending import health_factor_unchecked
 
 
@@ -38,6 +39,11 @@ class ActionLayout:
     @property
     def dim(self) -> int:
         return self.n_assets + 1 + int(self.lending) + self.n_assets * int(self.perps)
+
+    @classmethod
+    def for_config(cls, env: EnvConfig, n_assets: int) -> ActionLayout:
+        """The layout an env with config ``env`` (its lending and perps flags) and ``n_assets`` takes."""
+        return cls(n_assets, env.lending.enabled, env.perps.enabled)
 
     def split(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(B, dim)`` (or spot-only ``(B, N + 1)``) -> spot ``(B, N+1)``, leverage ``(B,)``, hedges ``(B, N)``.

@@ -10,7 +10,11 @@ from envs.config import SimulationConfig
 from evaluation.rollout import EpisodeRecord
 
 #: cost kinds the lending market and the perps add (a config with either on reports them)
-PROTOCOL_COSTS = {"interest", "funding", "liquidation"}
+PROTOCOL_COSTS = ("interest", "funding", "liquidation")
+
+
+def _seed_label(record: EpisodeRecord, i: int) -> str:
+    return str(record.seeds[i]) if i < len(record.seeds) else str(i)
 
 
 def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console: Console) -> None:
@@ -35,7 +39,7 @@ def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console:
     max_dd = (1 - values / peak).max(axis=1)
     for i in range(k):
         table.add_row(
-            str(record.seeds[i]) if i < len(record.seeds) else str(i),
+            _seed_label(record, i),
             f"{values[i, -1]:,.0f}",
             f"{values[i, -1] / values[i, 0] - 1:+.2%}",
             f"{max_dd[i]:.2%}",
@@ -45,7 +49,7 @@ def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console:
             f"{record.turnover[i].sum():.2f}",
         )
     console.print(table)
-    if PROTOCOL_COSTS & record.costs_usd.keys():
+    if record.costs_usd.keys() & set(PROTOCOL_COSTS):
         console.print(protocol_table(record))
     codes, counts = np.unique(record.regime, return_counts=True)
     names = record.regime_names or tuple(str(c) for c in codes)
@@ -60,8 +64,8 @@ def protocol_table(record: EpisodeRecord) -> Table:
     number of liquidations, the lowest health factor, the highest debt / equity after a step and the
     steps the kill-switch was engaged (a ruined env's later steps are left out)."""
     table = Table(title="lending, perps and kill-switch")
-    columns = ("seed", "interest $", "funding $", "liquidation $", "liquidations", "min HF")
-    for col in (*columns, "max debt/equity", "kill-switch steps"):
+    costs = (f"{kind} $" for kind in PROTOCOL_COSTS)
+    for col in ("seed", *costs, "liquidations", "min HF", "max debt/equity", "kill-switch steps"):
         table.add_column(col, justify="right")
     zeros = np.zeros_like(record.turnover)
     extras = record.extras
@@ -74,14 +78,11 @@ def protocol_table(record: EpisodeRecord) -> Table:
     for i in range(record.n_scenarios):
         lowest = np.min(hf[i][alive[i]], initial=np.inf)
         table.add_row(
-            str(record.seeds[i]) if i < len(record.seeds) else str(i),
-            *(
-                f"{record.costs_usd.get(kind, zeros)[i].sum():,.2f}"
-                for kind in ("interest", "funding", "liquidation")
-            ),
+            _seed_label(record, i),
+            *(f"{record.costs_usd.get(kind, zeros)[i].sum():,.2f}" for kind in PROTOCOL_COSTS),
             str(int(extras.get("liquidations", zeros)[i].sum())),
             "no debt" if np.isinf(lowest) else f"{lowest:.3f}",
-            f"{np.nanmax(lev[i], initial=0.0):.2f}",
+            f"{lev[i].max(initial=0.0):.2f}",
             str(int(extras.get("kill_switch", zeros)[i].sum())),
         )
     return table
