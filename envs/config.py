@@ -217,9 +217,9 @@ class EnvConfig(StrictModel):
     )
     ruin_fraction: float = Field(
         default=0.05,
-        ge=0.0,
+        gt=0.0,
         lt=1.0,
-        description="terminate when value < ruin_fraction * initial value",
+        description="terminate when value <= ruin_fraction * initial value (also the reward's floor)",
     )
     initial_weights: Literal["cash", "equal"] = "cash"
     amm: AmmConfig = Field(default_factory=AmmConfig)

@@ -4,7 +4,8 @@ Keys (documented in docs/env_leverage.md), all USD unless named otherwise, after
 prices: ``health_factor`` (inf without debt), ``debt_usd``, ``debt_units`` (numeraire units),
 ``collateral_usd``, ``perp_size`` (signed units), ``perp_notional_usd``, ``mark_prices``, the step's
 flows ``liquidations`` (count), ``liquidation_penalty_usd``, ``interest_usd`` (paid minus earned),
-``funding_usd`` (paid minus received), ``insurance_usd``, and what a test needs to recompute the
+``funding_usd`` (paid minus received), ``insurance_usd``, ``bad_debt_usd`` (negative equity written
+off at ruin), and what a test needs to recompute the
 market PnL independently: ``holdings_during_move`` (N + 1, cash last), ``debt_units_during_move``,
 ``perp_size_during_move``, plus ``low_prices_effective`` (the low the agent was checked at) and
 ``cascade_sale_units`` (the borrower population's forced sales into the pools).
@@ -28,6 +29,7 @@ FLOW_KEYS = (
     "interest_usd",
     "funding_usd",
     "insurance_usd",
+    "bad_debt_usd",
 )
 
 
@@ -59,6 +61,7 @@ def protocol_step_fields(
     result.funding_usd = move.funding_usd
     result.perp_notional_usd = (np.abs(engine.perp_size) * price).sum(axis=1)
     result.insurance_usd = move.insurance_usd
+    result.bad_debt_usd = move.bad_debt_usd
 
 
 def protocol_info(

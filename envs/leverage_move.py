@@ -10,12 +10,17 @@ Order, per env (all vectorized over the batch):
 2. perps: PnL ``size * (mark(t+1) - mark(t))`` is settled to cash; funding over the step is
    ``rate(t) * size * index(t)`` (``funding_usd`` = paid minus received; ``rate > 0``: longs pay).
 3. cascades: the borrower population is liquidated at the step's raw low (it depends only on
-   prices: envs/leverage_population.py) and its liquidators' sales go into the agent's pools, which
-   stay dislocated until the next realign; the intra-step low used for the agent's checks is
-   deepened to ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted
-   pool price of each pair).
+   prices: envs/leverage_population.py) and its liquidators' sales go into the agent's pools; the
+   intra-step low used for the agent's checks is deepened to
+   ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted pool price
+   of each pair).
 4. lending liquidation at ``low_eff`` (Aave close factor, bonus, protocol fee:
    ``liquidation_from_params``); the liquidator sells what it keeps through the pools.
+4b. arbitrage closes every dislocation the forced sales left before the agent's next decision
+   (on-chain it does so within the block): the pools are realigned to the market price at ``t + 1``
+   again. The forced sellers bear the price impact of their own sales; the agent always trades
+   against pools inside their fee band around the market price (no free lunch: buying from a pool
+   a cascade pushed under the market would pay the agent for other borrowers' liquidations).
    ``liquidation_penalty_usd`` = seized units x close(t+1) - debt repaid, so the accounting
    identity holds exactly with the position valued at the step's close.
 5. perp margin check at the adverse price (``low_eff`` for longs, high for shorts, times the new
@@ -29,7 +34,11 @@ liquidation + insurance + market PnL``, with market PnL = holdings during the mo
 (numeraire included, debt revalued) + perp size x mark change.
 
 Debt left on a position whose collateral is all gone stays owed (the agent's equity carries it; Aave
-v3.0-3.2 kept such debt on the books).
+v3.0-3.2 kept such debt on the books). If the whole account's equity ends the move below zero
+(:func:`write_off_negative_equity`), the account is closed out: every position goes to zero, the
+shortfall is recorded as ``bad_debt_usd`` (absorbed by the lending protocol, like the perps'
+``insurance_usd``) and the recorded value is exactly zero, never negative; the episode ends (ruin).
+The identity gains ``+ bad_debt``.
 """
 
 from __future__ import annotations
@@ -69,6 +78,10 @@ class MoveOutcome:
     cash_during_move: np.ndarray
     debt_during_move: np.ndarray
     perp_size_during_move: np.ndarray
+    #: the pools took forced sales this move (they were realigned to the market afterwards)
+    forced_sales: bool = False
+    #: ``(B,)`` USD of negative equity written off at the end of the move (see the module docstring)
+    bad_debt_usd: np.ndarray | None = None
 
     @property
     def liquidation_usd(self) -> np.ndarray:
@@ -101,11 +114,13 @@ def protocol_move(
     low1: np.ndarray,
     high1: np.ndarray,
     pools: PoolBook,
+    depth1: np.ndarray,
 ) -> MoveOutcome:
     """Apply steps 1-5 of the module docstring; mutates ``engine.debt``, ``engine.perp_size`` and
     ``pools``; returns the new spot units and cash with the step's protocol flows.
 
-    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``now`` ``(B,)``;
+    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``now``/``depth1``
+    (the depth multiplier at ``t + 1``) ``(B,)``;
     ``now`` is the flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py; the
     move ends at ``now + 1``).
     """
@@ -122,12 +137,14 @@ def protocol_move(
         units = grown
 
     low_eff, sales = low1, zero[:, None]
+    forced = False
     if engine.cascades is not None:
         sales = engine.cascades.step(low1, price1)
         hit = np.flatnonzero(sales.any(axis=1))
         if hit.size:
             low_eff = low1.copy()
             low_eff[hit] = low1[hit] * sell_into_pools(pools, hit, sales[hit])
+            forced = True
 
     penalty = zero
     liquidations = np.zeros(b, dtype=np.int64)
@@ -155,7 +172,10 @@ def protocol_move(
             penalty[idx] = (seized * price1[idx]).sum(axis=1) - result.debt_repaid_usd
             liquidations[idx] += result.liquidated
             sell_into_pools(pools, idx, result.liquidator_received_units)
+            forced = True
     engine.debt = debt
+    if forced:  # step 4b: arbitrage closes the dislocation before the next decision
+        pools.realign(price1, num1, depth1)
 
     funding = perp_cost = insurance = zero
     if engine.perps_on:
@@ -174,7 +194,32 @@ def protocol_move(
         low_eff,
         sales if sales.shape == units.shape else np.zeros(units.shape),
         *held,
+        forced_sales=forced,
     )
+
+
+def write_off_negative_equity(
+    engine: LeverageEngine,
+    move: MoveOutcome,
+    value_usd: np.ndarray,
+) -> np.ndarray:
+    """Close out every account whose equity ``value_usd`` ``(B,)`` (USD at ``t + 1``) is below zero.
+
+    The lending protocol recovers what the account holds (all of it: collateral, cash and perp
+    margin count, so no part of the wallet is shielded from its own debt) and absorbs the rest:
+    ``move.bad_debt_usd = -value`` on those rows, every position (``move.units``, ``move.cash``,
+    ``engine.debt``, ``engine.perp_size``) is set to zero, and the returned value is exactly 0 there
+    (never negative). Perps are marked and settled already, so closing them moves no value.
+    """
+    bad = value_usd < 0.0
+    move.bad_debt_usd = np.where(bad, -value_usd, 0.0)
+    if not bad.any():
+        return value_usd
+    move.units = np.where(bad[:, None], 0.0, move.units)
+    move.cash = np.where(bad, 0.0, move.cash)
+    engine.debt = np.where(bad, 0.0, engine.debt)
+    engine.perp_size = np.where(bad[:, None], 0.0, engine.perp_size)
+    return np.where(bad, 0.0, value_usd)
 
 
 def _settle_perps(

@@ -197,8 +197,8 @@ def _clipped_path(
         multiply(x, phi, x)
         add(x, m, x)
         add(x, shock[t], x)
-        maximum(x, lower, x)  # np.clip(x, lower, upper), without its Python-level wrapper
-        minimum(x, upper, x)
+        maximum(x, lower, out=x)  # np.clip(x, lower, upper), without its Python-level wrapper
+        minimum(x, upper, out=x)
     return out.reshape(steps, b, c)
 
 

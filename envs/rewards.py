@@ -4,6 +4,13 @@ All rewards are computed from the portfolio value before the step (``value_befor
 the market before trading) and after it (``value_after``, after trading costs and the market move), so
 every cost the env charges lowers the reward.
 
+Ruin: both values are floored at the ruin level ``floor_usd = ruin_fraction x initial value`` before
+the ratio is taken. A live step starts above the floor (an env at or below it has terminated), so
+only the step that ruins is affected: its growth is ``log(floor / V_t)``, finite and bounded, and an
+episode that ends in ruin sums to exactly ``log(ruin_fraction)`` of log growth (``log 0.05 = -3.0``
+by default), however deep the loss (a loss beyond equity is bad debt, the recorded value is 0).
+No ``log(0)``, NaN or inf ever reaches a learner.
+
 - ``log_growth``: ``log(V_t+1 / V_t)`` (net of all costs); its sum is the episode's log wealth growth.
 - ``differential_sharpe``: Moody & Saffell (1998): with exponential moving moments ``A`` and ``B`` of the
   simple return ``R`` (rate ``eta``), ``D = (B dA - A dB / 2) / (B - A^2)^(3/2)``; zero while the
@@ -21,8 +28,11 @@ from envs.config import RewardConfig
 class RewardModel:
     """Stateful (per env) reward; ``reset(mask)`` clears the state of the envs that start a new episode."""
 
-    def __init__(self, cfg: RewardConfig, n_envs: int) -> None:
+    def __init__(self, cfg: RewardConfig, n_envs: int, floor_usd: float) -> None:
+        if not floor_usd > 0.0:
+            raise ValueError(f"floor_usd={floor_usd} must be > 0 (ruin_fraction x initial value)")
         self.cfg = cfg
+        self.floor_usd = float(floor_usd)
         self.ema_mean = np.zeros(n_envs)
         self.ema_sq = np.zeros(n_envs)
 
@@ -38,7 +48,8 @@ class RewardModel:
         drawdown_after: np.ndarray,
     ) -> np.ndarray:
         """Reward ``(B,)`` for one step; values in USD, drawdowns as fractions in [0, 1]."""
-        ratio = np.maximum(value_after, 1e-300) / value_before
+        floor = self.floor_usd
+        ratio = np.maximum(value_after, floor) / np.maximum(value_before, floor)
         growth = np.log(ratio)
         kind = self.cfg.kind
         if kind == "log_growth":

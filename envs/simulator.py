@@ -34,7 +34,7 @@ from envs.indexing import flat_time_index, gather_at
 from envs.kill_switch import KillSwitch
 from envs.leverage import LeverageEngine
 from envs.leverage_info import protocol_info, protocol_step_fields
-from envs.leverage_move import MoveOutcome, protocol_move
+from envs.leverage_move import MoveOutcome, protocol_move, write_off_negative_equity
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.rewards import RewardModel
@@ -45,6 +45,13 @@ def _cash_only(n_assets: int) -> np.ndarray:
     w = np.zeros(n_assets + 1)
     w[-1] = 1.0
     return w
+
+
+def _turnover(traded_usd: np.ndarray, value_before: np.ndarray) -> np.ndarray:
+    """One-sided turnover ``(B,)``: half the USD traded ``(B, N)`` over the value before trading
+    (0 for an empty, ruined account)."""
+    live = value_before > 0.0
+    return 0.5 * traded_usd.sum(axis=1) / np.where(live, value_before, np.inf)
 
 
 class _CashOnly(dict):
@@ -81,7 +88,9 @@ class PortfolioSimulator:
         self.initial_value = env_cfg.initial_value_usd
         self.band = env_cfg.action.no_trade_band
         self.gas = GasModel(env_cfg.gas)
-        self.rewards = RewardModel(env_cfg.reward, n_envs)
+        self.rewards = RewardModel(
+            env_cfg.reward, n_envs, env_cfg.ruin_fraction * env_cfg.initial_value_usd
+        )
         self.kill_switch = KillSwitch(env_cfg.kill_switch, n_envs)
         self._pending: Execution | None = None
         tiers = env_cfg.amm.tiers
@@ -220,10 +229,16 @@ class PortfolioSimulator:
         return self.now(self.close), self.now(self.numeraire)
 
     def weights(self, price: np.ndarray, num: np.ndarray, value: np.ndarray) -> np.ndarray:
-        """Current weights ``(B, N+1)`` (cash last) at the given prices."""
+        """Current weights ``(B, N+1)`` (cash last) at the given prices; an empty (ruined) account,
+        ``value <= 0``, reads as all cash."""
         w = np.empty((self.n_envs, self.n_assets + 1))
+        empty = value <= 0.0
+        if empty.any():
+            value = np.where(empty, np.inf, value)
         w[:, :-1] = self.units * price / value[:, None]
         w[:, -1] = self.cash * num / value
+        if empty.any():
+            w[empty, -1] = 1.0
         return w
 
     def trailing_prices(self, lookback: int) -> np.ndarray:
@@ -289,7 +304,7 @@ class PortfolioSimulator:
         )
         self.units = self.units + fills.asset_delta
         self.cash = self.cash + fills.cash_delta
-        turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
+        turnover = _turnover(fills.traded_usd, value_before)
         self._pending = Execution(
             value_before, fills.costs, turnover, active, current, target, mask
         )
@@ -322,7 +337,7 @@ class PortfolioSimulator:
             self.now(self.eth),
         )
         self.units, self.cash = fills.units, fills.cash
-        turnover = 0.5 * fills.traded_usd.sum(axis=1) / value_before
+        turnover = _turnover(fills.traded_usd, value_before)
         self._pending = Execution(value_before, fills.costs, turnover, active)
         return self._pending
 
@@ -336,7 +351,8 @@ class PortfolioSimulator:
             raise RuntimeError(f"envs {ended} are at the end of their path; reset them first")
         after = self._now + 1  # the flat index of t + 1
         new_price, new_num = gather_at(self.close, after), gather_at(self.numeraire, after)
-        self.pools.realign(new_price, new_num, gather_at(self.depth, after))
+        new_depth = gather_at(self.depth, after)
+        self.pools.realign(new_price, new_num, new_depth)
         engine = self.protocols
         if engine is not None:
             move = protocol_move(
@@ -350,10 +366,13 @@ class PortfolioSimulator:
                 gather_at(self.low, after),
                 gather_at(self.high, after),
                 self.pools,
+                new_depth,
             )
             self._move = move
+            value_after = (move.units * new_price).sum(axis=1) + (move.cash - engine.debt) * new_num
+            # limited liability: a loss beyond the account's equity is bad debt, value >= 0
+            value_after = write_off_negative_equity(engine, move, value_after)
             self.units, self.cash = move.units, move.cash
-            value_after = (self.units * new_price).sum(axis=1) + (self.cash - engine.debt) * new_num
         else:
             value_after = (self.units * new_price).sum(axis=1) + self.cash * new_num
         value_before = done.value_before
@@ -435,7 +454,7 @@ class PortfolioSimulator:
         info = {
             "portfolio_value": float(value),
             "holdings": holdings,
-            "weights": holdings * prices / value,
+            "weights": holdings * prices / value if value > 0.0 else CASH_ONLY[n].copy(),
             "prices": prices,
             "costs": costs,
             "turnover": float(result.turnover[index]) if result is not None else 0.0,

@@ -21,7 +21,8 @@ class StepResult:
     ``debt_usd``, ``collateral_usd`` and ``perp_notional_usd`` are after the step, at ``t + 1``
     prices; ``liquidations`` counts this step's liquidation events (lending + perp account);
     ``liquidation_penalty_usd`` is the lending part of ``costs.liquidation_usd``; ``insurance_usd``
-    is perp loss beyond the cash, absorbed by the venue (adds back to the value).
+    is perp loss beyond the cash, absorbed by the venue (adds back to the value); ``bad_debt_usd``
+    the account's negative equity written off at ruin (adds back too: the recorded value is 0).
     """
 
     reward: np.ndarray
@@ -41,6 +42,7 @@ class StepResult:
     funding_usd: np.ndarray | None = None
     perp_notional_usd: np.ndarray | None = None
     insurance_usd: np.ndarray | None = None
+    bad_debt_usd: np.ndarray | None = None
 
 
 @dataclass

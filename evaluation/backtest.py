@@ -161,7 +161,9 @@ class BacktestResult:
                         "scenario": k,
                         "seed": int(rec.seeds[k]) if k < len(rec.seeds) else k,
                         "final_value_usd": float(rec.value_usd[k, -1]),
-                        "ruined": bool(not rec.alive[k, -1]),
+                        "ruined": bool(
+                            rec.ruined[k] if rec.ruined is not None else not rec.alive[k, -1]
+                        ),
                         **metrics,
                     }
                 )
@@ -259,6 +261,7 @@ def _concat_records(parts: list[EpisodeRecord]) -> EpisodeRecord:
         close_usd=None if first.close_usd is None else cat("close_usd"),
         costs_usd={k: np.concatenate([p.costs_usd[k] for p in parts]) for k in first.costs_usd},
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
+        ruined=None if first.ruined is None else cat("ruined"),
     )
 
 

@@ -41,7 +41,8 @@ def _title(result: BacktestResult, what: str) -> str:
 
 def equity_curves(result: BacktestResult, level: float = 0.95) -> Figure:
     """Mean normalized value per policy across scenarios, with a ``level`` CI band for the mean
-    (normal approximation, ``mean +- z * std(ddof=1) / sqrt(K)``; no band for one scenario)."""
+    (normal approximation, ``mean +- z * std(ddof=1) / sqrt(K)``; no band for one scenario). A
+    policy with ruined scenarios says how many in its legend entry."""
     from scipy import stats
 
     fig, ax = plt.subplots(figsize=(10, 5.5))
@@ -50,7 +51,9 @@ def equity_curves(result: BacktestResult, level: float = 0.95) -> Figure:
     for name, rec in result.records.items():
         growth = rec.value_usd / rec.value_usd[:, :1]
         mean = growth.mean(axis=0)
-        (line,) = ax.plot(x, mean, label=name, lw=1.4)
+        ruined = rec.n_ruined  # ruined paths stay in the mean (at their ruin value, >= 0)
+        label = f"{name} ({ruined} of {rec.n_scenarios} ruined)" if ruined else name
+        (line,) = ax.plot(x, mean, label=label, lw=1.4)
         if growth.shape[0] > 1:
             half = z * growth.std(axis=0, ddof=1) / np.sqrt(growth.shape[0])
             ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)

@@ -81,6 +81,15 @@ class GroupComparison:
     sharpe_tests: pd.DataFrame  # index policy: n_returns, sharpe_annual, psr, dsr
     statements: list[str] = field(default_factory=list)
     plot_files: list[Path] = field(default_factory=list)
+    #: policy -> (scenario runs that ended in ruin, scenario runs)
+    ruined: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def ruined_cell(self, policy: str) -> str:
+        """``"k/K"`` ruined scenario runs of ``policy`` (``"-"`` when unknown)."""
+        if policy not in self.ruined:
+            return "-"
+        k, n = self.ruined[policy]
+        return f"{k}/{n}"
 
 
 def _download(run_id: str, artifact: str, dst: Path) -> Path:
@@ -183,6 +192,13 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
         out.append(
             f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy."
         )
+    for p, (k, n) in g.ruined.items():
+        if k:
+            out.append(
+                f"`{p}` ended in ruin in {k} of {n} scenario runs (equity at or below env.ruin_fraction "
+                "of the start; a loss beyond equity is written off as bad debt, the value recorded as 0). "
+                "Its metrics include those scenarios: a ruined path's returns end at -100%."
+            )
     m = g.primary_metric
     for p, row in g.improvement.iterrows():
         if g.n_scenarios == 1:
@@ -320,6 +336,10 @@ def compare(
                 improvement,
                 tests,
             )
+            if "ruined" in table.columns:
+                for p in policies:
+                    flags = _scores(table, p, "ruined")
+                    group.ruined[p] = (int(np.nansum(flags)), int(flags.size))
             group.statements = _statements(group)
             if out_path is not None:
                 folder = (
@@ -384,7 +404,7 @@ def print_group(g: GroupComparison, console: Console) -> None:
     tests = Table(
         title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)"
     )
-    for c in ("policy", "P(better than best) [CI]", "PSR", "DSR"):
+    for c in ("policy", "P(better than best) [CI]", "PSR", "DSR", "ruined"):
         tests.add_column(c, justify="left" if c == "policy" else "right")
     for p in g.sharpe_tests.index:
         poi = "(best)" if p == g.best_baseline else "-"
@@ -397,7 +417,7 @@ def print_group(g: GroupComparison, console: Console) -> None:
                 f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]{star}"
             )
         t = g.sharpe_tests.loc[p]
-        tests.add_row(p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}")
+        tests.add_row(p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}", g.ruined_cell(p))
     console.print(tests)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

@@ -92,9 +92,16 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
             ),
             ("table", imp.round(3)),
         ]
+    tests = g.sharpe_tests.round(4).astype({"n_returns": int})
+    if g.ruined:
+        tests = tests.assign(ruined=[g.ruined_cell(p) for p in tests.index])
     blocks += [
-        ("h3", "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios)"),
-        ("table", g.sharpe_tests.round(4).astype({"n_returns": int})),
+        (
+            "h3",
+            "Probabilistic and deflated Sharpe ratios (per-step returns pooled over scenarios), "
+            "and scenario runs ended in ruin",
+        ),
+        ("table", tests),
     ]
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
     for path in g.plot_files:

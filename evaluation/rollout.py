@@ -42,7 +42,8 @@ class EpisodeRecord:
     as funding or interest) to its ``(K, T)`` USD series; ``extras`` maps other per-step series the
     env reports (e.g. ``health_factor``, ``liquidations_usd``, ``kill_switch_active``) to ``(K, T)``.
     Steps after an env was ruined (``~alive``) record zero costs, and NaN (float), 0 (int) or
-    False (bool) extras.
+    False (bool) extras; its value stays at the ruin value (0 after a loss beyond equity, never
+    negative), and ``ruined`` flags the scenarios that ended in ruin.
     """
 
     policy: str
@@ -62,11 +63,27 @@ class EpisodeRecord:
     close_usd: np.ndarray | None = None  # (K, T+1, N)
     costs_usd: dict[str, np.ndarray] = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    #: ``(K,)`` bool: the episode ended in ruin (equity at or below ``env.ruin_fraction`` of the
+    #: initial value, on any step including the last); None for records built before it existed
+    ruined: np.ndarray | None = None
+
+    @property
+    def n_ruined(self) -> int:
+        """How many scenarios ended in ruin."""
+        if self.ruined is None:
+            return int((~self.alive[:, -1]).sum())
+        return int(np.count_nonzero(self.ruined))
 
     @property
     def returns(self) -> np.ndarray:
-        """Per-step simple returns ``(K, T)`` net of every cost."""
-        return self.value_usd[:, 1:] / self.value_usd[:, :-1] - 1.0
+        """Per-step simple returns ``(K, T)`` net of every cost, in ``[-1, inf)``.
+
+        Values are never negative (a loss beyond equity is bad debt, the value is 0): the step that
+        ruins an account to 0 returns -1 and the flat steps after it return 0 (not 0/0).
+        """
+        before, after = self.value_usd[:, :-1], self.value_usd[:, 1:]
+        live = before > 0.0
+        return np.where(live, after / np.where(live, before, 1.0) - 1.0, 0.0)
 
     @property
     def n_scenarios(self) -> int:
@@ -199,4 +216,5 @@ def run_policy(
         close_usd=close,
         costs_usd=costs,
         extras=extras,
+        ruined=dead.copy(),
     )

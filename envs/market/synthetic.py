@@ -269,7 +269,7 @@ def _variance_steps(
     for g, prev, nxt in rows:
         multiply(g, prev, nxt)
         add(nxt, omega, nxt)
-        minimum(nxt, cap, nxt)
+        minimum(nxt, cap, out=nxt)
 
 
 def _add_jumps(returns: np.ndarray, model: SyntheticModel, reg: np.ndarray, u: np.ndarray) -> None:
