@@ -176,6 +176,13 @@ class LendingConfig(StrictModel):
         le=1.0,
         description="usable share of the LTV borrowing capacity for targets",
     )
+    cash_earns_supply_rate: bool = Field(
+        default=True,
+        description=(
+            "idle numeraire cash is supplied too (aUSDC) and earns the numeraire's supply rate, like "
+            "the risky holdings earn theirs; false: cash earns nothing"
+        ),
+    )
 
 
 class PerpsConfig(StrictModel):

@@ -3,7 +3,10 @@
 Order, per env (all vectorized over the batch):
 
 1. interest: the debt compounds at the numeraire's borrow rate of time ``t``
-   (``D * exp(r dt)``), supplied collateral units grow at their supply rate (``u * (1 + r dt)``);
+   (``D * exp(r dt)``), supplied collateral units grow at their supply rate (``u * (1 + r dt)``),
+   and so does idle numeraire cash at the numeraire's supply rate (``env.lending.
+   cash_earns_supply_rate``, on by default: holding cash is the supplied-USDC yield, so supplying
+   risky assets is not paid more than the numeraire's own lenders are);
    ``interest_usd`` = paid minus earned, valued at ``t + 1`` prices. Rates over ``[t, t + 1]`` are the
    ones at ``t`` (Aave's rate is set by the reserve state at the start of the interval), so the agent
    observes the rate it will pay.
@@ -17,10 +20,12 @@ Order, per env (all vectorized over the batch):
 4. lending liquidation at ``low_eff`` (Aave close factor, bonus, protocol fee:
    ``liquidation_from_params``); the liquidator sells what it keeps through the pools.
 4b. arbitrage closes every dislocation the forced sales left before the agent's next decision
-   (on-chain it does so within the block): the pools are realigned to the market price at ``t + 1``
-   again. The forced sellers bear the price impact of their own sales; the agent always trades
-   against pools inside their fee band around the market price (no free lunch: buying from a pool
-   a cascade pushed under the market would pay the agent for other borrowers' liquidations).
+   (on-chain it does so within the block): the pools get back exactly the reserves they had before
+   the forced sales (at the ``t + 1`` market price, inside their fee band). The forced sellers bear
+   the price impact of their own sales, and the agent trades against the same pools as without a
+   cascade (no free lunch: buying from a pool a cascade pushed under the market, or even from one
+   left at the low edge of its fee band, would pay the agent for other borrowers' liquidations).
+   The cascade's only trace is ``low_eff``, the deeper low the agent's own positions are checked at.
    ``liquidation_penalty_usd`` = seized units x close(t+1) - debt repaid, so the accounting
    identity holds exactly with the position valued at the step's close.
 5. perp margin check at the adverse price (``low_eff`` for longs, high for shorts, times the new
@@ -78,7 +83,7 @@ class MoveOutcome:
     cash_during_move: np.ndarray
     debt_during_move: np.ndarray
     perp_size_during_move: np.ndarray
-    #: the pools took forced sales this move (they were realigned to the market afterwards)
+    #: the pools took forced sales this move (and got their pre-sale reserves back afterwards)
     forced_sales: bool = False
     #: ``(B,)`` USD of negative equity written off at the end of the move (see the module docstring)
     bad_debt_usd: np.ndarray | None = None
@@ -114,13 +119,11 @@ def protocol_move(
     low1: np.ndarray,
     high1: np.ndarray,
     pools: PoolBook,
-    depth1: np.ndarray,
 ) -> MoveOutcome:
     """Apply steps 1-5 of the module docstring; mutates ``engine.debt``, ``engine.perp_size`` and
     ``pools``; returns the new spot units and cash with the step's protocol flows.
 
-    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``now``/``depth1``
-    (the depth multiplier at ``t + 1``) ``(B,)``;
+    Shapes: ``units``/``price*``/``low1``/``high1`` ``(B, N)``; ``cash``/``num1``/``now`` ``(B,)``;
     ``now`` is the flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py; the
     move ends at ``now + 1``).
     """
@@ -135,16 +138,20 @@ def protocol_move(
         grown = units * gather_at(paths.supply_growth, now)
         interest = (debt - held[2]) * num1 - ((grown - units) * price1).sum(axis=1)
         units = grown
+        if engine.cfg.lending.cash_earns_supply_rate:
+            grown_cash = cash * gather_at(paths.cash_growth, now)
+            interest = interest - (grown_cash - cash) * num1
+            cash = grown_cash
 
     low_eff, sales = low1, zero[:, None]
-    forced = False
+    before_sales = None  # the pools' reserves before any forced sale of this move (step 4b)
     if engine.cascades is not None:
         sales = engine.cascades.step(low1, price1)
         hit = np.flatnonzero(sales.any(axis=1))
         if hit.size:
+            before_sales = pools.reserves.copy()
             low_eff = low1.copy()
             low_eff[hit] = low1[hit] * sell_into_pools(pools, hit, sales[hit])
-            forced = True
 
     penalty = zero
     liquidations = np.zeros(b, dtype=np.int64)
@@ -171,11 +178,12 @@ def protocol_move(
             penalty = zero.copy()
             penalty[idx] = (seized * price1[idx]).sum(axis=1) - result.debt_repaid_usd
             liquidations[idx] += result.liquidated
+            if before_sales is None:
+                before_sales = pools.reserves.copy()
             sell_into_pools(pools, idx, result.liquidator_received_units)
-            forced = True
     engine.debt = debt
-    if forced:  # step 4b: arbitrage closes the dislocation before the next decision
-        pools.realign(price1, num1, depth1)
+    if before_sales is not None:  # step 4b: arbitrage closes the dislocation before the decision
+        pools.reserves = before_sales
 
     funding = perp_cost = insurance = zero
     if engine.perps_on:
@@ -194,7 +202,7 @@ def protocol_move(
         low_eff,
         sales if sales.shape == units.shape else np.zeros(units.shape),
         *held,
-        forced_sales=forced,
+        forced_sales=before_sales is not None,
     )
 
 

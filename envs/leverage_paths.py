@@ -216,6 +216,8 @@ class ProtocolPaths:
     Attributes (allocated only for the protocols that are on):
         borrow_rate: ``(B, L)`` annual borrow rate of the numeraire debt at each time.
         debt_growth: ``(B, L)`` debt multiplier over the step ``tau -> tau + 1`` (``exp(r dt)``).
+        cash_supply_rate: ``(B, L)`` annual supply rate of the numeraire (what supplied cash earns).
+        cash_growth: ``(B, L)`` supplied-cash multiplier over the step (``1 + r dt``).
         supply_rate: ``(B, L, N)`` annual supply rate of each risky asset.
         supply_growth: ``(B, L, N)`` supplied-units multiplier over the step (``1 + r dt``).
         basis: ``(B, L, N)`` perp premium ``(mark - index) / index``.
@@ -251,6 +253,8 @@ class ProtocolPaths:
         if lending:
             self.borrow_rate = np.zeros((b, length))
             self.debt_growth = np.ones((b, length))
+            self.cash_supply_rate = np.zeros((b, length))
+            self.cash_growth = np.ones((b, length))
             self.supply_rate = np.zeros((b, length, n))
             self.supply_growth = np.ones((b, length, n))
         if perps:
@@ -328,7 +332,8 @@ class ProtocolPaths:
         flat = util.reshape(steps, b * c)
         base, slope1, slope2, u_opt, reserve_factor = (np.tile(a, b) for a in self._rate_params)
         borrow = borrow_rate_unchecked(flat, base, slope1, slope2, u_opt)
-        supply = supply_rate_unchecked(flat, borrow, reserve_factor).reshape(steps, b, c)[..., 1:]
+        all_supply = supply_rate_unchecked(flat, borrow, reserve_factor).reshape(steps, b, c)
+        supply, cash_supply = all_supply[..., 1:], all_supply[..., 0]
         debt_borrow = borrow.reshape(steps, b, c)[..., 0]
         # accrue_debt / accrue_supply of a unit balance (same arithmetic, rates >= 0 by construction)
         return {
@@ -338,6 +343,8 @@ class ProtocolPaths:
                 ("debt_growth", np.exp(debt_borrow * self.dt_years)),
                 ("supply_rate", supply),
                 ("supply_growth", 1.0 + supply * self.dt_years),
+                ("cash_supply_rate", cash_supply),
+                ("cash_growth", 1.0 + cash_supply * self.dt_years),
             )
         }
 

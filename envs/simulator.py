@@ -351,8 +351,7 @@ class PortfolioSimulator:
             raise RuntimeError(f"envs {ended} are at the end of their path; reset them first")
         after = self._now + 1  # the flat index of t + 1
         new_price, new_num = gather_at(self.close, after), gather_at(self.numeraire, after)
-        new_depth = gather_at(self.depth, after)
-        self.pools.realign(new_price, new_num, new_depth)
+        self.pools.realign(new_price, new_num, gather_at(self.depth, after))
         engine = self.protocols
         if engine is not None:
             move = protocol_move(
@@ -366,7 +365,6 @@ class PortfolioSimulator:
                 gather_at(self.low, after),
                 gather_at(self.high, after),
                 self.pools,
-                new_depth,
             )
             self._move = move
             value_after = (move.units * new_price).sum(axis=1) + (move.cash - engine.debt) * new_num

@@ -240,6 +240,30 @@ def test_interest_accrual_matches_the_kinked_rate_model(tmp_path, regime):
     assert identity_error(before, info) < 1e-9
 
 
+@pytest.mark.parametrize("regime", [CALM, CRASH])
+@pytest.mark.parametrize("cash_earns", [True, False])
+def test_idle_cash_earns_the_numeraire_supply_rate(tmp_path, regime, cash_earns):
+    """Cash is supplied USDC: it grows at r_borrow(U) x U x (1 - RF) of the USDC reserve, so
+    supplying the risky assets is not paid more than holding the numeraire is."""
+    env = small_env(
+        3,
+        **{
+            "env.lending.params_path": deterministic_lending(tmp_path),
+            "env.lending.cash_earns_supply_rate": cash_earns,
+        },
+    )
+    _, before = env.reset(seed=0, options={"paths": flat_path(3, regime=regime)})
+    _, _, _, _, info = env.step(action(env, [0.0, 0.0, 1.0]))  # all cash, no debt: no trade
+    u = 0.60 if regime == CALM else 0.92  # USDC utilization; Uopt 0.9, s1 3.5 %, s2 60 %, RF 10 %
+    borrow = 0.035 * u / 0.90 if regime == CALM else 0.035 + 0.60 * (u - 0.90) / 0.10
+    supply = borrow * u * (1.0 - 0.10) if cash_earns else 0.0
+    cash0 = info["holdings_during_move"][-1]
+    assert cash0 == pytest.approx(100_000.0, rel=1e-12)
+    assert info["holdings"][-1] == pytest.approx(cash0 * (1.0 + supply / YEAR), rel=1e-13)
+    assert info["interest_usd"] == pytest.approx(-cash0 * supply / YEAR, rel=1e-9, abs=1e-12)
+    assert identity_error(before, info) < 1e-9
+
+
 @pytest.mark.parametrize(
     "regime, hedge, expected_funding_usd",
     [
@@ -389,8 +413,8 @@ def test_cascade_sales_deepen_the_low_and_liquidate_a_borderline_position(tmp_pa
     low_eff = info["low_prices_effective"][1]
     assert low_eff < 1620.0 * 0.99  # sold into the agent's ETH pools: the low is deeper
     assert info["liquidations"] == 1
-    # arbitrage closed the dislocation before the next decision: every tier is back inside
-    # its fee band around the market price (the forced sellers bore their own impact)
+    # arbitrage closed the dislocation before the next decision: every tier is back where it was
+    # before the forced sales, inside its fee band (the forced sellers bore their own impact)
     tier_price = sim.pools.reserve_num[0, 1] / sim.pools.reserve_asset[0, 1]
     fees = np.array([t.fee for t in env.config.env.amm.tiers])
     assert np.all(tier_price >= 1620.0 * (1.0 - fees) * (1 - 1e-12))
@@ -399,12 +423,13 @@ def test_cascade_sales_deepen_the_low_and_liquidate_a_borderline_position(tmp_pa
     assert identity_error(before, info) < 1e-9
 
 
-def test_trading_right_after_a_cascade_pays_non_negative_costs(tmp_path):
-    """No free lunch: a cascade's forced sales are arbitraged away before the next decision, so a
-    buy (or a sell) right after one pays fees + slippage >= 0 against the market price, as it does
-    without cascades."""
+def test_trading_right_after_a_cascade_costs_what_it_costs_without_one(tmp_path):
+    """No free lunch: arbitrage restores the pools the forced sales moved before the next decision,
+    so a buy (or a sell) right after a cascade pays exactly the fees and slippage it pays without
+    the cascade (and fees + slippage >= 0 against the market price)."""
     lending = deterministic_lending(tmp_path, zero_rates=True)
     for target in ([0, 1, 0], [0, 0, 1]):  # buy more ETH / sell the ETH after the crash
+        costs = {}
         for cascades in (False, True):
             env = small_env(
                 3, **{"env.cascades.enabled": cascades, "env.lending.params_path": lending}
@@ -413,9 +438,11 @@ def test_trading_right_after_a_cascade_pays_non_negative_costs(tmp_path):
             _, _, _, _, info = env.step(action(env, [0, 0.5, 0.5]))
             assert (info["cascade_sale_units"][1] > 0.0) == cascades
             _, _, _, _, info = env.step(action(env, target))
-            costs = info["costs"]
-            assert costs["fees"] > 0.0
-            assert costs["fees"] + costs["slippage"] >= 0.0
+            costs[cascades] = info["costs"]
+        assert costs[True]["fees"] > 0.0
+        assert costs[True]["fees"] + costs[True]["slippage"] >= 0.0
+        for kind in ("fees", "slippage", "gas"):
+            assert costs[True][kind] == costs[False][kind]
 
 
 # ---------------------------------------------------------------------------------------- identity
