@@ -361,8 +361,11 @@ def generate_synthetic_paths(
 def _log_returns(
     model: SyntheticModel, d: _Draws, reg: np.ndarray, nu: float, burn: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Diffusive log returns plus the regime drift, and the steps' diffusive vols, time-major ``(L, B, M)``
+    """Diffusive log returns plus the drift, and the steps' diffusive vols, time-major ``(L, B, M)``
     float32. ``reg`` is ``(B, T)`` over burn-in and path; the first ``burn`` steps only warm up the GARCH.
+
+    The drift is ``mean_step[k_t]`` plus, for the arithmetic and sharpe kinds, ``vol_coef s_t - s_t^2 / 2``
+    with ``s_t = vm[k_t] sqrt(h_t)`` (:class:`envs.market.synthetic_model.DriftTerms`).
     """
     vm = model.vol_multiplier[reg].T
     # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
@@ -371,7 +374,13 @@ def _log_returns(
     vol = np.sqrt(_garch_variance(shock, model.garch)[burn:])
     returns = vol * shock[burn:]
     returns += np.take(model.mean_step, reg[:, burn:].T, axis=0)
-    vol *= vm[burn:, :, None]  # the step's diffusive vol, for the high/low bridge
+    vol *= vm[burn:, :, None]  # the step's diffusive vol s_t, for the drift and the high/low bridge
+    if model.drift.kind != "log":  # the log kind's drift is regime-only (and its paths unchanged)
+        # variance-dependent drift vol_coef s - var_coef s^2 (float32 elementwise: batch-independent)
+        extra = np.multiply(vol, -model.drift_var_coef)
+        extra += model.drift_vol_coef
+        extra *= vol
+        returns += extra
     return returns, vol
 
 
