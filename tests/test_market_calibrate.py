@@ -11,16 +11,18 @@ from rich.console import Console
 
 from envs.market.calibrate import (
     _depeg_params,
+    arithmetic_drift,
     calibrate_market,
     detect_jumps,
     nearest_correlation,
     run_calibration,
+    sharpe_drift,
     transition_counts,
     write_market_config,
 )
 from envs.market.calibration_report import calibration_report
 from envs.market.config import REPO_ROOT, load_market_config
-from envs.market.replay import load_ohlcv
+from envs.market.replay import label_regimes, load_ohlcv
 
 DATA = REPO_ROOT / "data" / "crypto-daily"
 ASSETS = ["BTC", "ETH", "SOL", "LINK", "AVAX"]
@@ -79,8 +81,7 @@ def test_fitted_parameters_are_sane(fitted):
     assert syn.nu > 2
     assert all(syn.jumps.mean_log[a] < 0 for a in ASSETS)  # jumps biased negative in 2021-22
     assert syn.jumps.common_intensity_per_year.crash > syn.jumps.common_intensity_per_year.calm
-    drift = syn.drift_log_per_year.array()
-    assert np.ptp(drift) < 1e-9  # full shrinkage: regimes predict no return
+    assert syn.drift.kind == "arithmetic" and -0.9 < syn.drift.simple_return_per_year < 5.0
     assert fitted.end.isoformat() == "2022-12-31" and fitted.source == "synthetic"
 
 
@@ -91,7 +92,8 @@ def test_shipped_default_yaml_is_reproducible(fitted):
     assert (
         list(flat_a.index) == list(flat_b.index) and shipped.synthetic.correlation.assets == ASSETS
     )
-    for key in flat_a.index.drop("correlation.assets"):
+    assert shipped.synthetic.drift.kind == fitted.synthetic.drift.kind == "arithmetic"
+    for key in flat_a.index.drop(["correlation.assets", "drift.kind"]):
         np.testing.assert_allclose(
             np.asarray(flat_a[key], float),
             np.asarray(flat_b[key], float),
@@ -137,27 +139,72 @@ def test_depeg_statistics_hand_case():
     ) and dp.intensity_per_year.crash == pytest.approx(4 * x)
 
 
-def test_run_calibration_writes_loadable_yaml_and_prints_table(tmp_path):
+@pytest.mark.parametrize("drift", ["arithmetic", "sharpe", "log"])
+def test_run_calibration_writes_loadable_yaml_and_prints_tables(tmp_path, drift):
     out = tmp_path / "market.yaml"
     buf = io.StringIO()
-    cfg, table = run_calibration(
+    cfg, table, expected = run_calibration(
         DATA,
         out,
         ["BTC", "ETH"],
         end="2022-06-30",
         n_report_paths=20,
         console=Console(file=buf, width=140),
+        drift=drift,
     )
     loaded = load_market_config(out)
     assert loaded.assets == ["BTC", "ETH"] and str(loaded.end) == "2022-06-30"
-    assert (
-        out.read_text().startswith("# Calibrated synthetic market")
-        and "defialloc calibrate" in out.read_text()
-    )
-    assert "ann_vol" in buf.getvalue() and set(table["metric"]) >= {
-        "ann_vol",
-        "worst_day",
-        "corr_crash",
-    }
+    assert loaded.synthetic.drift.kind == drift
+    text = out.read_text()
+    assert text.startswith("# Calibrated synthetic market") and "defialloc calibrate" in text
+    assert f"--end 2022-06-30 --drift {drift}" in text.split("source:")[0]
+    printed = buf.getvalue()
+    assert "ann_vol" in printed and "expected simple return per year" in printed
+    assert set(table["metric"]) >= {"ann_vol", "worst_day", "best_day", "corr_crash"}
+    best = table[table["metric"] == "best_day"]
+    assert (best["data"] > 0).all() and (best["model_median"] > 0).all()
+    # expected simple returns: data = next-day simple return after each causal label, x 365
+    assert list(expected.columns) == [
+        "regime",
+        "asset",
+        "data",
+        "data_se",
+        "model",
+        "model_median",
+        "model_p05",
+        "model_p95",
+    ]
+    assert len(expected) == 6 and (expected["data_se"] > 0).all()
+    frames = load_ohlcv(DATA, ["BTC", "ETH"], cfg.start, cfg.end)
+    close = np.stack([frames[a]["Close"].to_numpy() for a in ("BTC", "ETH")], axis=1)
+    calm = label_regimes(close, cfg.regime_rule)[:-1] == 0
+    eth_next = close[1:, 1] / close[:-1, 1] - 1.0
+    row = expected.set_index(["regime", "asset"]).loc[("calm", "ETH")]
+    assert row["data"] == pytest.approx(365 * eth_next[calm].mean(), rel=1e-9)
+    simple = np.expm1(np.diff(np.log(close), axis=0))
+    if (
+        drift == "arithmetic"
+    ):  # R = (1 + pooled mean daily simple return)^365 - 1, model = 365 x mean
+        r_year = (1 + simple.mean()) ** 365 - 1
+        assert loaded.synthetic.drift.simple_return_per_year == pytest.approx(r_year, rel=1e-6)
+        np.testing.assert_allclose(expected["model"], 365 * simple.mean(), rtol=1e-6)
+    elif drift == "sharpe":
+        assert np.sign(loaded.synthetic.drift.sharpe_per_year) == np.sign(simple.sum())
+    else:  # full shrinkage: every regime's log drift is the pooled mean log return
+        log_mean = np.diff(np.log(close), axis=0).mean() * 365
+        np.testing.assert_allclose(
+            loaded.synthetic.drift.log_return_per_year.array(), log_mean, rtol=1e-6
+        )
     write_market_config(loaded, tmp_path / "again.yaml")
     assert load_market_config(tmp_path / "again.yaml") == loaded
+
+
+def test_drift_fits_hand_cases():
+    returns = np.log(np.array([[1.02, 0.99], [0.98, 1.03]]))  # simple +2 %, -1 %, -2 %, +3 %
+    assert arithmetic_drift(returns).simple_return_per_year == pytest.approx(1.005**365 - 1)
+    vol = np.array([[0.05, 0.05], [0.1, 0.1]])  # sum 0.3; sum of simple returns 0.02
+    assert sharpe_drift(returns, vol).sharpe_per_year == pytest.approx(0.02 / 0.3 * np.sqrt(365))
+    with pytest.raises(
+        ValueError, match="drift='geometric' must be one of arithmetic, log, sharpe"
+    ):
+        calibrate_market(DATA, ASSETS, drift="geometric")

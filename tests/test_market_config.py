@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from envs.config import load_config
 from envs.market.config import (
     REPO_ROOT,
+    ArithmeticDrift,
     GarchParams,
+    LogDrift,
     MarketConfig,
+    SharpeDrift,
     check_sample_request,
     load_market_config,
     resolve_data_dir,
@@ -131,6 +135,62 @@ def test_load_market_config_errors_name_file_and_key(tmp_path):
     wrapped = tmp_path / "wrapped.yaml"
     wrapped.write_text("market:\n  source: replay\n")
     assert load_market_config(wrapped).source == "replay"
+
+
+def test_old_drift_key_fails_saying_what_to_write(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("synthetic:\n  drift_log_per_year: {calm: 0.1, bull: 0.2, crash: 0.3}\n")
+    with pytest.raises(ValueError) as info:
+        load_market_config(old)
+    msg = str(info.value)
+    assert "synthetic.drift_log_per_year: drift_log_per_year was replaced by drift" in msg, msg
+    assert "drift: {kind: log, log_return_per_year: {calm: 0.1, bull: 0.2, crash: 0.3}}" in msg
+    assert "drift: {kind: arithmetic, simple_return_per_year: R}" in msg
+    with pytest.raises(ValidationError, match="drift_log_per_year was replaced by drift"):
+        MarketConfig.model_validate({"synthetic": {"drift_log_per_year": {"calm": 0.0}}})
+
+
+def test_unknown_drift_kind_names_the_key_and_the_allowed_kinds(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synthetic:\n  drift: {kind: geometric, simple_return_per_year: 0.1}\n")
+    with pytest.raises(ValueError) as info:
+        load_market_config(bad)
+    assert "synthetic.drift.kind = 'geometric': must be one of arithmetic, log, sharpe" in str(
+        info.value
+    )
+    # through the simulation config (prefix market.), and pydantic's own message
+    with pytest.raises(
+        ValueError,
+        match=r"market\.synthetic\.drift\.kind = 'geometric': must be one of arithmetic, log, sharpe",
+    ):
+        load_config({"market": {"synthetic": {"drift": {"kind": "geometric"}}}})
+    with pytest.raises(ValidationError, match=r"kind is one of 'arithmetic' .*'log', 'sharpe'"):
+        MarketConfig.model_validate(_with("synthetic.drift", {"kind": "geometric"}))
+    with pytest.raises(ValueError, match=r"synthetic\.drift = 0\.1: must be a mapping with kind"):
+        load_config({"market": {"synthetic": {"drift": 0.1}}})
+
+
+def test_drift_kinds_defaults_and_bounds():
+    assert MarketConfig().synthetic.drift == ArithmeticDrift(simple_return_per_year=0.0)
+    no_kind = MarketConfig.model_validate(_with("synthetic.drift", {"simple_return_per_year": 0.2}))
+    assert no_kind.synthetic.drift == ArithmeticDrift(simple_return_per_year=0.2)
+    for drift, fragment in [
+        ({"simple_return_per_year": -1.0}, "greater than -1"),
+        ({"simple_return_per_year": float("inf")}, "finite"),
+        ({"kind": "sharpe", "sharpe_per_year": float("nan")}, "finite"),
+        ({"kind": "sharpe"}, r"sharpe_per_year[\s\S]*Field required"),
+        ({"kind": "log", "log_return_per_year": {"calm": 0.1}}, r"log_return_per_year\.bull"),
+        ({"kind": "sharpe", "sharpe_per_year": 1.0, "simple_return_per_year": 0.1}, "extra"),
+    ]:
+        with pytest.raises(ValidationError, match=fragment):
+            MarketConfig.model_validate(_with("synthetic.drift", drift))
+    for drift in (
+        SharpeDrift(sharpe_per_year=0.5),
+        LogDrift(log_return_per_year={"calm": 0.1, "bull": 0.2, "crash": -0.3}),
+    ):
+        cfg = MarketConfig.model_validate(_with("synthetic.drift", drift.model_dump()))
+        assert cfg.synthetic.drift == drift
+        assert MarketConfig.model_validate(cfg.model_dump(mode="json")) == cfg
 
 
 def test_shipped_configs_load():

@@ -37,11 +37,11 @@ def default_paths(default_cfg) -> MarketPaths:
 
 
 def _config(assets: list[str], **synthetic) -> MarketConfig:
-    """A config with a plain model: one regime law (vm 1, drift 0), no jumps, no depeg, unless overridden."""
+    """A config with a plain model: one regime law (vm 1, log drift 0), no jumps, no depeg, unless overridden."""
     n = len(assets)
     base = {
         "transition_daily": np.full((3, 3), 1 / 3).tolist(),
-        "drift_log_per_year": ZERO,
+        "drift": {"kind": "log", "log_return_per_year": ZERO},
         "vol_multiplier": ONE,
         "correlation": {
             "assets": assets,
@@ -190,7 +190,8 @@ def test_student_t_shocks_have_unit_variance_t_tails_and_exact_correlation():
 
 
 def test_drift_and_step_days_scaling():
-    cfg = _config(["BTC"], drift_log_per_year={"calm": 0.365, "bull": 0.365, "crash": 0.365})
+    drift = {"kind": "log", "log_return_per_year": {"calm": 0.365, "bull": 0.365, "crash": 0.365}}
+    cfg = _config(["BTC"], drift=drift)
     r = _log_returns(generate_synthetic_paths(cfg, np.arange(200), 1001, 0))
     assert r.mean() == pytest.approx(0.001, abs=1e-4)  # 0.365 / 365 per day (sd of the mean 2.2e-5)
     weekly = cfg.model_copy(update={"step_days": 7.0})

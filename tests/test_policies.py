@@ -24,7 +24,9 @@ ALL = list(BASELINES)
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config({"market": {}, "env": {"horizon": 60}})
+    # risk pays (expected simple return 30 %/yr in every regime), so the oracle holds risky assets
+    drift = {"kind": "arithmetic", "simple_return_per_year": 0.3}
+    return load_config({"market": {"synthetic": {"drift": drift}}, "env": {"horizon": 60}})
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +183,10 @@ def test_oracle_moments_match_monte_carlo_without_jumps():
                 "synthetic": {
                     "nu": 200.0,
                     "vol_multiplier": {"calm": 0.6, "bull": 1.0, "crash": 2.0},
-                    "drift_log_per_year": {"calm": 0.5, "bull": 3.0, "crash": -4.0},
+                    "drift": {
+                        "kind": "log",
+                        "log_return_per_year": {"calm": 0.5, "bull": 3.0, "crash": -4.0},
+                    },
                     "jumps": {
                         "common_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
                         "idio_intensity_per_year": {"calm": 0, "bull": 0, "crash": 0},
@@ -208,14 +213,15 @@ def test_oracle_moments_match_monte_carlo_without_jumps():
 
 
 def test_oracle_jump_moments_match_monte_carlo():
-    """Jumps dominate (tiny diffusion): the jump mean/covariance formulas against simulation."""
+    """Jumps dominate (tiny diffusion): the jump mean/covariance formulas against simulation (the
+    arithmetic drift compensates the jumps in simple terms: mean 0 in every regime)."""
     assets = ["BTC", "ETH", "SOL", "LINK", "AVAX"]
     cfg = load_config(
         {
             "market": {
                 "synthetic": {
                     "nu": 200.0,
-                    "drift_log_per_year": {"calm": 0.0, "bull": 0.0, "crash": 0.0},
+                    "drift": {"kind": "arithmetic", "simple_return_per_year": 0.0},
                     "garch": {a: {"omega_daily": 1e-8, "alpha": 0.0, "beta": 0.0} for a in assets},
                     "jumps": {
                         "common_intensity_per_year": {"calm": 20, "bull": 10, "crash": 60},
@@ -238,6 +244,26 @@ def test_oracle_jump_moments_match_monte_carlo():
             x.mean(axis=0), mu[k], atol=6 * (x.std(axis=0) / np.sqrt(len(x))).max()
         )
         np.testing.assert_allclose(np.cov(x.T), cov[k], rtol=0.15, atol=2e-5)
+
+
+def test_oracle_means_follow_the_drift_convention():
+    """Arithmetic: (1 + R)^(dt/365) - 1 whatever the regime; sharpe: the mixture over the next regime of
+    exp(S sqrt(dt/365) vm_j sqrt(h_bar)) - 1 (hand-computed from the config)."""
+    base = {"vol_multiplier": {"calm": 0.5, "bull": 1.0, "crash": 2.0}}
+    arith = load_config(
+        {"market": {"synthetic": {**base, "drift": {"simple_return_per_year": 0.25}}}}
+    ).market
+    mu, _ = true_moments_by_regime(arith)
+    np.testing.assert_allclose(mu, 1.25 ** (1 / 365) - 1, rtol=1e-9)
+    sharpe = load_config(
+        {"market": {"synthetic": {**base, "drift": {"kind": "sharpe", "sharpe_per_year": 2.0}}}}
+    ).market
+    mu, _ = true_moments_by_regime(sharpe)
+    syn = sharpe.synthetic
+    h_bar = np.array([syn.garch[a].unconditional_variance_daily for a in sharpe.assets])
+    per_regime = np.expm1(2.0 / np.sqrt(365) * np.outer([0.5, 1.0, 2.0], np.sqrt(h_bar)))
+    np.testing.assert_allclose(mu, syn.transition_array() @ per_regime, rtol=1e-9)
+    assert np.all(mu[2] > mu[0])  # crash: the most vol, the most expected return
 
 
 def test_oracle_reads_the_true_regime_and_is_labelled(cfg):

@@ -133,6 +133,11 @@ def calibrate(
     allow_held_out: bool = typer.Option(
         False, help="allow end > 2022-12-31 (research hygiene: don't)"
     ),
+    drift: str = typer.Option(
+        "arithmetic",
+        help="drift convention to fit: arithmetic (same expected simple return in every regime), "
+        "log (per-regime log drift, the old convention) or sharpe (return proportional to vol)",
+    ),
 ) -> None:
     """Fit the synthetic market (GARCH-t, regimes, correlations, jumps) to OHLCV files and write a config."""
     from envs.market.calibrate import run_calibration
@@ -145,6 +150,7 @@ def calibrate(
             numeraire=numeraire,
             end=end,
             allow_held_out=allow_held_out,
+            drift=drift,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")

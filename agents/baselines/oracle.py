@@ -27,7 +27,7 @@ from agents.baselines.policies import (
 from agents.policy import MarketView
 from envs.config import SimulationConfig
 from envs.market.config import DAYS_PER_YEAR, MarketConfig
-from envs.market.synthetic_model import step_transition
+from envs.market.synthetic_model import expected_simple_return_step, step_transition
 
 
 class OracleParams(BaselineParams, UtilityParams):
@@ -40,10 +40,13 @@ def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray
     Returns ``(mu, cov)`` with ``mu[i]`` ``(N,)`` and ``cov[i]`` ``(N, N)``: the moments of the next
     step's simple returns given that the CURRENT regime is ``i``, under the synthetic model of
     ``envs/market/synthetic.py``: a mixture over the next regime ``j ~ P_step[i, j]`` of per-regime
-    log-return laws with mean ``drift_j dt`` (the generator compensates the jumps' mean) and covariance
-    ``vm_j^2 sqrt(h h') C_j + jump covariance``, with ``h`` each asset's UNCONDITIONAL GARCH variance
-    (the oracle is not told the conditional one). Log moments become simple-return moments by
-    lognormal moment matching (exact for the diffusive part, an approximation with jumps).
+    laws, with ``h`` each asset's UNCONDITIONAL GARCH variance (the oracle is not told the conditional
+    one). Means: the model-implied expected simple return under the config's drift convention,
+    :func:`envs.market.synthetic_model.expected_simple_return_step` at ``(j, h)`` (arithmetic: the same
+    in every regime; sharpe: ``exp(S sqrt(dt/365) vm_j sqrt(h)) - 1``; log: ``drift_j`` in log terms,
+    jumps compensated in log terms). Covariances: log covariance ``vm_j^2 sqrt(h h') C_j + jump
+    covariance`` turned into simple-return covariance by lognormal moment matching around those means
+    (exact for the diffusive part, an approximation with jumps).
     """
     p = market.synthetic
     assets = list(market.assets)
@@ -67,14 +70,11 @@ def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray
     jump_cov = cross - (q[:, None, None] ** 2) * mm
     diag = np.arange(len(assets))
     jump_cov[:, diag, diag] = second - (q[:, None] * m) ** 2
-    # the generator compensates jumps (subtracts q m every step): the log mean is the drift alone
-    log_mu = np.broadcast_to(
-        (p.drift_log_per_year.array() * dt / DAYS_PER_YEAR)[:, None], (3, len(assets))
-    )
     log_cov = diff_cov + jump_cov
-    var = np.diagonal(log_cov, axis1=1, axis2=2)
-    simple_mu = np.exp(log_mu + 0.5 * var) - 1.0  # (3, N)
-    growth = np.exp(log_mu + 0.5 * var)
+    # E[P'/P] - 1 in each next regime j at the unconditional variance, under the drift convention
+    h_next = np.broadcast_to(h_bar, (3, len(assets)))  # row j: next regime j
+    simple_mu = expected_simple_return_step(market, np.arange(3), h_next)
+    growth = 1.0 + simple_mu  # (3, N)
     simple_cov = growth[:, :, None] * growth[:, None, :] * np.expm1(log_cov)
     trans = step_transition(p.transition_array(), dt)  # (3, 3): current -> next
     mu = trans @ simple_mu

@@ -1,9 +1,10 @@
 """Validated parameters of the market section (``market:`` in a simulation config).
 
-Units: returns are natural-log returns; ``*_per_year`` quantities are annualized over 365 days
-(crypto trades every day); ``*_daily`` quantities are per day and are rescaled to ``step_days`` by the
-generators. Per-regime values are given as ``{calm: ..., bull: ..., crash: ...}`` and per-asset tables
-as ``{SYMBOL: ...}``; a table may hold more assets than ``assets`` (the generator takes the subset).
+Units: returns are natural-log returns unless a key says ``simple`` (``P_{t+1}/P_t - 1``);
+``*_per_year`` quantities are annualized over 365 days (crypto trades every day); ``*_daily``
+quantities are per day and are rescaled to ``step_days`` by the generators. Per-regime values are
+given as ``{calm: ..., bull: ..., crash: ...}`` and per-asset tables as ``{SYMBOL: ...}``; a table may
+hold more assets than ``assets`` (the generator takes the subset).
 
 Every model forbids unknown keys and bounds its numbers, so a typo fails on load naming the key.
 """
@@ -15,12 +16,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from envs.market.defaults import default_correlations, default_garch, default_jumps
+from envs.market.drift_config import (  # noqa: F401  (re-exported)
+    DRIFT_KINDS,
+    ArithmeticDrift,
+    DriftParams,
+    LogDrift,
+    SharpeDrift,
+    old_drift_key_error,
+)
+from envs.market.regime_values import (  # noqa: F401  (re-exported)
+    REGIME_NAMES,
+    PositiveRegimeValues,
+    ProbabilityRegimeValues,
+    RateRegimeValues,
+    RegimeValues,
+    StrictModel,
+)
 from envs.yaml_io import format_validation_error, read_yaml_mapping
 
-REGIME_NAMES: tuple[str, ...] = ("calm", "bull", "crash")
 CALM, BULL, CRASH = 0, 1, 2
 DAYS_PER_YEAR = 365.0
 LAST_DEVELOPMENT_DATE = dt.date(2022, 12, 31)
@@ -28,40 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ASSETS = ["BTC", "ETH", "SOL", "LINK", "AVAX"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RegimeValues(_Strict):
-    """One number per regime (finite, any sign)."""
-
-    calm: float = Field(allow_inf_nan=False)
-    bull: float = Field(allow_inf_nan=False)
-    crash: float = Field(allow_inf_nan=False)
-
-    def array(self) -> np.ndarray:
-        """``(3,)`` float64 in ``REGIME_NAMES`` order."""
-        return np.array([self.calm, self.bull, self.crash], dtype=np.float64)
-
-
-class PositiveRegimeValues(RegimeValues):
-    calm: float = Field(gt=0.0, allow_inf_nan=False)
-    bull: float = Field(gt=0.0, allow_inf_nan=False)
-    crash: float = Field(gt=0.0, allow_inf_nan=False)
-
-
-class RateRegimeValues(RegimeValues):
-    """Event intensities per year (>= 0, at most one event a day on average)."""
-
-    calm: float = Field(ge=0.0, le=365.0)
-    bull: float = Field(ge=0.0, le=365.0)
-    crash: float = Field(ge=0.0, le=365.0)
-
-
-class ProbabilityRegimeValues(RegimeValues):
-    calm: float = Field(ge=0.0, le=1.0)
-    bull: float = Field(ge=0.0, le=1.0)
-    crash: float = Field(ge=0.0, le=1.0)
+_Strict = StrictModel
 
 
 class GarchParams(_Strict):
@@ -140,7 +123,7 @@ class JumpParams(_Strict):
     A jump adds a log return ``mean_log[a] + std_log[a] * xi`` to asset ``a``; within a common event the
     ``xi`` of different assets have correlation ``size_correlation``. At most one jump per asset per step.
     The generator compensates the jumps' mean (every step subtracts ``P(jump) * mean_log[a]``), so jumps
-    add negative skew and tail risk but do not move the expected log return set by the drift.
+    add negative skew and tail risk but do not move the expected return set by ``drift``.
     """
 
     common_intensity_per_year: RateRegimeValues
@@ -208,9 +191,9 @@ class SyntheticParams(_Strict):
         default_factory=lambda: [[0.92, 0.05, 0.03], [0.07, 0.91, 0.02], [0.10, 0.02, 0.88]],
         description="P[i][j] = P(regime j tomorrow | regime i today), regimes calm, bull, crash",
     )
-    drift_log_per_year: RegimeValues = Field(
-        default_factory=lambda: RegimeValues(calm=0.0, bull=0.0, crash=0.0),
-        description="expected log return per year of every asset in each regime (jumps are compensated)",
+    drift: DriftParams = Field(
+        default_factory=ArithmeticDrift,
+        description="drift convention, a mapping on kind: arithmetic (default), sharpe or log",
     )
     vol_multiplier: PositiveRegimeValues = Field(
         default_factory=lambda: PositiveRegimeValues(calm=0.8, bull=1.05, crash=1.4)
@@ -245,6 +228,13 @@ class SyntheticParams(_Strict):
         gt=1.0,
         description="cap on GARCH variance, multiple of its unconditional level",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_drift_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "drift_log_per_year" in data:
+            raise old_drift_key_error(data["drift_log_per_year"])
+        return data
 
     @field_validator("transition_daily")
     @classmethod

@@ -5,16 +5,24 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
 * ``k_t`` is a Markov chain with per-step transition matrix ``P_daily^dt`` (see :func:`envs.market.synthetic_model.step_transition`).
   ``regime[t]`` is the regime of the step that ends at ``t`` (the same meaning as the replay label at
   ``t``); it also sets the pool depth and the gas price at ``t``.
-* ``r_t = mu[k_t] dt + e_t + J_t`` with diffusive shock ``e_t = vm[k_t] sqrt(h_t) x_t`` and
+* ``r_t = mu_t + e_t + J_t`` with diffusive shock ``e_t = vm[k_t] sqrt(h_t) x_t`` and
   ``h_{t+1} = omega dt + alpha e_t^2 + beta h_t`` per asset (capped at ``max_variance_multiple`` times
   its unconditional level). ``x_t`` is multivariate Student-t with unit variance:
   ``x = C[k_t] z sqrt((nu - 2) / V)``, ``z ~ N(0, I)``, ``V ~ chi2(nu)`` shared by the assets, so the
   correlation is exactly ``C C^T`` and large moves are joint (tail dependence).
 * ``J_t``: with probability ``1 - exp(-lambda_common[k_t] dt / 365)`` a common event moves every asset by
   ``m_a + s_a (sqrt(rho) f + sqrt(1 - rho) xi_a)``; otherwise each asset jumps on its own with the
-  idiosyncratic intensity. ``m_a < 0``: jumps are biased down (negative skew). Jumps are compensated
-  (``J_t`` includes ``- P(jump | k_t) m_a``), so ``mu[k]`` is every asset's expected log return in
-  regime ``k`` and the regime's jump risk adds skew, not a predictable drift.
+  idiosyncratic intensity. ``m_a < 0``: jumps are biased down (negative skew).
+* Drift ``mu_t`` (``synthetic.drift``, :class:`envs.market.synthetic_model.DriftTerms`), with
+  ``s_t^2 = vm[k_t]^2 h_t`` and ``p_k`` the probability that the asset jumps in the step:
+  arithmetic ``log(1+R) dt/365 - s_t^2/2 - log(1 - p_k + p_k exp(m_a + s_a^2/2))`` (the expected SIMPLE
+  return is ``(1+R)^(dt/365) - 1`` in every regime and at every variance); sharpe
+  ``S sqrt(dt/365) s_t - s_t^2/2 - (same jump term)`` (``E[P_{t+1}/P_t] = exp(S sqrt(dt/365) s_t)``);
+  log ``mu_log[k_t] dt/365 - p_k m_a`` (the expected LOG return is ``mu_log[k]``; the earlier convention).
+  Jumps and volatility thus add skew and tail risk, not expected return. With Student-t shocks
+  ``E[exp(s x)]`` does not exist: ``- s^2/2`` is the second-order (lognormal) compensation, exact up to
+  a fourth-moment term ``s^4 (kappa - 3) / 24`` per step (0.13 % a year for ``nu = 6.23`` and a crash
+  day of SOL, ``s = 0.075``; docs/market.md). The jump term is exact.
 * High/low: the exact maximum/minimum of a Brownian bridge from 0 to ``r_t`` with the step's diffusive
   vol (times ``range_scale``): ``(r + sqrt(r^2 + 2 s^2 E)) / 2``, ``E ~ Exp(1)``, so
   ``low <= min(open, close)`` and ``high >= max(open, close)`` with open = previous close.
@@ -361,8 +369,11 @@ def generate_synthetic_paths(
 def _log_returns(
     model: SyntheticModel, d: _Draws, reg: np.ndarray, nu: float, burn: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Diffusive log returns plus the regime drift, and the steps' diffusive vols, time-major ``(L, B, M)``
+    """Diffusive log returns plus the drift, and the steps' diffusive vols, time-major ``(L, B, M)``
     float32. ``reg`` is ``(B, T)`` over burn-in and path; the first ``burn`` steps only warm up the GARCH.
+
+    The drift is ``mean_step[k_t]`` plus, for the arithmetic and sharpe kinds, ``vol_coef s_t - s_t^2 / 2``
+    with ``s_t = vm[k_t] sqrt(h_t)`` (:class:`envs.market.synthetic_model.DriftTerms`).
     """
     vm = model.vol_multiplier[reg].T
     # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
@@ -371,7 +382,13 @@ def _log_returns(
     vol = np.sqrt(_garch_variance(shock, model.garch)[burn:])
     returns = vol * shock[burn:]
     returns += np.take(model.mean_step, reg[:, burn:].T, axis=0)
-    vol *= vm[burn:, :, None]  # the step's diffusive vol, for the high/low bridge
+    vol *= vm[burn:, :, None]  # the step's diffusive vol s_t, for the drift and the high/low bridge
+    if model.drift.kind != "log":  # the log kind's drift is regime-only (and its paths unchanged)
+        # variance-dependent drift vol_coef s - var_coef s^2 (float32 elementwise: batch-independent)
+        extra = np.multiply(vol, -model.drift_var_coef)
+        extra += model.drift_vol_coef
+        extra *= vol
+        returns += extra
     return returns, vol
 
 

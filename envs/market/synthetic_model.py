@@ -36,20 +36,104 @@ def jump_probability(intensity_per_year: np.ndarray, step_days: float) -> np.nda
     return (-np.expm1(-intensity_per_year * step_days / DAYS_PER_YEAR)).astype(F32)
 
 
-def mean_step_return(cfg: MarketConfig, n_columns: int) -> np.ndarray:
-    """``(3, M)`` expected log return per step and regime, net of the jump compensator.
+class DriftTerms(NamedTuple):
+    """How a step's log drift is set (module ``envs.market.drift_config``; docs/market.md, Drift convention).
 
-    Column ``a < N``: ``drift_k dt / 365 - P_k(jump) mean_log[a]`` (at most one jump per asset and step,
-    ``P = p_common + (1 - p_common) p_idio``); an ETH fallback column gets the drift only.
+    The log drift of column ``a`` in a step of regime ``k`` whose diffusive variance is ``s^2 = vm[k]^2 h``
+    (``h`` the GARCH conditional variance of the step) is ``const[k, a] + vol_coef s - var_coef s^2``:
+
+    * arithmetic: ``const = log(1 + R) dt/365 - jump_log_mgf``, ``vol_coef = 0``, ``var_coef = 1/2``;
+    * sharpe: ``const = - jump_log_mgf``, ``vol_coef = S sqrt(dt/365)``, ``var_coef = 1/2``;
+    * log: ``const = mu_log[k] dt/365 - P_k(jump) m_a``, ``vol_coef = var_coef = 0`` (the jumps are
+      compensated in log terms: ``mu_log[k]`` is the expected log return).
+
+    ``jump_log_mgf[k, a] = log E[exp(J)] = log(1 - p_k + p_k exp(m_a + sd_a^2 / 2))`` is exact for the
+    generator's jump mixture (at most one jump per asset and step, with probability
+    ``p_k = p_common + (1 - p_common) p_idio`` and a ``N(m_a, sd_a^2)`` log size); the ETH fallback column
+    has no jumps (0). ``- s^2 / 2`` is the second-order (lognormal) compensation of the diffusion: with
+    Student-t shocks ``E[exp(s x)]`` does not exist, and the neglected fourth-moment term is
+    ``s^4 (kappa - 3) / 24`` per step (``kappa = 3 + 6 / (nu - 4)``; docs/market.md quantifies it).
     """
-    p = cfg.synthetic
-    drift = p.drift_log_per_year.array() * cfg.step_days / DAYS_PER_YEAR
-    p_common = jump_probability(p.jumps.common_intensity_per_year.array(), cfg.step_days)
-    p_idio = jump_probability(p.jumps.idio_intensity_per_year.array(), cfg.step_days)
-    p_jump = p_common.astype(np.float64) + (1 - p_common) * p_idio
-    mean = np.zeros(n_columns)
-    mean[: len(cfg.assets)] = [p.jumps.mean_log[a] for a in cfg.assets]
-    return (drift[:, None] - p_jump[:, None] * mean[None, :]).astype(F32)
+
+    kind: str
+    const: np.ndarray  # (3, M) float64, per step
+    vol_coef: float  # per unit of the step's diffusive vol s
+    var_coef: float  # per unit of s^2
+    jump_log_mgf: np.ndarray  # (3, M) float64
+    vol_multiplier: np.ndarray  # (3,) float64
+
+
+def drift_terms(cfg: MarketConfig, n_columns: int) -> DriftTerms:
+    """The :class:`DriftTerms` of ``cfg`` for ``n_columns`` price columns (``N`` assets, then the ETH
+    fallback column if there is one)."""
+    p, dt = cfg.synthetic, cfg.step_days
+    n = len(cfg.assets)
+    # the generator draws events with these float32 probabilities: the compensators use the same ones
+    p_common = jump_probability(p.jumps.common_intensity_per_year.array(), dt)
+    p_idio = jump_probability(p.jumps.idio_intensity_per_year.array(), dt)
+    p_jump = p_common.astype(np.float64) + (1 - p_common) * p_idio  # (3,)
+    mean, std = np.zeros(n_columns), np.zeros(n_columns)
+    mean[:n] = [p.jumps.mean_log[a] for a in cfg.assets]
+    std[:n] = [p.jumps.std_log[a] for a in cfg.assets]
+    mgf = np.log1p(p_jump[:, None] * np.expm1(mean + 0.5 * std * std)[None, :])
+    mgf[:, n:] = 0.0  # the ETH fallback has no jumps
+    drift = p.drift
+    if drift.kind == "log":
+        # today's exact float64 expression (the log kind reproduces the earlier paths bit for bit)
+        log_drift = drift.log_return_per_year.array() * dt / DAYS_PER_YEAR
+        const = log_drift[:, None] - p_jump[:, None] * mean[None, :]
+        vol_coef = var_coef = 0.0
+    elif drift.kind == "arithmetic":
+        const = np.log1p(drift.simple_return_per_year) * dt / DAYS_PER_YEAR - mgf
+        vol_coef, var_coef = 0.0, 0.5
+    else:
+        const = -mgf
+        vol_coef, var_coef = drift.sharpe_per_year * np.sqrt(dt / DAYS_PER_YEAR), 0.5
+    return DriftTerms(drift.kind, const, float(vol_coef), var_coef, mgf, p.vol_multiplier.array())
+
+
+def mean_step_return(cfg: MarketConfig, n_columns: int) -> np.ndarray:
+    """``(3, M)`` float32 regime-only part of the log drift per step (``DriftTerms.const``).
+
+    For the log kind it is the expected log return per step, net of the jump compensator; for the
+    other kinds the generator adds the variance-dependent part ``vol_coef s - var_coef s^2``.
+    """
+    return drift_terms(cfg, n_columns).const.astype(F32)
+
+
+def expected_simple_return_step(
+    source: MarketConfig | SyntheticModel, regime: np.ndarray | int, cond_var: np.ndarray
+) -> np.ndarray:
+    """Model-implied expected simple return per step, ``E[P_{t+1} / P_t | k_t, h_t] - 1``.
+
+    Under the config's drift kind, second-order (lognormal) for the diffusion and exact for the jump
+    mixture: ``exp(const + vol_coef s + (1/2 - var_coef) s^2 + jump_log_mgf) - 1`` with
+    ``s^2 = vm[k]^2 h``. So arithmetic gives ``(1 + R)^(dt/365) - 1`` whatever ``k`` and ``h``; sharpe
+    ``exp(S sqrt(dt/365) s) - 1``; log ``exp(mu_log[k] dt/365 - p_k m_a + s^2/2 + jump_log_mgf) - 1``.
+
+    Args:
+        source: a market config or its :class:`SyntheticModel`.
+        regime: integer regime codes (``REGIME_NAMES`` order), shape ``(...)``.
+        cond_var: the GARCH conditional variance ``h`` of the step ((log return)^2 per step, BEFORE the
+            regime's vol multiplier), shape ``(..., C)`` with ``C <= M`` the first price columns (the
+            ``N`` assets, then the ETH fallback if any); ``regime`` broadcasts against ``(...)``.
+
+    Returns:
+        ``(..., C)`` float64.
+    """
+    model = source if isinstance(source, SyntheticModel) else model_of(source)
+    d = model.drift
+    h = np.asarray(cond_var, dtype=np.float64)
+    k = np.asarray(regime)[..., None]
+    cols = h.shape[-1]
+    s2 = d.vol_multiplier[k] ** 2 * h
+    log_growth = (
+        d.const[:, :cols][k, np.arange(cols)]
+        + d.vol_coef * np.sqrt(s2)
+        + (0.5 - d.var_coef) * s2
+        + d.jump_log_mgf[:, :cols][k, np.arange(cols)]
+    )
+    return np.expm1(log_growth)
 
 
 class GarchConstants(NamedTuple):
@@ -78,7 +162,10 @@ class SyntheticModel:
     vol_multiplier: np.ndarray  # (3,) float32
     chol: np.ndarray  # (3, N, N) float32 Cholesky factors of the regime correlations
     garch: GarchConstants
-    mean_step: np.ndarray  # (3, M) float32, see mean_step_return
+    mean_step: np.ndarray  # (3, M) float32 regime-only part of the log drift, see mean_step_return
+    drift: DriftTerms  # the drift convention (float64), also for expected_simple_return_step
+    drift_vol_coef: np.float32  # DriftTerms.vol_coef, float32 for the generator
+    drift_var_coef: np.float32  # DriftTerms.var_coef, float32 for the generator
     jump_mean: np.ndarray  # (N,) float32
     jump_std: np.ndarray  # (N,) float32
     p_common: np.ndarray  # (3,) float32 probability of a common jump event per step
@@ -103,6 +190,7 @@ class SyntheticModel:
         p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
         jp = p.jumps
         corr = p.correlation.matrices(assets) + 1e-12 * np.eye(n)
+        drift = drift_terms(cfg, m)
         return cls(
             assets=tuple(assets),
             n_shocks=m,
@@ -112,7 +200,10 @@ class SyntheticModel:
             vol_multiplier=p.vol_multiplier.array().astype(F32),
             chol=np.linalg.cholesky(corr).astype(F32),
             garch=GarchConstants(omega, alpha, beta, h_bar, h_cap),
-            mean_step=mean_step_return(cfg, m),
+            mean_step=drift.const.astype(F32),
+            drift=drift,
+            drift_vol_coef=F32(drift.vol_coef),
+            drift_var_coef=F32(drift.var_coef),
             jump_mean=np.array([jp.mean_log[a] for a in assets], dtype=F32),
             jump_std=np.array([jp.std_log[a] for a in assets], dtype=F32),
             p_common=jump_probability(jp.common_intensity_per_year.array(), dt),
