@@ -353,9 +353,10 @@ def _crash_path(low_ratio: float) -> MarketPaths:
 
 
 def large_population_lending(tmp_path: Path) -> str:
-    """Noiseless, interest-free lending snapshot with a large population: collateral 0.5 x depth,
-    half its sales into the pools (the pool sales of the 0.25 / all-sales population), so that one
-    -19 % step visibly deepens the low. A mechanism test, not a calibrated size."""
+    """Noiseless, interest-free lending snapshot with a population far larger than the calibrated
+    one: collateral 0.5 x depth, half its sales into the pools (the pool sales of the uncalibrated
+    0.25 / all-sales population, 50x the calibrated 0.05 x 0.10), so that one -19 % step visibly
+    deepens the low. A mechanism test, not a calibrated size."""
     data = yaml.safe_load(Path(deterministic_lending(tmp_path, zero_rates=True)).read_text())
     data["population"].update(collateral_share_of_depth=0.5, pool_share_of_sales=0.5)
     path = tmp_path / "large_population.yaml"

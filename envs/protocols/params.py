@@ -254,14 +254,14 @@ class LiquidationParams(_Strict):
 class PopulationParams(_Strict):
     """Other leveraged borrowers whose liquidations sell collateral, partly into the agent's pools.
 
-    Defaults are the shipped snapshot's values (docs/leverage.md, "Borrower population").
+    Defaults are the shipped snapshot's calibrated values (docs/leverage.md, "Borrower population").
     """
 
     hf_entry_min: float = Field(default=1.05, gt=1.0, description="lowest entry health factor")
     hf_entry_max: float = Field(default=3.0, gt=1.0, description="highest entry health factor")
     n_buckets: int = Field(default=48, ge=2, le=1024, description="log-spaced HF buckets")
     collateral_share_of_depth: float = Field(
-        default=0.25,
+        default=0.05,
         ge=0.0,
         le=10.0,
         description="population collateral USD / pool depth USD at entry",
