@@ -2,10 +2,11 @@
 
 Other leveraged borrowers (Aave-like, one collateral asset each, ``K`` health-factor buckets per asset;
 model and parameters in ``envs/protocols/borrowers.py`` and docs/leverage.md) are liquidated when a
-step's LOW crosses their liquidation price; their liquidators' sales are what the env pushes into
-the agent's pools. Their positions depend only on the market path (the agent is too small to move
-them, and the forced sales do not feed back into the path's prices), so the sales of a path are
-exactly ``population_liquidations`` along it.
+step's LOW crosses their liquidation price; the share ``pool_share_of_sales`` of their liquidators'
+sales is what the env pushes into the agent's pools (the rest trades elsewhere). Their positions
+depend only on the market path (the agent is too small to move them, and the forced sales do not
+feed back into the path's prices), so the pool sales of a path are exactly
+``pool_sales(population_liquidations(...))`` along it.
 
 Why online rather than precomputed at reset: the population must be stepped through the whole
 episode either way (365 steps of ``(B, N, K)`` arrays), and a precompute makes every reset of a
@@ -37,6 +38,7 @@ from envs.protocols.borrowers import (
     inverse_entry_hf,
     kept_by_liquidators,
     liquidate_hit_buckets,
+    pool_sales,
     refresh_buckets,
 )
 from envs.protocols.params import PopulationParams, ReserveArrays, check_range
@@ -148,7 +150,8 @@ class BorrowerCascades:
 
     def step(self, price_low: np.ndarray, price_close: np.ndarray) -> np.ndarray:
         """One ``population_step`` of every env at the step's ``(B, N)`` low and close; returns the
-        ``(B, N)`` collateral units the liquidators sell into the pools this step."""
+        ``(B, N)`` collateral units the liquidators sell into the agent's pools this step: the
+        ``pool_share_of_sales`` of the population's forced sales (:func:`pool_sales`)."""
         sales = np.zeros(price_low.shape)
         low = price_low.reshape(-1)
         # the test liquidate_population starts with: HF < 1 <=> C * LT < D
@@ -157,7 +160,8 @@ class BorrowerCascades:
         np.less(self._scratch, self._debt, out=self._hit)
         if self._hit.any():  # on nearly every step at B = 256, on a fifth of them at B = 1
             rows = np.flatnonzero(np.logical_or.reduce(self._hit, axis=0))
-            sales.reshape(-1)[rows] = self._liquidate(rows, self._hit[:, rows], low)
+            sold = self._liquidate(rows, self._hit[:, rows], low)
+            sales.reshape(-1)[rows] = pool_sales(sold, self.params)
         rate = self.params.refresh_rate_per_step
         if rate:
             close_threshold = self._tiled(price_close.reshape(-1) * self._threshold_rows, 0)

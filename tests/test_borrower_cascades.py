@@ -12,6 +12,7 @@ from envs.protocols.borrowers import (
     BorrowerPopulation,
     init_population,
     liquidate_population,
+    pool_sales,
     population_step,
     refresh_population,
 )
@@ -24,10 +25,11 @@ BONUS = np.array([0.05, 0.065, 0.1])
 FEE = np.array([0.1, 0.2, 0.1])
 
 
-def _params(lag: float, rounds: int) -> PopulationParams:
+def _params(lag: float, rounds: int, pool_share: float = 0.3) -> PopulationParams:
     return PopulationParams(
         hf_entry_min=1.02, hf_entry_max=2.5, n_buckets=21, refresh_rate_per_step=0.05,
         sell_fraction=0.8, execution_lag=lag, max_rounds_per_step=rounds,
+        pool_share_of_sales=pool_share,
     )  # fmt: skip
 
 
@@ -87,7 +89,10 @@ def test_liquidate_population_equals_the_dense_formulation(lag, rounds):
 
 @pytest.mark.parametrize(("lag", "rounds"), [(1.0, 1), (0.3, 3)])
 def test_engine_equals_population_step_with_resets(lag, rounds):
-    """Envs reset at different times; each env's sales and state are those of the protocol loop."""
+    """Envs reset at different times; each env's sales and state are those of the protocol loop.
+
+    The engine returns what enters the agent's pools: ``pool_share_of_sales`` (0.3 here) of the
+    protocol's forced sales, ``pool_sales(step.forced_sale_units)``, bit for bit."""
     rng = np.random.default_rng(3)
     params, b, steps = _params(lag, rounds), 5, 40
     reserves = ReserveArrays(
@@ -110,7 +115,7 @@ def test_engine_equals_population_step_with_resets(lag, rounds):
         for i in range(b):
             step = population_step(pops[i], low[t, i], close[t, i], LT, BONUS, FEE, params)
             pops[i] = step.population
-            np.testing.assert_array_equal(sales[i], step.forced_sale_units)
+            np.testing.assert_array_equal(sales[i], pool_sales(step.forced_sale_units, params))
             np.testing.assert_array_equal(engine.units[i], pops[i].collateral_units)
             np.testing.assert_array_equal(engine.debt[i], pops[i].debt_usd)
             np.testing.assert_array_equal(engine.fresh[i], pops[i].fresh_collateral_units)
@@ -132,4 +137,38 @@ def test_engine_state_views_write_through():
     sales = engine.step(np.full((2, 3), 1500.0), np.full((2, 3), 1600.0))
     assert np.all(sales[0] == 0.0) and np.all(sales[1] > 0.0)
     expected = population_step(pop, np.full(3, 1500.0), np.full(3, 1600.0), LT, BONUS, FEE, params)
-    np.testing.assert_array_equal(sales[1], expected.forced_sale_units)
+    # the engine's sales are the pools' share (0.3) of the protocol's forced sales
+    np.testing.assert_array_equal(sales[1], pool_sales(expected.forced_sale_units, params))
+
+
+def test_pool_share_scales_the_engine_sales_linearly():
+    """``pool_share_of_sales`` 0 sells nothing into the pools, 1 sells the protocol function's
+    forced sales exactly, anything between scales them linearly; the population is unaffected."""
+    reserves = ReserveArrays(
+        symbols=("A", "B", "C"), ltv=LT - 0.05, liq_threshold=LT, liq_bonus=BONUS,
+        liq_protocol_fee=FEE, reserve_factor=FEE, u_optimal=LT, base=FEE, slope1=FEE, slope2=FEE,
+    )  # fmt: skip
+    depth, b, steps = np.array([1e8, 5e7, 2e7]), 4, 30
+    low, close = _path(np.random.default_rng(11), b, steps)
+    runs = {}
+    for share in (0.0, 0.3, 1.0):
+        params = _params(1.0, 1, pool_share=share)
+        engine = BorrowerCascades(params, reserves, b, depth)
+        engine.reset(np.arange(b), close[0], np.ones(b))
+        sales = np.stack([engine.step(low[t], close[t]) for t in range(1, steps)])
+        runs[share] = sales, engine.units.copy(), engine.debt.copy()
+    full = runs[1.0][0]
+    assert full.sum() > 0.0
+    np.testing.assert_array_equal(runs[0.0][0], 0.0)
+    np.testing.assert_array_equal(runs[0.3][0], 0.3 * full)
+    for share in (0.0, 0.3):
+        np.testing.assert_array_equal(runs[share][1], runs[1.0][1])
+        np.testing.assert_array_equal(runs[share][2], runs[1.0][2])
+    # share 1: the protocol function's forced sales, env by env
+    params = _params(1.0, 1, pool_share=1.0)
+    for i in range(b):
+        pop = init_population(close[0, i], depth, LT, params)
+        for t in range(1, steps):
+            step = population_step(pop, low[t, i], close[t, i], LT, BONUS, FEE, params)
+            pop = step.population
+            np.testing.assert_array_equal(full[t - 1, i], step.forced_sale_units)

@@ -433,8 +433,9 @@ def test_population_matches_a_scalar_reference_loop():
     res = liquidate_population(
         pop, np.array([low]), np.array([0.83]), np.array([0.05]), 0.1, params
     )
+    assert (params.hf_entry_min, params.hf_entry_max, params.n_buckets) == (1.05, 3.0, 48)
     edges = [1.05 * (3.0 / 1.05) ** (k / 48) for k in range(49)]
-    units_each = 0.25 * 250e6 / 2000 / 48
+    units_each = params.collateral_share_of_depth * 250e6 / 2000 / 48
     sold = repaid_sum = bad = 0.0
     for k in range(48):
         h = math.sqrt(edges[k] * edges[k + 1])

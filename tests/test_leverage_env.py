@@ -376,15 +376,22 @@ def _crash_path(low_ratio: float) -> MarketPaths:
     return make_paths(close, low=low, regime=CALM)
 
 
+def large_population_lending(tmp_path: Path) -> str:
+    """Noiseless, interest-free lending snapshot with a population far larger than the calibrated
+    one: collateral 0.5 x depth, half its sales into the pools (the pool sales of the uncalibrated
+    0.25 / all-sales population, 50x the calibrated 0.05 x 0.10), so that one -19 % step visibly
+    deepens the low. A mechanism test, not a calibrated size."""
+    data = yaml.safe_load(Path(deterministic_lending(tmp_path, zero_rates=True)).read_text())
+    data["population"].update(collateral_share_of_depth=0.5, pool_share_of_sales=0.5)
+    path = tmp_path / "large_population.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
 @pytest.mark.parametrize("cascades", [False, True])
 def test_cascade_sales_deepen_the_low_and_liquidate_a_borderline_position(tmp_path, cascades):
-    env = small_env(
-        3,
-        **{
-            "env.cascades.enabled": cascades,
-            "env.lending.params_path": deterministic_lending(tmp_path, zero_rates=True),
-        },
-    )
+    lending = large_population_lending(tmp_path)
+    env = small_env(3, **{"env.cascades.enabled": cascades, "env.lending.params_path": lending})
     paths = _crash_path(0.81)
     _, before = env.reset(seed=0, options={"paths": paths})
     _, _, _, _, info = env.step(action(env, [0, 1, 0], leverage=1.0))
@@ -396,18 +403,22 @@ def test_cascade_sales_deepen_the_low_and_liquidate_a_borderline_position(tmp_pa
         assert info["liquidations"] == 0
         np.testing.assert_array_equal(info["low_prices_effective"], [100.0, 1620.0])
         return
-    # the population's forced sales are those of the protocol function on this path (no feedback)
+    # the population's forced sales are those of the protocol function on this path (no feedback);
+    # the env sells pool_share_of_sales (0.5 here) of them into the agent's pools
     reserves = sim.protocols.setup.reserves
-    expected_sales = population_liquidations(
+    population = load_lending_params(lending).population
+    assert population.pool_share_of_sales == 0.5
+    forced = population_liquidations(
         paths.low[:, 7:],
         paths.close[:, 6],
         np.array([150e6, 250e6]),
         reserves.liq_threshold,
         reserves.liq_bonus,
         reserves.liq_protocol_fee,
-        load_lending_params().population,
+        population,
         paths.close[:, 7:],
     )[0, 0]
+    expected_sales = population.pool_share_of_sales * forced
     np.testing.assert_array_equal(info["cascade_sale_units"], expected_sales)
     assert expected_sales[1] > 0.0 and expected_sales[0] == 0.0
     low_eff = info["low_prices_effective"][1]
@@ -625,10 +636,12 @@ def test_cascade_sales_along_a_path_are_population_liquidations_exactly():
     w = sim.warmup
     reserves = sim.protocols.setup.reserves
     depth = np.array([sim.config.env.amm.pair_depth_usd(a) for a in sim.asset_names])
-    expected = population_liquidations(
+    population = load_lending_params().population
+    # the env's cascade_sale_units are what enters its pools: pool_share_of_sales (0.10 shipped)
+    # of all the liquidators' forced sales, which population_liquidations returns
+    expected = population.pool_share_of_sales * population_liquidations(
         sim.low[:, w + 1 :], sim.close[:, w], depth * sim.depth[:, w, None], reserves.liq_threshold,
-        reserves.liq_bonus, reserves.liq_protocol_fee, load_lending_params().population,
-        sim.close[:, w + 1 :],
+        reserves.liq_bonus, reserves.liq_protocol_fee, population, sim.close[:, w + 1 :],
     )  # fmt: skip
     got = np.zeros_like(expected)
     for t in range(horizon - 1):

@@ -3,7 +3,10 @@
 One job: model the population of leveraged borrowers (one stablecoin debt and a single collateral
 asset each, discretized into ``K`` health-factor buckets per asset) that enter at a price, are
 liquidated with the Aave rules of :mod:`envs.protocols.lending` when a step's LOW crosses their
-liquidation price, re-lever at the close, and whose liquidators' forced sales go into the pools.
+liquidation price, re-lever at the close, and whose liquidators sell the seized collateral; the
+share ``pool_share_of_sales`` of those sales trades in the agent's pools (:func:`pool_sales`).
+Sizes and shares are calibrated on documented liquidation days (docs/leverage.md,
+:mod:`envs.protocols.cascade_events`).
 Pure vectorized numpy; shapes are ``(..., N, K)`` for ``...`` any batch, ``N`` the collateral assets
 and ``K`` the HF buckets (see docs/leverage.md).
 """
@@ -95,8 +98,19 @@ def kept_by_liquidators(bonus: np.ndarray, protocol_fee_share: np.ndarray | floa
 def forced_sales(
     seized_units: np.ndarray, kept: np.ndarray, params: PopulationParams
 ) -> np.ndarray:
-    """Units the liquidators sell into the pools: ``sell_fraction`` of the seized units they keep."""
+    """Units the liquidators sell (on every venue): ``sell_fraction`` of the seized units they keep."""
     return params.sell_fraction * seized_units * kept
+
+
+def pool_sales(forced_sale_units: np.ndarray, params: PopulationParams) -> np.ndarray:
+    """The part of the forced sales ``(..., N)`` (units) that trades in the agent's pools:
+    ``pool_share_of_sales`` of them (the rest is absorbed by other DEXs and CEX order books).
+
+    The protocol functions (:func:`population_step`, :func:`population_liquidations`) return all the
+    liquidators' sales; the env (``envs/leverage_population.py``) pushes exactly
+    ``pool_sales(forced_sale_units, params)`` into its pools.
+    """
+    return forced_sale_units * params.pool_share_of_sales
 
 
 def hit_positions(mask_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,8 +384,8 @@ def population_liquidations(
         price_path_close: ``(..., T, N)`` close of each step for the refresh (default: the low).
 
     Returns:
-        ``(..., T, N)`` collateral units sold into the pools in each step. For cascades with price
-        impact, call :func:`population_step` inside the env loop with the post-impact low instead.
+        ``(..., T, N)`` collateral units the liquidators sell in each step, on every venue; the env's
+        ``cascade_sale_units`` (what enters the agent's pools) are :func:`pool_sales` of them.
     """
     low = check_range("price_path_low", price_path_low, 0.0)
     close = low if price_path_close is None else np.asarray(price_path_close, dtype=float)

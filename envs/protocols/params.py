@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from envs.yaml_io import format_validation_error
 
@@ -252,13 +252,16 @@ class LiquidationParams(_Strict):
 
 
 class PopulationParams(_Strict):
-    """Other leveraged borrowers whose liquidations sell collateral into the AMM pools."""
+    """Other leveraged borrowers whose liquidations sell collateral, partly into the agent's pools.
+
+    Defaults are the shipped snapshot's calibrated values (docs/leverage.md, "Borrower population").
+    """
 
     hf_entry_min: float = Field(default=1.05, gt=1.0, description="lowest entry health factor")
     hf_entry_max: float = Field(default=3.0, gt=1.0, description="highest entry health factor")
     n_buckets: int = Field(default=48, ge=2, le=1024, description="log-spaced HF buckets")
     collateral_share_of_depth: float = Field(
-        default=0.25,
+        default=0.05,
         ge=0.0,
         le=10.0,
         description="population collateral USD / pool depth USD at entry",
@@ -273,7 +276,12 @@ class PopulationParams(_Strict):
         default=1.0,
         ge=0.0,
         le=1.0,
-        description="share of the liquidators' seized units sold in the AMM",
+        description="share of the liquidators' seized units they sell (anywhere)",
+    )
+    pool_share_of_sales: float = Field(
+        default=0.10,
+        description="share of the liquidators' sales that trades in the agent's pools, in [0, 1] "
+        "(the rest is absorbed by other DEXs and CEX order books)",
     )
     execution_lag: float = Field(
         default=1.0,
@@ -284,6 +292,16 @@ class PopulationParams(_Strict):
     max_rounds_per_step: int = Field(
         default=1, ge=1, le=10, description="liquidation calls per bucket per step"
     )
+
+    @field_validator("pool_share_of_sales")
+    @classmethod
+    def _share_in_unit_interval(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError(
+                f"pool_share_of_sales={value!r} must lie in [0, 1] (0: no forced sale reaches the "
+                "agent's pools, 1: all of them do)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _ordered_entry_range(self) -> PopulationParams:
