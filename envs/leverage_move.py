@@ -13,7 +13,8 @@ Order, per env (all vectorized over the batch):
 2. perps: PnL ``size * (mark(t+1) - mark(t))`` is settled to cash; funding over the step is
    ``rate(t) * size * index(t)`` (``funding_usd`` = paid minus received; ``rate > 0``: longs pay).
 3. cascades: the borrower population is liquidated at the step's raw low (it depends only on
-   prices: envs/leverage_population.py) and its liquidators' sales go into the agent's pools; the
+   prices: envs/leverage_population.py) and the ``pool_share_of_sales`` share of its liquidators'
+   sales goes into the agent's pools (the rest trades elsewhere); the
    intra-step low used for the agent's checks is deepened to
    ``low_eff = low * (pool price after / before the forced sales)`` (liquidity-weighted pool price
    of each pair).
