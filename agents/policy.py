@@ -30,6 +30,11 @@ class MarketView:
         oracle: None, except for policies that declare ``uses_oracle = True`` (upper references
             that know the synthetic scenario's true state): then a dict of ``(B,)`` arrays, e.g.
             ``{"regime": true current regime codes}`` (see ``evaluation.rollout.oracle_info``).
+        value_usd: ``(B,)`` portfolio value (equity, net of debt) in USD at the decision time, or
+            None when the caller does not know it (risk overlays such as
+            :class:`agents.kill_switch_policy.KillSwitchPolicy` need it).
+        health_factor: ``(B,)`` lending health factor at the decision time (inf without debt);
+            None without a lending market.
     """
 
     asset_names: tuple[str, ...]
@@ -38,6 +43,8 @@ class MarketView:
     step: np.ndarray
     step_days: float = 1.0
     oracle: dict[str, np.ndarray] | None = None
+    value_usd: np.ndarray | None = None
+    health_factor: np.ndarray | None = None
 
     @property
     def log_returns(self) -> np.ndarray:

@@ -78,3 +78,21 @@ def apply_no_trade_band(target: np.ndarray, current: np.ndarray, band: float) ->
     directly (it is what the trades of the other assets leave).
     """
     return np.abs(target[..., :-1] - current[..., :-1]) > band
+
+
+def spot_safe_action(n_assets: int) -> np.ndarray:
+    """``(N+1,)`` spot action meaning all numeraire: every risky output at -1, cash at +1."""
+    action = np.full(n_assets + 1, -1.0)
+    action[-1] = 1.0
+    return action
+
+
+def all_numeraire(target: np.ndarray) -> np.ndarray:
+    """``(B,)`` bool: the target weights ``(B, N+1)`` are all numeraire (every risky weight 0).
+
+    Such a target closes every position, dust under the no-trade band included: "go to cash" must
+    mean flat, whoever asks for it (the env's kill-switch, the policy-side wrapper, the policy).
+    With lending/perps a zero risky target also means no debt and no perps (the leverage target is
+    clipped to 0 without collateral and the perp sizes are ``-h x target units``).
+    """
+    return ~target[:, :-1].any(axis=1)

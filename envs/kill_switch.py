@@ -5,7 +5,10 @@ the kill-switch replaces the policy's target by "all in the numeraire, no levera
 holds it for ``cooldown_steps`` decision steps before handing control back. The trades it forces go
 through the normal execution model, so de-levering pays the real fees, slippage and gas.
 
-It is a component with vectorized state over ``B`` portfolios, not env-only code.
+It is a component with vectorized state over ``B`` portfolios, not env-only code. Two users, both
+off unless asked for: the policy wrapper :class:`agents.kill_switch_policy.KillSwitchPolicy` (around
+any policy, in backtests and paper trading: ``--kill-switch``) and the env's own option
+``env.kill_switch`` (for training). With the same parameters they trade identically.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ class KillSwitch:
         drawdown: np.ndarray,
         health_factor: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Policy-side use (paper trading, backtests of any allocator): one :meth:`update`, then the
-        rows under the override get ``safe_action``.
+        """Policy-side use (:class:`agents.kill_switch_policy.KillSwitchPolicy`): one
+        :meth:`update`, then the rows under the override get ``safe_action``.
 
         Args:
             actions: ``(B, A)`` the policy's actions.

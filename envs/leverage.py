@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.actions import actions_to_weights
+from envs.actions import actions_to_weights, all_numeraire
 from envs.config import ConfigError, SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
@@ -240,7 +240,6 @@ class LeverageEngine:
         units: np.ndarray,
         cash: np.ndarray,
         actions: np.ndarray,
-        active: np.ndarray,
         price: np.ndarray,
         num: np.ndarray,
         equity: np.ndarray,
@@ -254,8 +253,11 @@ class LeverageEngine:
 
         ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py).
 
-        ``active``: ``(B,)`` kill-switch override (target all numeraire, no debt, no perps). Mutates
-        ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot units and cash.
+        A target whose risky weights are all 0 (e.g. ``self.layout.safe_action()``, which the
+        kill-switch supplies) is all numeraire: the leverage target is clipped to 0 (no collateral),
+        the perp targets are 0, and every spot position, debt and perp is closed regardless of the
+        no-trade band. Mutates ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot
+        units and cash.
         """
         band = self.cfg.action.no_trade_band
         spot_a, lev_a, hedge_a = self.layout.split(actions)
@@ -271,11 +273,7 @@ class LeverageEngine:
             )
         else:
             lev = np.zeros(self.n_envs)
-        if active.any():
-            cash_only = np.zeros(self.n_assets + 1)
-            cash_only[-1] = 1.0
-            w = np.where(active[:, None], cash_only, w)
-            lev = np.where(active, 0.0, lev)
+        flat = all_numeraire(w)  # close every position, debt and perp (not only past the band)
         target_usd = w[:, :-1] * ((1.0 + lev) * eq)[:, None]
         zero = np.zeros(self.n_envs)
         borrow_gas = repay_gas = zero
@@ -297,7 +295,7 @@ class LeverageEngine:
             self.debt = self.debt + borrow_usd / num
 
         mask = np.abs(target_usd - units * price) > band * eq[:, None]
-        mask |= active[:, None] & (units > 0.0)
+        mask |= flat[:, None] & (units > 0.0)
         fills = execute_rebalance(
             units, cash, target_usd / price, mask, price, num, pools, gas, gwei, eth
         )
@@ -311,7 +309,7 @@ class LeverageEngine:
         perp_fee = perp_gas = zero
         if self.perps_on and (hedge_a.any() or self.perp_size.any()):
             cash, perp_fee, perp_gas = self._trade_perps(
-                cash, target_usd, hedge_a, active, price, num, eq, now, gwei, eth
+                cash, target_usd, hedge_a, price, num, eq, now, gwei, eth
             )
         costs = TradeCosts(
             fills.costs.fees_usd + perp_fee,
@@ -354,7 +352,6 @@ class LeverageEngine:
         cash: np.ndarray,
         target_usd: np.ndarray,
         hedge_a: np.ndarray,
-        active: np.ndarray,
         price: np.ndarray,
         num: np.ndarray,
         eq: np.ndarray,
@@ -367,9 +364,8 @@ class LeverageEngine:
         assert perps is not None and self.setup.imf is not None
         old = self.perp_size
         mark = gather_at(self.paths.mark, now)
+        # a zero spot target (all numeraire) gives a zero perp target: the book is closed below
         want = -np.maximum(np.minimum(hedge_a, 1.0), -1.0) * target_usd / price
-        if active.any():
-            want[active] = 0.0
         trade = (np.abs(want - old) * mark > self.cfg.action.no_trade_band * eq[:, None]) | (
             (want == 0.0) & (old != 0.0)
         )

@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.actions import actions_to_weights, apply_no_trade_band, validate_actions
+from envs.actions import (
+    actions_to_weights,
+    all_numeraire,
+    apply_no_trade_band,
+    spot_safe_action,
+    validate_actions,
+)
 from envs.config import SimulationConfig
 from envs.execution.costs import GasModel
 from envs.execution.pools import PoolBook
@@ -241,6 +247,11 @@ class PortfolioSimulator:
             w[empty, -1] = 1.0
         return w
 
+    def health_factor_now(self) -> np.ndarray | None:
+        """``(B,)`` health factor at the decision time (inf without debt); None without lending."""
+        engine = self.protocols
+        return engine.hf_now if engine is not None and engine.lending_on else None
+
     def trailing_prices(self, lookback: int) -> np.ndarray:
         """Close prices ``(B, lookback, N)`` USD up to and including the decision time (no future rows)."""
         if not 1 <= lookback <= self.warmup + 1:
@@ -276,7 +287,10 @@ class PortfolioSimulator:
     def execute(self, actions: np.ndarray) -> Execution:
         """Trade toward the actions' targets against the pools at the current decision time ``t``.
 
-        The kill-switch (when enabled) replaces the target by all-cash while it is active.
+        A target that is all numeraire closes every position regardless of the no-trade band
+        (:func:`envs.actions.all_numeraire`). The env's kill-switch (when enabled) only supplies that target:
+        it replaces the actions of the envs under its override by the safe action, so it trades
+        exactly like a policy (or ``agents.kill_switch_policy.KillSwitchPolicy``) asking for cash.
         """
         if self.protocols is not None:
             return self._execute_levered(actions)
@@ -284,12 +298,12 @@ class PortfolioSimulator:
         price, num = self.prices_now()
         value_before = self.value
         current = self.weights(price, num, value_before)
-        target = actions_to_weights(actions)
         active = self.kill_switch.update(1.0 - value_before / self.peak)
         if active.any():
-            target = np.where(active[:, None], CASH_ONLY[self.n_assets], target)
+            actions = np.where(active[:, None], spot_safe_action(self.n_assets), actions)
+        target = actions_to_weights(actions)
         mask = apply_no_trade_band(target, current, self.band)
-        mask |= active[:, None] & (self.units > 0.0)
+        mask |= all_numeraire(target)[:, None] & (self.units > 0.0)
         fills = execute_rebalance(
             self.units,
             self.cash,
@@ -320,13 +334,14 @@ class PortfolioSimulator:
         )
         price, num = self.prices_now()
         value_before = self.value
-        hf = engine.hf_now if engine.lending_on else None
-        active = self.kill_switch.update(1.0 - value_before / self.peak, hf)
+        active = self.kill_switch.update(1.0 - value_before / self.peak, self.health_factor_now())
+        if active.any():
+            safe = spot_safe_action(self.n_assets) if spot_only else engine.layout.safe_action()
+            actions = np.where(active[:, None], safe, actions)
         fills = engine.execute(
             self.units,
             self.cash,
             actions,
-            active,
             price,
             num,
             value_before,

@@ -4,7 +4,8 @@ Every policy runs on the SAME market paths: the paths of each chunk of scenario 
 once and handed to every policy, so the comparison is paired scenario by scenario. Seeds must be
 evaluation seeds (``envs.seeds.scenario_seeds``), never training ones. The work is split into tasks
 (policy x seed chunk) defined independently of ``workers``, and each task builds or copies its own
-policy, so ``workers=N`` gives exactly the numbers of ``workers=1``.
+policy (and wraps it in its own kill-switch, when one is asked for), so ``workers=N`` gives exactly
+the numbers of ``workers=1``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
 from agents.baselines.policies import DEFAULT_PARAMS_PATH, make_policy
+from agents.kill_switch_policy import KillSwitchPolicy
 from agents.policy import Policy
 from envs.config import SimulationConfig, format_validation_error, load_config
+from envs.kill_switch import KillSwitchConfig
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.seeds import check_evaluation_seeds
@@ -74,6 +77,9 @@ class EvaluationConfig(BaseModel):
     experiment: str = "defialloc-evaluation"
     periods: dict[str, PeriodSpec] = Field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: the policy-side kill-switch (agents/kill_switch_policy.py): its parameters, and whether
+    #: ``defialloc evaluate`` wraps every policy in it without ``--kill-switch`` (off by default)
+    kill_switch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
 
 
 def load_evaluation_config(path: str | Path | None = None) -> EvaluationConfig:
@@ -103,7 +109,8 @@ class BacktestResult:
 
     ``scenario_set`` names where the scenarios came from (``"test"``, ``"validation"``, ``"custom"``
     or ``"period:<name>"``); ``period`` holds the replayed period's name and dates, if any;
-    ``policy_params`` each policy's resolved parameters (baselines; {} for other policies).
+    ``policy_params`` each policy's resolved parameters (baselines; {} for other policies);
+    ``kill_switch`` the parameters of the kill-switch every policy ran behind (None: off).
     """
 
     config: SimulationConfig
@@ -114,6 +121,7 @@ class BacktestResult:
     elapsed_s: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, dict[str, int]] = field(default_factory=dict)
     policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kill_switch: KillSwitchConfig | None = None
 
     @property
     def policies(self) -> list[str]:
@@ -212,10 +220,18 @@ def _policy_params(
     return params.model_dump(mode="json") if isinstance(params, BaseModel) else {}
 
 
-def _build_policy(spec: str | Policy, config: SimulationConfig, params_path: str | None) -> Policy:
-    if isinstance(spec, str):
-        return make_policy(spec, config, params_path=params_path)
-    return copy.deepcopy(spec)
+def _build_policy(
+    spec: str | Policy,
+    config: SimulationConfig,
+    params_path: str | None,
+    kill_switch: KillSwitchConfig | None = None,
+) -> Policy:
+    policy = (
+        make_policy(spec, config, params_path=params_path)
+        if isinstance(spec, str)
+        else copy.deepcopy(spec)
+    )
+    return policy if kill_switch is None else KillSwitchPolicy(policy, kill_switch, config)
 
 
 def _run_task(
@@ -224,11 +240,12 @@ def _run_task(
     seeds: np.ndarray,
     paths: MarketPaths,
     params_path: str | None,
+    kill_switch: KillSwitchConfig | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[EpisodeRecord, dict[str, int], float]:
     """One policy on one chunk of scenarios (top-level so spawned workers can import it)."""
     start = time.perf_counter()
-    policy = _build_policy(spec, config, params_path)
+    policy = _build_policy(spec, config, params_path, kill_switch)
     record = run_policy(config, policy, seeds, paths=paths, on_step=on_step)
     diagnostics = dict(getattr(policy, "diagnostics", {}) or {})
     return record, diagnostics, time.perf_counter() - start
@@ -282,6 +299,7 @@ def run_backtest(
     scenario_set: str = "custom",
     paths: MarketPaths | None = None,
     period: dict[str, str] | None = None,
+    kill_switch: KillSwitchConfig | None = None,
 ) -> BacktestResult:
     """Run every policy on the same scenarios ``seeds`` (paired) and collect the records.
 
@@ -297,7 +315,12 @@ def run_backtest(
         scenario_set: label recorded with the result (``test``, ``validation``, ...).
         paths: ready market paths (e.g. a replayed period) instead of sampling them from ``seeds``.
         period: name/start/end of a replayed period, recorded with the result.
+        kill_switch: run every policy behind :class:`~agents.kill_switch_policy.KillSwitchPolicy`
+            with these parameters (None or ``enabled=False``: off); recorded with the result. It
+            is independent of the env's own ``env.kill_switch`` (off unless a config turns it on).
     """
+    if kill_switch is not None and not kill_switch.enabled:
+        kill_switch = None
     seeds = check_evaluation_seeds(np.atleast_1d(np.asarray(seeds)))
     if seeds.size == 0:
         raise ValueError("seeds is empty; pass at least one evaluation scenario seed")
@@ -341,6 +364,7 @@ def run_backtest(
                     chunk_seeds[c],
                     chunk_paths[c],
                     params,
+                    kill_switch,
                     on_step=lambda _t: bar.update(1),
                 )
         else:
@@ -348,7 +372,13 @@ def run_backtest(
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                 futures = {
                     pool.submit(
-                        _run_task, config, policies[p], chunk_seeds[c], chunk_paths[c], params
+                        _run_task,
+                        config,
+                        policies[p],
+                        chunk_seeds[c],
+                        chunk_paths[c],
+                        params,
+                        kill_switch,
                     ): (p, c)
                     for p, c in tasks
                 }
@@ -370,7 +400,15 @@ def run_backtest(
                 diag[key] = diag.get(key, 0) + int(value)
         diagnostics[label] = diag
     return BacktestResult(
-        config, records, seeds, scenario_set, period, elapsed, diagnostics, policy_params
+        config,
+        records,
+        seeds,
+        scenario_set,
+        period,
+        elapsed,
+        diagnostics,
+        policy_params,
+        kill_switch,
     )
 
 
@@ -404,12 +442,14 @@ def run_period_backtest(
     workers: int = 1,
     progress: bool = True,
     params_path: str | Path | None = None,
+    kill_switch: KillSwitchConfig | None = None,
 ) -> BacktestResult:
     """Replay the real period ``start..end`` (one scenario) for every policy.
 
     ``env.horizon`` becomes the number of daily steps in the period; the first decision is at the
     close of ``start`` and the last mark at the close of ``end``. Use :func:`resolve_period` for
     named periods (``heldout_2023`` = 2023-01-01..2024-04-09 is held out: evaluate on it, never tune).
+    ``kill_switch``: as in :func:`run_backtest`.
     """
     spec = PeriodSpec(start=start, end=end)  # type: ignore[arg-type]
     cfg = period_config(config, spec)
@@ -432,4 +472,5 @@ def run_period_backtest(
         scenario_set=f"period:{label}",
         paths=paths,
         period=period,
+        kill_switch=kill_switch,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agents.kill_switch_policy import KillSwitchPolicy
 from agents.policy import MarketView, Policy
 from envs.config import SimulationConfig
 from envs.market.paths import MarketPaths
@@ -143,7 +144,9 @@ def run_policy(
     Args:
         config: the simulation config (market + env).
         policy: the allocator; if it declares ``uses_oracle = True`` its MarketView carries
-            ``oracle`` (see :func:`oracle_info`), otherwise ``oracle`` is None.
+            ``oracle`` (see :func:`oracle_info`), otherwise ``oracle`` is None. Behind a
+            :class:`~agents.kill_switch_policy.KillSwitchPolicy`, the wrapper's override flags
+            are OR-ed into the recorded ``kill_switch`` series (with the env's own flag).
         seeds: ``(K,)`` evaluation scenario seeds (training-range seeds are refused).
         paths: optional ready market paths (``K = paths.n_paths``) instead of sampling from seeds.
         on_step: optional callback called with the step index after every step (progress bars).
@@ -166,9 +169,11 @@ def run_policy(
     dead = np.zeros(k, dtype=bool)
     lookback = max(1, min(policy.lookback, sim.warmup + 1))
     uses_oracle = bool(getattr(policy, "uses_oracle", False))
+    overlay = policy if isinstance(policy, KillSwitchPolicy) else None
     for t in range(horizon):
         price, num = sim.prices_now()
         close[:, t] = price
+        hf = sim.health_factor_now()
         view = MarketView(
             sim.asset_names,
             sim.trailing_prices(lookback),
@@ -176,9 +181,13 @@ def run_policy(
             sim.t.copy(),
             config.market.step_days,
             oracle=oracle_info(sim) if uses_oracle else None,
+            value_usd=sim.value.copy(),
+            health_factor=None if hf is None else hf.copy(),
         )
         actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
         result = sim.step(actions)
+        if overlay is not None:  # one kill-switch series, whoever pulled it
+            result.kill_switch = result.kill_switch | overlay.active
         held = np.maximum((sim.units * price).sum(1) + sim.cash * num, 1e-300)
         weights[:, t] = sim.weights(price, num, held)
         alive[:, t] = ~dead

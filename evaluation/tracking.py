@@ -5,12 +5,14 @@ working folder (artifacts beside it in ``mlartifacts/``). Each run holds:
 
 - params: policies, scenario set, number of scenarios, seeds, config hash
   (``SimulationConfig.config_hash()``), hash of the policies' resolved parameters, git commit,
-  market source, horizon, period dates;
+  market source, horizon, period dates, the policy-side kill-switch (``kill_switch.enabled`` and,
+  when on, ``kill_switch.max_drawdown``, ``kill_switch.min_health_factor``, ...);
 - metrics: ``<metric>.<policy>`` = the mean across scenarios of each column of the metrics table
   (e.g. ``sharpe_ratio.min_variance``, ``max_drawdown.equal_weight``);
 - artifacts: ``metrics.csv`` (policy x scenario table), ``series.parquet`` (per-step series),
   ``config.yaml`` (resolved simulation config) and ``plots/*.png``;
-- tags: ``defialloc.kind = evaluation``, scenario set, config hash, git commit, held-out flag.
+- tags: ``defialloc.kind = evaluation``, scenario set, config hash, git commit, held-out flag,
+  ``kill_switch`` (``true``/``false``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from envs.config import REPO_ROOT, SimulationConfig
 
 if TYPE_CHECKING:
     from agents.mlflow_store import local_artifact_root as _local_artifact_root  # noqa: F401
+from agents.kill_switch_policy import kill_switch_params
 from agents.mlflow_store import setup_mlflow, tracking_uri  # noqa: F401  (re-exported)
 from evaluation.backtest import BacktestResult
 
@@ -133,6 +136,13 @@ def log_backtest(
     table = result.metrics_table()
     commit = git_commit()
     rec = next(iter(result.records.values()))
+    overlay = kill_switch_params(result.kill_switch)
+    hashed = dict(result.policy_params)
+    if result.kill_switch is not None:
+        # policies behind a kill-switch are other policies: `defialloc compare` (which groups runs
+        # by this hash) must not pool them with the same policies run without it. Off adds nothing,
+        # so runs without the kill-switch keep the hash they always had.
+        hashed["__kill_switch__"] = overlay
     params: dict[str, Any] = {
         "policies": ",".join(result.policies),
         "scenario_set": result.scenario_set,
@@ -144,7 +154,8 @@ def log_backtest(
         "horizon": cfg.env.horizon,
         "step_days": cfg.market.step_days,
         "assets": ",".join(cfg.market.assets),
-        "policy_params_hash": params_hash(result.policy_params),
+        "policy_params_hash": params_hash(hashed),
+        **overlay,
     }
     if result.period:
         params |= {f"period_{k}": v for k, v in result.period.items()}
@@ -155,6 +166,7 @@ def log_backtest(
         "config_hash": cfg.config_hash(),
         "git_commit": commit,
         "held_out": str(result.held_out).lower(),
+        "kill_switch": str(result.kill_switch is not None).lower(),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})

@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from envs.actions import spot_safe_action
+from envs.config import load_config
 from envs.kill_switch import KillSwitch, KillSwitchConfig
 from envs.leverage_actions import ActionLayout
+from envs.simulator import PortfolioSimulator
 from tests.test_leverage_env import action, identity_error, make_paths, small_env
 
 
@@ -104,3 +107,39 @@ def test_env_kill_switch_delevers_pays_costs_holds_and_releases(
         assert sum(held["costs"].values()) == 0.0
     released = states[4]
     assert released["debt_usd"] > 0.0 and released["holdings"][:2].sum() > 0.0
+
+
+# ------------------------------------------------------------------ one forced-close rule
+def _with_dust(config: str | None, overrides: dict) -> PortfolioSimulator:
+    """Two envs holding 2 % of their value in BTC (under a 5 % no-trade band), the rest in cash."""
+    cfg = load_config(config, {"env.horizon": 4, "env.action.no_trade_band": 0.05, **overrides})
+    sim = PortfolioSimulator(cfg, n_envs=2)
+    sim.reset_envs(np.arange(2), np.array([2_000_000, 2_000_001]))
+    price, num = sim.prices_now()
+    sim.units[:] = 0.0
+    sim.units[:, 0] = 0.02 * sim.value / price[:, 0]
+    sim.cash[:] = 0.98 * sim.value / num
+    return sim
+
+
+@pytest.mark.parametrize("config", [None, "configs/leverage.yaml"])
+def test_an_all_numeraire_target_closes_positions_under_the_no_trade_band(config):
+    """A policy asking for cash sells dust the band would keep, like the env's kill-switch does."""
+    overrides = {"env.kill_switch.enabled": False}
+    if config is not None:
+        overrides["env.cascades.enabled"] = False
+    n = 5
+    # env 0: the spot safe action; env 1: another all-cash action (risky at -1, cash at 0)
+    spot = np.array([spot_safe_action(n), np.append(np.full(n, -1.0), 0.0)])
+    sim = _with_dust(config, overrides)
+    actions = spot if config is None else np.array([sim.protocols.layout.safe_action()] * 2)
+    if config is not None:
+        actions[1, : n + 1] = spot[1]
+    sim.execute(actions)
+    np.testing.assert_array_equal(sim.units, 0.0)
+    # a target a hair away from cash still respects the band (the rule is for "all numeraire" only)
+    sim = _with_dust(config, overrides)
+    near = spot.copy()
+    near[:, 0] = -1.0 + 0.02  # ~1 % BTC: under the band from 2 %, so nothing trades
+    sim.execute(near)  # a spot-only action: the levered env reads it as no debt, no perps
+    assert np.all(sim.units[:, 0] > 0.0)

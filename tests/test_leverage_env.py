@@ -477,8 +477,15 @@ def _random_action(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 def test_accounting_identity_with_all_protocols_over_10000_random_steps():
     """V(t+1) = V(t) - costs (incl. interest, funding, liquidation) + insurance + market PnL, 1e-9."""
+    # the kill-switch is off in leverage.yaml: turn it on, its forced de-leveraging is counted below
     env = make_env(
-        LEVERAGE_CONFIG, seed=7, **{"env.horizon": 365, "env.kill_switch.min_health_factor": 1.0}
+        LEVERAGE_CONFIG,
+        seed=7,
+        **{
+            "env.horizon": 365,
+            "env.kill_switch.enabled": True,
+            "env.kill_switch.min_health_factor": 1.0,
+        },
     )
     rng = np.random.default_rng(1)
     _, info = env.reset(seed=7)

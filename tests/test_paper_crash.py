@@ -1,4 +1,7 @@
-"""Crash safety: SIGKILL `defialloc paper` at random moments, restart it, compare with an uninterrupted run."""
+"""Crash safety: SIGKILL `defialloc paper` at random moments, restart it, compare with an uninterrupted run.
+
+Twice: with the env's own kill-switch in the policy's config, and with the policy-side wrapper
+(``--kill-switch``), whose state must survive the restarts too."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 
 from agents.onnx_policy import OnnxPolicy
 from envs.config import load_config
+from envs.kill_switch import KillSwitchConfig
 from tests.test_paper import DATA_DIR, KILL_SWITCH, ledger_tables, make_policy_dir, needs_data
 from training.paper.feeds import ReplayFeed
 from training.paper.ledger import Ledger
@@ -25,12 +29,16 @@ START, END = "2023-01-01", "2023-08-27"
 N_BARS = 300
 SPEED = 150.0  # bars per second: the run takes ~2 s, so kills land mid-run
 KILLS = 5
+#: the wrapper with the parameters of tests.test_paper.KILL_SWITCH (fires on the 2023 replay)
+WRAPPER = KillSwitchConfig(enabled=True, max_drawdown=0.06, cooldown_steps=3)
+WRAPPER_ARGS = ["--kill-switch", "--kill-switch-param", "max_drawdown=0.06",
+                "--kill-switch-param", "cooldown_steps=3"]  # fmt: skip
 
 
-def _paper_args(policy_dir: Path, ledger: Path) -> list[str]:
+def _paper_args(policy_dir: Path, ledger: Path, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "training.cli", "paper", "--policy", str(policy_dir), "--feed", "replay",
             "--start", START, "--end", END, "--data-dir", str(DATA_DIR), "--speed", str(SPEED),
-            "--ledger", str(ledger), "--no-mlflow", "--no-view", "--json"]  # fmt: skip
+            "--ledger", str(ledger), "--no-mlflow", "--no-view", "--json", *extra]  # fmt: skip
 
 
 def _last_bar(ledger: Path) -> int:
@@ -45,14 +53,20 @@ def _last_bar(ledger: Path) -> int:
 
 @pytest.mark.slow
 @needs_data
-def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(tmp_path):
-    policy_dir = make_policy_dir(tmp_path / "policy", overrides=KILL_SWITCH)
+@pytest.mark.parametrize("kill_switch", ["env", "wrapper"])
+def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(
+    tmp_path, kill_switch
+):
+    wrapper = kill_switch == "wrapper"
+    # the wrapper case exports a policy whose env kill-switch is off: only the wrapper acts
+    policy_dir = make_policy_dir(tmp_path / "policy", overrides=None if wrapper else KILL_SWITCH)
+    extra = WRAPPER_ARGS if wrapper else []
     ledger = tmp_path / "paper.db"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     rng = random.Random(20261121)
     progress = []
     for k in range(KILLS):
-        proc = subprocess.Popen(_paper_args(policy_dir, ledger), cwd=REPO, env=env,
+        proc = subprocess.Popen(_paper_args(policy_dir, ledger, extra), cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         if k == 0:
             time.sleep(rng.uniform(0.0, 1.0))  # anywhere from start-up to the first bars
@@ -73,7 +87,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(tm
         )
         progress.append(_last_bar(ledger))
     finished = subprocess.run(
-        _paper_args(policy_dir, ledger),
+        _paper_args(policy_dir, ledger, extra),
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -91,10 +105,14 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(tm
     reference = tmp_path / "uninterrupted.db"
     feed = ReplayFeed.from_config(cfg, START, END, data_dir=str(DATA_DIR))
     assert feed.length == N_BARS
-    trader = PaperTrader(policy, feed, reference)
+    trader = PaperTrader(policy, feed, reference, kill_switch=WRAPPER if wrapper else None)
     trader.run()
     trader.close()
-    assert ledger_tables(ledger) == ledger_tables(reference)
+    tables = ledger_tables(ledger)
+    assert tables == ledger_tables(reference)
+    assert policy.manifest.simulation_config["env"]["kill_switch"]["enabled"] is not wrapper
+    flags = [row[-1] for row in tables["equity"]]
+    assert sum(flags) > 0, "the kill-switch should fire in 2023 with a 6% drawdown limit"
     db = Ledger.open(ledger)
     sessions = db.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     db.close()

@@ -177,3 +177,33 @@ def test_agents_against_the_same_baselines_share_a_comparison_group():
     )  # a second PPO training seed
     merged = _merge_tables([a, b, c])
     assert sorted(merged["policy"]) == ["equal_weight", "ppo", "ppo", "sac"]
+
+
+def test_kill_switch_parameters_are_logged_with_the_run():
+    import mlflow
+
+    from envs.kill_switch import KillSwitchConfig
+
+    cfg = load_config({"market": {}, "env": {"horizon": 30}})
+    seeds = scenario_seeds("test", 3)
+    ks = KillSwitchConfig(enabled=True, max_drawdown=0.04, cooldown_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        on = run_backtest(cfg, ["equal_weight"], seeds, progress=False, kill_switch=ks)
+        off = run_backtest(cfg, ["equal_weight"], seeds, progress=False)
+    client = mlflow.MlflowClient(tracking_uri())
+    run_on = client.get_run(log_backtest(on, "unit-ks", "on", plots=False))
+    run_off = client.get_run(log_backtest(off, "unit-ks", "off", plots=False))
+    params = run_on.data.params
+    assert params["kill_switch.enabled"] == "True"
+    assert params["kill_switch.max_drawdown"] == "0.04"
+    assert params["kill_switch.cooldown_steps"] == "2"
+    assert params["kill_switch.min_health_factor"] == "1.1"
+    assert params["kill_switch.reset_peak_after_cooldown"] == "True"
+    assert run_on.data.tags["kill_switch"] == "true" and run_off.data.tags["kill_switch"] == "false"
+    assert run_off.data.params["kill_switch.enabled"] == "False"
+    assert not any(k.startswith("kill_switch.max") for k in run_off.data.params)
+    # behind the kill-switch the policies are other policies: never one comparison group
+    assert run_off.data.params["policy_params_hash"] == params_hash(off.policy_params)
+    assert params["policy_params_hash"] != run_off.data.params["policy_params_hash"]
+    assert run_on.data.metrics["kill_switch_fraction.equal_weight"] > 0.0

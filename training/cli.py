@@ -10,6 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.kill_switch_options import (
+    KILL_SWITCH_OPTION,
+    KILL_SWITCH_PARAM_OPTION,
+    describe_kill_switch,
+    resolve_kill_switch,
+)
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 app = typer.Typer(help="defialloc: RL allocation research for DeFi markets.", no_args_is_help=True)
@@ -57,15 +64,23 @@ def simulate(
     ),
     seed: int = typer.Option(0, help="scenario seed"),
     scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
+    kill_switch: bool = KILL_SWITCH_OPTION,
+    kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
 ) -> None:
     """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
     import numpy as np
 
+    from agents.kill_switch_policy import KillSwitchPolicy
     from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, parse_weights
     from evaluation.rollout import run_policy
     from training.summary import print_episode_summary
 
     cfg = _load(config, overrides)
+    try:
+        overlay = resolve_kill_switch(kill_switch, kill_switch_param)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(code=2) from None
     try:
         w = parse_weights(weights, tuple(cfg.market.assets))
     except ValueError as exc:
@@ -85,6 +100,9 @@ def simulate(
         except ValueError as exc:
             console.print(f"[red]--leverage/--hedge: {exc}[/red]")
             raise typer.Exit(code=2) from None
+    if overlay is not None:
+        console.print(describe_kill_switch(overlay))
+        policy = KillSwitchPolicy(policy, overlay, cfg)
     record = run_policy(cfg, policy, np.arange(seed, seed + scenarios))
     print_episode_summary(record, cfg, console)
 

@@ -12,6 +12,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from training.kill_switch_options import (
+    KILL_SWITCH_OPTION,
+    KILL_SWITCH_PARAM_OPTION,
+    describe_kill_switch,
+    resolve_kill_switch,
+)
+
 # piped output (CI logs) gets a wide table instead of rich's 80-column default
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -52,8 +59,14 @@ def evaluate(
         True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"
     ),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    kill_switch: bool = KILL_SWITCH_OPTION,
+    kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
 ) -> None:
-    """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow."""
+    """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow.
+
+    ``--kill-switch`` runs every policy behind the kill-switch wrapper (parameters: the eval
+    config's ``kill_switch:`` section, then ``--kill-switch-param``); they are logged with the run.
+    """
     from envs.config import ConfigError, load_config, parse_cli_overrides
     from envs.seeds import scenario_seeds
     from evaluation.backtest import (
@@ -66,8 +79,11 @@ def evaluate(
     try:
         cfg = load_config(config, parse_cli_overrides(overrides or []))
         ev = load_evaluation_config(eval_config)
+        overlay = resolve_kill_switch(kill_switch, kill_switch_param, ev.kill_switch)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
+    if overlay is not None:
+        console.print(describe_kill_switch(overlay))
     names = [
         p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()
     ]
@@ -94,6 +110,7 @@ def evaluate(
                 workers=workers,
                 progress=progress,
                 params_path=params_path,
+                kill_switch=overlay,
             )
         else:
             kind = scenario_set or ev.scenario_set
@@ -106,6 +123,7 @@ def evaluate(
                 progress=progress,
                 params_path=params_path,
                 scenario_set=kind,
+                kill_switch=overlay,
             )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))

@@ -14,6 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.kill_switch_options import (
+    KILL_SWITCH_OPTION,
+    KILL_SWITCH_PARAM_OPTION,
+    describe_kill_switch,
+    resolve_kill_switch,
+)
+
 console = Console()
 
 HELD_OUT_START = "2023-01-01"
@@ -159,8 +166,14 @@ def paper_command(
         None, help="features from this many trailing bars (default: all, = backtest)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
+    kill_switch: bool = KILL_SWITCH_OPTION,
+    kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
 ) -> None:
-    """Paper-trade an exported policy on a feed; crash-safe: rerun the same command to resume."""
+    """Paper-trade an exported policy on a feed; crash-safe: rerun the same command to resume.
+
+    ``--kill-switch`` puts the policy behind the kill-switch wrapper (recorded in the ledger and the
+    MLflow run; a ledger resumes only with the setting it was started with).
+    """
     from agents.onnx_policy import OnnxPolicy
     from envs.config import ConfigError, load_config
     from training.paper.runner import PaperTrader
@@ -169,6 +182,7 @@ def paper_command(
     opts = {"start": start, "end": end, "data_dir": data_dir, "market_config": market_config, "seed": seed,
             "bars": bars, "speed": speed}  # fmt: skip
     try:
+        overlay = resolve_kill_switch(kill_switch, kill_switch_param)
         onnx_policy = OnnxPolicy(policy)
         cfg = load_config(onnx_policy.manifest.simulation_config)
         the_feed = _make_feed(feed, cfg, onnx_policy.manifest, opts)
@@ -178,10 +192,13 @@ def paper_command(
             ledger,
             mlflow_experiment=experiment if log_mlflow else None,
             history_rows=history_rows,
+            kill_switch=overlay,
         )
         trader.preflight()
     except (ConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    if overlay is not None and not as_json:
+        console.print(describe_kill_switch(overlay))
     live = view and console.is_terminal and not as_json
     try:
         if live:
@@ -217,6 +234,8 @@ def paper_command(
         "costs",
         f"fees ${summary.fees_usd:,.2f}, slippage ${summary.slippage_usd:,.2f}, gas ${summary.gas_usd:,.2f}",
     )
+    if overlay is not None:
+        table.add_row("kill-switch", describe_kill_switch(overlay).removeprefix("kill-switch: "))
     if summary.mlflow_run_id:
         table.add_row("mlflow run", summary.mlflow_run_id)
     console.print(table)

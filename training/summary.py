@@ -51,6 +51,11 @@ def print_episode_summary(record: EpisodeRecord, cfg: SimulationConfig, console:
     console.print(table)
     if record.costs_usd.keys() & set(PROTOCOL_COSTS):
         console.print(protocol_table(record))
+    elif "kill_switch" in record.extras and record.extras["kill_switch"].any():
+        # spot configs have no protocol table: report the kill-switch (env or wrapper) here
+        steps = record.extras["kill_switch"].sum(axis=1)
+        per = ", ".join(f"{_seed_label(record, i)}: {int(n)}" for i, n in enumerate(steps))
+        console.print(f"kill-switch steps per scenario (seed: steps): {per}")
     codes, counts = np.unique(record.regime, return_counts=True)
     names = record.regime_names or tuple(str(c) for c in codes)
     regimes = ", ".join(f"{names[c]}: {n}" for c, n in zip(codes, counts, strict=True))

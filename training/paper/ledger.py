@@ -3,7 +3,8 @@
 Tables (every row keyed by the feed's ``bar_index``; prices and values in USD, units in tokens):
 
 =============  ================================================================================
-meta           ledger format, policy id and manifest, feed identity, asset order, status
+meta           ledger format, policy id and manifest, feed identity, asset order, status, the
+               policy-side kill-switch's parameters (``kill_switch``: null when off)
 bars           one row per bar: time, phase (``warmup``/``trade``), numeraire, depth, gas, ETH, regime
 bar_prices     close/high/low of every asset at every bar
 decisions      the policy's action and its target weights (before the kill-switch), per decision bar
@@ -13,7 +14,8 @@ fills          per asset (and the numeraire): executed units (signed) and their 
 positions      per asset and cash after the bar's trades: units, price, value, weight
 equity         per decision bar: marked value before trading, peak, drawdown, value after trading,
                fees/slippage/gas of the bar's trades, turnover, kill-switch flag
-snapshots      the simulator's full state after the bar (JSON): what a restart resumes from
+snapshots      the simulator's full state after the bar (JSON; with ``--kill-switch`` also the
+               wrapper's peak and cooldown clock): what a restart resumes from
 sessions       one row per process start (wall-clock audit trail; not part of the trading record)
 =============  ================================================================================
 
@@ -140,6 +142,29 @@ def check_ledger_matches(
         )
         raise LedgerMismatch(
             f"ledger {path} was written from another feed ({diffs}); pass a new --ledger"
+        )
+
+
+def _describe_kill_switch(params: dict[str, Any] | None) -> str:
+    if not params:
+        return "off"
+    return "on (" + ", ".join(f"{k}={v}" for k, v in params.items() if k != "enabled") + ")"
+
+
+def check_kill_switch_matches(
+    meta: dict[str, Any], path: Path, kill_switch: dict[str, Any] | None
+) -> None:
+    """Raise :class:`LedgerMismatch` unless ``meta`` was written with this kill-switch setting.
+
+    ``kill_switch``: the policy-side kill-switch's parameters (``KillSwitchConfig.model_dump``), or
+    None when off; ledgers written before the option existed read as off.
+    """
+    stored = meta.get("kill_switch")
+    if stored != kill_switch:
+        raise LedgerMismatch(
+            f"ledger {path} was written with the kill-switch {_describe_kill_switch(stored)}; this "
+            f"run asks for it {_describe_kill_switch(kill_switch)}: resume with the same "
+            "--kill-switch options, or pass a new --ledger"
         )
 
 

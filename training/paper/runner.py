@@ -6,8 +6,11 @@ For every bar, in one ledger transaction:
 2. load it into the :class:`~envs.streaming.StreamingSimulator`; history bars stop here;
 3. at the first decision bar open the portfolio (the env's reset); at later bars ``advance``: mark
    the holdings to the new prices, realign the pools, update the peak and the kill-switch's clock;
-4. observe (the env's own feature code), run the ONNX policy, ``execute`` (kill-switch, no-trade band,
-   routing across fee tiers, fees, slippage, gas: the env's execution model);
+4. observe (the env's own feature code), run the ONNX policy, apply the policy-side kill-switch
+   when asked for (``--kill-switch``: :class:`~agents.kill_switch_policy.KillSwitchPolicy` on the
+   policy's action, with the simulator's value and health factor), ``execute`` (the env's own
+   kill-switch if its config enables it, no-trade band, routing across fee tiers, fees, slippage,
+   gas: the env's execution model);
 5. write the bar, the decision, the orders, the fills, the positions, the equity row and the
    simulator's state after the bar; then stream the bar's metrics to MLflow and refresh the view.
 
@@ -27,11 +30,19 @@ from typing import Any
 
 import numpy as np
 
+from agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
 from agents.onnx_policy import OnnxPolicy
 from envs.config import SimulationConfig, load_config
+from envs.kill_switch import KillSwitchConfig
 from envs.streaming import MarketBar, StreamingSimulator, check_bar
 from training.paper.feeds import Feed, check_spacing
-from training.paper.ledger import BarRecord, Ledger, check_ledger_matches, inspect_ledger
+from training.paper.ledger import (
+    BarRecord,
+    Ledger,
+    check_kill_switch_matches,
+    check_ledger_matches,
+    inspect_ledger,
+)
 from training.paper.tracking import MetricsStream, bar_metrics
 
 DEFAULT_CAPACITY = 1024
@@ -59,6 +70,7 @@ class PaperSummary:
     gas_usd: float
     status: str
     mlflow_run_id: str | None = None
+    kill_switch: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -78,6 +90,9 @@ class PaperTrader:
         mlflow_experiment: stream metrics to a run in this experiment (None: no MLflow).
         on_bar: called after each committed bar with the record and the trader (the terminal view).
         history_rows: see :class:`~envs.streaming.StreamingSimulator` (None: exact backtest features).
+        kill_switch: run the policy behind the policy-side kill-switch with these parameters (None or
+            ``enabled=False``: off). Recorded in the ledger's meta and the MLflow params; a ledger
+            resumes only with the setting it was started with.
     """
 
     def __init__(
@@ -89,6 +104,7 @@ class PaperTrader:
         mlflow_experiment: str | None = None,
         on_bar: Callable[[BarRecord, PaperTrader], None] | None = None,
         history_rows: int | None = None,
+        kill_switch: KillSwitchConfig | None = None,
     ) -> None:
         self.policy = policy
         self.manifest = policy.manifest
@@ -99,6 +115,15 @@ class PaperTrader:
         self.history_rows = history_rows
         self.config: SimulationConfig = load_config(self.manifest.simulation_config)
         self.asset_names = tuple(self.manifest.asset_names)
+        if kill_switch is not None and not kill_switch.enabled:
+            kill_switch = None
+        self.kill_switch = kill_switch
+        self.overlay: KillSwitchPolicy | None = None
+        if kill_switch is not None:
+            self.overlay = KillSwitchPolicy(policy, kill_switch, self.config)
+            self.overlay.reset(1)
+        #: what the ledger's meta records (None: off)
+        self.kill_switch_meta = None if kill_switch is None else kill_switch.model_dump(mode="json")
         self.ledger: Ledger | None = None
         self.sim: StreamingSimulator | None = None
         self.stream: MetricsStream | None = None
@@ -130,6 +155,7 @@ class PaperTrader:
             check_ledger_matches(
                 meta, self.ledger_path, self.manifest.policy_id, self.feed.identity()
             )
+            check_kill_switch_matches(meta, self.ledger_path, self.kill_switch_meta)
         self._preflight = (meta,)
         return meta
 
@@ -142,8 +168,10 @@ class PaperTrader:
                 run_name=f"paper-{self.manifest.algo}-{self.feed.kind}",
                 tags={"kind": "paper", "policy_id": self.manifest.policy_id, "feed": self.feed.kind,
                       "ledger": str(self.ledger_path.resolve()), "algo": self.manifest.algo,
-                      "config_hash": self.manifest.config_hash},
-                params={"policy_source": self.manifest.source, **{f"feed.{k}": v for k, v in self.feed.identity().items()}},
+                      "config_hash": self.manifest.config_hash,
+                      "kill_switch": str(self.kill_switch is not None).lower()},
+                params={"policy_source": self.manifest.source, **{f"feed.{k}": v for k, v in self.feed.identity().items()},
+                        **kill_switch_params(self.kill_switch)},
             )  # fmt: skip
             run_id = self.stream.run_id
         elif self.mlflow_experiment is not None:
@@ -160,6 +188,7 @@ class PaperTrader:
                     "numeraire": self.manifest.numeraire,
                     "warmup": self.config.env.warmup,
                     "mlflow_run_id": run_id,
+                    "kill_switch": self.kill_switch_meta,
                 },
             )
         else:
@@ -178,6 +207,12 @@ class PaperTrader:
         state = self.ledger.last_state()
         if state is not None:
             self.sim.load_state(state)
+            if self.overlay is not None:
+                if "kill_switch_policy" not in state:
+                    raise ValueError(
+                        f"ledger {self.ledger_path}: the last snapshot has no kill-switch state"
+                    )
+                self.overlay.load_state(state["kill_switch_policy"])
         for fees, slip, gas in self.ledger.conn.execute(
             "SELECT fees_usd, slippage_usd, gas_usd FROM equity"
         ):
@@ -214,6 +249,8 @@ class PaperTrader:
             return BarRecord(bar, "warmup")
         if bar.index == sim.warmup:
             sim.start()
+            if self.overlay is not None:
+                self.overlay.reset(1)
             ruined = False
         else:
             ruined = bool(sim.advance().terminated[0])
@@ -224,13 +261,18 @@ class PaperTrader:
         if ruined:
             equity = (bar.time, step, value, peak, 1.0 - value / peak, value, 0.0, 0.0, 0.0, 0.0, 0)
             return BarRecord(bar, "trade", positions=self._positions(price[0], float(num[0])), equity=equity,
-                             state=sim.state(), status=HALTED_RUINED)  # fmt: skip
+                             state=self._state(), status=HALTED_RUINED)  # fmt: skip
         outputs = self.policy.predict(sim.observe())
         action = np.asarray(outputs["action"], dtype=np.float64)
-        done = sim.execute(action)
+        executed = action
+        if self.overlay is not None:  # the backtest's KillSwitchPolicy, on the ONNX output
+            executed = self.overlay.override(action, sim.value.copy(), sim.health_factor_now())
+        done = sim.execute(executed)
         intent = sim.last_intent
         assert intent is not None
-        kill = bool(done.kill_switch[0])
+        kill = bool(done.kill_switch[0]) or (
+            self.overlay is not None and bool(self.overlay.active[0])
+        )
         decision = (
             action[0].tolist(),
             np.asarray(outputs["target_weights"][0], dtype=np.float64).tolist(),
@@ -289,7 +331,15 @@ class PaperTrader:
             float(done.turnover[0]),
             int(kill),
         )
-        return BarRecord(bar, "trade", decision, orders, fills, positions, equity, sim.state())
+        return BarRecord(bar, "trade", decision, orders, fills, positions, equity, self._state())
+
+    def _state(self) -> dict[str, Any]:
+        """The simulator's JSON state, plus the kill-switch wrapper's when it is on."""
+        assert self.sim is not None
+        state = self.sim.state()
+        if self.overlay is not None:
+            state["kill_switch_policy"] = self.overlay.state()
+        return state
 
     def _positions(self, price: np.ndarray, num: float) -> list[tuple]:
         sim = self.sim
@@ -399,6 +449,7 @@ class PaperTrader:
             gas_usd=self.totals["gas_usd"],
             status=status,
             mlflow_run_id=None if self.stream is None else self.stream.run_id,
+            kill_switch=self.kill_switch_meta,
         )
 
     def close(self) -> None:
