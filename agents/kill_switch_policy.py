@@ -1,10 +1,11 @@
 """The kill-switch as a policy wrapper: a risk overlay that any allocator can sit behind.
 
-``KillSwitchPolicy(inner, config, sim_config)`` asks ``inner`` for its actions at every decision,
-then replaces the rows of the portfolios under the override by the safe action (all numeraire, no
-debt, no perps). The env executes that action like any other: an all-numeraire target closes every
-position regardless of the no-trade band (``envs.actions.all_numeraire``), through the normal
-execution model (fees, slippage, gas). The rule is the env's own kill-switch
+``KillSwitchPolicy(inner, config, sim_config)`` asks ``inner`` for its actions at every decision and
+flags (:attr:`KillSwitchPolicy.active`) the portfolios under the override; the simulator then gives
+those the safe target (all numeraire, no debt, no perps) whatever their action and whatever the
+action kind (``PortfolioSimulator.execute(..., override=...)``: the backtest's rollout and the paper
+trader pass the flags). An all-numeraire target closes every position regardless of the no-trade
+band (``envs.actions.all_numeraire``), through the normal execution model (fees, slippage, gas). The rule is the env's own kill-switch
 (``env.kill_switch``, :mod:`envs.kill_switch`), moved to the policy side so that a user chooses it
 per run, around any policy, in backtests (``run_backtest(kill_switch=...)``, ``defialloc evaluate
 --kill-switch``) and in paper trading (``defialloc paper --kill-switch``):
@@ -31,10 +32,8 @@ from typing import Any
 import numpy as np
 
 from agents.policy import MarketView, Policy
-from envs.actions import spot_safe_action
 from envs.config import SimulationConfig
 from envs.kill_switch import KillSwitch, KillSwitchConfig
-from envs.leverage_actions import ActionLayout
 
 #: the parameters a user may set (``enabled`` is the on/off switch itself)
 KILL_SWITCH_KEYS = tuple(k for k in KillSwitchConfig.model_fields if k != "enabled")
@@ -57,7 +56,7 @@ class KillSwitchPolicy(Policy):
         inner: any policy; its actions are ``(B, N+1)`` spot-only or ``(B, A)`` in the env's full
             layout (``envs.leverage_actions.ActionLayout``).
         config: thresholds; with ``enabled=False`` the wrapper never fires (passes actions through).
-        sim_config: the simulation config the policy acts in (asset count, lending/perps layout).
+        sim_config: unused (kept for call compatibility: the safe target is the simulator's).
 
     Attributes:
         active: ``(B,)`` bool, the portfolios under the override at the last :meth:`act`.
@@ -65,13 +64,10 @@ class KillSwitchPolicy(Policy):
     """
 
     def __init__(
-        self, inner: Policy, config: KillSwitchConfig, sim_config: SimulationConfig
+        self, inner: Policy, config: KillSwitchConfig, sim_config: SimulationConfig | None = None
     ) -> None:
         self.inner = inner
         self.config = config
-        n_assets = len(sim_config.market.assets)
-        self.spot_safe = spot_safe_action(n_assets)
-        self.full_safe = ActionLayout.for_config(sim_config.env, n_assets).safe_action()
         self.reset(0)
 
     # the wrapper is invisible in results: it reports the inner policy's identity and needs
@@ -86,6 +82,11 @@ class KillSwitchPolicy(Policy):
     @property
     def uses_oracle(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.inner, "uses_oracle", False))
+
+    @property
+    def decision_every(self) -> int:
+        """The inner policy's decision interval (market steps; 1 unless it says otherwise)."""
+        return int(getattr(self.inner, "decision_every", 1))
 
     @property
     def diagnostics(self) -> dict[str, int]:
@@ -107,7 +108,8 @@ class KillSwitchPolicy(Policy):
         self.active = np.zeros(n_envs, dtype=bool)
 
     def act(self, observation: np.ndarray, view: MarketView) -> np.ndarray:
-        """The inner policy's actions ``(B, A)``, with the rows under the override replaced."""
+        """The inner policy's actions ``(B, A)``, unchanged; :attr:`active` flags the portfolios
+        the simulator must override (pass it as ``execute(..., override=wrapper.active)``)."""
         if view.value_usd is None:
             raise ValueError(
                 "KillSwitchPolicy needs MarketView.value_usd (the portfolio value at the decision); "
@@ -116,42 +118,23 @@ class KillSwitchPolicy(Policy):
         # the inner policy decides at every step, overridden or not, so that its own state (e.g.
         # rebalancing clocks) evolves exactly as behind the env's kill-switch
         actions = self.inner.act(observation, view)
-        return self.override(actions, view.value_usd, view.health_factor)
+        self.decide(view.value_usd, view.health_factor)
+        return actions
 
-    def override(
-        self,
-        actions: np.ndarray,
-        value_usd: np.ndarray,
-        health_factor: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Advance one decision and apply the override to given actions (paper trading calls this
-        on the ONNX policy's output).
+    def decide(self, value_usd: np.ndarray, health_factor: np.ndarray | None = None) -> np.ndarray:
+        """Advance one decision: update the peaks and the cooldown clocks; returns (and keeps in
+        :attr:`active`) the ``(B,)`` override flags (paper trading calls this around the ONNX policy).
 
         Args:
-            actions: ``(B, N+1)`` or ``(B, A)`` actions of the inner policy.
             value_usd: ``(B,)`` portfolio values at the decision, USD.
             health_factor: ``(B,)`` health factors (inf without debt), None without lending.
-
-        Returns:
-            ``(B, A)`` float64 actions; :attr:`active` holds the override flags.
         """
-        actions = np.asarray(actions, dtype=np.float64)
         value = np.asarray(value_usd, dtype=np.float64)
         b = self.peak.shape[0]
-        if value.shape != (b,) or actions.ndim != 2 or actions.shape[0] != b:
+        if value.shape != (b,):
             raise ValueError(
-                f"KillSwitchPolicy was reset for {b} portfolios but got actions of shape "
-                f"{actions.shape} and values of shape {value.shape}; call reset(n_envs) first"
-            )
-        width = actions.shape[1]
-        if width == self.spot_safe.size:
-            safe = self.spot_safe
-        elif width == self.full_safe.size:
-            safe = self.full_safe
-        else:
-            raise ValueError(
-                f"actions have {width} entries; the env takes {self.spot_safe.size} (spot only) "
-                f"or {self.full_safe.size} (its full layout)"
+                f"KillSwitchPolicy was reset for {b} portfolios but got values of shape "
+                f"{value.shape}; call reset(n_envs) first"
             )
         peak = self.peak
         # re-entry: the previous decision was the last under the override (the env's semantics)
@@ -163,10 +146,10 @@ class KillSwitchPolicy(Policy):
         # the same expression as the env's (1 - V / peak): bit-identical triggers
         drawdown = np.where(live, 1.0 - value / np.where(live, peak, 1.0), 0.0)
         hf = None if health_factor is None else np.asarray(health_factor, dtype=np.float64)
-        out, active = self.switch.apply(actions, safe, drawdown, hf)
+        active = self.switch.update(drawdown, hf)
         self.peak = peak
         self.active = active.copy()
-        return out
+        return self.active
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, list]:

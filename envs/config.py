@@ -106,13 +106,45 @@ class GasConfig(StrictModel):
 
 
 class ActionConfig(StrictModel):
-    """How the Box action becomes target weights (see envs/actions.py)."""
+    """How the Box action becomes targets (weights, leverage, hedges): ``envs/action_kinds.py``.
 
+    ``kind``: ``target`` (the action is the target itself), ``anchored`` (an anchor portfolio plus
+    bounded deviations) or ``delta`` (trades relative to the current portfolio, at most
+    ``max_turnover`` per decision). The deviation / change bounds of each kind apply to the spot
+    weights, the leverage block (lending) and the hedge block (perps).
+    """
+
+    kind: Literal["target", "anchored", "delta"] = "target"
     no_trade_band: float = Field(
         default=0.01,
         ge=0.0,
         le=0.5,
         description="skip an asset whose |target - current| weight is below this",
+    )
+    anchor: Literal["equal_weight", "inverse_vol", "cash"] = Field(
+        default="equal_weight",
+        description="anchored: the anchor portfolio (inverse_vol: 1 / trailing realized vol)",
+    )
+    max_deviation: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="anchored: weight deviation at an output of +-1"
+    )
+    max_turnover: float = Field(
+        default=0.1, gt=0.0, le=1.0, description="delta: one-sided turnover per decision, at most"
+    )
+    leverage_deviation: float = Field(
+        default=0.5, gt=0.0, le=50.0, description="anchored: debt/equity above the anchor's 0 at +1"
+    )
+    max_leverage_change: float = Field(
+        default=0.25, gt=0.0, le=50.0, description="delta: debt/equity change per decision"
+    )
+    hedge_deviation: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="anchored: hedge ratio around 0 at an output of +-1",
+    )
+    max_hedge_change: float = Field(
+        default=0.25, gt=0.0, le=1.0, description="delta: hedge-ratio change per decision"
     )
 
 
@@ -229,6 +261,15 @@ class EnvConfig(StrictModel):
         description="terminate when value <= ruin_fraction * initial value (also the reward's floor)",
     )
     initial_weights: Literal["cash", "equal"] = "cash"
+    decision_every: int = Field(
+        default=1,
+        ge=1,
+        le=365,
+        description=(
+            "market steps per decision of the Gymnasium env (the market, carry and liquidations "
+            "move every step; the reward sums the interval); env.horizon must be a multiple"
+        ),
+    )
     amm: AmmConfig = Field(default_factory=AmmConfig)
     gas: GasConfig = Field(default_factory=GasConfig)
     action: ActionConfig = Field(default_factory=ActionConfig)
@@ -255,6 +296,13 @@ class EnvConfig(StrictModel):
         if self.warmup < need:
             raise ValueError(
                 f"warmup={self.warmup} must be >= {need} (the longest observation window + 1)"
+            )
+        k = self.decision_every
+        if self.horizon % k:
+            below = self.horizon - self.horizon % k
+            raise ValueError(
+                f"horizon={self.horizon} must be a multiple of decision_every={k} "
+                f"(e.g. horizon={below}): every episode ends on a decision boundary"
             )
         return self
 

@@ -11,13 +11,16 @@ import numpy as np
 from envs.config import SimulationConfig, load_config
 from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator
+from envs.step_records import combine_steps
 
 
 class DeFiMarketEnv(gym.Env):
     """Allocate a portfolio across DeFi spot assets and cash, trading through AMM pools.
 
-    Action: ``Box(-1, 1, (N+1,))`` mapped to target weights over the ``N`` assets and cash (see
-    ``envs/actions.py``). Observation: ``Box(-clip, clip, (obs_dim,))`` float32 (layout in
+    Action: ``Box(-1, 1, (N+1,))`` (more with lending/perps) mapped to targets by the config's action
+    kind (``envs/action_kinds.py``). One ``step`` is one decision: ``env.decision_every`` market
+    steps, trading at the first and holding through the rest; the reward sums the interval and
+    ``info`` reports its summed flows and the final state. Observation: ``Box(-clip, clip, (obs_dim,))`` float32 (layout in
     ``envs/features.py``). Each ``reset`` draws a fresh market path from the env's seeded generator,
     in the training seed range (see ``envs/seeds.py``); ``reset(options={"paths": MarketPaths})`` runs
     a given evaluation path instead.
@@ -60,6 +63,12 @@ class DeFiMarketEnv(gym.Env):
         if self._needs_reset:
             raise RuntimeError("call reset() before step() (and after an episode ends)")
         result = self.sim.step(np.asarray(action)[None, :] if np.ndim(action) == 1 else action)
+        steps, every = [result], self.config.env.decision_every
+        # the steps until the next decision: the market, carry and liquidations move, no order
+        while len(steps) < every and not (result.terminated[0] or result.truncated[0]):
+            result = self.sim.step(None, hold=True)
+            steps.append(result)
+        result = combine_steps(steps)
         terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
         self._needs_reset = terminated or truncated
         return (

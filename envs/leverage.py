@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.actions import actions_to_weights, all_numeraire
+from envs.action_kinds import ActionTargets
+from envs.actions import all_numeraire
 from envs.config import ConfigError, SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
@@ -28,8 +29,8 @@ from envs.execution.rebalance import execute_rebalance
 from envs.indexing import gather_at
 from envs.leverage_actions import (
     ActionLayout,
+    clip_leverage_to_ltv,
     health_factor_fast,
-    leverage_target,
     max_feasible_leverage,
 )
 from envs.leverage_paths import ProtocolPaths, ProtocolSetup
@@ -239,7 +240,7 @@ class LeverageEngine:
         self,
         units: np.ndarray,
         cash: np.ndarray,
-        actions: np.ndarray,
+        targets: ActionTargets,
         price: np.ndarray,
         num: np.ndarray,
         equity: np.ndarray,
@@ -249,26 +250,26 @@ class LeverageEngine:
         gwei: np.ndarray,
         eth: np.ndarray,
     ) -> LeveredFills:
-        """Borrow, rebalance spot, repay and trade perps toward the action's targets at ``t``.
+        """Borrow, rebalance spot, repay and trade perps toward ``targets`` at ``t``.
 
-        ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)`` paths (envs/indexing.py).
+        ``targets``: what the action asks for (:class:`envs.action_kinds.ActionTargets`: weights,
+        debt / equity before the LTV clip, hedge ratios); the leverage is clipped here to what the
+        weights' LTVs allow. ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)``
+        paths (envs/indexing.py).
 
-        A target whose risky weights are all 0 (e.g. ``self.layout.safe_action()``, which the
-        kill-switch supplies) is all numeraire: the leverage target is clipped to 0 (no collateral),
-        the perp targets are 0, and every spot position, debt and perp is closed regardless of the
-        no-trade band. Mutates ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot
-        units and cash.
+        A target whose risky weights are all 0 (e.g. the kill-switch's safe target) is all
+        numeraire: the leverage target is clipped to 0 (no collateral), the perp targets are 0, and
+        every spot position, debt and perp is closed regardless of the no-trade band. Mutates
+        ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot units and cash.
         """
         band = self.cfg.action.no_trade_band
-        spot_a, lev_a, hedge_a = self.layout.split(actions)
-        w = actions_to_weights(spot_a)
+        w = targets.weights
         eq = np.maximum(equity, 0.0)
         if self.lending_on:
-            lev = leverage_target(
-                lev_a,
+            lev = clip_leverage_to_ltv(
+                targets.leverage,
                 w,
                 self.setup.reserves.ltv,
-                self.cfg.lending.max_leverage,
                 self.cfg.lending.ltv_buffer,  # type: ignore[union-attr]
             )
         else:
@@ -307,9 +308,9 @@ class LeverageEngine:
                 units, cash, price, num, gwei, eth, move_debt, gap_usd, target_debt_usd, borrow_usd
             )
         perp_fee = perp_gas = zero
-        if self.perps_on and (hedge_a.any() or self.perp_size.any()):
+        if self.perps_on and (targets.hedge.any() or self.perp_size.any()):
             cash, perp_fee, perp_gas = self._trade_perps(
-                cash, target_usd, hedge_a, price, num, eq, now, gwei, eth
+                cash, target_usd, targets.hedge, price, num, eq, now, gwei, eth
             )
         costs = TradeCosts(
             fills.costs.fees_usd + perp_fee,

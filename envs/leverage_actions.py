@@ -128,6 +128,20 @@ def leverage_target(
         ltv: ``(N,)`` loan-to-value of each risky asset.
     """
     wanted = (np.maximum(np.minimum(leverage_action, 1.0), -1.0) + 1.0) * 0.5 * max_leverage
+    return clip_leverage_to_ltv(wanted, weights, ltv, ltv_buffer)
+
+
+def clip_leverage_to_ltv(
+    wanted: np.ndarray, weights: np.ndarray, ltv: np.ndarray, ltv_buffer: float
+) -> np.ndarray:
+    """Debt / equity ``(B,)`` ``wanted`` clipped to ``S / (1 - S)``, ``S = ltv_buffer * sum_i w_i LTV_i``
+    (the target debt stays within ``ltv_buffer`` of the post-trade borrowing capacity).
+
+    Args:
+        wanted: ``(B,)`` debt / equity asked for (>= 0).
+        weights: ``(B, N + 1)`` target weights, cash last.
+        ltv: ``(N,)`` loan-to-value of each risky asset.
+    """
     s = ltv_buffer * (weights[:, :-1] * ltv).sum(axis=1)
     return np.minimum(wanted, s / (1.0 - s))
 

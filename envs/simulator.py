@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.actions import (
-    actions_to_weights,
-    all_numeraire,
-    apply_no_trade_band,
-    spot_safe_action,
-    validate_actions,
-)
+from envs.action_kinds import ActionMap, ActionTargets, PortfolioState
+from envs.actions import all_numeraire, apply_no_trade_band, validate_actions
 from envs.config import SimulationConfig
-from envs.execution.costs import GasModel
+from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance, target_units
 from envs.features import market_features, n_market_features, observation_size
 from envs.indexing import flat_time_index, gather_at
 from envs.kill_switch import KillSwitch
 from envs.leverage import LeverageEngine
+from envs.leverage_actions import ActionLayout
 from envs.leverage_info import protocol_info, protocol_step_fields
 from envs.leverage_move import MoveOutcome, protocol_move, write_off_negative_equity
 from envs.market.paths import MarketPaths
@@ -87,6 +83,11 @@ class PortfolioSimulator:
             self.protocols = LeverageEngine(config, n_envs, self.asset_names)
             self.action_dim = self.protocols.layout.dim
             self.obs_dim += self.protocols.obs_size
+        self.action_map = ActionMap(
+            ActionLayout.for_config(env_cfg, self.n_assets),
+            env_cfg.action,
+            env_cfg.lending.max_leverage,
+        )
         self._move: MoveOutcome | None = None
         self.warmup = env_cfg.warmup
         self.horizon = env_cfg.horizon
@@ -276,32 +277,100 @@ class PortfolioSimulator:
         return obs
 
     # ------------------------------------------------------------------ step
-    def step(self, actions: np.ndarray) -> StepResult:
-        """Advance every env by one step: :meth:`execute` at ``t``, then :meth:`advance` to ``t + 1``.
+    def step(
+        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+    ) -> StepResult:
+        """Advance every env by one market step: :meth:`execute` at ``t``, then :meth:`advance`.
 
-        ``actions``: ``(B, N+1)`` in [-1, 1] (see envs/actions.py).
+        ``actions``: ``(B, action_dim)`` (or spot-only ``(B, N+1)``) in [-1, 1], read by the
+        config's action kind (envs/action_kinds.py); see :meth:`execute` for ``override``/``hold``.
         """
-        self.execute(actions)
+        self.execute(actions, override=override, hold=hold)
         return self.advance()
 
-    def execute(self, actions: np.ndarray) -> Execution:
+    def portfolio_state(
+        self, price: np.ndarray, num: np.ndarray, value: np.ndarray
+    ) -> PortfolioState:
+        """What the action kinds read at the decision (envs/action_kinds.py): current weights,
+        debt / equity, hedge ratios and, for the inverse-vol anchor, the trailing realized vol."""
+        weights = self.weights(price, num, value)
+        b, n = self.n_envs, self.n_assets
+        leverage, hedge = np.zeros(b), np.zeros((b, n))
+        engine = self.protocols
+        if engine is not None:
+            equity = np.where(value > 0.0, value, np.inf)
+            leverage = engine.debt * num / equity
+            held = self.units > 0.0
+            hedge = np.where(held, -engine.perp_size / np.where(held, self.units, 1.0), 0.0)
+        vol = None
+        if self.action_map.needs_vol:
+            window = min(self.config.env.observation.vol_window, self.warmup)
+            returns = np.diff(np.log(self.trailing_prices(window + 1)), axis=1)
+            vol = returns.std(axis=1)
+        return PortfolioState(weights, leverage, hedge, vol)
+
+    def execute(
+        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+    ) -> Execution:
         """Trade toward the actions' targets against the pools at the current decision time ``t``.
 
+        Args:
+            actions: ``(B, action_dim)`` or spot-only ``(B, N+1)``; None only with ``hold``.
+            override: ``(B,)`` bool, envs that get the safe target (all numeraire, no debt, no
+                perps) whatever their action and action kind: a policy-side kill-switch
+                (``agents.kill_switch_policy.KillSwitchPolicy``) asks for cash through it.
+            hold: no env trades at this step (a step between two decisions, ``env.decision_every``):
+                no order, no cost, and the kill-switch is not consulted (it acts at decisions).
+
         A target that is all numeraire closes every position regardless of the no-trade band
-        (:func:`envs.actions.all_numeraire`). The env's kill-switch (when enabled) only supplies that target:
-        it replaces the actions of the envs under its override by the safe action, so it trades
-        exactly like a policy (or ``agents.kill_switch_policy.KillSwitchPolicy``) asking for cash.
+        (:func:`envs.actions.all_numeraire`). The env's kill-switch (when enabled) adds its own
+        override, so it trades exactly like a policy-side kill-switch with the same parameters.
         """
-        if self.protocols is not None:
-            return self._execute_levered(actions)
-        actions = validate_actions(actions, self.n_envs, self.action_dim)
+        if hold:
+            zero = np.zeros(self.n_envs)
+            no_flag = np.zeros(self.n_envs, dtype=bool)
+            self._pending = Execution(self.value, TradeCosts(zero, zero, zero), zero, no_flag)
+            return self._pending
+        if actions is None:
+            raise ValueError("actions is None: only a hold step (hold=True) trades without actions")
+        width = np.shape(actions)[-1]
+        spot_only = width == self.n_assets + 1 < self.action_dim
+        actions = validate_actions(
+            actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim
+        )
         price, num = self.prices_now()
         value_before = self.value
-        current = self.weights(price, num, value_before)
-        active = self.kill_switch.update(1.0 - value_before / self.peak)
-        if active.any():
-            actions = np.where(active[:, None], spot_safe_action(self.n_assets), actions)
-        target = actions_to_weights(actions)
+        state = self.portfolio_state(price, num, value_before)
+        engine = self.protocols
+        active = self.kill_switch.update(1.0 - value_before / self.peak, self.health_factor_now())
+        forced = active if override is None else active | np.asarray(override, dtype=bool)
+        targets = self.action_map.targets(actions, state)
+        if forced.any():
+            safe = self.action_map.safe_targets(self.n_envs)
+            targets = ActionTargets(*(
+                np.where(forced.reshape(-1, *([1] * (t.ndim - 1))), s, t)
+                for t, s in zip(targets, safe, strict=True)
+            ))  # fmt: skip
+        if engine is not None:
+            fills = engine.execute(
+                self.units,
+                self.cash,
+                targets,
+                price,
+                num,
+                value_before,
+                self._now,
+                self.pools,
+                self.gas,
+                self.now(self.gas_gwei),
+                self.now(self.eth),
+            )
+            self.units, self.cash = fills.units, fills.cash
+            turnover = _turnover(fills.traded_usd, value_before)
+            self._pending = Execution(value_before, fills.costs, turnover, forced)
+            return self._pending
+        target = targets.weights
+        current = state.weights
         mask = apply_no_trade_band(target, current, self.band)
         mask |= all_numeraire(target)[:, None] & (self.units > 0.0)
         fills = execute_rebalance(
@@ -320,40 +389,8 @@ class PortfolioSimulator:
         self.cash = self.cash + fills.cash_delta
         turnover = _turnover(fills.traded_usd, value_before)
         self._pending = Execution(
-            value_before, fills.costs, turnover, active, current, target, mask
+            value_before, fills.costs, turnover, forced, current, target, mask
         )
-        return self._pending
-
-    def _execute_levered(self, actions: np.ndarray) -> Execution:
-        """:meth:`execute` with lending / perps: borrow, rebalance, repay, trade perps (envs/leverage.py)."""
-        engine = self.protocols
-        assert engine is not None
-        spot_only = np.shape(actions)[-1] == self.n_assets + 1 < self.action_dim
-        actions = validate_actions(
-            actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim
-        )
-        price, num = self.prices_now()
-        value_before = self.value
-        active = self.kill_switch.update(1.0 - value_before / self.peak, self.health_factor_now())
-        if active.any():
-            safe = spot_safe_action(self.n_assets) if spot_only else engine.layout.safe_action()
-            actions = np.where(active[:, None], safe, actions)
-        fills = engine.execute(
-            self.units,
-            self.cash,
-            actions,
-            price,
-            num,
-            value_before,
-            self._now,
-            self.pools,
-            self.gas,
-            self.now(self.gas_gwei),
-            self.now(self.eth),
-        )
-        self.units, self.cash = fills.units, fills.cash
-        turnover = _turnover(fills.traded_usd, value_before)
-        self._pending = Execution(value_before, fills.costs, turnover, active)
         return self._pending
 
     def advance(self) -> StepResult:

@@ -5,6 +5,7 @@ Plain records with a leading env axis ``B`` (see :mod:`envs.simulator` for the d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,67 @@ class StepResult:
     perp_notional_usd: np.ndarray | None = None
     insurance_usd: np.ndarray | None = None
     bad_debt_usd: np.ndarray | None = None
+
+
+#: StepResult fields that are flows over a step: a decision interval sums them (the rest are states)
+FLOW_FIELDS = frozenset(
+    {
+        "reward",
+        "turnover",
+        "liquidations",
+        "liquidation_penalty_usd",
+        "interest_usd",
+        "funding_usd",
+        "insurance_usd",
+        "bad_debt_usd",
+    }
+)
+
+
+def combine_steps(steps: list[StepResult]) -> StepResult:
+    """One :class:`StepResult` for consecutive market steps (a decision interval of
+    ``env.decision_every`` steps).
+
+    Flows (:data:`FLOW_FIELDS` and every cost kind) are summed, the kill-switch flag is any-of, and
+    states (value, regime, health factor, debt, ...) are the last step's. An env whose episode ended
+    inside the interval (terminated or truncated at step ``j``) keeps step ``j``'s states and sums
+    only up to it: later steps of that env are never counted.
+    """
+    if len(steps) == 1:
+        return steps[0]
+    first = steps[0]
+    # live[j]: the env had not ended before step j
+    ended = np.zeros(first.reward.shape, dtype=bool)
+    live = []
+    for step in steps:
+        live.append(~ended)
+        ended = ended | step.terminated | step.truncated
+    out = {}
+    for f in dataclasses.fields(first):
+        name = f.name
+        values = [getattr(step, name) for step in steps]
+        if values[0] is None:
+            out[name] = None
+        elif name == "costs":
+            costs = type(values[0])
+            out[name] = costs(*(
+                sum(np.where(m, getattr(c, g.name), 0.0) for c, m in zip(values, live, strict=True))
+                for g in dataclasses.fields(values[0])
+            ))  # fmt: skip
+        elif name in FLOW_FIELDS:
+            out[name] = sum(np.where(m, v, 0) for v, m in zip(values, live, strict=True))
+        elif name in ("kill_switch", "terminated", "truncated"):
+            out[name] = np.logical_or.reduce(
+                [np.asarray(v, dtype=bool) & m for v, m in zip(values, live, strict=True)]
+            )
+        else:  # a state: the value at the step the env ended, else the last one
+            state = values[-1]
+            for j in range(len(steps) - 1, -1, -1):
+                stopped = live[j] & (steps[j].terminated | steps[j].truncated)
+                if stopped.any():
+                    state = np.where(stopped, values[j], state)
+            out[name] = state
+    return StepResult(**out)
 
 
 @dataclass

@@ -266,11 +266,15 @@ class StreamingSimulator(PortfolioSimulator):
         """Row (= feed bar index) of the current decision time."""
         return int(self.warmup + self.t[0])
 
-    def execute(self, actions: np.ndarray) -> Execution:
+    def execute(
+        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+    ) -> Execution:
         """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
+        if hold:
+            raise ValueError("the paper trader decides at every bar (env.decision_every = 1)")
         price, num = self.prices_now()
         units_before, cash_before = self.units[0].copy(), float(self.cash[0])
-        done = super().execute(actions)
+        done = super().execute(actions, override=override)
         assert done.target_weights is not None and done.trade_mask is not None  # spot path only
         self.last_intent = OrderIntent(
             done.current_weights[0],

@@ -24,7 +24,7 @@ from envs.config import SimulationConfig
 from envs.episode_prefetch import EpisodePrefetch
 from envs.seeds import draw_training_path_seed
 from envs.simulator import PortfolioSimulator
-from envs.step_records import StepResult
+from envs.step_records import StepResult, combine_steps
 
 
 class DeFiMarketVecEnv(VecEnv):
@@ -79,10 +79,32 @@ class DeFiMarketVecEnv(VecEnv):
 
     def step_wait(self):
         result = self.sim.step(self._actions)
+        steps = [result]
+        ended = result.terminated | result.truncated
+        final_obs: np.ndarray | None = None
+        # env.decision_every > 1: hold through the interval; an env whose episode ends inside it
+        # keeps the observation of that moment (its later steps are discarded by combine_steps)
+        for _ in range(self.config.env.decision_every - 1):
+            if ended.all():
+                break
+            if ended.any():
+                final_obs = self.sim.observe() if final_obs is None else final_obs
+            result = self.sim.step(None, hold=True)
+            steps.append(result)
+            now_ended = (result.terminated | result.truncated) & ~ended
+            if now_ended.any():
+                obs_now = self.sim.observe()
+                final_obs = obs_now.copy() if final_obs is None else final_obs
+                final_obs[now_ended] = obs_now[now_ended]
+            ended |= now_ended
+        result = combine_steps(steps)
         self.last_step = result
         self._episode_return += result.reward
         self._episode_length += 1
         obs = self.sim.observe()
+        if final_obs is not None:  # the ended envs' observations at the moment they ended
+            early = result.terminated | result.truncated
+            obs[early] = final_obs[early]
         done = result.terminated | result.truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if done.any():

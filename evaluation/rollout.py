@@ -170,24 +170,31 @@ def run_policy(
     lookback = max(1, min(policy.lookback, sim.warmup + 1))
     uses_oracle = bool(getattr(policy, "uses_oracle", False))
     overlay = policy if isinstance(policy, KillSwitchPolicy) else None
+    # a policy that decides every k market steps (trained with env.decision_every = k) holds in
+    # between: no order, no cost; the market, carry and liquidations still move every step
+    every = max(1, int(getattr(policy, "decision_every", 1)))
     for t in range(horizon):
         price, num = sim.prices_now()
         close[:, t] = price
-        hf = sim.health_factor_now()
-        view = MarketView(
-            sim.asset_names,
-            sim.trailing_prices(lookback),
-            sim.weights(price, num, sim.value),
-            sim.t.copy(),
-            config.market.step_days,
-            oracle=oracle_info(sim) if uses_oracle else None,
-            value_usd=sim.value.copy(),
-            health_factor=None if hf is None else hf.copy(),
-        )
-        actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
-        result = sim.step(actions)
-        if overlay is not None:  # one kill-switch series, whoever pulled it
-            result.kill_switch = result.kill_switch | overlay.active
+        if t % every:
+            result = sim.step(None, hold=True)
+        else:
+            hf = sim.health_factor_now()
+            view = MarketView(
+                sim.asset_names,
+                sim.trailing_prices(lookback),
+                sim.weights(price, num, sim.value),
+                sim.t.copy(),
+                config.market.step_days,
+                oracle=oracle_info(sim) if uses_oracle else None,
+                value_usd=sim.value.copy(),
+                health_factor=None if hf is None else hf.copy(),
+            )
+            actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
+            override = None if overlay is None else overlay.active
+            result = sim.step(actions, override=override)
+            if overlay is not None:  # one kill-switch series, whoever pulled it
+                result.kill_switch = result.kill_switch | overlay.active
         held = np.maximum((sim.units * price).sum(1) + sim.cash * num, 1e-300)
         weights[:, t] = sim.weights(price, num, held)
         alive[:, t] = ~dead

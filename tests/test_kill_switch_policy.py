@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
 from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, MarketView, Policy
-from envs.actions import spot_safe_action
 from envs.config import load_config
 from envs.kill_switch import KillSwitchConfig
 from envs.leverage_actions import ActionLayout
 from envs.seeds import scenario_seeds
+from envs.simulator import PortfolioSimulator
 from evaluation.backtest import run_backtest
 from training.cli import app
 
@@ -75,9 +75,8 @@ def test_fires_past_max_drawdown_holds_cooldown_plus_one_then_hands_back_with_th
     actions, flags, peaks = _drive(wrapper, values)
     # the firing decision + 2 cooldown decisions in cash, then the policy again
     assert flags == [False, False, False, True, True, True, False, False, True, True]
-    safe = spot_safe_action(2)
-    for a, f in zip(actions, flags, strict=True):
-        np.testing.assert_array_equal(a, safe if f else inner.action)
+    for a in actions:  # the actions pass through: the simulator overrides the flagged rows
+        np.testing.assert_array_equal(a, inner.action)
     # re-entry at decision 6 restarts the peak at 85 (vs 120, 85 would be 29 % down and fire again):
     # 70 is 17.6 % under it (control stays), 67 is 21.2 % under it (fires)
     assert peaks == [100.0, 120.0, 120.0, 120.0, 120.0, 120.0, 85.0, 85.0, 85.0, 85.0]
@@ -114,12 +113,21 @@ def test_fires_under_min_health_factor_with_lending_and_uses_the_full_safe_actio
     actions, flags, _ = _drive(wrapper, [100.0] * 5, hfs=[np.inf, 1.3, 1.19, 1.19, np.inf])
     # fires at 1.19 (1.3 is above the limit), holds 1 + 1 decisions, then hands back
     assert flags == [False, False, True, True, False]
-    np.testing.assert_array_equal(actions[2], layout.safe_action())
-    np.testing.assert_array_equal(actions[4], inner.action)
-    # a spot-only inner action gets the spot safe action
-    spot = KillSwitchPolicy(Constant([0.2, 0.2, 0.0]), ks, cfg)
-    actions, flags, _ = _drive(spot, [100.0, 100.0], hfs=[1.0, 1.0])
-    np.testing.assert_array_equal(actions[0], spot_safe_action(2))
+    np.testing.assert_array_equal(actions[2], inner.action)
+    # the simulator gives a flagged row the safe target whatever its action: no debt, no perp,
+    # all numeraire, exactly what the layout's safe action asks for
+    sim = PortfolioSimulator(load_config(cfg, {"env.horizon": 3}), n_envs=2)
+    sim.reset_envs(np.arange(2), np.array([0, 0]))
+    sim.step(np.stack([inner.action, inner.action]))  # both lever up and hedge
+    sim.step(np.stack([inner.action, inner.action]), override=np.array([True, False]))
+    assert sim.units[0].sum() == 0.0 and sim.protocols.debt[0] == 0.0
+    assert not sim.protocols.perp_size[0].any()
+    assert sim.protocols.debt[1] > 0.0  # (no cash left to margin a hedge: perps scaled to 0)
+    twin = PortfolioSimulator(load_config(cfg, {"env.horizon": 3}), n_envs=1)
+    twin.reset_envs(np.arange(1), np.array([0]))
+    twin.step(inner.action[None])
+    twin.step(layout.safe_action()[None])
+    assert twin.value[0] == sim.value[0]
 
 
 def test_state_round_trips_through_json_and_bad_states_are_refused():

@@ -264,10 +264,10 @@ class PaperTrader:
                              state=self._state(), status=HALTED_RUINED)  # fmt: skip
         outputs = self.policy.predict(sim.observe())
         action = np.asarray(outputs["action"], dtype=np.float64)
-        executed = action
-        if self.overlay is not None:  # the backtest's KillSwitchPolicy, on the ONNX output
-            executed = self.overlay.override(action, sim.value.copy(), sim.health_factor_now())
-        done = sim.execute(executed)
+        override = None
+        if self.overlay is not None:  # the backtest's KillSwitchPolicy, around the ONNX policy
+            override = self.overlay.decide(sim.value.copy(), sim.health_factor_now())
+        done = sim.execute(action, override=override)
         intent = sim.last_intent
         assert intent is not None
         kill = bool(done.kill_switch[0]) or (
