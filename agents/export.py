@@ -46,7 +46,7 @@ from agents.onnx_policy import (
     ONNX_FILE,
     PASSTHROUGH_TRANSFORM,
     WEIGHTS_OUTPUT,
-    WEIGHTS_TRANSFORM,
+    WEIGHTS_TRANSFORMS,
     ActionBlock,
     OnnxPolicy,
     PolicyManifest,
@@ -108,8 +108,10 @@ class DeployedPolicy(torch.nn.Module):
         high: np.ndarray,
         normalizer: ObsNormalizer,
         n_weights: int,
+        weights_output: bool = True,
     ) -> None:
         super().__init__()
+        self.weights_output = weights_output
         self.actor = actor
         self.squash = squash
         self.normalize = normalizer.enabled
@@ -138,10 +140,13 @@ class DeployedPolicy(torch.nn.Module):
             action = self.low + 0.5 * (torch.tanh(mean) + 1.0) * (self.high - self.low)
         else:
             action = torch.maximum(torch.minimum(mean, self.high), self.low)
-        weights = _actions_to_weights(action[:, : self.n_weights].to(torch.float64), self.cash_only)
+        outputs = [action]
+        if self.weights_output:
+            w = _actions_to_weights(action[:, : self.n_weights].to(torch.float64), self.cash_only)
+            outputs.append(w)
         if self.action_dim > self.n_weights:
-            return action, weights, action[:, self.n_weights :]
-        return action, weights
+            outputs.append(action[:, self.n_weights :])
+        return tuple(outputs)
 
 
 def _actions_to_weights(actions: torch.Tensor, cash_only: torch.Tensor) -> torch.Tensor:
@@ -154,7 +159,7 @@ def _actions_to_weights(actions: torch.Tensor, cash_only: torch.Tensor) -> torch
 
 
 def build_deployed_policy(
-    model: BaseAlgorithm, normalizer: ObsNormalizer, n_weights: int
+    model: BaseAlgorithm, normalizer: ObsNormalizer, n_weights: int, weights_output: bool = True
 ) -> DeployedPolicy:
     """Wrap a copy of ``model``'s actor (CPU, eval mode) with the normalization and the action map."""
     policy = model.policy
@@ -173,17 +178,19 @@ def build_deployed_policy(
         )
     # copy only the actor's modules: the full policy holds optimizer state that cannot be deep-copied
     actor = copy.deepcopy(actor).to("cpu").eval()
-    return DeployedPolicy(actor, squash, space.low, space.high, normalizer, n_weights).eval()
+    return DeployedPolicy(
+        actor, squash, space.low, space.high, normalizer, n_weights, weights_output
+    ).eval()
 
 
-def output_names(action_dim: int, n_weights: int) -> list[str]:
-    names = [ACTION_OUTPUT, WEIGHTS_OUTPUT]
+def output_names(action_dim: int, n_weights: int, weights_output: bool = True) -> list[str]:
+    names = [ACTION_OUTPUT, WEIGHTS_OUTPUT] if weights_output else [ACTION_OUTPUT]
     return [*names, EXTRA_OUTPUT] if action_dim > n_weights else names
 
 
 def write_onnx(module: DeployedPolicy, obs_dim: int, path: Path) -> None:
     """Export with the legacy (TorchScript) exporter and a dynamic batch axis on every tensor."""
-    names = output_names(module.action_dim, module.n_weights)
+    names = output_names(module.action_dim, module.n_weights, module.weights_output)
     dummy = torch.zeros(2, obs_dim, dtype=torch.float32)
     buffer = io.BytesIO()
     with torch.no_grad():
@@ -215,7 +222,8 @@ def action_layout(sim: PortfolioSimulator, numeraire: str) -> tuple[ActionBlock,
     passed through as ``extra_<i>``.
     """
     n = sim.n_assets
-    blocks = [ActionBlock("weights", 0, n + 1, WEIGHTS_TRANSFORM, (*sim.asset_names, numeraire))]
+    transform = WEIGHTS_TRANSFORMS[sim.config.env.action.kind]
+    blocks = [ActionBlock("weights", 0, n + 1, transform, (*sim.asset_names, numeraire))]
     position = n + 1
     layout = getattr(getattr(sim, "protocols", None), "layout", None)
     if layout is not None:
@@ -314,7 +322,9 @@ def export_policy(
             f"normalizer has {src.normalizer.mean.shape[0]} features; the model has {sim.obs_dim}"
         )
     layout = action_layout(sim, config.market.numeraire)
-    module = build_deployed_policy(src.model, src.normalizer, sim.n_assets + 1)
+    module = build_deployed_policy(
+        src.model, src.normalizer, sim.n_assets + 1, config.env.action.kind == "target"
+    )
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         staged = Path(tmp) / ONNX_FILE
@@ -361,7 +371,8 @@ def _self_check(
     with torch.no_grad():
         expected = [t.numpy() for t in module(torch.as_tensor(obs))]
     got = OnnxPolicy(folder).predict(obs)
-    for name, ref in zip(output_names(module.action_dim, module.n_weights), expected, strict=True):
+    names = output_names(module.action_dim, module.n_weights, module.weights_output)
+    for name, ref in zip(names, expected, strict=True):
         err = float(np.max(np.abs(got[name].astype(np.float64) - ref)))
         if err > 1e-5:
             raise ValueError(

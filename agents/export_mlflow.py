@@ -107,10 +107,9 @@ def log_export(
 
     folder = Path(out_dir)
     n_weights = manifest.n_assets + 1
-    outputs = [
-        TensorSpec(np.dtype(np.float32), (-1, manifest.action_dim), name=ACTION_OUTPUT),
-        TensorSpec(np.dtype(np.float64), (-1, n_weights), name=WEIGHTS_OUTPUT),
-    ]
+    outputs = [TensorSpec(np.dtype(np.float32), (-1, manifest.action_dim), name=ACTION_OUTPUT)]
+    if manifest.has_weights_output:
+        outputs.append(TensorSpec(np.dtype(np.float64), (-1, n_weights), name=WEIGHTS_OUTPUT))
     if manifest.action_dim > n_weights:
         outputs.append(
             TensorSpec(

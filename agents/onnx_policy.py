@@ -37,6 +37,15 @@ WEIGHTS_OUTPUT = "target_weights"
 EXTRA_OUTPUT = "extra_actions"
 #: transform names of action blocks (see ActionBlock)
 WEIGHTS_TRANSFORM = "clipped_linear_simplex"
+#: weights blocks of the other action kinds (envs/action_kinds.py): the target depends on the
+#: portfolio's state, so the graph outputs no ``target_weights``; the env's ActionMap maps them
+ANCHORED_TRANSFORM = "anchored_deviation"
+DELTA_TRANSFORM = "delta_turnover"
+WEIGHTS_TRANSFORMS = {
+    "target": WEIGHTS_TRANSFORM,
+    "anchored": ANCHORED_TRANSFORM,
+    "delta": DELTA_TRANSFORM,
+}
 PASSTHROUGH_TRANSFORM = "clip"
 
 
@@ -123,7 +132,18 @@ class PolicyManifest:
 
     @property
     def weights_block(self) -> ActionBlock:
-        return next(b for b in self.action_layout if b.transform == WEIGHTS_TRANSFORM)
+        return next(b for b in self.action_layout if b.transform in WEIGHTS_TRANSFORMS.values())
+
+    @property
+    def has_weights_output(self) -> bool:
+        """The graph outputs ``target_weights`` (only the ``target`` action kind maps actions to
+        weights without the portfolio's state)."""
+        return self.weights_block.transform == WEIGHTS_TRANSFORM
+
+    @property
+    def decision_every(self) -> int:
+        """Market steps per decision the policy was trained with (``env.decision_every``)."""
+        return int(self.simulation_config.get("env", {}).get("decision_every", 1))
 
     @property
     def policy_id(self) -> str:
@@ -238,17 +258,18 @@ class PolicyManifest:
                     f"{source}: action_layout block {block.name!r} [{block.start}, {block.stop}) with "
                     f"{len(block.labels)} labels does not continue the layout at {position}"
                 )
-            if block.transform not in (WEIGHTS_TRANSFORM, PASSTHROUGH_TRANSFORM):
+            allowed = (*WEIGHTS_TRANSFORMS.values(), PASSTHROUGH_TRANSFORM)
+            if block.transform not in allowed:
                 raise ValueError(
                     f"{source}: action_layout block {block.name!r} has transform={block.transform!r}; "
-                    f"allowed: {WEIGHTS_TRANSFORM!r}, {PASSTHROUGH_TRANSFORM!r}"
+                    f"allowed: {', '.join(repr(a) for a in allowed)}"
                 )
             position = block.stop
         if position != self.action_dim:
             raise ValueError(
                 f"{source}: action_layout covers [0, {position}) but action_dim={self.action_dim}"
             )
-        weights = [b for b in self.action_layout if b.transform == WEIGHTS_TRANSFORM]
+        weights = [b for b in self.action_layout if b.transform in WEIGHTS_TRANSFORMS.values()]
         if len(weights) != 1 or weights[0].start != 0 or weights[0].size != n + 1:
             raise ValueError(
                 f"{source}: action_layout needs one weights block [0, {n + 1}) (assets + cash)"
@@ -324,6 +345,7 @@ class OnnxPolicy(Policy):
         self.obs_dim = self.manifest.obs_dim
         self.action_dim = self.manifest.action_dim
         self.name = f"onnx-{self.manifest.algo}"
+        self.decision_every = self.manifest.decision_every
 
     # an InferenceSession cannot be copied or pickled: copies (backtest tasks, worker processes)
     # reload the same checked export folder instead
@@ -358,10 +380,9 @@ class OnnxPolicy(Policy):
             raise ValueError(
                 f"{where}: input shape {obs_shape}; expected [batch, {self.manifest.obs_dim}] with a dynamic batch"
             )
-        expected = {
-            ACTION_OUTPUT: self.manifest.action_dim,
-            WEIGHTS_OUTPUT: self.manifest.n_assets + 1,
-        }
+        expected = {ACTION_OUTPUT: self.manifest.action_dim}
+        if self.manifest.has_weights_output:
+            expected[WEIGHTS_OUTPUT] = self.manifest.n_assets + 1
         if self.manifest.action_dim > self.manifest.n_assets + 1:
             expected[EXTRA_OUTPUT] = self.manifest.action_dim - self.manifest.n_assets - 1
         for name, width in expected.items():

@@ -189,10 +189,16 @@ class SB3Policy(Policy):
     ``act(observation (B, obs_dim), view) -> actions (B, action_dim)`` in the env's Box ``[-1, 1]``:
     the observation is normalized with the frozen :class:`ObsNormalizer`, then the model's
     deterministic action is taken (PPO: the Gaussian mean clipped to the Box; SAC: the squashed mean).
+    ``decision_every``: the market steps per decision it was trained with (``env.decision_every``);
+    backtests hold its portfolio in between (``evaluation.rollout.run_policy``).
     """
 
     def __init__(
-        self, model: BaseAlgorithm, normalizer: ObsNormalizer | None = None, name: str | None = None
+        self,
+        model: BaseAlgorithm,
+        normalizer: ObsNormalizer | None = None,
+        name: str | None = None,
+        decision_every: int = 1,
     ):
         obs_shape = model.observation_space.shape
         if obs_shape is None or len(obs_shape) != 1:
@@ -206,6 +212,9 @@ class SB3Policy(Policy):
                 f"normalizer has {self.normalizer.mean.shape[0]} features, the model expects {self.obs_dim}"
             )
         self.name = name or type(model).__name__.lower()
+        if decision_every < 1:
+            raise ValueError(f"decision_every={decision_every} must be >= 1 (market steps)")
+        self.decision_every = int(decision_every)
 
     @classmethod
     def load(
@@ -215,13 +224,14 @@ class SB3Policy(Policy):
         vecnormalize_path: str | Path | None = None,
         name: str | None = None,
         device: str = "cpu",
+        decision_every: int = 1,
     ) -> SB3Policy:
         """Load a saved model zip and (optionally) its ``VecNormalize`` statistics file."""
         model = load_model(algo, model_path, device=device)
         normalizer = (
             ObsNormalizer.load(vecnormalize_path) if vecnormalize_path is not None else None
         )
-        return cls(model, normalizer, name=name or algo)
+        return cls(model, normalizer, name=name or algo, decision_every=decision_every)
 
     def act(self, observation: np.ndarray, view: MarketView | None = None) -> np.ndarray:
         obs = np.asarray(observation)

@@ -267,7 +267,8 @@ class EnvConfig(StrictModel):
         le=365,
         description=(
             "market steps per decision of the Gymnasium env (the market, carry and liquidations "
-            "move every step; the reward sums the interval); env.horizon must be a multiple"
+            "move every step; the reward sums the interval); the Gymnasium envs need env.horizon "
+            "to be a multiple"
         ),
     )
     amm: AmmConfig = Field(default_factory=AmmConfig)
@@ -297,14 +298,18 @@ class EnvConfig(StrictModel):
             raise ValueError(
                 f"warmup={self.warmup} must be >= {need} (the longest observation window + 1)"
             )
+        return self
+
+    def check_decision_interval(self) -> None:
+        """The Gymnasium envs step whole decision intervals: ``horizon`` must be a multiple of
+        ``decision_every`` (backtests and paper trading hold between decisions at any horizon)."""
         k = self.decision_every
         if self.horizon % k:
             below = self.horizon - self.horizon % k
-            raise ValueError(
-                f"horizon={self.horizon} must be a multiple of decision_every={k} "
-                f"(e.g. horizon={below}): every episode ends on a decision boundary"
+            raise ConfigError(
+                f"env.horizon={self.horizon} must be a multiple of env.decision_every={k} "
+                f"(e.g. env.horizon={below}): every training episode ends on a decision boundary"
             )
-        return self
 
 
 class SimulationConfig(StrictModel):

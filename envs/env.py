@@ -33,6 +33,7 @@ class DeFiMarketEnv(gym.Env):
     ) -> None:
         super().__init__()
         self.config = load_config(config, overrides or None)
+        self.config.env.check_decision_interval()
         self.sim = PortfolioSimulator(self.config, n_envs=1)
         clip = self.config.env.observation.clip
         self.action_space = gym.spaces.Box(

@@ -270,16 +270,23 @@ class StreamingSimulator(PortfolioSimulator):
         self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
     ) -> Execution:
         """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
-        if hold:
-            raise ValueError("the paper trader decides at every bar (env.decision_every = 1)")
         price, num = self.prices_now()
         units_before, cash_before = self.units[0].copy(), float(self.cash[0])
-        done = super().execute(actions, override=override)
-        assert done.target_weights is not None and done.trade_mask is not None  # spot path only
+        done = super().execute(actions, override=override, hold=hold)
+        if hold:  # between decisions: the target is the portfolio as it stands, nothing submitted
+            current = self.weights(price, num, self.value)[0]
+            target, submitted = current, np.zeros(self.n_assets, dtype=bool)
+        else:
+            assert done.target_weights is not None and done.trade_mask is not None  # spot path
+            current, target, submitted = (
+                done.current_weights[0],
+                done.target_weights[0],
+                done.trade_mask[0],
+            )
         self.last_intent = OrderIntent(
-            done.current_weights[0],
-            done.target_weights[0],
-            done.trade_mask[0],
+            current,
+            target,
+            submitted,
             float(done.value_before[0]),
             units_before,
             cash_before,

@@ -33,6 +33,7 @@ class DeFiMarketVecEnv(VecEnv):
     def __init__(self, config: SimulationConfig, n_envs: int, seed: int | None = None) -> None:
         self.config = config
         self.render_mode = None
+        config.env.check_decision_interval()
         self.sim = PortfolioSimulator(config, n_envs)
         clip = config.env.observation.clip
         action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32)

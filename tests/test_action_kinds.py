@@ -100,8 +100,10 @@ def test_bad_action_config_names_the_key():
         load_config(None, {"env.action.kind": "softmax"})
     with pytest.raises(ConfigError, match="env.action.max_turnover"):
         load_config(None, {"env.action.max_turnover": 0.0})
-    with pytest.raises(ConfigError, match="multiple of decision_every=7"):
-        load_config(None, {"env.decision_every": 7})
+    # the Gymnasium envs need whole decision intervals; backtests run at any horizon
+    with pytest.raises(ConfigError, match="multiple of env.decision_every=7"):
+        make_env(None, **{"env.decision_every": 7})
+    load_config(None, {"env.decision_every": 7})
 
 
 # ------------------------------------------------------------------------------ right inverses
@@ -268,3 +270,43 @@ def test_a_policy_deciding_every_k_steps_holds_in_between_in_backtests():
     rec = run_policy(cfg, policy, scenario_seeds("validation", 2))
     traded = rec.turnover > 0.0
     assert traded[:, ::7].all() and not traded[:, 1:7].any() and not traded[:, 8:14].any()
+
+
+@pytest.mark.parametrize("kind", ["anchored", "delta"])
+def test_exported_policies_of_other_kinds_paper_trade_like_their_backtest(kind, tmp_path):
+    """The ONNX graph of an anchored / delta policy outputs its action only (its target depends on
+    the portfolio); the paper trader maps it with the env's ActionMap, holds between decisions,
+    and reproduces the backtest of the same export on a replayed period bar for bar."""
+    import sqlite3
+
+    from agents.onnx_policy import WEIGHTS_OUTPUT, OnnxPolicy
+    from evaluation.backtest import run_period_backtest
+    from tests.test_paper import DATA_DIR, make_policy_dir, run_trader
+    from training.paper.feeds import ReplayFeed
+
+    folder = make_policy_dir(
+        tmp_path / "policy", overrides={"env.action.kind": kind, "env.decision_every": 5}
+    )
+    policy = OnnxPolicy(folder)
+    assert policy.decision_every == 5
+    assert WEIGHTS_OUTPUT not in policy.predict(np.zeros((1, policy.obs_dim)))
+    cfg = load_config(policy.manifest.simulation_config)
+    feed = ReplayFeed.from_config(cfg, "2022-09-01", "2022-10-31", data_dir=str(DATA_DIR))
+    run_trader(policy, feed, tmp_path / "paper.db")
+    result = run_period_backtest(
+        load_config(cfg, {"market.data_dir": str(DATA_DIR)}),
+        [policy],
+        "2022-09-01",
+        "2022-10-31",
+        progress=False,
+    )
+    record = result.records[policy.name]
+    rows = np.array(
+        sqlite3.connect(tmp_path / "paper.db")
+        .execute("SELECT value_usd, fees_usd, turnover FROM equity ORDER BY bar_index")
+        .fetchall()
+    )
+    np.testing.assert_array_equal(rows[:, 0], record.value_usd[0])
+    np.testing.assert_array_equal(rows[:-1, 1], record.fees_usd[0])
+    traded = record.turnover[0] > 0.0
+    assert traded.any() and not traded[np.arange(traded.size) % 5 != 0].any()

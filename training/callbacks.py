@@ -156,7 +156,12 @@ class ValidationCallback(BaseCallback):
         """Validate now (also called once more when training ends)."""
         venv = self.model.get_vec_normalize_env()
         normalizer = ObsNormalizer.from_vec_normalize(venv) if venv is not None else None
-        policy = SB3Policy(self.model, normalizer, name=self.policy_name)
+        policy = SB3Policy(
+            self.model,
+            normalizer,
+            name=self.policy_name,
+            decision_every=self.simulation.env.decision_every,
+        )
         metrics = validation_metrics(
             run_policy(self.simulation, policy, self.seeds), self.periods_per_year
         )

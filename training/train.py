@@ -419,7 +419,12 @@ def evaluate_against_baselines(
 
     folder = result.policy_dir()
     policy = SB3Policy.load(
-        cfg.algo, folder / MODEL_FILE, folder / VECNORMALIZE_FILE, name=cfg.algo, device="cpu"
+        cfg.algo,
+        folder / MODEL_FILE,
+        folder / VECNORMALIZE_FILE,
+        name=cfg.algo,
+        device="cpu",
+        decision_every=cfg.simulation.env.decision_every,
     )
     eval_cfg = load_evaluation_config()
     baselines = list(

@@ -262,22 +262,32 @@ class PaperTrader:
             equity = (bar.time, step, value, peak, 1.0 - value / peak, value, 0.0, 0.0, 0.0, 0.0, 0)
             return BarRecord(bar, "trade", positions=self._positions(price[0], float(num[0])), equity=equity,
                              state=self._state(), status=HALTED_RUINED)  # fmt: skip
-        outputs = self.policy.predict(sim.observe())
-        action = np.asarray(outputs["action"], dtype=np.float64)
-        override = None
-        if self.overlay is not None:  # the backtest's KillSwitchPolicy, around the ONNX policy
-            override = self.overlay.decide(sim.value.copy(), sim.health_factor_now())
-        done = sim.execute(action, override=override)
+        decision = None
+        if step % self.policy.decision_every:  # between two decisions: hold (as in backtests)
+            done = sim.execute(None, hold=True)
+            kill = False
+        else:
+            outputs = self.policy.predict(sim.observe())
+            action = np.asarray(outputs["action"], dtype=np.float64)
+            override = None
+            if self.overlay is not None:  # the backtest's KillSwitchPolicy, around the ONNX policy
+                override = self.overlay.decide(sim.value.copy(), sim.health_factor_now())
+            done = sim.execute(action, override=override)
+            kill = bool(done.kill_switch[0]) or (
+                self.overlay is not None and bool(self.overlay.active[0])
+            )
         intent = sim.last_intent
         assert intent is not None
-        kill = bool(done.kill_switch[0]) or (
-            self.overlay is not None and bool(self.overlay.active[0])
-        )
-        decision = (
-            action[0].tolist(),
-            np.asarray(outputs["target_weights"][0], dtype=np.float64).tolist(),
-            kill,
-        )
+        if decision is None and not step % self.policy.decision_every:
+            decision = (
+                action[0].tolist(),
+                # the graph's target weights (target kind), else the env's mapped targets
+                np.asarray(
+                    outputs["target_weights"][0] if "target_weights" in outputs else intent.target,
+                    dtype=np.float64,
+                ).tolist(),
+                kill,
+            )
         orders = []
         for i, asset in enumerate(self.asset_names):
             gap = float(intent.target[i] - intent.current[i])
