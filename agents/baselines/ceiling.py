@@ -24,9 +24,9 @@ conditions hold), warm-started from each env's previous solution: the constraint
 so the previous optimum is feasible and its working set is usually nearly the new one. ``d`` and
 ``t`` carry no risk, so a ridge of ``RIDGE`` (relative to the mean asset variance) on every variable
 keeps the Hessian definite; it lowers the attained ``g`` by ``RIDGE * mean variance * |z|^2 / 2``,
-under 1e-10 per step. Measured on this 2-core machine, 64 envs x 365 steps: 1.1 s spot, 5.2 s with
-``configs/leverage.yaml`` (its 64 KKT systems of size 35 are factored in one numpy call per
-iteration, ~2 and ~5 iterations per step).
+under 1e-10 per step. Measured on the 2-core dev machine, 64 envs x 365 steps: ~1 s spot, 5-8 s
+with ``configs/leverage.yaml`` (its 64 KKT systems of size 35 are factored in one numpy call per
+iteration, ~2 and ~5 iterations per step; docs/baselines.md).
 
 So for any policy whose post-trade exposures satisfy the same constraints, ``g(policy) <= g(ceiling)``
 at every state: the ceiling BOUNDS the ex-ante growth (``BacktestResult.ex_ante``), not realized
