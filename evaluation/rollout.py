@@ -39,7 +39,7 @@ class EpisodeRecord:
 
     ``value_usd[:, 0]`` is the initial value; ``value_usd[:, t+1]`` the value after step ``t``.
     ``weights[:, t]`` are the weights right after trading at decision time ``t`` (before the move),
-    over GROSS assets (risky holdings + cash; with debt they sum to ``1 + debt / equity`` times equity).
+    over GROSS assets (risky holdings + cash, ``(1 + debt / equity)`` times the equity with debt).
     ``close_usd[:, t]`` are the asset close prices at decision time ``t`` (``t = T``: the final mark).
     With lending or perps, ``debt_to_equity[:, t]`` ``(K, T)`` and ``perp_to_equity[:, t]``
     ``(K, T, N)`` (signed perp notional at the index price) are the post-trade positions over the
