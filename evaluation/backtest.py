@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
-from agents.baselines.policies import DEFAULT_PARAMS_PATH, make_policy
+from agents.baselines.policies import DEFAULT_PARAMS_PATH, UPPER_REFERENCES, make_policy
 from agents.kill_switch_policy import KillSwitchPolicy
 from agents.policy import Policy
 from envs.config import SimulationConfig, format_validation_error, load_config
@@ -34,6 +34,7 @@ from envs.kill_switch import KillSwitchConfig
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.seeds import check_evaluation_seeds
+from evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
 from evaluation.metrics import periods_per_year_from_step, summarize_returns
 from evaluation.rollout import EpisodeRecord, run_policy
 
@@ -110,7 +111,9 @@ class BacktestResult:
     ``scenario_set`` names where the scenarios came from (``"test"``, ``"validation"``, ``"custom"``
     or ``"period:<name>"``); ``period`` holds the replayed period's name and dates, if any;
     ``policy_params`` each policy's resolved parameters (baselines; {} for other policies);
-    ``kill_switch`` the parameters of the kill-switch every policy ran behind (None: off).
+    ``kill_switch`` the parameters of the kill-switch every policy ran behind (None: off);
+    ``ex_ante_detail`` the per-step ex-ante growth of every policy and of the true ceiling on the
+    same states (:mod:`evaluation.ex_ante`; synthetic markets only, None otherwise).
     """
 
     config: SimulationConfig
@@ -122,6 +125,17 @@ class BacktestResult:
     diagnostics: dict[str, dict[str, int]] = field(default_factory=dict)
     policy_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     kill_switch: KillSwitchConfig | None = None
+    ex_ante_detail: ExAnte | None = None
+
+    @property
+    def ex_ante(self) -> dict[str, np.ndarray]:
+        """Policy -> ``(K,)`` mean ex-ante log growth per live step (synthetic; else ``{}``)."""
+        return {} if self.ex_ante_detail is None else self.ex_ante_detail.means()
+
+    @property
+    def ex_ante_ceiling(self) -> np.ndarray | None:
+        """``(K,)`` the true ceiling's mean ex-ante log growth per step on the same states."""
+        return None if self.ex_ante_detail is None else self.ex_ante_detail.ceiling_means()
 
     @property
     def policies(self) -> list[str]:
@@ -142,6 +156,7 @@ class BacktestResult:
         """
         rows = []
         ppy = self.periods_per_year
+        ex_ante, ceiling = self.ex_ante, self.ex_ante_ceiling
         for name, rec in self.records.items():
             returns = rec.returns
             for k in range(rec.n_scenarios):
@@ -163,6 +178,9 @@ class BacktestResult:
                     "health_factor" in rec.extras
                 ):  # lowest HF over the episode (inf: never borrowed)
                     metrics["min_health_factor"] = float(np.nanmin(rec.extras["health_factor"][k]))
+                if ceiling is not None:  # per step, log units (docs/evaluation.md, ex-ante growth)
+                    metrics["ex_ante_log_growth"] = float(ex_ante[name][k])
+                    metrics["ex_ante_ceiling_log_growth"] = float(ceiling[k])
                 rows.append(
                     {
                         "policy": name,
@@ -202,6 +220,7 @@ class BacktestResult:
             cols["alive"] = rec.alive.reshape(-1)
             for key, series in rec.extras.items():
                 cols[key] = series.reshape(-1)
+            cols |= position_and_ex_ante_columns(rec, self.ex_ante_detail, name)
             frames.append(pd.DataFrame(cols))
         return pd.concat(frames, ignore_index=True)
 
@@ -279,6 +298,8 @@ def _concat_records(parts: list[EpisodeRecord]) -> EpisodeRecord:
         costs_usd={k: np.concatenate([p.costs_usd[k] for p in parts]) for k in first.costs_usd},
         extras={k: np.concatenate([p.extras[k] for p in parts]) for k in first.extras},
         ruined=None if first.ruined is None else cat("ruined"),
+        debt_to_equity=None if first.debt_to_equity is None else cat("debt_to_equity"),
+        perp_to_equity=None if first.perp_to_equity is None else cat("perp_to_equity"),
     )
 
 
@@ -387,6 +408,10 @@ def run_backtest(
                     bar.update(horizon)
     finally:
         bar.close()
+    chunk_records = [
+        {labels[p]: outputs[(p, c)][0] for p in range(len(labels))} for c in range(len(chunks))
+    ]
+    ex_ante = ex_ante_of_chunks(config, chunk_paths, chunk_seeds, chunk_records)
     records, elapsed, diagnostics = {}, {}, {}
     for p, label in enumerate(labels):
         parts = [outputs[(p, c)] for c in range(len(chunks))]
@@ -398,6 +423,8 @@ def run_backtest(
         for part in parts:
             for key, value in part[1].items():
                 diag[key] = diag.get(key, 0) + int(value)
+        if ex_ante is not None:  # steps the ceiling does not bound (docs/evaluation.md)
+            diag["ex_ante_outside_steps"] = ex_ante.outside[label]
         diagnostics[label] = diag
     return BacktestResult(
         config,
@@ -409,6 +436,7 @@ def run_backtest(
         diagnostics,
         policy_params,
         kill_switch,
+        ex_ante,
     )
 
 
@@ -454,9 +482,10 @@ def run_period_backtest(
     spec = PeriodSpec(start=start, end=end)  # type: ignore[arg-type]
     cfg = period_config(config, spec)
     for p in policies:
-        if getattr(p, "uses_oracle", False) or p == "oracle_mean_variance":
+        if getattr(p, "uses_oracle", False) or p in UPPER_REFERENCES:
             raise ValueError(
-                f"policy {_policy_label(p)!r} needs synthetic true parameters; a replayed period has none"
+                f"policy {_policy_label(p)!r} is an upper reference that needs the synthetic market's "
+                "true state and parameters; a replayed period has none (leave it out)"
             )
     seeds = np.array([0], dtype=np.int64)
     paths = _sample_chunk(cfg, seeds)

@@ -5,10 +5,12 @@ same scenarios, with the same simulation config and the same baseline parameters
 ``(n_runs, n_scenarios)`` array (runs = training seeds of an agent; identical duplicate runs of a
 deterministic baseline are kept once). For every policy and metric the report gives the mean and the
 IQM with 95% stratified-bootstrap CIs over scenarios; against the best FEASIBLE baseline (highest mean
-of the primary metric; the oracle is an upper reference, never the yardstick) the paired mean
+of the primary metric; the upper references, ``oracle_mean_variance`` and ``ceiling``, are never the
+yardstick) the paired mean
 difference and the probability of improvement with CIs; and the probabilistic / deflated Sharpe
-ratios of the per-step returns pooled over scenarios (DSR deflates for all policies in the group).
-The Markdown/HTML text of the report is rendered by ``evaluation/report_render.py``.
+ratios of the per-step returns pooled over scenarios (DSR deflates for all policies in the group);
+for synthetic groups the true ceiling's ex-ante growth and each policy's share of the
+ceiling-over-equal-weight gap (``evaluation/report_ex_ante.py``). The Markdown/HTML text of the report is rendered by ``evaluation/report_render.py``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from agents.baselines.policies import FEASIBLE_BASELINES
+from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
 from evaluation import statistics as st
 from evaluation.plots import PLOTS
+from evaluation.report_ex_ante import (
+    CEILING,
+    EX_ANTE,
+    EXECUTED_CEILING,
+    EXECUTED_LABEL,
+    ORACLE_LABEL,
+    ex_ante_frame,
+    ex_ante_statements,
+    print_ex_ante,
+)
 from evaluation.report_render import _cell, write_report
 from evaluation.tracking import (
     EVALUATION_KIND,
@@ -83,6 +95,8 @@ class GroupComparison:
     plot_files: list[Path] = field(default_factory=list)
     #: policy -> (scenario runs that ended in ruin, scenario runs)
     ruined: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: synthetic groups: ex-ante growth and share of the ceiling-over-equal-weight gap per policy
+    ex_ante: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def ruined_cell(self, policy: str) -> str:
         """``"k/K"`` ruined scenario runs of ``policy`` (``"-"`` when unknown)."""
@@ -132,7 +146,7 @@ def _compare_group(
     sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
     primary = _finite_columns({p: sign * _scores(table, p, metric) for p in policies})
     baselines = [p for p in policies if p in FEASIBLE_BASELINES] or [
-        p for p in policies if p != ORACLE
+        p for p in policies if p not in UPPER_REFERENCES
     ]
     best = max(baselines, key=lambda p: float(primary[p].mean())) if baselines else None
     improvement = pd.DataFrame()
@@ -190,8 +204,15 @@ def _statements(g: GroupComparison, level: float = 0.95) -> list[str]:
         )
     if ORACLE in g.sharpe_tests.index:
         out.append(
-            f"`{ORACLE}` is an upper reference (it knows the true regime and model parameters), not a feasible strategy."
+            f"`{ORACLE}` is a {ORACLE_LABEL}: it knows the true regime and the model's parameters but "
+            "uses the long-run GARCH variance, and it is not a feasible strategy."
         )
+    if EXECUTED_CEILING in g.sharpe_tests.index:
+        out.append(
+            f"`{EXECUTED_CEILING}` is the {EXECUTED_LABEL}: the true ceiling's targets traded through "
+            "the env every step; the bound is its ex-ante growth, `ceiling (bound)` below."
+        )
+    out += ex_ante_statements(g.ex_ante)
     for p, (k, n) in g.ruined.items():
         if k:
             out.append(
@@ -340,6 +361,14 @@ def compare(
                 for p in policies:
                     flags = _scores(table, p, "ruined")
                     group.ruined[p] = (int(np.nansum(flags)), int(flags.size))
+            if EX_ANTE in table.columns and table[EX_ANTE].notna().any():
+                group.ex_ante = ex_ante_frame(
+                    {p: _scores(table, p, EX_ANTE) for p in policies},
+                    _scores(table, policies[0], CEILING)[0],
+                    _periods_per_year(run_ids[0]),
+                    n_boot,
+                    seed,
+                )
             group.statements = _statements(group)
             if out_path is not None:
                 folder = (
@@ -355,6 +384,14 @@ def compare(
             write_report(results, out_path, experiment)
             console.print(f"report written to {out_path}")
     return results
+
+
+def _periods_per_year(run_id: str) -> float:
+    """Steps per year of a run (``365 / step_days`` from its params; 365 when not logged)."""
+    import mlflow
+
+    step_days = mlflow.get_run(run_id).data.params.get("step_days")
+    return 365.0 / float(step_days) if step_days else 365.0
 
 
 def _download_plots(run_id: str, dst: Path) -> list[Path]:
@@ -419,5 +456,7 @@ def print_group(g: GroupComparison, console: Console) -> None:
         t = g.sharpe_tests.loc[p]
         tests.add_row(p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}", g.ruined_cell(p))
     console.print(tests)
+    if not g.ex_ante.empty:
+        print_ex_ante(g.ex_ante, console, title)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

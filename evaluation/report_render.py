@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from evaluation.report_ex_ante import formatted
 from evaluation.tracking import tracking_uri
 
 if TYPE_CHECKING:
@@ -103,6 +104,15 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
         ),
         ("table", tests),
     ]
+    if not g.ex_ante.empty:
+        blocks += [
+            (
+                "h3",
+                "Ex-ante expected log growth per step (true moments, second order) and share of the "
+                "ceiling-over-equal_weight gap captured, 95% CIs",
+            ),
+            ("table", formatted(g.ex_ante)),
+        ]
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
     for path in g.plot_files:
         blocks.append(("img", path))

@@ -24,6 +24,7 @@ from envs.config import SimulationConfig
 from envs.market.paths import MarketPaths
 from envs.seeds import check_evaluation_seeds
 from envs.simulator import PortfolioSimulator
+from envs.step_moments import QUOTE_SERIES, true_state
 from envs.step_records import StepResult
 
 #: StepResult fields recorded by dedicated EpisodeRecord attributes (everything else goes to extras)
@@ -37,8 +38,13 @@ class EpisodeRecord:
     """Per-step series of one policy on ``K`` scenarios over ``T`` steps (arrays ``(K, T, ...)``).
 
     ``value_usd[:, 0]`` is the initial value; ``value_usd[:, t+1]`` the value after step ``t``.
-    ``weights[:, t]`` are the weights right after trading at decision time ``t`` (before the move).
+    ``weights[:, t]`` are the weights right after trading at decision time ``t`` (before the move),
+    over GROSS assets (risky holdings + cash, ``(1 + debt / equity)`` times the equity with debt).
     ``close_usd[:, t]`` are the asset close prices at decision time ``t`` (``t = T``: the final mark).
+    With lending or perps, ``debt_to_equity[:, t]`` ``(K, T)`` and ``perp_to_equity[:, t]``
+    ``(K, T, N)`` (signed perp notional at the index price) are the post-trade positions over the
+    post-trade equity (NaN where the equity is not positive); None in spot mode. Together with the
+    weights they are the exposures ``(x, d, y)`` whose ex-ante growth ``evaluation.ex_ante`` scores.
     ``costs_usd`` maps each cost kind (``"fees"``, ``"slippage"``, ``"gas"``, and later ones such
     as funding or interest) to its ``(K, T)`` USD series; ``extras`` maps other per-step series the
     env reports (e.g. ``health_factor``, ``liquidations_usd``, ``kill_switch_active``) to ``(K, T)``.
@@ -67,6 +73,8 @@ class EpisodeRecord:
     #: ``(K,)`` bool: the episode ended in ruin (equity at or below ``env.ruin_fraction`` of the
     #: initial value, on any step including the last); None for records built before it existed
     ruined: np.ndarray | None = None
+    debt_to_equity: np.ndarray | None = None  # (K, T), protocols only
+    perp_to_equity: np.ndarray | None = None  # (K, T, N), protocols only
 
     @property
     def n_ruined(self) -> int:
@@ -124,11 +132,40 @@ def _dead_fill(dtype: np.dtype) -> object:
     return {"b": False, "i": 0, "u": 0}.get(dtype.kind, np.nan)
 
 
-def oracle_info(sim: PortfolioSimulator) -> dict[str, np.ndarray]:
-    """What an ``uses_oracle`` policy is told at the current decision time: the true regime ``(B,)``
-    the market is in at time ``t`` (its next move's regime is still random)."""
+def oracle_info(sim: PortfolioSimulator, paths: MarketPaths | None = None) -> dict[str, np.ndarray]:
+    """What an ``uses_oracle`` policy (an upper reference) is told at the current decision time ``t``.
+
+    Always the true regime ``"regime"`` ``(B,)`` the market is in at ``t`` (its next move's regime
+    is still random). On synthetic ``paths`` (the ones the envs run on, with ``cond_var``) also the
+    rest of :func:`envs.step_moments.true_state`: ``"cond_var"`` ``(B, N)``, the next step's GARCH
+    variance ``h_{t+1}`` (a function of the shocks up to ``t``), and with lending/perps the quotes at
+    ``t`` the env charges over the step (``borrow_rate``, ``cash_supply_rate``, ``supply_rate``,
+    ``basis``, ``funding``). ``oracle_mean_variance`` reads only the regime; ``ceiling`` reads all.
+    """
     tau = sim.warmup + sim.t
-    return {"regime": sim.regime[np.arange(sim.n_envs), tau].astype(np.int64)}
+    if paths is None or paths.cond_var is None:
+        return {"regime": sim.regime[np.arange(sim.n_envs), tau].astype(np.int64)}
+    engine = sim.protocols
+    series = None
+    if engine is not None:
+        series = {n: getattr(engine.paths, n) for n in QUOTE_SERIES if hasattr(engine.paths, n)}
+    return true_state(paths, series, tau)
+
+
+def _post_trade_positions(
+    sim: PortfolioSimulator, price: np.ndarray, num: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Debt / equity ``(B,)`` and perp notional / equity ``(B, N)`` right after trading (NaN where
+    the post-trade equity ``held - debt`` is not positive)."""
+    engine = sim.protocols
+    assert engine is not None
+    debt_usd = engine.debt * num
+    equity = held - debt_usd
+    live = equity > 0.0
+    safe = np.where(live, equity, 1.0)
+    debt = np.where(live, debt_usd / safe, np.nan)
+    perp = np.where(live[:, None], engine.perp_size * price / safe[:, None], np.nan)
+    return debt, perp
 
 
 def run_policy(
@@ -154,7 +191,12 @@ def run_policy(
     seeds = check_evaluation_seeds(seeds)
     k = len(seeds) if paths is None else paths.n_paths
     sim = PortfolioSimulator(config, n_envs=k)
-    sim.reset_envs(np.arange(k), seeds, paths=paths)
+    if paths is None:  # drawn here, as reset_envs would, so that oracle_info can read them
+        drawn = sim.sample_episodes(seeds)
+        sim.reset_envs(np.arange(k), seeds, drawn=drawn)
+        paths = drawn.paths
+    else:
+        sim.reset_envs(np.arange(k), seeds, paths=paths)
     policy.reset(k)
     horizon, n = sim.horizon, sim.n_assets
     value = np.empty((k, horizon + 1))
@@ -170,6 +212,9 @@ def run_policy(
     lookback = max(1, min(policy.lookback, sim.warmup + 1))
     uses_oracle = bool(getattr(policy, "uses_oracle", False))
     overlay = policy if isinstance(policy, KillSwitchPolicy) else None
+    levered = sim.protocols is not None
+    debt_eq = np.full((k, horizon), np.nan) if levered else None
+    perp_eq = np.full((k, horizon, n), np.nan) if levered else None
     # a policy that decides every k market steps (trained with env.decision_every = k) holds in
     # between: no order, no cost; the market, carry and liquidations still move every step
     every = max(1, int(getattr(policy, "decision_every", 1)))
@@ -177,7 +222,7 @@ def run_policy(
         price, num = sim.prices_now()
         close[:, t] = price
         if t % every:
-            result = sim.step(None, hold=True)
+            sim.execute(None, hold=True)
         else:
             hf = sim.health_factor_now()
             view = MarketView(
@@ -186,17 +231,20 @@ def run_policy(
                 sim.weights(price, num, sim.value),
                 sim.t.copy(),
                 config.market.step_days,
-                oracle=oracle_info(sim) if uses_oracle else None,
+                oracle=oracle_info(sim, paths) if uses_oracle else None,
                 value_usd=sim.value.copy(),
                 health_factor=None if hf is None else hf.copy(),
             )
             actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
-            override = None if overlay is None else overlay.active
-            result = sim.step(actions, override=override)
-            if overlay is not None:  # one kill-switch series, whoever pulled it
-                result.kill_switch = result.kill_switch | overlay.active
-        held = np.maximum((sim.units * price).sum(1) + sim.cash * num, 1e-300)
-        weights[:, t] = sim.weights(price, num, held)
+            # sim.step, split to record the post-trade (pre-move) positions
+            sim.execute(actions, override=None if overlay is None else overlay.active)
+        held = (sim.units * price).sum(1) + sim.cash * num
+        weights[:, t] = sim.weights(price, num, np.maximum(held, 1e-300))
+        if levered:
+            debt_eq[:, t], perp_eq[:, t] = _post_trade_positions(sim, price, num, held)
+        result = sim.advance()
+        if overlay is not None and not t % every:  # one kill-switch series, whoever pulled it
+            result.kill_switch = result.kill_switch | overlay.active
         alive[:, t] = ~dead
         live = ~dead
         value[:, t + 1] = np.where(dead, value[:, t], result.value_usd)
@@ -233,4 +281,6 @@ def run_policy(
         costs_usd=costs,
         extras=extras,
         ruined=dead.copy(),
+        debt_to_equity=debt_eq,
+        perp_to_equity=perp_eq,
     )

@@ -154,6 +154,48 @@ def paired_difference_ci(
     return stratified_bootstrap_ci(a - b, statistic, n_boot=n_boot, level=level, seed=seed)
 
 
+def ratio_of_means_ci(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: SeedLike = 0,
+) -> ConfidenceInterval:
+    """``mean(numerator) / mean(denominator)`` with a paired stratified bootstrap CI.
+
+    Both are ``(n_scenarios,)`` or ``(n_runs, n_scenarios)`` on the same scenarios (a 1-D one is
+    broadcast against a 2-D other); each draw resamples scenarios within each run and takes the
+    SAME cells of both, so the pairing is kept. A ratio of means rather than a mean of per-scenario
+    ratios: a scenario whose denominator is near 0 would otherwise dominate. A draw whose
+    denominator mean is 0 gives NaN and is left out of the percentiles.
+
+    Raises:
+        ValueError: non-finite or unpaired inputs, or ``mean(denominator) == 0``.
+    """
+    num, den = _paired(numerator, denominator)
+    level = _check_level(level)
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot = {n_boot} must be >= 1")
+    if den.mean() == 0.0:
+        raise ValueError("denominator has mean 0: the ratio of means is undefined")
+    rng = np.random.default_rng(seed)
+    n_runs, n_scen = num.shape
+    rows = np.arange(n_runs)[None, :, None]
+    per_block = max(1, _BOOT_BLOCK_ELEMENTS // num.size)
+    boot = np.empty(int(n_boot))
+    for start in range(0, int(n_boot), per_block):
+        b = min(per_block, int(n_boot) - start)
+        cols = rng.integers(0, n_scen, size=(b, n_runs, n_scen))
+        top = num[rows, cols].reshape(b, -1).mean(axis=1)
+        bottom = den[rows, cols].reshape(b, -1).mean(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot[start : start + b] = np.where(bottom != 0.0, top / bottom, np.nan)
+    boot = boot[np.isfinite(boot)]
+    point = float(num.mean() / den.mean())
+    low, high = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return ConfidenceInterval(point, float(low), float(high))
+
+
 def is_significant(ci: ConfidenceInterval | tuple[float, float, float], null: float = 0.0) -> bool:
     """True when the interval ``(point, low, high)`` excludes ``null`` (0 for differences)."""
     _, low, high = ci

@@ -31,14 +31,15 @@ def _market(drift: dict, assets: list[str] = ASSETS, **update) -> MarketConfig:
 
 def _paths_and_vol(cfg: MarketConfig, n_paths: int, length: int):
     """Paths and the steps' diffusive vols ``s_t = vm[k_t] sqrt(h_t)`` ``(B, L, M)`` (read off the
-    generator's ``_log_returns``: the paths do not carry the conditional variance)."""
+    generator's ``_log_returns``: ``paths.cond_var`` has the assets' columns only, not the ETH
+    fallback's)."""
     captured = {}
     original = synthetic._log_returns
 
     def spy(*args, **kwargs):
-        returns, vol = original(*args, **kwargs)
+        returns, vol, var = original(*args, **kwargs)
         captured["vol"] = np.swapaxes(vol, 0, 1).astype(np.float64)
-        return returns, vol
+        return returns, vol, var
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(synthetic, "_log_returns", spy)

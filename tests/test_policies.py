@@ -45,6 +45,7 @@ def test_registry_names_and_errors(cfg):
         "mean_variance",
         "risk_parity",
         "oracle_mean_variance",
+        "ceiling",
     ]
     for name in ALL:
         assert make_policy(name, cfg).name == name
@@ -105,8 +106,9 @@ def test_baselines_act_only_on_trailing_data(cfg, name):
     for key in future:
         future[key][:, warmup + cut + 1 :] *= shock
     altered = dataclasses.replace(paths, **future)
-    a = run_policy(cfg, make_policy(name, cfg, rebalance_every=1), seeds, paths=paths)
-    b = run_policy(cfg, make_policy(name, cfg, rebalance_every=1), seeds, paths=altered)
+    daily = {} if name == "ceiling" else {"rebalance_every": 1}  # the ceiling acts every step
+    a = run_policy(cfg, make_policy(name, cfg, **daily), seeds, paths=paths)
+    b = run_policy(cfg, make_policy(name, cfg, **daily), seeds, paths=altered)
     np.testing.assert_array_equal(a.weights[:, : cut + 1], b.weights[:, : cut + 1])
     assert not np.array_equal(a.value_usd[:, cut + 2 :], b.value_usd[:, cut + 2 :])
 

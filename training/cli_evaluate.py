@@ -67,6 +67,7 @@ def evaluate(
     ``--kill-switch`` runs every policy behind the kill-switch wrapper (parameters: the eval
     config's ``kill_switch:`` section, then ``--kill-switch-param``); they are logged with the run.
     """
+    from agents.baselines.policies import UPPER_REFERENCES
     from envs.config import ConfigError, load_config, parse_cli_overrides
     from envs.seeds import scenario_seeds
     from evaluation.backtest import (
@@ -92,11 +93,15 @@ def evaluate(
     try:
         if period:
             spec = resolve_period(period, ev)
-            if "oracle_mean_variance" in names:
-                names.remove("oracle_mean_variance")
+            refused = [n for n in names if n in UPPER_REFERENCES]
+            if refused:
+                names = [n for n in names if n not in UPPER_REFERENCES]
                 console.print(
-                    "[yellow]oracle_mean_variance left out: a replayed period has no true parameters[/yellow]"
+                    f"[yellow]{', '.join(refused)} left out: upper references need the synthetic "
+                    "market's true state and parameters, and a replayed period has none[/yellow]"
                 )
+                if not names:
+                    _fail("no policy left to evaluate on the replayed period")
             if spec.held_out:
                 console.print(
                     f"[yellow]{period} is HELD-OUT data: report it, never tune or select on it[/yellow]"
@@ -139,6 +144,7 @@ def evaluate(
 
 def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
     """Mean across scenarios of the headline metrics, one row per policy."""
+    import numpy as np
     from rich.table import Table
 
     table = result.metrics_table()
@@ -152,6 +158,8 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
         "cost_total_usd",
         "final_value_usd",
     ]
+    if "ex_ante_log_growth" in table.columns:  # synthetic markets: the ex-ante growth per step
+        cols.insert(1, "ex_ante_log_growth")
     k = int(table.groupby("policy").size().max())
     out = Table(
         title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
@@ -173,11 +181,24 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
                 cells.append(f"{100 * v:.1f}%")
             elif c.endswith("_usd"):
                 cells.append(f"{v:,.0f}")
+            elif c == "ex_ante_log_growth":
+                cells.append(f"{1e4 * v:.1f} bp")
             else:
                 cells.append(f"{v:.2f}")
         out.add_row(str(policy), *cells)
     console.print(out)
+    if result.ex_ante_ceiling is not None:
+        g = float(np.mean(result.ex_ante_ceiling))
+        console.print(
+            f"true ceiling (growth-optimal on the true state, cost-free; bounds ex_ante_log_growth): "
+            f"{1e4 * g:.1f} bp per step, {g * result.periods_per_year:.3f} a year (log)"
+        )
     for policy, diag in result.diagnostics.items():
+        if diag.get("ex_ante_outside_steps"):
+            console.print(
+                f"{policy}: {diag['ex_ante_outside_steps']} live step(s) with post-trade exposures "
+                "outside the ceiling's constraints (costs, frozen perps, drift): not bounded there"
+            )
         fallbacks = {
             k.removeprefix("fallback_"): v for k, v in diag.items() if k.startswith("fallback_")
         }

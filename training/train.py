@@ -36,6 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from agents.baselines.policies import UPPER_REFERENCES
 from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
 from envs import make_vec_env
 from envs.config import ConfigError
@@ -451,7 +452,7 @@ def evaluate_against_baselines(
     )
     if cfg.eval.held_out:
         spec = resolve_period(cfg.eval.held_out_period, eval_cfg)
-        feasible = [b for b in baselines if b != ORACLE_BASELINE]
+        feasible = [b for b in baselines if b not in UPPER_REFERENCES]  # no truth on real data
         held = run_period_backtest(
             cfg.simulation,
             [policy, *feasible],

@@ -35,4 +35,9 @@ __all__ = [
     "solve_min_variance",
     "solve_risk_parity",
 ]
-from agents.baselines.policies import BASELINES, FEASIBLE_BASELINES, make_policy  # noqa: E402, F401
+from agents.baselines.policies import (  # noqa: E402, F401
+    BASELINES,
+    FEASIBLE_BASELINES,
+    UPPER_REFERENCES,
+    make_policy,
+)

@@ -1,12 +1,14 @@
-"""The oracle mean-variance UPPER REFERENCE: a baseline that is told what no real strategy can know.
+"""The oracle mean-variance: a REGIME-INFORMED REFERENCE, NOT A BOUND.
 
-One job: give the evaluation a ceiling, not a yardstick to beat. :class:`OracleMeanVariancePolicy`
+It is told what no real strategy can know (the scenario's true current regime,
+``MarketView.oracle["regime"]``, and the synthetic model's parameters) but it is not an upper bound
+on anything: it uses each asset's UNCONDITIONAL (long-run) GARCH variance instead of the conditional
+one, a fixed risk aversion and a turnover penalty, so a feasible strategy can beat it (a static
+long-only tangency portfolio on calibrated moments scored a higher Sharpe, if not significantly).
+The bound is the true ceiling, :mod:`agents.baselines.ceiling`. :class:`OracleMeanVariancePolicy`
 solves the same cost-aware mean-variance utility as ``mean_variance`` (see
-:mod:`agents.baselines.policies`), but on the TRUE conditional moments of the next step's simple
-returns, computed by :func:`true_moments_by_regime` from the synthetic market's generating
-parameters and the scenario's true current regime (``MarketView.oracle["regime"]``). It is only
-valid on ``market.source = synthetic``; the registry in :mod:`agents.baselines.policies` lists it
-as ``oracle_mean_variance`` and leaves it out of ``FEASIBLE_BASELINES``.
+:mod:`agents.baselines.policies`) on the moments of :func:`true_moments_by_regime`. It is only valid on ``market.source = synthetic``; the registry lists
+it as ``oracle_mean_variance`` in ``UPPER_REFERENCES``, outside ``FEASIBLE_BASELINES``.
 """
 
 from __future__ import annotations
@@ -84,12 +86,14 @@ def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray
 
 
 class OracleMeanVariancePolicy(BaselinePolicy):
-    """UPPER REFERENCE, not a feasible strategy: mean-variance on the TRUE next-step moments.
+    """REGIME-INFORMED REFERENCE, NOT A BOUND (and not a feasible strategy): mean-variance on the
+    next-step moments given the TRUE regime, at the long-run variance.
 
-    It is told each env's true current regime (``MarketView.oracle["regime"]``) and knows the
-    synthetic model's parameters, so its moments are the model's conditional mean and covariance of
-    the next step's simple returns given that regime (see :mod:`agents.baselines.oracle`). Only
-    valid on ``market.source = synthetic``.
+    It is told each env's true current regime (``MarketView.oracle["regime"]``; it ignores the
+    rest of the true state the rollout passes) and knows the synthetic model's parameters, so its
+    moments are the model's mean and covariance of the next step's simple returns given that regime
+    at the UNCONDITIONAL GARCH variance (see :mod:`agents.baselines.oracle`). Only valid on
+    ``market.source = synthetic``.
     """
 
     name = "oracle_mean_variance"

@@ -2,9 +2,11 @@
 
 They act through the env like any agent (so they pay the same fees, slippage and gas) and see only the
 :class:`~agents.policy.MarketView`: trailing close prices up to the decision time and the current
-weights. The one exception, :class:`~agents.baselines.oracle.OracleMeanVariancePolicy` (in
-:mod:`agents.baselines.oracle`), is an UPPER REFERENCE that is also told the synthetic scenario's
-true current regime and knows the generating model's parameters.
+weights. Two registered references are exceptions, told what no real strategy can know on a
+synthetic market (and refused elsewhere): :class:`~agents.baselines.oracle.OracleMeanVariancePolicy`
+(``oracle_mean_variance``, a REGIME-INFORMED REFERENCE, NOT A BOUND: the true regime, but the
+long-run variance) and :class:`~agents.baselines.ceiling.CeilingPolicy` (``ceiling``, the TRUE
+CEILING of the ex-ante growth: the full true state, growth-optimal within the env's constraints).
 
 Cost awareness (so the baselines are not strawmen):
 
@@ -372,9 +374,10 @@ class RiskParityPolicy(EstimatingPolicy):
 
 # ---------------------------------------------------------------------------------------- registry
 # imported here, not at the top: the oracle subclasses BaselinePolicy and imports it from this module
+from agents.baselines.ceiling import CeilingPolicy  # noqa: E402
 from agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
 
-BASELINES: dict[str, type[BaselinePolicy]] = {
+BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "equal_weight": EqualWeightPolicy,
     "buy_and_hold": BuyAndHoldPolicy,
     "min_variance": MinVariancePolicy,
@@ -382,9 +385,16 @@ BASELINES: dict[str, type[BaselinePolicy]] = {
     "mean_variance": MeanVariancePolicy,
     "risk_parity": RiskParityPolicy,
     "oracle_mean_variance": OracleMeanVariancePolicy,
+    "ceiling": CeilingPolicy,
 }
-#: baselines that are feasible strategies (the oracle is an upper reference, not a yardstick to beat)
-FEASIBLE_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if n != "oracle_mean_variance")
+#: references told the synthetic scenario's true state: refused on replayed/bootstrapped markets and
+#: never a yardstick. ``oracle_mean_variance`` is regime-informed, NOT a bound; ``ceiling`` bounds
+#: the ex-ante growth (``evaluation.ex_ante``), not realized results.
+UPPER_REFERENCES: tuple[str, ...] = ("oracle_mean_variance", "ceiling")
+#: baselines that are feasible strategies (the yardsticks a policy is compared against)
+FEASIBLE_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if n not in UPPER_REFERENCES)
+#: registered policies built with the simulation config (they read the market's true parameters)
+_NEEDS_CONFIG = (OracleMeanVariancePolicy, CeilingPolicy)
 
 
 @functools.lru_cache(maxsize=8)
@@ -411,7 +421,7 @@ def default_policy_params(name: str, params_path: str | Path | None = None) -> d
 
 def make_policy(
     name: str, config: SimulationConfig, *, params_path: str | Path | None = None, **params: Any
-) -> BaselinePolicy:
+) -> BaselinePolicy | CeilingPolicy:
     """Build baseline ``name`` for ``config``'s assets.
 
     Parameters come from ``policies.<name>`` of ``params_path`` (default
@@ -425,6 +435,6 @@ def make_policy(
     merged = default_policy_params(name, params_path) | params
     n_assets = len(config.market.assets)
     cls = BASELINES[name]
-    if cls is OracleMeanVariancePolicy:
-        return OracleMeanVariancePolicy(n_assets, config, **merged)
-    return cls(n_assets, **merged)
+    if cls in _NEEDS_CONFIG:
+        return cls(n_assets, config, **merged)  # type: ignore[call-arg]
+    return cls(n_assets, **merged)  # type: ignore[call-arg]

@@ -43,6 +43,11 @@ class MarketPaths:
         step_days: length of one step in days (1.0 for daily data).
         dates: optional datetime64[D] dates (replay only; None for synthetic/bootstrap): ``(L,)`` when every
             path shares one window, else ``(B, L)``.
+        cond_var: ``(B, L, N)`` float32 true conditional GARCH variance ``h`` ((log return)^2 per step,
+            BEFORE the regime's vol multiplier) of the step that ends at each time point (synthetic
+            only; None for replay/bootstrap paths). ``cond_var[:, t + 1]`` depends on the shocks up to
+            ``t`` only: it is known at decision time ``t``, but only upper references are told it
+            (``evaluation.rollout.oracle_info``); features and baselines never read it.
     """
 
     asset_names: tuple[str, ...]
@@ -58,6 +63,7 @@ class MarketPaths:
     warmup: int
     step_days: float = 1.0
     dates: np.ndarray | None = field(default=None)
+    cond_var: np.ndarray | None = field(default=None)
 
     @property
     def n_paths(self) -> int:
@@ -94,6 +100,13 @@ class MarketPaths:
             self.low > self.close * (1 + 1e-12)
         ):
             raise ValueError("high must be >= close >= low at every point")
+        if self.cond_var is not None:
+            if self.cond_var.shape != (b, length, n):
+                raise ValueError(
+                    f"cond_var has shape {self.cond_var.shape}, expected {(b, length, n)}"
+                )
+            if not np.all(np.isfinite(self.cond_var)) or np.any(self.cond_var <= 0):
+                raise ValueError("cond_var must be finite and > 0 everywhere")
         if not 0 <= self.warmup < length:
             raise ValueError(f"warmup={self.warmup} must be in [0, {length})")
 
@@ -116,4 +129,5 @@ class MarketPaths:
             dates=self.dates[idx]
             if self.dates is not None and self.dates.ndim == 2
             else self.dates,
+            cond_var=None if self.cond_var is None else self.cond_var[idx],
         )

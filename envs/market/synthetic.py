@@ -7,7 +7,10 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
   ``t``); it also sets the pool depth and the gas price at ``t``.
 * ``r_t = mu_t + e_t + J_t`` with diffusive shock ``e_t = vm[k_t] sqrt(h_t) x_t`` and
   ``h_{t+1} = omega dt + alpha e_t^2 + beta h_t`` per asset (capped at ``max_variance_multiple`` times
-  its unconditional level). ``x_t`` is multivariate Student-t with unit variance:
+  its unconditional level). ``MarketPaths.cond_var[:, t]`` is ``h_t``, the variance of the step that
+  ends at ``t``; ``h_{t+1}`` depends on the shocks up to ``t`` only, so it is KNOWN at decision time
+  ``t`` (the true-state references of ``agents/baselines/ceiling.py`` are told it; no feasible policy
+  is). ``x_t`` is multivariate Student-t with unit variance:
   ``x = C[k_t] z sqrt((nu - 2) / V)``, ``z ~ N(0, I)``, ``V ~ chi2(nu)`` shared by the assets, so the
   correlation is exactly ``C C^T`` and large moves are joint (tail dependence).
 * ``J_t``: with probability ``1 - exp(-lambda_common[k_t] dt / 365)`` a common event moves every asset by
@@ -326,7 +329,7 @@ def generate_synthetic_paths(
     reg = simulate_regimes(d.u[:, :, _U_REGIME], model.transition, model.initial)
     regime = reg[:, burn:]
     # time-major (L, B, M) while the recursions over time run (on contiguous rows)
-    returns, vol = _log_returns(model, d, reg, p.nu, burn)
+    returns, vol, var = _log_returns(model, d, reg, p.nu, burn)
     _add_jumps(returns, model, regime, d.u[:, burn:])
     close_all = _prices(returns, model.log_p0)
     close = _batch_major(close_all[..., :n])
@@ -363,14 +366,16 @@ def generate_synthetic_paths(
         eth_usd=_batch_major(close_all[..., model.eth_column]),
         warmup=int(warmup),
         step_days=cfg.step_days,
+        cond_var=_batch_major(var[..., :n]),
     )
 
 
 def _log_returns(
     model: SyntheticModel, d: _Draws, reg: np.ndarray, nu: float, burn: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Diffusive log returns plus the drift, and the steps' diffusive vols, time-major ``(L, B, M)``
-    float32. ``reg`` is ``(B, T)`` over burn-in and path; the first ``burn`` steps only warm up the GARCH.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Diffusive log returns plus the drift, the steps' diffusive vols and their GARCH variances ``h``
+    (before the regime's vol multiplier), time-major ``(L, B, M)`` float32. ``reg`` is ``(B, T)`` over
+    burn-in and path; the first ``burn`` steps only warm up the GARCH.
 
     The drift is ``mean_step[k_t]`` plus, for the arithmetic and sharpe kinds, ``vol_coef s_t - s_t^2 / 2``
     with ``s_t = vm[k_t] sqrt(h_t)`` (:class:`envs.market.synthetic_model.DriftTerms`).
@@ -379,7 +384,8 @@ def _log_returns(
     # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.
     shock = _correlated_shocks(d.z_diff, reg, model.chol)
     shock *= (np.sqrt((nu - 2.0) / np.maximum(2.0 * d.gamma.T, 1e-12)) * vm)[:, :, None]
-    vol = np.sqrt(_garch_variance(shock, model.garch)[burn:])
+    var = _garch_variance(shock, model.garch)[burn:]
+    vol = np.sqrt(var)  # the same float32 sqrt as before var was kept: prices are unchanged
     returns = vol * shock[burn:]
     returns += np.take(model.mean_step, reg[:, burn:].T, axis=0)
     vol *= vm[burn:, :, None]  # the step's diffusive vol s_t, for the drift and the high/low bridge
@@ -389,7 +395,7 @@ def _log_returns(
         extra += model.drift_vol_coef
         extra *= vol
         returns += extra
-    return returns, vol
+    return returns, vol, var
 
 
 def _prices(returns: np.ndarray, log_p0: np.ndarray) -> np.ndarray:
