@@ -253,3 +253,52 @@ def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, 
     assert held.data.tags["held_out"] == "true"
     assert held.data.params["period_start"] == "2023-01-01"
     assert client.get_run(result.evaluation_run_ids["test"]).data.params["n_scenarios"] == "3"
+
+
+def test_resume_of_a_finished_run_says_so_and_leaves_it_finished(tracking, tmp_path):
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    result = train(tiny_config(tmp_path), progress=False)
+    assert result.completed
+    client = MlflowClient()
+    before = client.get_run(result.run_id)
+    out = CliRunner().invoke(app, ["train", "--resume", result.run_id])
+    assert out.exit_code == 0, out.output
+    assert "already finished" in out.output and "Traceback" not in out.output
+    after = client.get_run(result.run_id)
+    assert after.info.status == "FINISHED" == before.info.status
+    assert after.data.tags["defialloc.status"] == "completed"
+    assert after.info.end_time == before.info.end_time
+    # a longer budget resumes it
+    more = load_resume_config(result.run_id, {"total_timesteps": 10 * ROLLOUT})
+    assert more.total_timesteps == 10 * ROLLOUT
+
+
+def test_learning_rate_and_entropy_schedules_are_logged_with_their_real_values(tracking, tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "ppo.learning_rate": 1e-3,
+            "ppo.learning_rate_final": 1e-4,
+            "ppo.ent_coef": 0.02,
+            "ppo.ent_coef_final": 0.0,
+        },
+    )
+    result = train(cfg, progress=False)
+    client = MlflowClient()
+
+    def history(key):
+        return [
+            m.value
+            for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)
+        ]
+
+    lr, ent = history("train/learning_rate"), history("train/ent_coef")
+    assert len(lr) >= 6 and len(ent) >= 6
+    assert lr == sorted(lr, reverse=True) and 1e-4 < lr[-1] < lr[0] <= 1e-3
+    assert ent == sorted(ent, reverse=True) and ent[0] == pytest.approx(0.02) and ent[-1] < 0.01
+    total = cfg.total_timesteps  # SB3 evaluates the schedule at the progress remaining
+    first_update = ROLLOUT
+    assert lr[0] == pytest.approx(1e-4 + 9e-4 * (1 - first_update / total), rel=1e-6)

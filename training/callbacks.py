@@ -234,3 +234,23 @@ class CheckpointCallback(BaseCallback):
         save_checkpoint(self.model, venv, self.state, self.folder, self.replay_buffer)
         if self.on_save is not None:
             self.on_save(int(self.num_timesteps))
+
+
+class EntropySchedule(BaseCallback):
+    """PPO's entropy coefficient moved linearly from ``initial`` to ``final`` over the run's budget
+    (SB3's PPO takes a constant); logged as ``train/ent_coef`` with its real value every rollout."""
+
+    def __init__(self, initial: float, final: float, total_timesteps: int) -> None:
+        super().__init__()
+        self.initial, self.final, self.total = float(initial), float(final), int(total_timesteps)
+
+    def value(self, num_timesteps: int) -> float:
+        progress_remaining = max(0.0, 1.0 - num_timesteps / self.total)
+        return self.final + (self.initial - self.final) * progress_remaining
+
+    def _on_rollout_start(self) -> None:
+        self.model.ent_coef = self.value(self.num_timesteps)
+        self.logger.record("train/ent_coef", self.model.ent_coef)
+
+    def _on_step(self) -> bool:
+        return True

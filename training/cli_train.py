@@ -59,13 +59,16 @@ def train_command(
     """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
     from envs.config import ConfigError
     from training.config import load_train_config
-    from training.train import load_resume_config, train
+    from training.train import RunAlreadyFinished, load_resume_config, train
 
     if (config is None) == (resume is None):
         raise _fail("give exactly one of --config (a new run) or --resume RUN_ID (continue a run)")
     try:
         items = _overrides(overrides, device)
         cfg = load_resume_config(resume, items) if resume else load_train_config(config, items)
+    except RunAlreadyFinished as exc:  # says so and leaves the finished run as it is
+        console.print(str(exc))
+        raise typer.Exit(code=0) from None
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     console.rule(

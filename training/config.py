@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,10 +56,28 @@ class PolicyNetConfig(StrictModel):
         return value
 
 
+@dataclass(frozen=True)
+class LinearSchedule:
+    """SB3 schedule: ``initial`` at the start, ``final`` at the end, linear in between.
+
+    SB3 calls it with ``progress_remaining`` (1 at the start of training, 0 at the end) and logs the
+    value it returns (``train/learning_rate``) at every update.
+    """
+
+    initial: float
+    final: float
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.final + (self.initial - self.final) * progress_remaining
+
+
 class PPOConfig(StrictModel):
     """PPO hyperparameters (SB3 names). One rollout is ``n_steps * n_envs`` env steps."""
 
     learning_rate: float = Field(default=3e-4, gt=0.0, le=1.0)
+    learning_rate_final: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="linear decay to this at the end (None: constant)"
+    )
     n_steps: int = Field(default=64, ge=1, le=100_000, description="vec-env steps per rollout")
     batch_size: int = Field(default=512, ge=2, le=1_000_000)
     n_epochs: int = Field(default=10, ge=1, le=100)
@@ -66,6 +85,9 @@ class PPOConfig(StrictModel):
     gae_lambda: float = Field(default=0.95, ge=0.0, le=1.0)
     clip_range: float = Field(default=0.2, gt=0.0, le=1.0)
     ent_coef: float = Field(default=0.0, ge=0.0, le=1.0)
+    ent_coef_final: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="linear decay to this at the end (None: constant)"
+    )
     vf_coef: float = Field(default=0.5, ge=0.0, le=10.0)
     max_grad_norm: float = Field(default=0.5, gt=0.0, le=100.0)
     target_kl: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -77,6 +99,9 @@ class SACConfig(StrictModel):
     so the update-to-data ratio is ``gradient_steps / (train_freq * n_envs)``."""
 
     learning_rate: float = Field(default=3e-4, gt=0.0, le=1.0)
+    learning_rate_final: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="linear decay to this at the end (None: constant)"
+    )
     buffer_size: int = Field(default=200_000, ge=100, le=10_000_000)
     learning_starts: int = Field(
         default=5_000, ge=0, description="env steps of random actions first"
@@ -218,6 +243,10 @@ class TrainConfig(StrictModel):
         """The mapping ``agents.sb3.make_agent`` takes: the policy block plus the algorithm's keys."""
         policy = self.policy.model_dump()
         hyper = self.ppo.model_dump() if self.algo == "ppo" else self.sac.model_dump()
+        final = hyper.pop("learning_rate_final")
+        if final is not None:
+            hyper["learning_rate"] = LinearSchedule(hyper["learning_rate"], final)
+        hyper.pop("ent_coef_final", None)  # a callback moves PPO's ent_coef (training/train.py)
         return {"policy": policy, **hyper}
 
     @property

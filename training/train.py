@@ -49,6 +49,7 @@ from training.callbacks import (
     STATE_FILE,
     VECNORMALIZE_FILE,
     CheckpointCallback,
+    EntropySchedule,
     RunState,
     TrainingInterrupted,
     ValidationCallback,
@@ -57,7 +58,6 @@ from training.callbacks import (
 from training.config import TrainConfig, load_train_config
 from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
 
-ORACLE_BASELINE = "oracle_mean_variance"
 RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
 CONFIG_FILE = "config.yaml"
@@ -166,7 +166,20 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(f"--resume {run_id}: {exc}") from None
     if not (folder / "checkpoint" / STATE_FILE).is_file():
         raise ConfigError(f"--resume {run_id}: no checkpoint in {folder / 'checkpoint'}")
-    return load_train_config(folder / CONFIG_FILE, overrides)
+    cfg = load_train_config(folder / CONFIG_FILE, overrides)
+    state = RunState.load(folder / "checkpoint" / STATE_FILE)
+    if state.completed and state.num_timesteps >= cfg.total_timesteps:
+        raise RunAlreadyFinished(
+            f"run {run_id} already finished: {state.num_timesteps:,} of total_timesteps="
+            f"{cfg.total_timesteps:,} env steps, its model registered and evaluated. Nothing to "
+            f"resume; to train it longer: defialloc train --resume {run_id} "
+            f"total_timesteps=<more than {state.num_timesteps}>"
+        )
+    return cfg
+
+
+class RunAlreadyFinished(ConfigError):
+    """``--resume`` of a run that completed its budget: nothing to do (not an error of the run)."""
 
 
 @contextlib.contextmanager
@@ -336,6 +349,11 @@ def _train_session(
     checkpoint = CheckpointCallback(
         run_dir / "checkpoint", cfg.checkpoint.every_steps, state, cfg.checkpoint.replay_buffer
     )
+    schedules: list[BaseCallback] = []
+    if cfg.algo == "ppo" and cfg.ppo.ent_coef_final is not None:
+        schedules.append(
+            EntropySchedule(cfg.ppo.ent_coef, cfg.ppo.ent_coef_final, cfg.total_timesteps)
+        )
     steps_before, start = int(model.num_timesteps), time.perf_counter()
     remaining = cfg.total_timesteps - steps_before
     interrupted = False
@@ -344,7 +362,7 @@ def _train_session(
             with _graceful_sigint(checkpoint):
                 model.learn(
                     remaining,
-                    callback=CallbackList([validation, checkpoint, *callbacks]),
+                    callback=CallbackList([*schedules, validation, checkpoint, *callbacks]),
                     log_interval=1 if cfg.algo == "ppo" else cfg.n_envs,
                     reset_num_timesteps=not resume,
                     progress_bar=progress,
