@@ -8,13 +8,14 @@ same weights: agreement is required to 1e-8.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from agents.baselines import batch_qp
+from agents.baselines import batch_inputs, batch_qp, constraints, make_policy
 from agents.baselines.batch_inputs import prepare_cov_batch
 from agents.baselines.batch_optimizers import (
     solve_max_sharpe_batch,
@@ -41,6 +42,10 @@ from agents.baselines.optimizers import (
     solve_risk_parity,
 )
 from agents.baselines.qp import initial_bound_set, solve_qp
+from agents.policy import MarketView, Policy
+from envs.config import load_config
+from envs.seeds import scenario_seeds
+from evaluation.rollout import run_policy
 
 TOL = 1e-8
 
@@ -317,3 +322,65 @@ def test_batch_optimizers_reject_bad_arguments():
         solve_risk_parity_batch(
             cov, prev_weights=np.where(np.arange(4)[:, None] == 1, np.nan, prev)
         )
+
+
+# ------------------------------------------------------------------------------------ policies
+class Twin(Policy):
+    """Acts with the batched policy and records how far the per-env path's targets are from its
+    targets on the same views (the per-env copy keeps its own state: the same trades follow)."""
+
+    def __init__(self, policy):  # noqa: ANN001
+        self.fast, self.ref = policy, copy.deepcopy(policy)
+        self.ref.batched = False
+        self.name, self.lookback, self.uses_oracle = (
+            policy.name,
+            policy.lookback,
+            policy.uses_oracle,
+        )
+        self.max_diff = 0.0
+
+    def target_weights(self, view: MarketView) -> np.ndarray:
+        fast, ref = self.fast.target_weights(view), self.ref.target_weights(view)
+        self.max_diff = max(self.max_diff, float(np.abs(fast - ref).max()))
+        return fast
+
+
+@pytest.fixture(scope="module")
+def short_cfg():
+    return load_config(None, {"env.horizon": 30})
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("min_variance", {}),
+        ("min_variance", {"cov_estimator": "ewma", "rebalance_every": 2, "max_weight": 0.3}),
+        ("max_sharpe", {"cov_estimator": "sample", "mean_target": "zero"}),
+        ("max_sharpe", {"rebalance_every": 3}),
+        ("mean_variance", {"rebalance_every": 2}),
+        ("mean_variance", {"allow_cash": False, "max_weight": 0.4, "cash_weight": 0.1}),
+        ("risk_parity", {"rebalance_every": 3, "lookback": 20}),
+        ("oracle_mean_variance", {}),
+        ("oracle_mean_variance", {"allow_cash": False, "turnover_cost": 0.0}),
+    ],
+)
+def test_batched_policy_targets_equal_the_per_env_path_in_a_backtest(short_cfg, name, params):
+    twin = Twin(make_policy(name, short_cfg, **params))
+    run_policy(short_cfg, twin, scenario_seeds("test", 16))
+    assert twin.fast.solves > 0 and twin.fast.solves == twin.ref.solves
+    assert twin.max_diff <= TOL
+    fallbacks = {k: v for k, v in twin.fast.diagnostics.items() if k.startswith("fallback_")}
+    assert fallbacks == {k: v for k, v in twin.ref.diagnostics.items() if k.startswith("fallback_")}
+
+
+def test_oracle_validates_its_fixed_covariances_once(short_cfg, monkeypatch):
+    policy = make_policy("oracle_mean_variance", short_cfg)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("covariance validated again during the backtest")
+
+    monkeypatch.setattr(batch_inputs, "prepare_cov_batch", refuse)
+    monkeypatch.setattr(constraints, "check_symmetric", refuse)
+    monkeypatch.setattr(constraints, "prepare_cov", refuse)
+    run_policy(short_cfg, policy, scenario_seeds("test", 4))
+    assert policy.solves == 4 * short_cfg.env.horizon
