@@ -31,6 +31,7 @@ from envs.config import SimulationConfig, format_validation_error, load_config
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.seeds import check_evaluation_seeds
+from evaluation import backtest_cache
 from evaluation.metrics import periods_per_year_from_step, summarize_returns
 from evaluation.rollout import EpisodeRecord, run_policy
 
@@ -282,6 +283,7 @@ def run_backtest(
     scenario_set: str = "custom",
     paths: MarketPaths | None = None,
     period: dict[str, str] | None = None,
+    cache: bool | backtest_cache.BacktestCache = False,
 ) -> BacktestResult:
     """Run every policy on the same scenarios ``seeds`` (paired) and collect the records.
 
@@ -297,6 +299,8 @@ def run_backtest(
         scenario_set: label recorded with the result (``test``, ``validation``, ...).
         paths: ready market paths (e.g. a replayed period) instead of sampling them from ``seeds``.
         period: name/start/end of a replayed period, recorded with the result.
+        cache: reuse and store the backtests of named baselines on disk
+            (:mod:`evaluation.backtest_cache`; True: the default directory); Policy objects always run.
     """
     seeds = check_evaluation_seeds(np.atleast_1d(np.asarray(seeds)))
     if seeds.size == 0:
@@ -328,9 +332,17 @@ def run_backtest(
     ]
     chunk_seeds = [seeds[c] for c in chunks]
     tasks = [(p, c) for p in range(len(policies)) for c in range(len(chunks))]
+    outputs: dict[tuple[int, int], tuple[EpisodeRecord, dict[str, int], float]] = {}
+    store = backtest_cache.open_cache(cache)
+    if store is not None:  # named baselines already run on these paths come from the cache
+        hits, keys = backtest_cache.lookup_tasks(
+            store, config, tasks, policies, [policy_params[label] for label in labels],
+            list(zip(chunk_seeds, chunk_paths, strict=True)), period=period,
+        )  # fmt: skip
+        outputs.update(hits)
+        tasks = [task for task in tasks if task not in hits]
     horizon = config.env.horizon
     bar = tqdm(total=len(tasks) * horizon, disable=not progress, unit="step", desc="backtest")
-    outputs: dict[tuple[int, int], tuple[EpisodeRecord, dict[str, int], float]] = {}
     try:
         if workers == 1:
             for p, c in tasks:
@@ -357,6 +369,8 @@ def run_backtest(
                     bar.update(horizon)
     finally:
         bar.close()
+    if store is not None:
+        backtest_cache.store_tasks(store, keys, outputs, tasks)
     records, elapsed, diagnostics = {}, {}, {}
     for p, label in enumerate(labels):
         parts = [outputs[(p, c)] for c in range(len(chunks))]
@@ -404,12 +418,14 @@ def run_period_backtest(
     workers: int = 1,
     progress: bool = True,
     params_path: str | Path | None = None,
+    cache: bool | backtest_cache.BacktestCache = False,
 ) -> BacktestResult:
     """Replay the real period ``start..end`` (one scenario) for every policy.
 
     ``env.horizon`` becomes the number of daily steps in the period; the first decision is at the
     close of ``start`` and the last mark at the close of ``end``. Use :func:`resolve_period` for
     named periods (``heldout_2023`` = 2023-01-01..2024-04-09 is held out: evaluate on it, never tune).
+    ``cache`` as in :func:`run_backtest`.
     """
     spec = PeriodSpec(start=start, end=end)  # type: ignore[arg-type]
     cfg = period_config(config, spec)
@@ -432,4 +448,5 @@ def run_period_backtest(
         scenario_set=f"period:{label}",
         paths=paths,
         period=period,
+        cache=cache,
     )
