@@ -52,6 +52,11 @@ def evaluate(
         True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"
     ),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="reuse baseline backtests already run on the same scenarios (evaluation/backtest_cache.py)",
+    ),
 ) -> None:
     """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow."""
     from envs.config import ConfigError, load_config, parse_cli_overrides
@@ -94,6 +99,7 @@ def evaluate(
                 workers=workers,
                 progress=progress,
                 params_path=params_path,
+                cache=cache,
             )
         else:
             kind = scenario_set or ev.scenario_set
@@ -106,6 +112,7 @@ def evaluate(
                 progress=progress,
                 params_path=params_path,
                 scenario_set=kind,
+                cache=cache,
             )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
