@@ -17,13 +17,14 @@ from sklearn.covariance import LedoitWolf
 
 from agents.baselines import batch_inputs, batch_qp, constraints, make_policy
 from agents.baselines.batch_inputs import prepare_cov_batch
+from agents.baselines.batch_l1_qp import solve_qp_l1_batch
 from agents.baselines.batch_optimizers import (
     solve_max_sharpe_batch,
     solve_mean_variance_batch,
     solve_min_variance_batch,
     solve_risk_parity_batch,
 )
-from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch, solve_qp_l1_batch
+from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
 from agents.baselines.constraints import prepare_cov
 from agents.baselines.estimators import (
     ewma_cov,

@@ -28,7 +28,8 @@ from agents.baselines.batch_inputs import (
     prepare_cov_batch,
     warn_fallbacks,
 )
-from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch, solve_qp_l1_batch
+from agents.baselines.batch_l1_qp import solve_qp_l1_batch
+from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
 from agents.baselines.constraints import WeightConstraints
 from agents.baselines.risk_parity import risk_parity_newton_batch
 from agents.baselines.sharpe import EXCESS_RTOL
