@@ -192,7 +192,10 @@ class BaselinePolicy(Policy):
     def _count_batch(self, info: BatchSolveInfo) -> None:
         self.solves += int(info.status.size)
         self.serial_solves += int(info.serial.sum())
-        kinds, counts = np.unique(info.fallback[info.fallback_used].astype(str), return_counts=True)
+        used = info.fallback_used
+        if not used.any():
+            return
+        kinds, counts = np.unique(info.fallback[used].astype(str), return_counts=True)
         for kind, count in zip(kinds, counts, strict=True):
             self.fallbacks[kind] = self.fallbacks.get(kind, 0) + int(count)
 
