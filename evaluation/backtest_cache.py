@@ -10,7 +10,8 @@ Key (SHA-256 of a JSON document): the format version, the simulation config hash
 runs on (which pins a replayed period's data too), the replayed period, the policy name and its
 resolved parameters, run-level options that change the records (``run_options``, e.g. kill-switch
 parameters), and the code version: a hash of the source files of ``envs/``, ``agents/baselines/``,
-``agents/policy.py`` and ``evaluation/rollout.py`` (:data:`CODE_PATHS`), so any change there misses.
+``agents/policy.py``, the kill-switch wrapper and ``evaluation/rollout.py`` (:data:`CODE_PATHS`), so
+any change there misses.
 Only named baselines are cached: a Policy object (a trained agent) has no such key.
 
 Storage: ``<dir>/<key[:2]>/<key>.npz`` (the record's arrays) and ``<key>.json`` (scalars, names,
@@ -43,8 +44,15 @@ from evaluation.rollout import EpisodeRecord
 FORMAT_VERSION = 1
 CACHE_DIR_ENV = "DEFIALLOC_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/defialloc/backtests")
-#: source that decides what a baseline backtest computes (relative to the repository root)
-CODE_PATHS = ("envs", "agents/baselines", "agents/policy.py", "evaluation/rollout.py")
+#: source that decides what a baseline backtest computes (relative to the repository root; a path
+#: that does not exist, such as the kill-switch wrapper on a branch without it, adds nothing)
+CODE_PATHS = (
+    "envs",
+    "agents/baselines",
+    "agents/policy.py",
+    "agents/kill_switch_policy.py",
+    "evaluation/rollout.py",
+)
 
 
 class CacheWarning(UserWarning):

@@ -15,6 +15,7 @@ import yaml
 from agents.baselines.policies import DEFAULT_PARAMS_PATH
 from agents.policy import FixedWeightsPolicy
 from envs.config import load_config
+from envs.market.sources import sample_paths
 from envs.seeds import scenario_seeds
 from evaluation.backtest import resolve_period, run_backtest, run_period_backtest
 from evaluation.backtest_cache import BacktestCache, CacheWarning, code_version, default_cache_dir
@@ -167,3 +168,25 @@ def test_defaults_code_version_and_directory(monkeypatch, tmp_path):
     assert BacktestCache().directory == tmp_path / "c"
     monkeypatch.delenv("DEFIALLOC_CACHE_DIR")
     assert default_cache_dir() == Path("~/.cache/defialloc/backtests").expanduser()
+
+
+def test_run_options_and_the_period_are_part_of_the_key(cfg, tmp_path):
+    cache = BacktestCache(tmp_path, code="v1")
+    seeds = scenario_seeds("test", 2)
+    warmup = cfg.env.warmup
+    paths = sample_paths(cfg.market, seeds, warmup + cfg.env.horizon + 1, warmup)
+    base, document = cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths)
+    assert document["config_hash"] == cfg.config_hash() and document["code"] == "v1"
+    assert base == cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths)[0]
+    assert base == cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths, run_options={})[0]  # fmt: skip
+    others = [
+        cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths,
+                  run_options={"kill_switch": {"max_drawdown": 0.3}})[0],
+        cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths,
+                  period={"name": "p", "start": "2022-01-01", "end": "2022-02-01"})[0],
+        cache.key(cfg, "equal_weight", {"rebalance_every": 7}, seeds, paths)[0],
+        cache.key(cfg, "buy_and_hold", {"rebalance_every": 30}, seeds, paths)[0],
+        cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds[::-1], paths)[0],
+        cache.key(cfg, "equal_weight", {"rebalance_every": 30}, seeds, paths.take(np.array([1, 0])))[0],
+    ]  # fmt: skip
+    assert len({base, *others}) == 1 + len(others)
