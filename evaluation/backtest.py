@@ -34,6 +34,7 @@ from envs.kill_switch import KillSwitchConfig
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.seeds import check_evaluation_seeds
+from evaluation import backtest_cache
 from evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
 from evaluation.metrics import periods_per_year_from_step, summarize_returns
 from evaluation.rollout import EpisodeRecord, run_policy
@@ -321,6 +322,7 @@ def run_backtest(
     paths: MarketPaths | None = None,
     period: dict[str, str] | None = None,
     kill_switch: KillSwitchConfig | None = None,
+    cache: bool | backtest_cache.BacktestCache = False,
 ) -> BacktestResult:
     """Run every policy on the same scenarios ``seeds`` (paired) and collect the records.
 
@@ -339,6 +341,8 @@ def run_backtest(
         kill_switch: run every policy behind :class:`~agents.kill_switch_policy.KillSwitchPolicy`
             with these parameters (None or ``enabled=False``: off); recorded with the result. It
             is independent of the env's own ``env.kill_switch`` (off unless a config turns it on).
+        cache: reuse and store the backtests of named baselines on disk
+            (:mod:`evaluation.backtest_cache`; True: the default directory); Policy objects always run.
     """
     if kill_switch is not None and not kill_switch.enabled:
         kill_switch = None
@@ -372,9 +376,18 @@ def run_backtest(
     ]
     chunk_seeds = [seeds[c] for c in chunks]
     tasks = [(p, c) for p in range(len(policies)) for c in range(len(chunks))]
+    outputs: dict[tuple[int, int], tuple[EpisodeRecord, dict[str, int], float]] = {}
+    store = backtest_cache.open_cache(cache)
+    if store is not None:  # named baselines already run on these paths come from the cache
+        hits, keys = backtest_cache.lookup_tasks(
+            store, config, tasks, policies, [policy_params[label] for label in labels],
+            list(zip(chunk_seeds, chunk_paths, strict=True)), period=period,
+            run_options={"kill_switch": None if kill_switch is None else kill_switch.model_dump(mode="json")},
+        )  # fmt: skip
+        outputs.update(hits)
+        tasks = [task for task in tasks if task not in hits]
     horizon = config.env.horizon
     bar = tqdm(total=len(tasks) * horizon, disable=not progress, unit="step", desc="backtest")
-    outputs: dict[tuple[int, int], tuple[EpisodeRecord, dict[str, int], float]] = {}
     try:
         if workers == 1:
             for p, c in tasks:
@@ -408,6 +421,8 @@ def run_backtest(
                     bar.update(horizon)
     finally:
         bar.close()
+    if store is not None:
+        backtest_cache.store_tasks(store, keys, outputs, tasks)
     chunk_records = [
         {labels[p]: outputs[(p, c)][0] for p in range(len(labels))} for c in range(len(chunks))
     ]
@@ -471,6 +486,7 @@ def run_period_backtest(
     progress: bool = True,
     params_path: str | Path | None = None,
     kill_switch: KillSwitchConfig | None = None,
+    cache: bool | backtest_cache.BacktestCache = False,
 ) -> BacktestResult:
     """Replay the real period ``start..end`` (one scenario) for every policy.
 
@@ -478,6 +494,7 @@ def run_period_backtest(
     close of ``start`` and the last mark at the close of ``end``. Use :func:`resolve_period` for
     named periods (``heldout_2023`` = 2023-01-01..2024-04-09 is held out: evaluate on it, never tune).
     ``kill_switch``: as in :func:`run_backtest`.
+    ``cache`` as in :func:`run_backtest`.
     """
     spec = PeriodSpec(start=start, end=end)  # type: ignore[arg-type]
     cfg = period_config(config, spec)
@@ -502,4 +519,5 @@ def run_period_backtest(
         paths=paths,
         period=period,
         kill_switch=kill_switch,
+        cache=cache,
     )

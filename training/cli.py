@@ -108,11 +108,17 @@ def simulate(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="reuse baseline backtests already run on the same scenarios",
+    ),
+) -> None:
     """Train a small PPO and SAC, backtest them against the baselines, print the table (`make demo`)."""
     from training.demo import run_demo
 
-    run_demo(console)
+    run_demo(console, cache=cache)
 
 
 @bench_app.command("env")

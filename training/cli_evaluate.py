@@ -61,6 +61,11 @@ def evaluate(
     progress: bool = typer.Option(True, help="show a progress bar"),
     kill_switch: bool = KILL_SWITCH_OPTION,
     kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
+    cache: bool = typer.Option(
+        True,
+        "--cache/--no-cache",
+        help="reuse baseline backtests already run on the same scenarios (evaluation/backtest_cache.py)",
+    ),
 ) -> None:
     """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow.
 
@@ -116,6 +121,7 @@ def evaluate(
                 progress=progress,
                 params_path=params_path,
                 kill_switch=overlay,
+                cache=cache,
             )
         else:
             kind = scenario_set or ev.scenario_set
@@ -129,6 +135,7 @@ def evaluate(
                 params_path=params_path,
                 scenario_set=kind,
                 kill_switch=overlay,
+                cache=cache,
             )
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
@@ -224,23 +231,60 @@ def compare_cmd(
         _fail(str(exc))
 
 
+BENCH_CONFIGS = ("configs/default.yaml", "configs/leverage.yaml")
+
+
 def bench_baselines_cmd(
-    n_assets: int = typer.Option(10, min=2, help="assets per problem"),
-    n_problems: int = typer.Option(200, min=1, help="random problems per method"),
-    seed: int = typer.Option(0),
-    max_weight: float = typer.Option(None, help="per-asset cap (both libraries)"),
+    configs: list[Path] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="simulation config(s) to backtest on, repeatable (default: configs/default.yaml and "
+        "configs/leverage.yaml)",
+    ),
+    scenarios: int = typer.Option(64, min=1, help="test scenarios per backtest"),
+    horizon: int = typer.Option(60, min=1, help="backtest steps"),
+    repeats: int = typer.Option(3, min=1, help="interleaved rounds; each policy's best is kept"),
+    policies: str = typer.Option(None, help="comma-separated baselines (default: all)"),
+    solvers: bool = typer.Option(
+        False, "--solvers", help="also time the optimizers against PyPortfolioOpt (sub-report)"
+    ),
+    n_assets: int = typer.Option(10, min=2, help="--solvers: assets per problem"),
+    n_problems: int = typer.Option(200, min=1, help="--solvers: random problems per method"),
+    seed: int = typer.Option(0, help="--solvers: problem seed"),
+    max_weight: float = typer.Option(None, help="--solvers: per-asset cap (both libraries)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
 ) -> None:
-    """Solve time of our baseline optimizers vs PyPortfolioOpt on the same problems, and max |dw|."""
-    from agents.baselines.bench import bench_baselines, print_bench_table
+    """Backtest steps/s of every baseline vs equal weight on the same scenarios (goal: >= 1/5),
+    spot and leveraged; with --solvers also our optimizers vs PyPortfolioOpt."""
+    from envs.config import ConfigError
+    from evaluation.bench_backtests import bench_backtests, print_backtest_bench
 
-    result = bench_baselines(
-        n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight
-    )
+    names = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
+    backtests = {}
+    try:
+        for path in configs or [Path(c) for c in BENCH_CONFIGS]:
+            backtests[str(path)] = bench_backtests(
+                path, scenarios=scenarios, horizon=horizon, repeats=repeats, policies=names
+            )
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    solver_result = None
+    if solvers:
+        from agents.baselines.bench import bench_baselines
+
+        solver_result = bench_baselines(
+            n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight
+        )
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps({"backtests": backtests, "solvers": solver_result}))
         return
-    print_bench_table(result)
+    for path, result in backtests.items():
+        print_backtest_bench(result, title=path)
+    if solver_result is not None:
+        from agents.baselines.bench import print_bench_table
+
+        print_bench_table(solver_result)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

@@ -32,6 +32,11 @@ PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="progress bar
 FINAL_EVAL_OPT = typer.Option(
     True, "--final-eval/--no-final-eval", help="backtest vs the baselines at the end"
 )
+CACHE_OPT = typer.Option(
+    True,
+    "--cache/--no-cache",
+    help="reuse baseline backtests already run on the same scenarios (evaluation/backtest_cache.py)",
+)
 
 
 def _overrides(items: list[str] | None, device: str | None) -> dict[str, Any]:
@@ -55,6 +60,7 @@ def train_command(
     resume: str | None = RESUME_OPT,
     progress: bool = PROGRESS_OPT,
     final_eval: bool = FINAL_EVAL_OPT,
+    cache: bool = CACHE_OPT,
 ) -> None:
     """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
     from envs.config import ConfigError
@@ -80,6 +86,7 @@ def train_command(
             resume_run_id=resume,
             progress=progress,
             final_evaluation=final_eval and cfg.eval.final,
+            cache=cache,
         )
     except ValueError as exc:  # bad data or settings found while running (the message names them)
         raise _fail(str(exc)) from None
@@ -169,6 +176,7 @@ def experiment_command(
     out: Path = typer.Option(
         None, help="report file (.md or .html); default reports/<experiment>.md"
     ),
+    cache: bool = CACHE_OPT,
 ) -> None:
     """Train several configs x seeds into one MLflow experiment and compare them with the baselines."""
     from rich.console import Console
@@ -177,7 +185,7 @@ def experiment_command(
     from training.experiment import run_experiment
 
     try:
-        run_experiment(config, Console(), out=out)
+        run_experiment(config, Console(), out=out, cache=cache)
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None

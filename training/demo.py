@@ -17,8 +17,14 @@ from training.config import load_train_config
 DEMO_CONFIGS = ("configs/train/demo_ppo.yaml", "configs/train/demo_sac.yaml")
 
 
-def run_demo(console: Console, configs: tuple[str, ...] = DEMO_CONFIGS) -> None:
-    """Train every demo config, then print ``defialloc compare`` for their experiment."""
+def run_demo(
+    console: Console, configs: tuple[str, ...] = DEMO_CONFIGS, *, cache: bool = False
+) -> None:
+    """Train every demo config, then print ``defialloc compare`` for their experiment.
+
+    With ``cache`` the agents share the baselines' backtests (same simulation config and seeds):
+    each baseline runs once, and not again in later demos (:mod:`evaluation.backtest_cache`).
+    """
     from evaluation.report import compare
     from evaluation.tracking import tracking_uri
     from training.train import train
@@ -30,7 +36,7 @@ def run_demo(console: Console, configs: tuple[str, ...] = DEMO_CONFIGS) -> None:
         console.rule(
             f"defialloc demo: training {cfg.algo.upper()} ({cfg.total_timesteps:,} env steps)"
         )
-        result = train(cfg)
+        result = train(cfg, cache=cache)
         console.print(
             f"{cfg.algo.upper()}: {result.num_timesteps:,} steps at {result.env_steps_per_s:,.0f} env-steps/s; "
             f"MLflow run {result.run_id}, registered version {result.model_version}"

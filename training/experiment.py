@@ -43,8 +43,14 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def run_experiment(path: str | Path, console: Console, *, out: Path | None = None) -> None:
-    """Train every (config, seed) of the experiment, then print and write the comparison."""
+def run_experiment(
+    path: str | Path, console: Console, *, out: Path | None = None, cache: bool = False
+) -> None:
+    """Train every (config, seed) of the experiment, then print and write the comparison.
+
+    With ``cache`` the baselines' backtests run once per scenario set, not once per trained run
+    (:mod:`evaluation.backtest_cache`).
+    """
     from evaluation.report import compare
     from training.train import train
 
@@ -61,7 +67,7 @@ def run_experiment(path: str | Path, console: Console, *, out: Path | None = Non
             console.rule(
                 f"{spec.experiment}: {cfg.algo.upper()} seed {seed} ({cfg.total_timesteps:,} env steps)"
             )
-            result = train(cfg)
+            result = train(cfg, cache=cache)
             console.print(
                 f"run {result.run_id}: {result.num_timesteps:,} steps at {result.env_steps_per_s:,.0f}/s"
             )

@@ -261,6 +261,7 @@ def train(
     callbacks: Sequence[BaseCallback] = (),
     register: bool | None = None,
     final_evaluation: bool | None = None,
+    cache: bool = False,
 ) -> TrainResult:
     """Train (or continue training) an agent; see the module docstring for what is logged where.
 
@@ -272,6 +273,8 @@ def train(
         callbacks: extra SB3 callbacks (run after validation and checkpointing).
         register: override ``cfg.mlflow.register_model``.
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
+        cache: take the baselines' backtests from the on-disk cache when they were already run
+            on the same scenarios (:mod:`evaluation.backtest_cache`), and store new ones.
 
     Returns:
         A :class:`TrainResult`; ``completed`` is False when the run was stopped (Ctrl-C) before
@@ -312,7 +315,9 @@ def train(
     mlflow.set_tag(STATUS_TAG, "completed")
     mlflow.end_run()
     if cfg.eval.final if final_evaluation is None else final_evaluation:
-        result.evaluation_run_ids = evaluate_against_baselines(cfg, result, progress=progress)
+        result.evaluation_run_ids = evaluate_against_baselines(
+            cfg, result, progress=progress, cache=cache
+        )
     return result
 
 
@@ -422,11 +427,12 @@ def _finish(
 
 
 def evaluate_against_baselines(
-    cfg: TrainConfig, result: TrainResult, *, progress: bool = True
+    cfg: TrainConfig, result: TrainResult, *, progress: bool = True, cache: bool = False
 ) -> dict[str, str]:
     """Backtest the trained policy (best by validation) against the baselines, paired, on the test
     scenario seeds and on the real held-out period; each is one evaluation run in the training
     run's experiment (``defialloc compare`` pairs them). Returns ``{"test": run_id, "held_out": ...}``.
+    With ``cache`` every baseline runs once per scenario set across agents (the agent always runs).
     """
     from evaluation.backtest import (
         load_evaluation_config,
@@ -463,6 +469,7 @@ def evaluate_against_baselines(
         workers=cfg.eval.workers,
         progress=progress,
         scenario_set="test",
+        cache=cache,
     )
     name = f"{cfg.mlflow.run_name or cfg.algo}-test"
     runs["test"] = log_backtest(
@@ -479,6 +486,7 @@ def evaluate_against_baselines(
             name=cfg.eval.held_out_period,
             workers=cfg.eval.workers,
             progress=progress,
+            cache=cache,
         )
         name = f"{cfg.mlflow.run_name or cfg.algo}-{cfg.eval.held_out_period}"
         runs["held_out"] = log_backtest(

@@ -18,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from agents.baselines.batch_inputs import prepare_cov_batch
+from agents.baselines.batch_optimizers import mean_variance_prepared
+from agents.baselines.cash import cash_prev, mean_variance_with_cash, with_cash
+from agents.baselines.constraints import make_constraints
 from agents.baselines.optimizers import SolverFallbackWarning
 from agents.baselines.policies import (
     BaselineParams,
     BaselinePolicy,
     UtilityParams,
     _penalty,
-    mean_variance_with_cash,
 )
 from agents.policy import MarketView
 from envs.config import SimulationConfig
@@ -99,6 +102,8 @@ class OracleMeanVariancePolicy(BaselinePolicy):
     name = "oracle_mean_variance"
     uses_oracle = True
     params_model = OracleParams
+    #: one batched solve for all due envs (False: a Python loop over envs, the tested reference)
+    batched: bool = True
 
     def __init__(
         self, n_assets: int, config: SimulationConfig, name: str | None = None, **params: Any
@@ -110,12 +115,42 @@ class OracleMeanVariancePolicy(BaselinePolicy):
                 f"{config.market.source!r}; leave it out of replay/bootstrap evaluations"
             )
         self.mu_by_regime, self.cov_by_regime = true_moments_by_regime(config.market)
+        # the per-regime problems never change: validate and scale their covariances once here,
+        # not on every rebalance (the batched path indexes the prepared matrices by regime)
+        p: OracleParams = self.params  # type: ignore[assignment]
+        mu, cov = self.mu_by_regime, self.cov_by_regime
+        if p.allow_cash:
+            mu, cov, _ = with_cash(mu, cov, np.zeros_like(mu), self.budget)
+        self._mu_problem = mu
+        self._hessian, self._scale, self._status = prepare_cov_batch(cov)
+        self._constraints = make_constraints(
+            mu.shape[1],
+            long_only=True,
+            max_weight=p.max_weight,
+            budget=self.budget,
+            max_gross_leverage=None,
+        )
 
     def _targets(self, view: MarketView, index: np.ndarray, current: np.ndarray) -> np.ndarray:
         if view.oracle is None or "regime" not in view.oracle:
             raise ValueError(f"{self.name} needs MarketView.oracle['regime'] (uses_oracle=True)")
         regime = np.asarray(view.oracle["regime"])[index]
         p: OracleParams = self.params  # type: ignore[assignment]
+        if self.batched:
+            r = regime.astype(np.intp)
+            prev = cash_prev(current[:, :-1], self.budget) if p.allow_cash else current[:, :-1]
+            weights, batch_info = mean_variance_prepared(
+                self._mu_problem[r],
+                self._hessian[r],
+                self._scale[r],
+                self._status[r],
+                p.risk_aversion,
+                self._constraints,
+                prev,
+                _penalty(p),
+            )
+            self._count_batch(batch_info)
+            return self._with_cash(weights[:, : self.n_assets])
         risky = np.empty((index.size, self.n_assets))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SolverFallbackWarning)  # counted in diagnostics

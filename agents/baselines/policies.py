@@ -35,12 +35,33 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
+from agents.baselines.batch_inputs import BatchSolveInfo
+from agents.baselines.batch_optimizers import (
+    solve_max_sharpe_batch,
+    solve_min_variance_batch,
+    solve_risk_parity_batch,
+)
+from agents.baselines.cash import (  # noqa: F401 (CASH_VARIANCE_SHARE: re-exported)
+    CASH_VARIANCE_SHARE,
+    cash_prev,
+    mean_variance_with_cash,
+    mean_variance_with_cash_batch,
+    with_cash,
+)
+from agents.baselines.estimators import (
+    ewma_cov,
+    ewma_cov_batch,
+    ledoit_wolf_cov,
+    ledoit_wolf_cov_batch,
+    sample_cov,
+    sample_cov_batch,
+    shrunk_mean,
+    shrunk_mean_batch,
+)
 from agents.baselines.optimizers import (
     SolveInfo,
     SolverFallbackWarning,
     solve_max_sharpe,
-    solve_mean_variance,
     solve_min_variance,
     solve_risk_parity,
 )
@@ -110,55 +131,6 @@ def _penalty(p: MeanVarianceParams | OracleParams) -> float:
     return p.turnover_cost / (p.cost_horizon or p.rebalance_every)
 
 
-#: variance of the optional cash asset relative to the mean asset variance (keeps the QP definite)
-CASH_VARIANCE_SHARE = 1e-6
-
-
-def mean_variance_with_cash(
-    mu: np.ndarray,
-    cov: np.ndarray,
-    risk_aversion: float,
-    *,
-    budget: float,
-    prev_risky: np.ndarray,
-    max_weight: float | None = None,
-    turnover_penalty: float = 0.0,
-    allow_cash: bool = True,
-) -> tuple[np.ndarray, Any]:
-    """Quadratic-utility risky weights ``(N,)`` summing to at most ``budget`` (``allow_cash``) or exactly.
-
-    With ``allow_cash`` the problem gets one more asset, cash: zero mean and a variance of
-    :data:`CASH_VARIANCE_SHARE` times the mean asset variance (riskless up to a term that keeps the
-    Hessian definite), so the optimizer may de-risk into cash; ``max_weight`` then caps that cash
-    share too. ``turnover_penalty`` is per unit of ``||w - w_now||_1`` over all entries.
-    """
-    if not allow_cash:
-        return solve_mean_variance(
-            mu,
-            cov,
-            risk_aversion,
-            max_weight=max_weight,
-            budget=budget,
-            prev_weights=prev_risky,
-            turnover_penalty=turnover_penalty,
-        )
-    n = mu.shape[0]
-    cov_ext = np.zeros((n + 1, n + 1))
-    cov_ext[:n, :n] = cov
-    cov_ext[n, n] = CASH_VARIANCE_SHARE * max(float(np.mean(np.diag(cov))), 1e-300)
-    prev_ext = np.append(prev_risky, max(budget - float(prev_risky.sum()), 0.0))
-    weights, info = solve_mean_variance(
-        np.append(mu, 0.0),
-        cov_ext,
-        risk_aversion,
-        max_weight=max_weight,
-        budget=budget,
-        prev_weights=prev_ext,
-        turnover_penalty=turnover_penalty,
-    )
-    return weights[:n], info
-
-
 # ---------------------------------------------------------------------------------------- base
 class BaselinePolicy(Policy):
     """Scheduled, banded rebalancing toward :meth:`_targets`; between rebalances it holds."""
@@ -183,6 +155,7 @@ class BaselinePolicy(Policy):
         self.budget = 1.0 - p.cash_weight
         self.lookback = int(getattr(p, "lookback", 1))
         self.solves = 0
+        self.serial_solves = 0
         self.fallbacks: dict[str, int] = {}
 
     def target_weights(self, view: MarketView) -> np.ndarray:
@@ -218,6 +191,16 @@ class BaselinePolicy(Policy):
         if info.fallback_used:
             self.fallbacks[info.fallback] = self.fallbacks.get(info.fallback, 0) + 1
 
+    def _count_batch(self, info: BatchSolveInfo) -> None:
+        self.solves += int(info.status.size)
+        self.serial_solves += int(info.serial.sum())
+        used = info.fallback_used
+        if not used.any():
+            return
+        kinds, counts = np.unique(info.fallback[used].astype(str), return_counts=True)
+        for kind, count in zip(kinds, counts, strict=True):
+            self.fallbacks[kind] = self.fallbacks.get(kind, 0) + int(count)
+
     @property
     def diagnostics(self) -> dict[str, int]:
         """Optimizer solves and, per kind, the solves that fell back since construction.
@@ -225,10 +208,16 @@ class BaselinePolicy(Policy):
         Each fallback is a :class:`SolverFallbackWarning` of the optimizer; the policy counts them
         (``fallback_prev_weights`` = no trade, ``fallback_min_variance`` = max Sharpe without a
         positive excess return, ...) instead of repeating thousands of warnings in a backtest.
+        ``serial_qp``: solves the batched active-set method handed to the per-problem solver (its
+        guesses gave up, or it was among the last few iterating; see
+        :mod:`agents.baselines.batch_qp`), when there were any.
         """
-        return {"solves": self.solves} | {
-            f"fallback_{k}": v for k, v in sorted(self.fallbacks.items())
-        }
+        serial = {"serial_qp": self.serial_solves} if self.serial_solves else {}
+        return (
+            {"solves": self.solves}
+            | serial
+            | {f"fallback_{k}": v for k, v in sorted(self.fallbacks.items())}
+        )
 
 
 def _clean_weights(weights: np.ndarray) -> np.ndarray:
@@ -271,18 +260,33 @@ class BuyAndHoldPolicy(BaselinePolicy):
 
 
 class EstimatingPolicy(BaselinePolicy):
-    """Baselines that estimate moments on the trailing window and solve an optimizer per env."""
+    """Baselines that estimate moments on the trailing window and solve an optimizer per env.
+
+    All due envs are estimated and solved together (batched estimators and
+    :mod:`agents.baselines.batch_optimizers`); ``batched = False`` runs the per-env loop of the
+    per-problem functions instead, the reference the batched path is tested against.
+    """
 
     params_model: type[BaselineParams] = EstimationParams
+    #: one batched estimate and solve for all due envs (False: a Python loop over envs)
+    batched: bool = True
 
     def _moments(self, view: MarketView, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-step ``mu (M, N)`` and ``cov (M, N, N)`` of simple returns for the envs ``index``."""
         p: EstimationParams = self.params  # type: ignore[assignment]
         prices = np.asarray(view.prices, dtype=np.float64)[index]
         returns = prices[:, 1:] / prices[:, :-1] - 1.0
+        if self.batched:
+            if p.cov_estimator == "ledoit_wolf":
+                cov = ledoit_wolf_cov_batch(returns)
+            elif p.cov_estimator == "ewma":
+                cov = ewma_cov_batch(returns, p.ewma_halflife)
+            else:
+                cov = sample_cov_batch(returns)
+            return shrunk_mean_batch(returns, p.mean_target, p.mean_shrinkage), cov
         mu = np.empty((index.size, self.n_assets))
         cov = np.empty((index.size, self.n_assets, self.n_assets))
-        for j in range(index.size):  # one optimizer problem per env: the solver is not batched
+        for j in range(index.size):
             window = returns[j]
             if p.cov_estimator == "ledoit_wolf":
                 cov[j] = ledoit_wolf_cov(window)
@@ -300,15 +304,26 @@ class EstimatingPolicy(BaselinePolicy):
                 np.full((index.size, self.n_assets), self.budget / self.n_assets)
             )
         mu, cov = self._moments(view, index)
-        risky = np.empty((index.size, self.n_assets))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SolverFallbackWarning)  # counted in diagnostics
+            if self.batched:
+                risky, batch_info = self._solve_batch(mu, cov, current[:, :-1])
+                self._count_batch(batch_info)
+                return self._with_cash(risky)
+            risky = np.empty((index.size, self.n_assets))
             for j in range(index.size):
                 risky[j], info = self._solve(mu[j], cov[j], current[j, :-1])
                 self._count(info)
         return self._with_cash(risky)
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
+        """One env: ``mu (N,)``, ``cov (N, N)``, ``prev (N,)`` -> risky weights and SolveInfo."""
+        raise NotImplementedError
+
+    def _solve_batch(
+        self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray
+    ) -> tuple[np.ndarray, BatchSolveInfo]:
+        """All due envs: ``mu (M, N)``, ``cov (M, N, N)``, ``prev (M, N)`` -> ``(M, N)`` weights."""
         raise NotImplementedError
 
 
@@ -319,6 +334,13 @@ class MinVariancePolicy(EstimatingPolicy):
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         return solve_min_variance(
+            cov, max_weight=self.params.max_weight, budget=self.budget, prev_weights=prev
+        )
+
+    def _solve_batch(
+        self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray
+    ) -> tuple[np.ndarray, BatchSolveInfo]:
+        return solve_min_variance_batch(
             cov, max_weight=self.params.max_weight, budget=self.budget, prev_weights=prev
         )
 
@@ -335,6 +357,14 @@ class MaxSharpePolicy(EstimatingPolicy):
             mu, cov, p.risk_free, max_weight=p.max_weight, budget=self.budget, prev_weights=prev
         )
 
+    def _solve_batch(
+        self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray
+    ) -> tuple[np.ndarray, BatchSolveInfo]:
+        p: MaxSharpeParams = self.params  # type: ignore[assignment]
+        return solve_max_sharpe_batch(
+            mu, cov, p.risk_free, max_weight=p.max_weight, budget=self.budget, prev_weights=prev
+        )
+
 
 class MeanVariancePolicy(EstimatingPolicy):
     """Quadratic utility ``w'mu - gamma/2 w'Σw - turnover_cost / cost_horizon ||w - w_now||_1`` (cash allowed)."""
@@ -345,6 +375,21 @@ class MeanVariancePolicy(EstimatingPolicy):
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         p: MeanVarianceParams = self.params  # type: ignore[assignment]
         return mean_variance_with_cash(
+            mu,
+            cov,
+            p.risk_aversion,
+            budget=self.budget,
+            prev_risky=prev,
+            max_weight=p.max_weight,
+            turnover_penalty=_penalty(p),
+            allow_cash=p.allow_cash,
+        )
+
+    def _solve_batch(
+        self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray
+    ) -> tuple[np.ndarray, BatchSolveInfo]:
+        p: MeanVarianceParams = self.params  # type: ignore[assignment]
+        return mean_variance_with_cash_batch(
             mu,
             cov,
             p.risk_aversion,
@@ -370,6 +415,11 @@ class RiskParityPolicy(EstimatingPolicy):
 
     def _solve(self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, Any]:
         return solve_risk_parity(cov, budget=self.budget, prev_weights=prev)
+
+    def _solve_batch(
+        self, mu: np.ndarray, cov: np.ndarray, prev: np.ndarray
+    ) -> tuple[np.ndarray, BatchSolveInfo]:
+        return solve_risk_parity_batch(cov, budget=self.budget, prev_weights=prev)
 
 
 # ---------------------------------------------------------------------------------------- registry
