@@ -4,6 +4,13 @@ An experiment file (``configs/experiments/*.yaml``) lists training configs, the 
 overrides; every run trains, keeps its best validated model and is then backtested against the baselines
 on the test scenarios and the held-out period (the training config's ``eval`` section). The comparison
 (``evaluation.report.compare``) stratifies the bootstrap over training seeds.
+
+An optional ``ablation`` section runs first: each variant (a set of overrides: action kind, decision
+interval, observation blocks, reward, ...) of a base training config is trained on its seeds WITHOUT
+any test or held-out evaluation, scored by its best validation metric (validation scenarios only), and
+the winning variant's overrides are applied to the runs named in ``apply_to``. The ablation's runs
+live in their own MLflow experiment (``<experiment>-ablation``) with a summary run holding the table,
+so the test scenarios and the held-out period are evaluated once, at the end, on the chosen settings.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
 from envs.config import ConfigError, format_validation_error
@@ -27,11 +34,38 @@ class ExperimentRun(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class AblationConfig(BaseModel):
+    """Variants of a base config compared on validation scenarios only (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: str = Field(description="base training config YAML of every variant")
+    seeds: list[int] = Field(min_length=1, description="training seeds of every variant")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="shared by every variant")
+    variants: dict[str, dict[str, Any]] = Field(min_length=2, description="name -> overrides")
+    apply_to: list[str] = Field(
+        default_factory=list,
+        description="run configs (as written under runs) that get the winner's overrides",
+    )
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     experiment: str = Field(min_length=1, description="MLflow experiment of every run")
+    ablation: AblationConfig | None = None
     runs: list[ExperimentRun] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _apply_to_names_runs(self) -> ExperimentConfig:
+        if self.ablation is not None:
+            unknown = sorted(set(self.ablation.apply_to) - {run.config for run in self.runs})
+            if unknown:
+                raise ValueError(
+                    f"ablation.apply_to names configs that are not runs: {unknown}; runs: "
+                    f"{sorted({run.config for run in self.runs})}"
+                )
+        return self
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -55,10 +89,15 @@ def run_experiment(
     from training.train import train
 
     spec = load_experiment(path)
+    chosen: dict[str, Any] = {}
+    if spec.ablation is not None:
+        chosen = run_ablation(spec.experiment, spec.ablation, console, cache=cache)
     for run in spec.runs:
         for seed in run.seeds:
+            selected = chosen if spec.ablation and run.config in spec.ablation.apply_to else {}
             overrides = {
                 **run.overrides,
+                **selected,
                 "seed": seed,
                 "mlflow.experiment": spec.experiment,
                 "mlflow.run_name": f"{Path(run.config).stem}-seed{seed}",
@@ -75,3 +114,59 @@ def run_experiment(
     report.parent.mkdir(parents=True, exist_ok=True)
     compare(spec.experiment, out=report, console=console)
     console.print(f"report: {report}")
+
+
+def run_ablation(
+    experiment: str, ablation: AblationConfig, console: Console, *, cache: bool = False
+) -> dict[str, Any]:
+    """Train every variant x seed (no test or held-out evaluation), score it by its best
+    validation metric, log the table, and return the winning variant's overrides."""
+    import mlflow
+    import numpy as np
+
+    from evaluation.tracking import setup_mlflow
+    from training.train import train
+
+    name = f"{experiment}-ablation"
+    scores: dict[str, list[float]] = {}
+    metric = ""
+    for variant, changes in ablation.variants.items():
+        for seed in ablation.seeds:
+            overrides = {
+                **ablation.overrides,
+                **changes,
+                "seed": seed,
+                "eval.final": False,  # validation only: the test set is for the final runs
+                "mlflow.experiment": name,
+                "mlflow.run_name": f"{variant}-seed{seed}",
+                "mlflow.register_model": False,
+            }
+            cfg = load_train_config(ablation.config, overrides)
+            metric = cfg.eval.metric
+            console.rule(f"{name}: {variant} seed {seed} ({cfg.total_timesteps:,} env steps)")
+            result = train(cfg, cache=cache)
+            if result.best_metric is None:
+                raise ConfigError(
+                    f"ablation variant {variant!r} has no validation score: set eval.every_steps > 0"
+                )
+            scores.setdefault(variant, []).append(float(result.best_metric))
+    table = sorted(((float(np.mean(v)), variant, v) for variant, v in scores.items()), reverse=True)
+    winner = table[0][1]
+    rows = [
+        {"variant": v, f"mean best validation {metric}": m, "per seed": ", ".join(f"{x:+.4f}" for x in xs),
+         "overrides": ", ".join(f"{k}={w}" for k, w in ablation.variants[v].items())}
+        for m, v, xs in table
+    ]  # fmt: skip
+    with mlflow.start_run(experiment_id=setup_mlflow(name), run_name="ablation-summary"):
+        mlflow.set_tags({"kind": "ablation", "winner": winner})
+        mlflow.log_params({f"winner.{k}": str(v) for k, v in ablation.variants[winner].items()})
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "ablation.json")
+    from rich.table import Table
+
+    out = Table(title=f"ablation on validation scenarios ({metric}); winner: {winner}")
+    for key in rows[0]:
+        out.add_column(key)
+    for r in rows:
+        out.add_row(*(f"{r[k]:+.4f}" if isinstance(r[k], float) else str(r[k]) for k in r))
+    console.print(out)
+    return dict(ablation.variants[winner])

@@ -1,0 +1,90 @@
+"""The experiment's ablation: variants scored on validation only, the winner applied to the final runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from rich.console import Console
+
+import training.train as train_module
+from envs.config import ConfigError
+from training.experiment import load_experiment, run_experiment
+from training.train import TrainResult
+
+
+def _experiment(tmp_path: Path, apply_to: list[str]) -> Path:
+    spec = {
+        "experiment": f"exp-{tmp_path.name}",
+        "ablation": {
+            "config": "configs/train/ppo.yaml",
+            "seeds": [0, 1],
+            "overrides": {"total_timesteps": 1000},
+            "variants": {
+                "daily_target": {"env.action.kind": "target", "env.decision_every": 1},
+                "weekly_anchored": {"env.action.kind": "anchored", "env.decision_every": 7},
+            },
+            "apply_to": apply_to,
+        },
+        "runs": [
+            {"config": "configs/train/ppo.yaml", "seeds": [3]},
+            {"config": "configs/train/sac.yaml", "seeds": [4]},
+        ],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def fake_train(monkeypatch, tmp_path):
+    """Records every training config; scores the weekly anchored variant higher."""
+    seen = []
+
+    def train(cfg, **_):
+        seen.append(cfg)
+        weekly = cfg.simulation.env.decision_every == 7
+        score = 0.02 + 0.001 * cfg.seed if weekly else 0.01
+        return TrainResult("run", "0", cfg.algo, cfg.total_timesteps, True, tmp_path, 1.0, score, 1)
+
+    monkeypatch.setattr(train_module, "train", train)
+    monkeypatch.setattr("evaluation.report.compare", lambda *a, **k: [])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    return seen
+
+
+def test_ablation_selects_on_validation_and_applies_the_winner(fake_train, tmp_path):
+    path = _experiment(tmp_path, ["configs/train/ppo.yaml"])
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    ablation, final = fake_train[:4], fake_train[4:]
+    # every ablation run is validation-only and kept out of the final experiment
+    assert all(not c.eval.final and not c.mlflow.register_model for c in ablation)
+    assert all(c.mlflow.experiment.endswith("-ablation") for c in ablation)
+    # the winner's overrides go to the named run only; the test set is evaluated there, once
+    ppo, sac = final
+    assert ppo.simulation.env.action.kind == "anchored" and ppo.simulation.env.decision_every == 7
+    assert sac.simulation.env.action.kind == "target" and sac.simulation.env.decision_every == 1
+    assert ppo.eval.final and ppo.mlflow.experiment == f"exp-{tmp_path.name}"
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(f"exp-{tmp_path.name}-ablation")
+    (summary,) = client.search_runs([exp.experiment_id], "tags.kind = 'ablation'")
+    assert summary.data.tags["winner"] == "weekly_anchored"
+    assert summary.data.params["winner.env.decision_every"] == "7"
+
+
+def test_apply_to_must_name_runs_before_anything_trains(fake_train, tmp_path):
+    with pytest.raises(ConfigError, match="apply_to"):
+        run_experiment(_experiment(tmp_path, ["configs/train/nope.yaml"]), Console())
+    assert fake_train == []
+
+
+def test_a_single_variant_is_refused(tmp_path):
+    path = _experiment(tmp_path, [])
+    data = yaml.safe_load(path.read_text())
+    data["ablation"]["variants"].pop("daily_target")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="variants"):
+        load_experiment(path)
