@@ -183,6 +183,7 @@ def run_policy(
             oracle=oracle_info(sim) if uses_oracle else None,
             value_usd=sim.value.copy(),
             health_factor=None if hf is None else hf.copy(),
+            rates=sim.rates_now(),
         )
         actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
         result = sim.step(actions)
