@@ -371,8 +371,16 @@ class RiskParityPolicy(EstimatingPolicy):
 
 
 # ---------------------------------------------------------------------------------------- registry
-# imported here, not at the top: the oracle subclasses BaselinePolicy and imports it from this module
+# imported here, not at the top: the oracle and the strong feasible baselines (docs/baselines.md)
+# subclass BaselinePolicy and import it from this module
+from agents.baselines.levered import CarryPolicy, LeveredVolTargetPolicy  # noqa: E402
 from agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
+from agents.baselines.risk_based import (  # noqa: E402
+    EqualWeightBandPolicy,
+    InverseVolPolicy,
+    VolTargetPolicy,
+)
+from agents.baselines.static import StaticTangencyPolicy  # noqa: E402
 
 BASELINES: dict[str, type[BaselinePolicy]] = {
     "equal_weight": EqualWeightPolicy,
@@ -382,7 +390,15 @@ BASELINES: dict[str, type[BaselinePolicy]] = {
     "mean_variance": MeanVariancePolicy,
     "risk_parity": RiskParityPolicy,
     "oracle_mean_variance": OracleMeanVariancePolicy,
+    "static_tangency": StaticTangencyPolicy,
+    "equal_weight_band": EqualWeightBandPolicy,
+    "inverse_vol": InverseVolPolicy,
+    "vol_target": VolTargetPolicy,
+    "levered_vol_target": LeveredVolTargetPolicy,
+    "carry": CarryPolicy,
 }
+#: baselines that need the lending market or the perps venue (they refuse a spot-only config)
+PROTOCOL_BASELINES: tuple[str, ...] = ("levered_vol_target", "carry")
 #: baselines that are feasible strategies (the oracle is an upper reference, not a yardstick to beat)
 FEASIBLE_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if n != "oracle_mean_variance")
 
@@ -425,6 +441,6 @@ def make_policy(
     merged = default_policy_params(name, params_path) | params
     n_assets = len(config.market.assets)
     cls = BASELINES[name]
-    if cls is OracleMeanVariancePolicy:
-        return OracleMeanVariancePolicy(n_assets, config, **merged)
+    if cls is OracleMeanVariancePolicy or getattr(cls, "needs_config", False):
+        return cls(n_assets, config, **merged)  # type: ignore[call-arg]
     return cls(n_assets, **merged)
