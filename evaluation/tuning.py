@@ -50,9 +50,12 @@ from evaluation.backtest import HELD_OUT_START
 #: The grids: ``{baseline: {parameter: values}}``; the points are their Cartesian product (the
 #: last parameter varies fastest). Small on purpose (4-24 points: a grid search over 64 scenarios
 #: can overfit them too), around the hand-set values, with the cheap schedules of the QP baselines
-#: (a solve per env and rebalance). ``null`` = no cap. ``buy_and_hold`` has nothing to tune.
+#: (a solve per env and rebalance). ``None`` = no cap. ``buy_and_hold`` has nothing to tune.
+#: Ties go to the earlier point, so a safety parameter lists its most conservative value first
+#: (``hf_floor``). The first run chose grid edges for equal_weight, equal_weight_band,
+#: mean_variance and carry; those grids were widened past the edge once (validation only).
 GRIDS: dict[str, dict[str, list[Any]]] = {
-    "equal_weight": {"rebalance_every": [7, 30, 90], "no_trade_band": [0.0, 0.02, 0.05]},
+    "equal_weight": {"rebalance_every": [7, 30, 90, 365], "no_trade_band": [0.0, 0.02, 0.05, 0.1]},
     "min_variance": {
         "lookback": [31, 61],
         "rebalance_every": [7, 30],
@@ -64,7 +67,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "rebalance_every": [7, 30],
     },
     "mean_variance": {
-        "risk_aversion": [1.0, 2.0, 5.0, 10.0],
+        "risk_aversion": [0.5, 1.0, 2.0, 5.0],
         "mean_shrinkage": [0.8, 1.0],
         "rebalance_every": [7, 30],
     },
@@ -74,7 +77,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "rebalance_every": [7, 30],
     },
     "static_tangency": {"max_weight": [None, 0.5, 0.35], "no_trade_band": [0.02, 0.05, 0.1]},
-    "equal_weight_band": {"no_trade_band": [0.02, 0.05, 0.1, 0.2]},
+    "equal_weight_band": {"no_trade_band": [0.05, 0.1, 0.2, 0.3]},
     "inverse_vol": {
         "ewma_halflife": [10.0, 20.0, 40.0],
         "rebalance_every": [1, 7, 30],
@@ -89,12 +92,12 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "levered_vol_target": {
         "base": ["equal", "inverse_vol"],
         "target_vol": [0.5, 0.8, 1.2],
-        "hf_floor": [1.3, 1.6, 2.0],
+        "hf_floor": [2.0, 1.6, 1.3],
     },
     "carry": {
         "base": ["equal", "inverse_vol"],
-        "min_funding_annual": [0.05, 0.2, 0.5],
-        "hedge_ratio": [0.5, 1.0],
+        "min_funding_annual": [0.2, 0.5, 1.0],
+        "hedge_ratio": [0.25, 0.5, 1.0],
     },
 }
 

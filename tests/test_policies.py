@@ -70,7 +70,7 @@ def test_registry_names_and_errors(cfg):
 
 def test_yaml_params_are_the_defaults_and_kwargs_override(cfg):
     p = make_policy("equal_weight", cfg)
-    assert p.params.rebalance_every == 30  # configs/evaluation/default.yaml
+    assert p.params.rebalance_every == 90  # configs/evaluation/default.yaml (tuned)
     assert make_policy("equal_weight", cfg, rebalance_every=3).params.rebalance_every == 3
 
 

@@ -391,16 +391,31 @@ def test_spot_smoke_backtest():
 
 
 def test_leverage_smoke_backtest_borrows_hedges_and_is_never_liquidated():
-    """Default parameters (configs/evaluation/default.yaml) on 6 validation scenarios."""
+    """6 validation scenarios: the tuned defaults (configs/evaluation/default.yaml: they lever and
+    hedge rarely, as the validation Sharpe preferred) and active variants that lever / hedge most
+    of the time; none is ever liquidated."""
     cfg = load_config("configs/leverage.yaml")
-    names = ["levered_vol_target", "carry"]
+    lvt = make_policy("levered_vol_target", cfg, target_vol=1.0)
+    lvt.name = "levered_active"
+    carry = make_policy(
+        "carry", cfg, min_funding_annual=0.05, exit_funding_annual=0.0, hedge_ratio=1.0
+    )
+    carry.name = "carry_active"
+    names = ["levered_vol_target", "carry", lvt, carry]
     result = run_backtest(cfg, names, scenario_seeds("validation", 6), progress=False)
     table = result.metrics_table()
     assert not table["ruined"].any()
     assert (table["liquidations_count"] == 0).all()
-    debt = np.nan_to_num(result.records["levered_vol_target"].extras["debt_usd"])
-    perps = np.nan_to_num(result.records["carry"].extras["perp_notional_usd"])
-    assert (debt > 0).mean() > 0.05  # borrows on some steps
-    assert (perps > 0).mean() > 0.05  # hedges on some steps
-    hf = result.records["levered_vol_target"].extras["health_factor"]
-    assert np.nanmin(hf) > 1.0
+    share = {
+        name: (np.nan_to_num(result.records[name].extras[key]) > 0).mean()
+        for name, key in [
+            ("levered_vol_target", "debt_usd"),
+            ("levered_active", "debt_usd"),
+            ("carry", "perp_notional_usd"),
+            ("carry_active", "perp_notional_usd"),
+        ]
+    }
+    assert share["levered_vol_target"] > 0.01 and share["carry"] > 0.01  # sometimes
+    assert share["levered_active"] > 0.3 and share["carry_active"] > 0.3
+    for name in ("levered_vol_target", "levered_active"):
+        assert np.nanmin(result.records[name].extras["health_factor"]) > 1.0
