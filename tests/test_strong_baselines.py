@@ -106,7 +106,9 @@ def test_static_tangency_weights_by_hand(spot2, monkeypatch):
     # (0.04 - 0.005, 0.01 - 0.005) = (0.035, 0.005) -> weights (0.875, 0.125)
     cov = np.array([[0.01, 0.005], [0.005, 0.04]])
     monkeypatch.setattr(static_mod, "unconditional_moments", lambda m: (np.full(2, 0.01), cov))
-    policy = make_policy("static_tangency", spot2, max_weight=None, no_trade_band=0.05)
+    policy = make_policy(
+        "static_tangency", spot2, max_weight=None, no_trade_band=0.05, rebalance_every=1
+    )
     np.testing.assert_allclose(policy.weights, [0.875, 0.125, 0.0], atol=1e-6)
     # Sigma = diag(0.01, 0.04), mu = (0.01, 0.02): Sigma^-1 mu = (1, 0.5) -> (2/3, 1/3)
     monkeypatch.setattr(
@@ -114,7 +116,9 @@ def test_static_tangency_weights_by_hand(spot2, monkeypatch):
         "unconditional_moments",
         lambda m: (np.array([0.01, 0.02]), np.diag([0.01, 0.04])),
     )
-    policy = make_policy("static_tangency", spot2, max_weight=None, no_trade_band=0.05)
+    policy = make_policy(
+        "static_tangency", spot2, max_weight=None, no_trade_band=0.05, rebalance_every=1
+    )
     np.testing.assert_allclose(policy.weights, [2 / 3, 1 / 3, 0.0], atol=1e-6)
     # drift of 0.04 < band 0.05: hold; 0.06: back to the target
     prices = np.ones((1, 1, 2))
@@ -125,7 +129,7 @@ def test_static_tangency_weights_by_hand(spot2, monkeypatch):
 
 
 def test_static_tangency_uses_the_calibration_never_replayed_data(spot2):
-    policy = make_policy("static_tangency", spot2)
+    policy = make_policy("static_tangency", spot2, max_weight=None)
     mu, cov = unconditional_moments(spot2.market)
     # the calibrated drift is arithmetic: one expected return for both, so the tangency is the
     # long-only minimum variance: w_btc = (v_eth - c) / (v_btc + v_eth - 2c) when inside [0, 1]
@@ -134,7 +138,9 @@ def test_static_tangency_uses_the_calibration_never_replayed_data(spot2):
     expected = np.clip(w_btc, 0.0, 1.0)
     np.testing.assert_allclose(policy.weights[:2], [expected, 1 - expected], atol=1e-6)
     replay = load_config(spot2, {"market.source": "replay"})
-    np.testing.assert_array_equal(make_policy("static_tangency", replay).weights, policy.weights)
+    np.testing.assert_array_equal(
+        make_policy("static_tangency", replay, max_weight=None).weights, policy.weights
+    )
 
 
 # ---------------------------------------------------------------------------------- band / inverse vol
@@ -217,7 +223,13 @@ def test_levered_vol_target_action_by_hand(lev2):
     # both assets +-1 % in step: Sigma = 1e-4 ones, equal base vol 0.01 sqrt(365) = 0.191050
     prices = prices_from(alternating(0.01, 0.01))
     policy = make_policy(
-        "levered_vol_target", lev2, base="equal", target_vol=0.5, hf_floor=1.5, k_sigma=4.0
+        "levered_vol_target",
+        lev2,
+        base="equal",
+        target_vol=0.5,
+        hf_floor=1.5,
+        k_sigma=4.0,
+        max_leverage=None,
     )
     layout = ActionLayout.for_config(lev2.env, 2)
     action = policy.act(None, view_of(prices, [0.0, 0.0, 1.0], health_factor=np.array([np.inf])))
@@ -228,7 +240,7 @@ def test_levered_vol_target_action_by_hand(lev2):
     np.testing.assert_allclose(spot, [[1.0, 1.0, -1.0]])  # weights (0.5, 0.5, 0)
     assert np.all(hedge == 0.0)
     # a low target: unlevered, scale 0.1 / 0.19105 = 0.523421 in each half, the rest cash
-    low = make_policy("levered_vol_target", lev2, base="equal", target_vol=0.1)
+    low = make_policy("levered_vol_target", lev2, base="equal", target_vol=0.1, hf_floor=1.5)
     weights, lev = low.plan(view_of(prices, [0.0, 0.0, 1.0]))
     s = 0.1 / (0.01 * np.sqrt(365))
     np.testing.assert_allclose(weights[0], [0.5 * s, 0.5 * s, 1 - s], atol=1e-12)
@@ -238,7 +250,14 @@ def test_levered_vol_target_action_by_hand(lev2):
 def test_levered_vol_target_cuts_debt_off_schedule(lev2):
     prices = prices_from(alternating(0.01, 0.01))
     policy = make_policy(
-        "levered_vol_target", lev2, base="equal", target_vol=0.5, rebalance_every=7
+        "levered_vol_target",
+        lev2,
+        base="equal",
+        target_vol=0.5,
+        rebalance_every=7,
+        no_trade_band=0.02,
+        hf_floor=1.5,
+        k_sigma=4.0,
     )
     # step 3 (not due), equity weights (1.2, 1.2, 0): debt / equity 1.4 > the cap 1.158273 at
     # (0.5, 0.5) -> cut to the cap minus the band 0.02; at 1.1 (HF 1.536 > 1.5): hold
@@ -270,7 +289,17 @@ def test_carry_action_by_hand(lev2):
         [[0.134]],
     )
     prices = prices_from(alternating(0.01, 0.01))
-    policy = make_policy("carry", lev2, base="equal", k_sigma=10.0, min_funding_annual=0.05)
+    policy = make_policy(
+        "carry",
+        lev2,
+        base="equal",
+        k_sigma=10.0,
+        min_funding_annual=0.05,
+        exit_funding_annual=0.0,
+        hedge_ratio=1.0,
+        no_trade_band=0.05,
+        rebalance_every=1,
+    )
     policy.reset(1)
     rates = {"funding_rate": np.array([[0.2 / 365, 0.0]])}
     weights, hedge = policy.plan(view_of(prices, [0.0, 0.0, 1.0], rates=rates))
