@@ -35,6 +35,12 @@ class MarketView:
             :class:`agents.kill_switch_policy.KillSwitchPolicy` need it).
         health_factor: ``(B,)`` lending health factor at the decision time (inf without debt);
             None without a lending market.
+        rates: None in spot mode; with lending and/or perps, the protocol rates quoted at the
+            decision time (what the env's observation shows; they apply over the next step):
+            ``borrow_rate`` ``(B,)`` and ``cash_supply_rate`` ``(B,)`` (the numeraire's annual
+            borrow and supply rates), ``supply_rate`` ``(B, N)`` (each risky asset's annual supply
+            rate) with lending; ``funding_rate`` ``(B, N)`` (per step, a fraction of the notional,
+            > 0: longs pay shorts) with perps. See ``envs.simulator.PortfolioSimulator.rates_now``.
     """
 
     asset_names: tuple[str, ...]
@@ -45,6 +51,7 @@ class MarketView:
     oracle: dict[str, np.ndarray] | None = None
     value_usd: np.ndarray | None = None
     health_factor: np.ndarray | None = None
+    rates: dict[str, np.ndarray] | None = None
 
     @property
     def log_returns(self) -> np.ndarray:

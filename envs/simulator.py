@@ -253,6 +253,23 @@ class PortfolioSimulator:
         engine = self.protocols
         return engine.hf_now if engine is not None and engine.lending_on else None
 
+    def rates_now(self) -> dict[str, np.ndarray] | None:
+        """Protocol rates quoted at the decision time (``agents.policy.MarketView.rates``); None in
+        spot mode. They are the rates of the step ``t -> t + 1`` (set by the state at ``t``, so
+        observable): annual ``borrow_rate`` / ``cash_supply_rate`` ``(B,)`` and ``supply_rate``
+        ``(B, N)`` with lending, per-step ``funding_rate`` ``(B, N)`` (> 0: longs pay) with perps."""
+        engine = self.protocols
+        if engine is None:
+            return None
+        paths, rates = engine.paths, {}
+        if engine.lending_on:
+            rates["borrow_rate"] = self.now(paths.borrow_rate)
+            rates["cash_supply_rate"] = self.now(paths.cash_supply_rate)
+            rates["supply_rate"] = self.now(paths.supply_rate)
+        if engine.perps_on:
+            rates["funding_rate"] = self.now(paths.funding)
+        return rates or None
+
     def trailing_prices(self, lookback: int) -> np.ndarray:
         """Close prices ``(B, lookback, N)`` USD up to and including the decision time (no future rows)."""
         if not 1 <= lookback <= self.warmup + 1:

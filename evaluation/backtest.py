@@ -82,6 +82,9 @@ class EvaluationConfig(BaseModel):
     #: the policy-side kill-switch (agents/kill_switch_policy.py): its parameters, and whether
     #: ``defialloc evaluate`` wraps every policy in it without ``--kill-switch`` (off by default)
     kill_switch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
+    #: records of ``defialloc tune-baselines`` (evaluation/tuning.py): how each policy's parameters
+    #: were chosen on validation scenarios; informational, read by nothing else
+    tuning: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_evaluation_config(path: str | Path | None = None) -> EvaluationConfig:

@@ -234,6 +234,7 @@ def run_policy(
                 oracle=oracle_info(sim, paths) if uses_oracle else None,
                 value_usd=sim.value.copy(),
                 health_factor=None if hf is None else hf.copy(),
+                rates=sim.rates_now(),
             )
             actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
             # sim.step, split to record the post-trade (pre-move) positions

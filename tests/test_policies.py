@@ -12,6 +12,7 @@ from sklearn.covariance import LedoitWolf
 
 from agents.baselines import BASELINES, make_policy
 from agents.baselines.oracle import true_moments_by_regime
+from agents.baselines.policies import PROTOCOL_BASELINES
 from agents.policy import MarketView
 from envs.config import load_config
 from envs.market.sources import sample_paths
@@ -19,7 +20,8 @@ from envs.market.synthetic import generate_synthetic_paths
 from envs.seeds import scenario_seeds
 from evaluation.rollout import run_policy
 
-ALL = list(BASELINES)
+#: the baselines a spot config runs (the lending/perps ones: tests/test_strong_baselines.py)
+ALL = [n for n in BASELINES if n not in PROTOCOL_BASELINES]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,13 @@ def test_registry_names_and_errors(cfg):
         "mean_variance",
         "risk_parity",
         "oracle_mean_variance",
+        "static_tangency",
+        "equal_weight_band",
+        "inverse_vol",
+        "vol_target",
         "ceiling",
     ]
+    assert sorted(BASELINES) == sorted([*ALL, "levered_vol_target", "carry"])
     for name in ALL:
         assert make_policy(name, cfg).name == name
     with pytest.raises(ValueError, match="unknown policy 'nope'.*equal_weight"):
@@ -64,7 +71,7 @@ def test_registry_names_and_errors(cfg):
 
 def test_yaml_params_are_the_defaults_and_kwargs_override(cfg):
     p = make_policy("equal_weight", cfg)
-    assert p.params.rebalance_every == 30  # configs/evaluation/default.yaml
+    assert p.params.rebalance_every == 90  # configs/evaluation/default.yaml (tuned)
     assert make_policy("equal_weight", cfg, rebalance_every=3).params.rebalance_every == 3
 
 

@@ -423,9 +423,17 @@ class RiskParityPolicy(EstimatingPolicy):
 
 
 # ---------------------------------------------------------------------------------------- registry
-# imported here, not at the top: the oracle subclasses BaselinePolicy and imports it from this module
+# imported here, not at the top: the oracle, the ceiling and the strong feasible baselines
+# (docs/baselines.md) subclass BaselinePolicy and import it from this module
 from agents.baselines.ceiling import CeilingPolicy  # noqa: E402
+from agents.baselines.levered import CarryPolicy, LeveredVolTargetPolicy  # noqa: E402
 from agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
+from agents.baselines.risk_based import (  # noqa: E402
+    EqualWeightBandPolicy,
+    InverseVolPolicy,
+    VolTargetPolicy,
+)
+from agents.baselines.static import StaticTangencyPolicy  # noqa: E402
 
 BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "equal_weight": EqualWeightPolicy,
@@ -435,8 +443,16 @@ BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "mean_variance": MeanVariancePolicy,
     "risk_parity": RiskParityPolicy,
     "oracle_mean_variance": OracleMeanVariancePolicy,
+    "static_tangency": StaticTangencyPolicy,
+    "equal_weight_band": EqualWeightBandPolicy,
+    "inverse_vol": InverseVolPolicy,
+    "vol_target": VolTargetPolicy,
+    "levered_vol_target": LeveredVolTargetPolicy,
+    "carry": CarryPolicy,
     "ceiling": CeilingPolicy,
 }
+#: baselines that need the lending market or the perps venue (they refuse a spot-only config)
+PROTOCOL_BASELINES: tuple[str, ...] = ("levered_vol_target", "carry")
 #: references told the synthetic scenario's true state: refused on replayed/bootstrapped markets and
 #: never a yardstick. ``oracle_mean_variance`` is regime-informed, NOT a bound; ``ceiling`` bounds
 #: the ex-ante growth (``evaluation.ex_ante``), not realized results.
@@ -485,6 +501,6 @@ def make_policy(
     merged = default_policy_params(name, params_path) | params
     n_assets = len(config.market.assets)
     cls = BASELINES[name]
-    if cls in _NEEDS_CONFIG:
+    if cls in _NEEDS_CONFIG or getattr(cls, "needs_config", False):
         return cls(n_assets, config, **merged)  # type: ignore[call-arg]
     return cls(n_assets, **merged)  # type: ignore[call-arg]
