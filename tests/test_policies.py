@@ -290,3 +290,21 @@ def test_oracle_reads_the_true_regime_and_is_labelled(cfg):
     assert w[0, :-1].sum() > w[1, :-1].sum()  # invested in a bull, de-risked in a crash
     with pytest.raises(ValueError, match="oracle"):
         policy.target_weights(dataclasses.replace(view, oracle=None))
+
+
+def test_default_baselines_are_the_ones_the_market_can_run(cfg):
+    from agents.baselines.policies import baselines_for
+
+    names = ["equal_weight", "levered_vol_target", "carry", "ceiling", "oracle_mean_variance"]
+    kept, dropped = baselines_for(cfg, names)
+    assert kept == ["equal_weight", "ceiling", "oracle_mean_variance"]
+    assert (
+        set(dropped) == {"levered_vol_target", "carry"}
+        and "lending" in dropped["levered_vol_target"]
+    )
+    defi = load_config("configs/leverage.yaml")
+    kept, dropped = baselines_for(defi, names)
+    assert kept == names and not dropped
+    kept, dropped = baselines_for(defi, names, synthetic_truth=False)  # a replayed period
+    assert kept == ["equal_weight", "levered_vol_target", "carry"]
+    assert "true state" in dropped["ceiling"]

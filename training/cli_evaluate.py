@@ -93,6 +93,12 @@ def evaluate(
     names = [
         p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()
     ]
+    if not policies:  # the defaults: only those the config (and the market) can run
+        from agents.baselines.policies import baselines_for
+
+        names, dropped = baselines_for(cfg, names, synthetic_truth=None if not period else False)
+        for name, why in dropped.items():
+            console.print(f"[dim]{name} left out: {why}[/dim]")
     params_path = str(eval_config) if eval_config else None
     workers = workers or ev.workers
     try:

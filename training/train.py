@@ -36,7 +36,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.baselines.policies import UPPER_REFERENCES
+from agents.baselines.policies import UPPER_REFERENCES, baselines_for
 from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
 from envs import make_vec_env
 from envs.config import ConfigError
@@ -455,6 +455,7 @@ def evaluate_against_baselines(
     baselines = list(
         cfg.eval.baselines if cfg.eval.baselines is not None else eval_cfg.policies_to_run
     )
+    baselines, _ = baselines_for(cfg.simulation, baselines)  # those this market can run
     extra = {
         "training_run_id": result.run_id,
         "agent": cfg.algo,

@@ -452,7 +452,8 @@ BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "ceiling": CeilingPolicy,
 }
 #: baselines that need the lending market or the perps venue (they refuse a spot-only config)
-PROTOCOL_BASELINES: tuple[str, ...] = ("levered_vol_target", "carry")
+PROTOCOL_REQUIREMENTS: dict[str, str] = {"levered_vol_target": "lending", "carry": "perps"}
+PROTOCOL_BASELINES: tuple[str, ...] = tuple(PROTOCOL_REQUIREMENTS)
 #: references told the synthetic scenario's true state: refused on replayed/bootstrapped markets and
 #: never a yardstick. ``oracle_mean_variance`` is regime-informed, NOT a bound; ``ceiling`` bounds
 #: the ex-ante growth (``evaluation.ex_ante``), not realized results.
@@ -504,3 +505,26 @@ def make_policy(
     if cls in _NEEDS_CONFIG or getattr(cls, "needs_config", False):
         return cls(n_assets, config, **merged)  # type: ignore[call-arg]
     return cls(n_assets, **merged)  # type: ignore[call-arg]
+
+
+def baselines_for(
+    config: SimulationConfig, names: list[str], *, synthetic_truth: bool | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """Split ``names`` into the baselines that can run on ``config`` and the others with the reason.
+
+    A protocol baseline needs its protocol on (``levered_vol_target``: lending, ``carry``: perps);
+    an upper reference needs the synthetic market's true state (``synthetic_truth``: default, the
+    config's market is synthetic; pass False for a replayed period).
+    """
+    truth = config.market.source == "synthetic" if synthetic_truth is None else synthetic_truth
+    env = config.env
+    kept, dropped = [], {}
+    for name in names:
+        needs = PROTOCOL_REQUIREMENTS.get(name)
+        if needs is not None and not getattr(env, needs).enabled:
+            dropped[name] = f"needs env.{needs}.enabled (e.g. --config configs/leverage.yaml)"
+        elif name in UPPER_REFERENCES and not truth:
+            dropped[name] = "an upper reference needs the synthetic market's true state"
+        else:
+            kept.append(name)
+    return kept, dropped
