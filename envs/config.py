@@ -214,6 +214,15 @@ class RewardConfig(StrictModel):
     drawdown_penalty: float = Field(
         default=1.0, ge=0.0, description="weight on the drawdown increase"
     )
+    cost_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "subtract cost_weight x (the step's fees + slippage + gas, USD) / value before the step "
+            "(on top of the costs' direct effect on the value; 0: off)"
+        ),
+    )
 
 
 class LendingConfig(StrictModel):

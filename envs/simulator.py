@@ -399,7 +399,7 @@ class PortfolioSimulator:
             self.peak = np.where(released, value_after, self.peak)
         self.peak = np.maximum(self.peak, value_after)
         dd_after = 1.0 - value_after / self.peak
-        reward = self.rewards(value_before, value_after, dd_before, dd_after)
+        reward = self.rewards(value_before, value_after, dd_before, dd_after, done.costs)
         self.value = value_after
         self.t = self.t + 1
         self._now = after
