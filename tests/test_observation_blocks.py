@@ -305,34 +305,6 @@ def test_model_features_of_a_path_do_not_depend_on_its_batch():
     np.testing.assert_array_equal(batch[7:8], one)
 
 
-def test_streaming_features_with_every_block_equal_the_backtest_features():
-    from envs.simulator import PortfolioSimulator
-    from envs.streaming import StreamingSimulator
-    from training.paper.feeds import PathFeed
-
-    cfg = load_config(None, {"env.observation.blocks": ALL_BLOCKS})
-    warmup, n_bars = cfg.env.warmup, 400
-    paths = sample_paths(cfg.market, np.array([11]), n_bars, warmup)
-    batch = PortfolioSimulator(load_config(cfg, {"env.horizon": n_bars - warmup - 1}), 1)
-    batch.reset_envs(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=paths)
-    feed = PathFeed(paths, kind="test", numeraire="USDC", source={})
-    stream = StreamingSimulator(cfg, capacity=8)
-    trailing = StreamingSimulator(cfg, capacity=8, history_rows=300)
-    for bar in feed.bars():
-        stream.push_bar(bar)
-        trailing.push_bar(bar)
-        if bar.index == warmup:
-            stream.start()
-            trailing.start()
-    np.testing.assert_array_equal(
-        stream.features[0, warmup:n_bars], batch.features[0, warmup:n_bars]
-    )
-    # the recursions restart at the trailing window's first row: their prior's weight decays
-    np.testing.assert_allclose(
-        trailing.features[0, warmup:n_bars], batch.features[0, warmup:n_bars], atol=2e-5
-    )
-
-
 # ---------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     "blocks, match",
