@@ -266,13 +266,14 @@ class PortfolioSimulator:
         (``env.observation.blocks``; layout: envs/features/__init__.py)."""
         price, num = self.prices_now()
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
-        spans = self.obs_layout.put_market(obs, self.now(self.features))
-        if "weights" in spans:
-            obs[:, slice(*spans["weights"])] = self.weights(price, num, self.value)
-        if "drawdown" in spans:
-            obs[:, spans["drawdown"][0]] = 1.0 - self.value / self.peak
-        if self.protocols is not None and "protocol" in spans:
-            block = obs[:, slice(*spans["protocol"])]
+        layout = self.obs_layout
+        layout.put_market(obs, self.now(self.features))
+        if layout.weights is not None:
+            obs[:, layout.weights] = self.weights(price, num, self.value)
+        if layout.drawdown is not None:
+            obs[:, layout.drawdown] = 1.0 - self.value / self.peak
+        if self.protocols is not None and layout.protocol is not None:
+            block = obs[:, layout.protocol]
             self.protocols.observation(self.units, price, num, self.value, self._now, out=block)
             clip = self.config.env.observation.clip
             np.maximum(np.minimum(block, clip, out=block), -clip, out=block)

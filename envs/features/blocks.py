@@ -101,6 +101,8 @@ class ObservationLayout:
         market_runs: ``(obs_start, feature_start, size)`` of each maximal run of market blocks that
             are adjacent in the observation (one run, ``(0, 0, n_market)``, for the default order).
         n_market: entries of the feature rows (the market blocks in their order of ``blocks``).
+        weights, protocol: their columns (slices); drawdown: its column; None when not selected
+        (read at every step: no lookups).
     """
 
     blocks: tuple[str, ...]
@@ -108,6 +110,9 @@ class ObservationLayout:
     spans: dict[str, tuple[int, int]]
     market_runs: tuple[tuple[int, int, int], ...]
     n_market: int
+    weights: slice | None = None
+    drawdown: int | None = None
+    protocol: slice | None = None
 
     @classmethod
     def build(
@@ -126,14 +131,27 @@ class ObservationLayout:
                     runs.append([col, feat, k])
                 feat += k
             col += k
-        return cls(tuple(cfg.blocks), col, spans, tuple(tuple(r) for r in runs), feat)
+        drawdown = spans["drawdown"][0] if "drawdown" in spans else None
+        return cls(
+            tuple(cfg.blocks),
+            col,
+            spans,
+            tuple(tuple(r) for r in runs),
+            feat,
+            slice(*spans["weights"]) if "weights" in spans else None,
+            drawdown,
+            slice(*spans["protocol"]) if "protocol" in spans else None,
+        )
 
-    def put_market(self, obs: np.ndarray, rows: np.ndarray) -> dict[str, tuple[int, int]]:
-        """Write the market feature rows ``rows`` ``(B, n_market)`` into ``obs`` ``(B, size)``; returns
-        :attr:`spans` (for the caller's other blocks)."""
-        for start, first, k in self.market_runs:
+    def put_market(self, obs: np.ndarray, rows: np.ndarray) -> None:
+        """Write the market feature rows ``rows`` ``(B, n_market)`` into ``obs`` ``(B, size)``."""
+        runs = self.market_runs
+        if len(runs) == 1 and runs[0][1] == 0:  # one run of every market column (the default)
+            start, _, k = runs[0]
+            obs[:, start : start + k] = rows
+            return
+        for start, first, k in runs:
             obs[:, start : start + k] = rows[:, first : first + k]
-        return self.spans
 
     def span(self, name: str) -> slice | None:
         """Columns of block ``name`` in the observation (None when the block is not selected)."""
