@@ -247,16 +247,13 @@ def action_layout(sim: PortfolioSimulator, numeraire: str) -> tuple[ActionBlock,
 
 
 def observation_names(sim: PortfolioSimulator, config: SimulationConfig) -> list[str]:
-    """Names of the ``obs_dim`` observation entries: ``envs.features.feature_names``, then the protocol
-    block of ``LeverageEngine.observation`` when lending/perps are on (``obs_<i>`` for any remainder)."""
-    names = feature_names(tuple(sim.asset_names), config.env.observation)
+    """Names of the ``obs_dim`` observation entries, in the order of ``env.observation.blocks``:
+    ``envs.features.feature_names`` with the protocol block's names from
+    ``LeverageEngine.observation_names`` when lending/perps are on (``obs_<i>`` for any remainder)."""
     engine = getattr(sim, "protocols", None)
-    if engine is not None:
-        if getattr(engine, "lending_on", False):
-            names += ["log_health_factor", "debt_to_equity", "borrow_rate_x10"]
-        if getattr(engine, "perps_on", False):
-            names += [f"perp_notional_to_equity_{a}" for a in sim.asset_names]
-            names += [f"funding_annual_x10_{a}" for a in sim.asset_names]
+    assets = tuple(sim.asset_names)
+    protocol = engine.observation_names(assets) if engine is not None else []
+    names = feature_names(assets, config.env.observation, protocol)
     names += [f"obs_{i}" for i in range(len(names), sim.obs_dim)]
     return names[: sim.obs_dim]
 

@@ -86,7 +86,7 @@ class PolicyManifest:
         algo: ``"ppo"`` or ``"sac"``.
         asset_names: the ``N`` risky assets in the order of the observation, action and weights.
         numeraire: the cash asset (last weight).
-        observation_names: ``obs_dim`` names, the layout of ``envs/features.py``.
+        observation_names: ``obs_dim`` names, in the order of ``env.observation.blocks`` (envs/features).
         action_dim: length of the action vector; ``action_low``/``action_high``: its Box bounds.
         action_layout: the blocks that tile ``[0, action_dim)``.
         step_days: length of one decision step in days (a feed must match it).

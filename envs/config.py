@@ -148,9 +148,40 @@ class ActionConfig(StrictModel):
     )
 
 
-class ObservationConfig(StrictModel):
-    """Observation features (see envs/features.py for the layout)."""
+#: Every observation block, in the order of the docs' table (envs/features/__init__.py has sizes and formulas).
+OBSERVATION_BLOCKS = (
+    "returns",
+    "realized_vol",
+    "garch_vol",
+    "correlations",
+    "regime",
+    "market",
+    "weights",
+    "drawdown",
+    "protocol",
+)
+#: The default observation (``env.observation.blocks``): change it here, in one place.
+DEFAULT_OBSERVATION_BLOCKS = (
+    "returns",
+    "realized_vol",
+    "correlations",
+    "market",
+    "weights",
+    "drawdown",
+    "protocol",
+)
+#: Blocks computed from the market section's calibrated model (a trader's GARCH and regime filter).
+MODEL_BLOCKS = ("garch_vol", "regime")
 
+
+class ObservationConfig(StrictModel):
+    """Observation features (see envs/features/__init__.py for the layout)."""
+
+    blocks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_OBSERVATION_BLOCKS),
+        min_length=1,
+        description=f"ordered observation blocks, from {', '.join(OBSERVATION_BLOCKS)}",
+    )
     return_window: int = Field(
         default=10, ge=1, le=120, description="trailing log returns per asset"
     )
@@ -167,11 +198,41 @@ class ObservationConfig(StrictModel):
     clip: float = Field(
         default=10.0, gt=0.0, description="every feature is clipped to [-clip, clip]"
     )
+    regime_emission: Literal["student_t", "gaussian"] = Field(
+        default="student_t",
+        description="the regime filter's return density: the market's Student-t (nu) or a Gaussian",
+    )
+
+    @field_validator("blocks")
+    @classmethod
+    def _known_unique_blocks(cls, value: list[str]) -> list[str]:
+        unknown = [b for b in value if b not in OBSERVATION_BLOCKS]
+        if unknown:
+            raise ValueError(
+                f"unknown observation block(s) {unknown}; allowed: {', '.join(OBSERVATION_BLOCKS)}"
+            )
+        repeated = sorted({b for b in value if value.count(b) > 1})
+        if repeated:
+            raise ValueError(f"observation block(s) {repeated} listed more than once")
+        return value
 
     @property
     def history_needed(self) -> int:
-        """Number of past price points a full observation needs (warmup must be at least this)."""
-        return max(self.return_window, self.vol_window, self.corr_window) + 1
+        """Number of past price points a full observation needs (warmup must be at least this).
+
+        The longest window of the selected blocks, plus 1: ``return_window`` (returns),
+        ``vol_window`` (realized_vol), ``corr_window`` (correlations); the recursive blocks
+        (garch_vol, regime) need one return. They start from the model's prior (its unconditional
+        variance, its stationary regime law) at the path's first point, so a longer warmup burns them in.
+        """
+        windows = {
+            "returns": self.return_window,
+            "realized_vol": self.vol_window,
+            "correlations": self.corr_window,
+            "garch_vol": 1,
+            "regime": 1,
+        }
+        return max((windows[b] for b in self.blocks if b in windows), default=0) + 1
 
 
 class RewardConfig(StrictModel):
@@ -184,6 +245,15 @@ class RewardConfig(StrictModel):
     )
     drawdown_penalty: float = Field(
         default=1.0, ge=0.0, description="weight on the drawdown increase"
+    )
+    cost_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "subtract cost_weight x (the step's fees + slippage + gas, USD) / value before the step "
+            "(on top of the costs' direct effect on the value; 0: off)"
+        ),
     )
 
 
@@ -298,6 +368,12 @@ class EnvConfig(StrictModel):
             raise ValueError(
                 f"warmup={self.warmup} must be >= {need} (the longest observation window + 1)"
             )
+        blocks = self.observation.blocks
+        if all(b == "protocol" for b in blocks) and not self.protocols_enabled:
+            raise ValueError(
+                "observation.blocks = ['protocol'] is empty without lending, perps or cascades; "
+                f"add blocks from {', '.join(OBSERVATION_BLOCKS)}"
+            )
         return self
 
     def check_decision_interval(self) -> None:
@@ -312,11 +388,46 @@ class EnvConfig(StrictModel):
             )
 
 
+def observation_model_missing(market: MarketConfig, blocks: list[str]) -> list[str]:
+    """``market.synthetic.<table>[asset]`` for every table entry the model blocks ``blocks`` need and lack.
+
+    garch_vol needs ``garch``; regime needs ``garch``, ``correlation`` and the jump tables (the drift
+    convention's means are net of the jumps' compensator).
+    """
+    p = market.synthetic
+    tables: dict[str, Any] = {"garch": p.garch}
+    if "regime" in blocks:
+        tables |= {
+            "correlation.assets": p.correlation.assets,
+            "jumps.mean_log": p.jumps.mean_log,
+            "jumps.std_log": p.jumps.std_log,
+        }
+    return [
+        f"market.synthetic.{name}[{a}]"
+        for name, table in tables.items()
+        for a in market.assets
+        if a not in table
+    ]
+
+
 class SimulationConfig(StrictModel):
     """Everything a simulation needs: the market scenarios and the environment."""
 
     market: MarketConfig = Field(default_factory=MarketConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
+
+    @model_validator(mode="after")
+    def _market_has_the_observation_model(self) -> SimulationConfig:
+        """The garch_vol and regime blocks read ``market.synthetic``'s per-asset tables, whatever the source."""
+        blocks = [b for b in self.env.observation.blocks if b in MODEL_BLOCKS]
+        if blocks:
+            missing = observation_model_missing(self.market, blocks)
+            if missing:
+                raise ValueError(
+                    f"env.observation.blocks {blocks} use the market's calibrated model, whose "
+                    f"per-asset tables lack: {', '.join(missing)}"
+                )
+        return self
 
     def config_hash(self) -> str:
         """Short stable hash of the resolved config (for MLflow tags and export manifests)."""

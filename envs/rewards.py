@@ -16,6 +16,16 @@ No ``log(0)``, NaN or inf ever reaches a learner.
   simple return ``R`` (rate ``eta``), ``D = (B dA - A dB / 2) / (B - A^2)^(3/2)``; zero while the
   variance estimate is not yet positive.
 - ``drawdown_penalized``: ``log growth - penalty * max(0, DD_t+1 - DD_t)`` where ``DD = 1 - V / peak``.
+
+Cost term (``reward.cost_weight = c``, default 0: off), added to every kind before ``scale``:
+``- c * max(fees + slippage + gas, 0) / max(V_t, floor)`` with the step's trading costs in USD
+(``envs.execution.costs.TradeCosts``: swaps, perps orders and the lending operations' gas; not
+interest, funding or liquidations). The costs already lower ``V_t+1`` and so the log growth; the
+term makes the agent feel them ``c`` times more (to curb churn). Ruin: ``V_t`` is above the floor
+on every live step and a step's trading costs are at most a few times ``V_t`` (they are a fraction
+of the USD traded, itself a bounded multiple of the equity), so the ruining step's reward stays
+finite and bounded: ``log(floor / V_t) - c * costs / V_t``. An episode that ends in ruin then sums
+to ``log(ruin_fraction)`` (the growth part, unchanged) minus ``c`` times the sum of its cost ratios.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.config import RewardConfig
+from envs.execution.costs import TradeCosts
 
 
 class RewardModel:
@@ -46,8 +57,12 @@ class RewardModel:
         value_after: np.ndarray,
         drawdown_before: np.ndarray,
         drawdown_after: np.ndarray,
+        costs: TradeCosts | None = None,
     ) -> np.ndarray:
-        """Reward ``(B,)`` for one step; values in USD, drawdowns as fractions in [0, 1]."""
+        """Reward ``(B,)`` for one step; values in USD, drawdowns as fractions in [0, 1].
+
+        ``costs``: the step's trading costs (USD, ``(B,)`` arrays); needed when ``cost_weight > 0``.
+        """
         floor = self.floor_usd
         ratio = np.maximum(value_after, floor) / np.maximum(value_before, floor)
         growth = np.log(ratio)
@@ -60,7 +75,17 @@ class RewardModel:
             )
         else:
             reward = self._differential_sharpe(ratio - 1.0)
+        if self.cfg.cost_weight > 0.0:
+            reward = reward - self.cfg.cost_weight * self.cost_ratio(value_before, costs)
         return self.cfg.scale * reward
+
+    def cost_ratio(self, value_before: np.ndarray, costs: TradeCosts | None) -> np.ndarray:
+        """``max(fees + slippage + gas, 0) / max(V_t, floor)`` ``(B,)``: the step's trading costs per
+        unit of the value before it (slippage can be slightly negative: the sum is floored at 0)."""
+        if costs is None:
+            raise ValueError("reward.cost_weight > 0 needs the step's trading costs")
+        total = costs.fees_usd + costs.slippage_usd + costs.gas_usd
+        return np.maximum(total, 0.0) / np.maximum(value_before, self.floor_usd)
 
     def _differential_sharpe(self, simple_return: np.ndarray) -> np.ndarray:
         eta = self.cfg.dsr_eta

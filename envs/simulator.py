@@ -30,7 +30,7 @@ from envs.config import SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance, target_units
-from envs.features import market_features, n_market_features, observation_size
+from envs.features import ObservationLayout, market_features, trader_model_for
 from envs.indexing import flat_time_index, gather_at
 from envs.kill_switch import KillSwitch
 from envs.leverage import LeverageEngine
@@ -77,12 +77,15 @@ class PortfolioSimulator:
         self.asset_names: tuple[str, ...] = tuple(config.market.assets)
         self.n_assets = len(self.asset_names)
         self.action_dim = self.n_assets + 1
-        self.obs_dim = observation_size(self.n_assets, env_cfg.observation)
         self.protocols: LeverageEngine | None = None
         if env_cfg.protocols_enabled:
             self.protocols = LeverageEngine(config, n_envs, self.asset_names)
             self.action_dim = self.protocols.layout.dim
-            self.obs_dim += self.protocols.obs_size
+        protocol_size = 0 if self.protocols is None else self.protocols.obs_size
+        self.obs_layout = ObservationLayout.build(self.n_assets, env_cfg.observation, protocol_size)
+        self.obs_dim = self.obs_layout.size
+        # the garch_vol / regime blocks' model: the market section's calibrated parameters (None without)
+        self.trader_model = trader_model_for(config)
         self.action_map = ActionMap(
             ActionLayout.for_config(env_cfg, self.n_assets),
             env_cfg.action,
@@ -117,9 +120,7 @@ class PortfolioSimulator:
         self.gas_gwei = np.ones((b, length))
         self.eth = np.ones((b, length))
         self.regime = np.zeros((b, length), dtype=np.int8)
-        self.features = np.zeros(
-            (b, length, n_market_features(n, env_cfg.observation)), dtype=np.float32
-        )
+        self.features = np.zeros((b, length, self.obs_layout.n_market), dtype=np.float32)
         self.regime_names: tuple[str, ...] = ()
         self.dates: np.ndarray | None = None
         self.t = np.zeros(b, dtype=np.int64)
@@ -148,6 +149,7 @@ class PortfolioSimulator:
             paths.gas_price_gwei,
             self.config.env.observation,
             paths.step_days,
+            model=self.trader_model,
             dtype=np.float32,
         )
         series = None if self.protocols is None else self.protocols.paths.generate(paths, seeds)
@@ -278,16 +280,18 @@ class PortfolioSimulator:
         return self.close[self._rows[:, None], self._tau()[:, None] + offsets]
 
     def observe(self) -> np.ndarray:
-        """Observation ``(B, obs_dim)`` float32 at the current decision time (layout: envs/features.py)."""
+        """Observation ``(B, obs_dim)`` float32 at the current decision time, in the blocks' order
+        (``env.observation.blocks``; layout: envs/features/__init__.py)."""
         price, num = self.prices_now()
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
-        n_mkt = self.features.shape[2]
-        obs[:, :n_mkt] = self.now(self.features)
-        n_spot = self.obs_dim if self.protocols is None else self.obs_dim - self.protocols.obs_size
-        obs[:, n_mkt : n_spot - 1] = self.weights(price, num, self.value)
-        obs[:, n_spot - 1] = 1.0 - self.value / self.peak
-        if self.protocols is not None:
-            block = obs[:, n_spot:]
+        layout = self.obs_layout
+        layout.put_market(obs, self.now(self.features))
+        if layout.weights is not None:
+            obs[:, layout.weights] = self.weights(price, num, self.value)
+        if layout.drawdown is not None:
+            obs[:, layout.drawdown] = 1.0 - self.value / self.peak
+        if self.protocols is not None and layout.protocol is not None:
+            block = obs[:, layout.protocol]
             self.protocols.observation(self.units, price, num, self.value, self._now, out=block)
             clip = self.config.env.observation.clip
             np.maximum(np.minimum(block, clip, out=block), -clip, out=block)
@@ -450,7 +454,7 @@ class PortfolioSimulator:
             self.peak = np.where(released, value_after, self.peak)
         self.peak = np.maximum(self.peak, value_after)
         dd_after = 1.0 - value_after / self.peak
-        reward = self.rewards(value_before, value_after, dd_before, dd_after)
+        reward = self.rewards(value_before, value_after, dd_before, dd_after, done.costs)
         self.value = value_after
         self.t = self.t + 1
         self._now = after

@@ -12,8 +12,12 @@ later bar is: load the row, :meth:`advance` (mark to market, pools realigned), o
 
 Exactness: ``market_features`` is causal and computed with sequential prefix operations (``cumsum``,
 ``lfilter``), so the feature row of bar ``t`` computed from rows ``0 .. t`` equals bit for bit the row
-a backtest computes from the full path. With ``history_rows`` set, only the trailing rows are used
-(bounded cost per bar for long live runs); then the features can differ in the last float bits.
+a backtest computes from the full path (the model blocks ``garch_vol`` and ``regime`` included: they
+use the config's calibrated model, never the feed's later bars). With ``history_rows`` set, only the
+trailing rows are used (bounded cost per bar for long live runs); then the window features can
+differ in the last float bits, and the recursive model blocks, which restart from their prior at the
+trailing window's first row, by the prior's weight left after ``history_rows`` steps (the GARCH
+forecast's by ``beta^history_rows``, e.g. 0.959^250 = 3e-5 for BTC; the filter forgets faster).
 """
 
 from __future__ import annotations
@@ -203,6 +207,7 @@ class StreamingSimulator(PortfolioSimulator):
             self.gas_gwei[:, lo:stop],
             self.config.env.observation,
             self.config.market.step_days,
+            model=self.trader_model,
         )
         self.features[:, first:stop] = feats[:, first - lo :]
 

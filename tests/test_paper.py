@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agents.onnx_policy import ONNX_FILE, OnnxPolicy
-from envs.config import load_config
+from envs.config import OBSERVATION_BLOCKS, load_config
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.simulator import PortfolioSimulator
@@ -108,15 +108,19 @@ def run_trader(policy, feed, ledger: Path, max_bars: int | None = None):
 
 
 # ---------------------------------------------------------------------------- streaming simulator
-def test_streaming_features_equal_the_backtest_features_bit_for_bit(policy):
+@pytest.mark.parametrize("blocks", [None, list(OBSERVATION_BLOCKS)], ids=["default", "all-blocks"])
+def test_streaming_features_equal_the_backtest_features_bit_for_bit(policy, blocks):
     cfg = load_config(policy.manifest.simulation_config)
-    warmup, n_bars = cfg.env.warmup, 120
+    if blocks is not None:  # garch_vol and regime too: recursions from the path's first row
+        cfg = load_config(cfg, {"env.observation.blocks": blocks})
+    warmup = cfg.env.warmup
+    n_bars, history = (120, cfg.env.observation.history_needed) if blocks is None else (400, 300)
     paths = sample_paths(cfg.market, np.array([11]), n_bars, warmup)
     batch = PortfolioSimulator(load_config(cfg, {"env.horizon": n_bars - warmup - 1}), 1)
     batch.reset_envs(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=paths)
     feed = PathFeed(paths, kind="test", numeraire="USDC", source={})
     stream = StreamingSimulator(cfg, capacity=8)  # small capacity: the arrays must grow on the way
-    trailing = StreamingSimulator(cfg, capacity=8, history_rows=cfg.env.observation.history_needed)
+    trailing = StreamingSimulator(cfg, capacity=8, history_rows=history)
     for bar in feed.bars():
         stream.push_bar(bar)
         trailing.push_bar(bar)
@@ -126,9 +130,10 @@ def test_streaming_features_equal_the_backtest_features_bit_for_bit(policy):
     np.testing.assert_array_equal(
         stream.features[0, warmup:n_bars], batch.features[0, warmup:n_bars]
     )
-    # a bounded trailing window gives the same features up to float32 rounding
+    # a bounded trailing window gives the same features up to float32 rounding (the recursive
+    # blocks restart from their prior at the window's first row: its weight decays, beta^300)
     np.testing.assert_allclose(
-        trailing.features[0, warmup:n_bars], batch.features[0, warmup:n_bars], atol=1e-5
+        trailing.features[0, warmup:n_bars], batch.features[0, warmup:n_bars], atol=2e-5
     )
 
 
@@ -286,6 +291,40 @@ def test_paper_on_held_out_period_equals_the_backtest(policy, tmp_path):
         conn.execute("SELECT weight FROM positions ORDER BY bar_index, rowid").fetchall()
     ).reshape(465, -1)
     np.testing.assert_allclose(weights[:-1], record.weights[0], atol=1e-12)
+
+
+@needs_data
+def test_paper_with_every_observation_block_equals_the_backtest(tmp_path):
+    """A policy observing every block (garch_vol and regime included) trades the same on paper,
+    bar by bar, as in the backtest of the same replayed days."""
+    from evaluation.backtest import run_period_backtest
+
+    blocks = {"env.observation.blocks": list(OBSERVATION_BLOCKS)}
+    policy = OnnxPolicy(make_policy_dir(tmp_path / "policy", seed=2, overrides=blocks))
+    cfg = load_config(policy.manifest.simulation_config)
+    assert cfg.env.observation.blocks == list(OBSERVATION_BLOCKS)
+    assert "regime_p_crash" in policy.manifest.observation_names
+    feed = ReplayFeed.from_config(cfg, "2023-01-01", "2023-05-31", data_dir=str(DATA_DIR))
+    summary = run_trader(policy, feed, tmp_path / "paper.db")
+    result = run_period_backtest(
+        load_config(cfg, {"market.data_dir": str(DATA_DIR)}),
+        [policy],
+        "2023-01-01",
+        "2023-05-31",
+        progress=False,
+    )
+    record = result.records[policy.name]
+    conn = sqlite3.connect(tmp_path / "paper.db")
+    rows = np.array(
+        conn.execute(
+            "SELECT value_usd, fees_usd, turnover FROM equity ORDER BY bar_index"
+        ).fetchall()
+    )
+    assert summary.decisions == len(rows) == record.value_usd.shape[1]
+    np.testing.assert_array_equal(rows[:, 0], record.value_usd[0])
+    np.testing.assert_array_equal(rows[:-1, 1], record.fees_usd[0])
+    np.testing.assert_array_equal(rows[:-1, 2], record.turnover[0])
+    assert rows[:-1, 2].sum() > 0.5  # it trades
 
 
 # ---------------------------------------------------------------------------- feeds
