@@ -30,6 +30,8 @@ VECNORMALIZE_FILE = "vecnormalize.pkl"
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"
 STATE_FILE = "state.json"
 BEST_FILE = "best.json"
+#: per-scenario validation of the best model (numpy arrays only: read with allow_pickle=False)
+BEST_SCORES_FILE = "validation.npz"
 
 
 @dataclass
@@ -51,6 +53,27 @@ class RunState:
         return cls(**json.loads(path.read_text()))
 
 
+def validation_scores(record: EpisodeRecord, periods_per_year: float) -> dict[str, np.ndarray]:
+    """Per-scenario values of one validation rollout (``K`` scenarios, ``T`` steps).
+
+    - ``log_growth`` ``(K,)``: ``log(V_T / V_0)``;
+    - ``sharpe`` ``(K,)``: annualized Sharpe of per-step simple returns
+      (``mean / std(ddof=1) * sqrt(periods_per_year)``; zero variance counts as 0);
+    - ``returns`` ``(K, T)``: per-step simple returns (net of every cost).
+    """
+    value = record.value_usd
+    returns = record.returns
+    std = returns.std(axis=1, ddof=1) if returns.shape[1] > 1 else np.zeros(len(returns))
+    sharpe = np.where(std > 0, returns.mean(axis=1) / np.where(std > 0, std, 1.0), 0.0) * np.sqrt(
+        periods_per_year
+    )
+    return {
+        "log_growth": np.log(value[:, -1] / value[:, 0]),
+        "sharpe": sharpe,
+        "returns": np.asarray(returns, dtype=float),
+    }
+
+
 def validation_metrics(
     record: EpisodeRecord, periods_per_year: float, ruin_fraction: float = 0.05
 ) -> dict[str, float]:
@@ -65,12 +88,8 @@ def validation_metrics(
     - ``ruin_rate``: share of scenarios that ended at or below ``ruin_fraction`` of the initial value.
     """
     value = record.value_usd
-    growth = np.log(value[:, -1] / value[:, 0])
-    returns = record.returns
-    std = returns.std(axis=1, ddof=1) if returns.shape[1] > 1 else np.zeros(len(returns))
-    sharpe = np.where(std > 0, returns.mean(axis=1) / np.where(std > 0, std, 1.0), 0.0) * np.sqrt(
-        periods_per_year
-    )
+    per_scenario = validation_scores(record, periods_per_year)
+    growth = per_scenario["log_growth"]
     peak = np.maximum.accumulate(value, axis=1)
     cost = (
         record.fees_usd.sum(axis=1) + record.slippage_usd.sum(axis=1) + record.gas_usd.sum(axis=1)
@@ -79,7 +98,7 @@ def validation_metrics(
         "mean_log_growth": float(growth.mean()),
         "median_log_growth": float(np.median(growth)),
         "mean_return": float(np.expm1(growth).mean()),
-        "mean_sharpe": float(sharpe.mean()),
+        "mean_sharpe": float(per_scenario["sharpe"].mean()),
         "mean_max_drawdown": float((1.0 - value / peak).max(axis=1).mean()),
         "mean_turnover": float(record.turnover.mean()),
         "mean_cost_usd": float(cost.mean()),
@@ -162,9 +181,8 @@ class ValidationCallback(BaseCallback):
             name=self.policy_name,
             decision_every=self.simulation.env.decision_every,
         )
-        metrics = validation_metrics(
-            run_policy(self.simulation, policy, self.seeds), self.periods_per_year
-        )
+        record = run_policy(self.simulation, policy, self.seeds)
+        metrics = validation_metrics(record, self.periods_per_year)
         step = int(self.num_timesteps)
         score = metrics[self.metric]
         if self.state.best_metric is None or score > self.state.best_metric:
@@ -175,6 +193,12 @@ class ValidationCallback(BaseCallback):
                 venv.save(str(self.best_dir / VECNORMALIZE_FILE))
             best = {"metric": self.metric, "value": score, "step": step, "validation": metrics}
             (self.best_dir / BEST_FILE).write_text(json.dumps(best, indent=2))
+            np.savez(
+                self.best_dir / BEST_SCORES_FILE,
+                seeds=self.seeds,
+                step=np.int64(step),
+                **validation_scores(record, self.periods_per_year),
+            )
         logged = {f"val/{k}": v for k, v in metrics.items()}
         logged[f"val/best_{self.metric}"] = float(self.state.best_metric)
         log_metrics(self.run_id, logged, step, self.client)
@@ -234,6 +258,33 @@ class CheckpointCallback(BaseCallback):
         save_checkpoint(self.model, venv, self.state, self.folder, self.replay_buffer)
         if self.on_save is not None:
             self.on_save(int(self.num_timesteps))
+
+
+class RunAwareCallback(BaseCallback):
+    """An extra callback of :func:`training.train.train` that needs the run's own validation and
+    checkpoint callbacks (a sweep's reporter): ``train`` calls :meth:`attach` before learning."""
+
+    validation: ValidationCallback
+    checkpoint: CheckpointCallback
+    run_dir: Path
+    run_id: str
+
+    def attach(
+        self,
+        validation: ValidationCallback,
+        checkpoint: CheckpointCallback,
+        run_dir: Path,
+        run_id: str,
+    ) -> None:
+        self.validation, self.checkpoint, self.run_dir, self.run_id = (
+            validation,
+            checkpoint,
+            run_dir,
+            run_id,
+        )
+
+    def _on_step(self) -> bool:
+        return True
 
 
 class EntropySchedule(BaseCallback):

@@ -183,9 +183,9 @@ def calibrate(
 
 def _register_subcommands() -> None:
     """Commands of later layers live in their own modules, each exposing ``register(app)``."""
-    from training import cli_cascades, cli_evaluate, cli_paper, cli_train, cli_tune
+    from training import cli_cascades, cli_evaluate, cli_paper, cli_sweep, cli_train, cli_tune
 
-    for module in (cli_evaluate, cli_train, cli_paper, cli_cascades, cli_tune):
+    for module in (cli_evaluate, cli_train, cli_paper, cli_cascades, cli_tune, cli_sweep):
         module.register(app, bench_app)
 
 

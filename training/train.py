@@ -50,6 +50,7 @@ from training.callbacks import (
     VECNORMALIZE_FILE,
     CheckpointCallback,
     EntropySchedule,
+    RunAwareCallback,
     RunState,
     TrainingInterrupted,
     ValidationCallback,
@@ -203,12 +204,21 @@ def _graceful_sigint(checkpoint: CheckpointCallback) -> Iterator[None]:
 
 
 def _start_run(
-    cfg: TrainConfig, resume_run_id: str | None, client: MlflowClient
+    cfg: TrainConfig,
+    resume_run_id: str | None,
+    client: MlflowClient,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> tuple[Any, Path, RunState]:
     """Start (or reopen) the MLflow run; return it with the run folder and the restored state."""
     if resume_run_id is None:
         experiment_id = client.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.mlflow.run_name)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=cfg.mlflow.run_name,
+            parent_run_id=parent_run_id,
+            tags=tags,
+        )
         run_dir = (Path(cfg.output_dir) / run.info.run_id).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())
@@ -262,6 +272,8 @@ def train(
     register: bool | None = None,
     final_evaluation: bool | None = None,
     cache: bool = False,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train (or continue training) an agent; see the module docstring for what is logged where.
 
@@ -275,6 +287,8 @@ def train(
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
         cache: take the baselines' backtests from the on-disk cache when they were already run
             on the same scenarios (:mod:`evaluation.backtest_cache`), and store new ones.
+        parent_run_id: a new run is nested under this MLflow run (a sweep's parent run).
+        tags: extra MLflow tags of a new run (a sweep's trial key, ...).
 
     Returns:
         A :class:`TrainResult`; ``completed`` is False when the run was stopped (Ctrl-C) before
@@ -285,7 +299,7 @@ def train(
     device = resolve_device(cfg.device)
     setup_mlflow(cfg.mlflow.experiment)
     client = MlflowClient()
-    run, run_dir, state = _start_run(cfg, resume_run_id, client)
+    run, run_dir, state = _start_run(cfg, resume_run_id, client, parent_run_id, tags)
     mlflow.set_tag(STATUS_TAG, "running")
     try:
         result = _train_session(
@@ -359,6 +373,9 @@ def _train_session(
         schedules.append(
             EntropySchedule(cfg.ppo.ent_coef, cfg.ppo.ent_coef_final, cfg.total_timesteps)
         )
+    for extra in callbacks:  # e.g. a sweep's reporter: it checkpoints and reports after validations
+        if isinstance(extra, RunAwareCallback):
+            extra.attach(validation, checkpoint, run_dir, run_id)
     steps_before, start = int(model.num_timesteps), time.perf_counter()
     remaining = cfg.total_timesteps - steps_before
     interrupted = False

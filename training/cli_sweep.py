@@ -1,0 +1,69 @@
+"""``defialloc sweep`` (registered by training/cli.py): hyperparameters x seeds on Ray Tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+BACKEND_OPT = typer.Option(
+    "ray",
+    "--backend",
+    help="ray (Ray Tune: a local Ray, or the cluster at --address) | local (this process)",
+)
+ADDRESS_OPT = typer.Option(
+    None,
+    "--address",
+    help="Ray cluster address (host:port of `ray start --head`); default $RAY_ADDRESS",
+)
+WORKERS_OPT = typer.Option(
+    None, "--workers", min=1, help="trials at once (default: as many as the resources allow)"
+)
+FRESH_OPT = typer.Option(
+    False,
+    "--fresh",
+    help="start a new sweep instead of resuming an unfinished one with the same plan",
+)
+
+
+def sweep_command(
+    config: Path = typer.Option(..., "--config", "-c", help="sweep YAML (configs/sweeps/)"),
+    overrides: list[str] | None = typer.Argument(
+        None, help="key=value overrides shared by every trial, e.g. total_timesteps=50000"
+    ),
+    backend: str = BACKEND_OPT,
+    address: str | None = ADDRESS_OPT,
+    workers: int | None = WORKERS_OPT,
+    fresh: bool = FRESH_OPT,
+) -> None:
+    """Grid, random or Optuna search over hyperparameters x training seeds, scored on validation
+    scenarios only; trials nested under the sweep's MLflow run; the best config written out."""
+    from envs.config import ConfigError, parse_cli_overrides
+    from training.sweeps.config import load_sweep
+    from training.sweeps.driver import plan_from_sweep, run_plan
+
+    try:
+        sweep, base = load_sweep(config, parse_cli_overrides(overrides or []))
+        plan = plan_from_sweep(sweep, base)
+        outcome = run_plan(
+            plan,
+            console,
+            backend=backend,  # type: ignore[arg-type]
+            address=address,
+            workers=workers,
+            fresh=fresh,
+            output_dir=base.output_dir,
+        )
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(code=2) from None
+    if outcome.failed:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``sweep`` to the CLI."""
+    app.command("sweep")(sweep_command)
