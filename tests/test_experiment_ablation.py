@@ -11,8 +11,9 @@ from rich.console import Console
 
 import training.train as train_module
 from envs.config import ConfigError
+from evaluation.tracking import setup_mlflow
 from training.experiment import load_experiment, run_experiment
-from training.train import TrainResult
+from training.train import STATUS_TAG, TrainResult
 
 
 def _experiment(tmp_path: Path, apply_to: list[str]) -> Path:
@@ -43,11 +44,33 @@ def fake_train(monkeypatch, tmp_path):
     """Records every training config; scores the weekly anchored variant higher."""
     seen = []
 
-    def train(cfg, **_):
+    def train(cfg, *, parent_run_id=None, tags=None, **_):
+        """Logs what a real run logs for the sweep machinery: a nested run, its best validation
+        score and the completed status."""
         seen.append(cfg)
         weekly = cfg.simulation.env.decision_every == 7
         score = 0.02 + 0.001 * cfg.seed if weekly else 0.01
-        return TrainResult("run", "0", cfg.algo, cfg.total_timesteps, True, tmp_path, 1.0, score, 1)
+        experiment_id = setup_mlflow(cfg.mlflow.experiment)
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=cfg.mlflow.run_name,
+            parent_run_id=parent_run_id,
+            tags={**(tags or {}), STATUS_TAG: "completed"},
+        ) as run:
+            mlflow.log_metric(f"val/best_{cfg.eval.metric}", score, step=cfg.total_timesteps)
+        run_dir = tmp_path / run.info.run_id
+        run_dir.mkdir()
+        return TrainResult(
+            run.info.run_id,
+            experiment_id,
+            cfg.algo,
+            cfg.total_timesteps,
+            True,
+            run_dir,
+            1.0,
+            score,
+            1,
+        )
 
     monkeypatch.setattr(train_module, "train", train)
     monkeypatch.setattr("evaluation.report.compare", lambda *a, **k: [])

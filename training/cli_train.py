@@ -177,15 +177,37 @@ def experiment_command(
         None, help="report file (.md or .html); default reports/<experiment>.md"
     ),
     cache: bool = CACHE_OPT,
+    backend: str = typer.Option(
+        "local", "--backend", help="local (this process, one run at a time) | ray (Ray Tune)"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (with --backend ray); default $RAY_ADDRESS"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="runs at once with --backend ray"
+    ),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="start over instead of resuming an interrupted experiment"
+    ),
 ) -> None:
-    """Train several configs x seeds into one MLflow experiment and compare them with the baselines."""
+    """Train several configs x seeds into one MLflow experiment and compare them with the baselines
+    (through the sweep machinery: nested runs, resume, local or Ray backend)."""
     from rich.console import Console
 
     from envs.config import ConfigError
     from training.experiment import run_experiment
 
     try:
-        run_experiment(config, Console(), out=out, cache=cache)
+        run_experiment(
+            config,
+            Console(),
+            out=out,
+            cache=cache,
+            backend=backend,
+            address=address,
+            workers=workers,
+            fresh=fresh,
+        )
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None

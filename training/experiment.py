@@ -9,8 +9,15 @@ An optional ``ablation`` section runs first: each variant (a set of overrides: a
 interval, observation blocks, reward, ...) of a base training config is trained on its seeds WITHOUT
 any test or held-out evaluation, scored by its best validation metric (validation scenarios only), and
 the winning variant's overrides are applied to the runs named in ``apply_to``. The ablation's runs
-live in their own MLflow experiment (``<experiment>-ablation``) with a summary run holding the table,
-so the test scenarios and the held-out period are evaluated once, at the end, on the chosen settings.
+live in their own MLflow experiment (``<experiment>-ablation``), nested under a parent run holding the
+table, so the test scenarios and the held-out period are evaluated once, at the end, on the chosen
+settings.
+
+Both phases run through the sweep machinery (:mod:`training.sweeps.driver`): every training run is a
+trial nested under a parent run (``ablation`` in ``<experiment>-ablation``, ``<experiment>-runs`` in
+the experiment), one after another in this process by default or on Ray (``--backend ray``, with
+``--workers`` and ``--address``); running the same command again resumes an interrupted experiment
+without re-running finished runs.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from rich.console import Console
 
 from envs.config import ConfigError, format_validation_error
 from training.config import load_train_config
+from training.sweeps.config import TRIAL_OVERRIDES
+from training.sweeps.driver import SweepPlan
+from training.sweeps.trials import FixedTrials, TrialSpec
 
 
 class ExperimentRun(BaseModel):
@@ -78,38 +88,64 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def run_experiment(
-    path: str | Path, console: Console, *, out: Path | None = None, cache: bool = False
+    path: str | Path,
+    console: Console,
+    *,
+    out: Path | None = None,
+    cache: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    fresh: bool = False,
 ) -> None:
-    """Train every (config, seed) of the experiment, then print and write the comparison.
+    """Train every (config, seed) of the experiment through the sweep machinery
+    (:mod:`training.sweeps.driver`: nested MLflow runs, resume, local or Ray backend), then print
+    and write the comparison.
 
     With ``cache`` the baselines' backtests run once per scenario set, not once per trained run
     (:mod:`evaluation.backtest_cache`).
     """
     from evaluation.report import compare
-    from training.train import train
+    from training.sweeps.driver import run_plan
 
     spec = load_experiment(path)
+    options = {"backend": backend, "address": address, "workers": workers, "fresh": fresh}
     chosen: dict[str, Any] = {}
     if spec.ablation is not None:
-        chosen = run_ablation(spec.experiment, spec.ablation, console, cache=cache)
-    for run in spec.runs:
+        chosen = run_ablation(spec.experiment, spec.ablation, console, cache=cache, **options)
+    bases: dict[str, dict[str, Any]] = {}
+    specs: list[TrialSpec] = []
+    for index, run in enumerate(spec.runs):
+        selected = chosen if spec.ablation and run.config in spec.ablation.apply_to else {}
+        base = load_train_config(run.config, {**run.overrides, **selected})
+        name = f"{index}:{run.config}"
+        bases[name] = base.resolved()
+        stem = Path(run.config).stem
         for seed in run.seeds:
-            selected = chosen if spec.ablation and run.config in spec.ablation.apply_to else {}
-            overrides = {
-                **run.overrides,
-                **selected,
-                "seed": seed,
-                "mlflow.experiment": spec.experiment,
-                "mlflow.run_name": f"{Path(run.config).stem}-seed{seed}",
-            }
-            cfg = load_train_config(run.config, overrides)
-            console.rule(
-                f"{spec.experiment}: {cfg.algo.upper()} seed {seed} ({cfg.total_timesteps:,} env steps)"
+            specs.append(
+                TrialSpec(
+                    key=f"{index}-{stem}-seed{seed}",
+                    config_id=f"{index}-{stem}",
+                    label=stem if not selected else f"{stem} ({', '.join(selected)} from ablation)",
+                    base=name,
+                    overrides={},
+                    seed=seed,
+                    run_name=f"{stem}-seed{seed}",
+                )
             )
-            result = train(cfg, cache=cache)
-            console.print(
-                f"run {result.run_id}: {result.num_timesteps:,} steps at {result.env_steps_per_s:,.0f}/s"
-            )
+    first = load_train_config(bases[next(iter(bases))])
+    plan = SweepPlan(
+        name=f"{spec.experiment}-runs",
+        experiment=spec.experiment,
+        kind="experiment",
+        bases=bases,
+        source=lambda finished: FixedTrials(specs, finished),
+        metric=first.eval.metric,
+        periods_per_year=365.0 / first.simulation.market.step_days,
+        max_steps=max(load_train_config(b).total_timesteps for b in bases.values()),
+        params={"experiment": spec.model_dump(mode="json"), "ablation_winner": chosen},
+    )
+    run_plan(plan, console, cache=cache, output_dir=first.output_dir, **options)
     report = out or Path("reports") / f"{spec.experiment}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     compare(spec.experiment, out=report, console=console)
@@ -117,56 +153,65 @@ def run_experiment(
 
 
 def run_ablation(
-    experiment: str, ablation: AblationConfig, console: Console, *, cache: bool = False
+    experiment: str,
+    ablation: AblationConfig,
+    console: Console,
+    *,
+    cache: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """Train every variant x seed (no test or held-out evaluation), score it by its best
-    validation metric, log the table, and return the winning variant's overrides."""
-    import mlflow
-    import numpy as np
+    """Train every variant x seed (no test or held-out evaluation) as a sweep in
+    ``<experiment>-ablation``, score each variant by the mean of its runs' best validation metric,
+    log the table on the ablation's parent run (tag ``kind=ablation``, the winner's overrides as
+    params ``winner.<key>``), and return the winning variant's overrides."""
+    from training.sweeps.driver import run_plan
 
-    from evaluation.tracking import setup_mlflow
-    from training.train import train
-
-    name = f"{experiment}-ablation"
-    scores: dict[str, list[float]] = {}
-    metric = ""
-    for variant, changes in ablation.variants.items():
-        for seed in ablation.seeds:
-            overrides = {
-                **ablation.overrides,
-                **changes,
-                "seed": seed,
-                "eval.final": False,  # validation only: the test set is for the final runs
-                "mlflow.experiment": name,
-                "mlflow.run_name": f"{variant}-seed{seed}",
-                "mlflow.register_model": False,
-            }
-            cfg = load_train_config(ablation.config, overrides)
-            metric = cfg.eval.metric
-            console.rule(f"{name}: {variant} seed {seed} ({cfg.total_timesteps:,} env steps)")
-            result = train(cfg, cache=cache)
-            if result.best_metric is None:
-                raise ConfigError(
-                    f"ablation variant {variant!r} has no validation score: set eval.every_steps > 0"
-                )
-            scores.setdefault(variant, []).append(float(result.best_metric))
-    table = sorted(((float(np.mean(v)), variant, v) for variant, v in scores.items()), reverse=True)
-    winner = table[0][1]
-    rows = [
-        {"variant": v, f"mean best validation {metric}": m, "per seed": ", ".join(f"{x:+.4f}" for x in xs),
-         "overrides": ", ".join(f"{k}={w}" for k, w in ablation.variants[v].items())}
-        for m, v, xs in table
-    ]  # fmt: skip
-    with mlflow.start_run(experiment_id=setup_mlflow(name), run_name="ablation-summary"):
-        mlflow.set_tags({"kind": "ablation", "winner": winner})
-        mlflow.log_params({f"winner.{k}": str(v) for k, v in ablation.variants[winner].items()})
-        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "ablation.json")
-    from rich.table import Table
-
-    out = Table(title=f"ablation on validation scenarios ({metric}); winner: {winner}")
-    for key in rows[0]:
-        out.add_column(key)
-    for r in rows:
-        out.add_row(*(f"{r[k]:+.4f}" if isinstance(r[k], float) else str(r[k]) for k in r))
-    console.print(out)
-    return dict(ablation.variants[winner])
+    base = load_train_config(ablation.config, {**ablation.overrides, **TRIAL_OVERRIDES})
+    if base.eval.every_steps <= 0:
+        raise ConfigError("ablation: variants are scored on validation: set eval.every_steps > 0")
+    for variant, changes in ablation.variants.items():  # every variant loads before anything trains
+        try:
+            load_train_config(base, changes)
+        except ConfigError as exc:
+            raise ConfigError(f"ablation.variants.{variant}: {exc}") from None
+    specs = [
+        TrialSpec(
+            key=f"{variant}-seed{seed}",
+            config_id=variant,
+            label=variant,
+            base="base",
+            overrides=dict(changes),
+            seed=seed,
+            run_name=f"{variant}-seed{seed}",
+        )
+        for variant, changes in ablation.variants.items()
+        for seed in ablation.seeds
+    ]
+    plan = SweepPlan(
+        name="ablation",
+        experiment=f"{experiment}-ablation",
+        kind="ablation",
+        bases={"base": base.resolved()},
+        source=lambda finished: FixedTrials(specs, finished),
+        metric=base.eval.metric,
+        periods_per_year=365.0 / base.simulation.market.step_days,
+        max_steps=base.total_timesteps,
+        trial_overrides=dict(TRIAL_OVERRIDES),
+        params={"ablation": ablation.model_dump(mode="json")},
+    )
+    outcome = run_plan(
+        plan,
+        console,
+        backend=backend,  # type: ignore[arg-type]
+        address=address,
+        workers=workers,
+        fresh=fresh,
+        cache=cache,
+        output_dir=base.output_dir,
+    )
+    if outcome.winner_label is None:
+        raise ConfigError("ablation: no variant completed with a validation score")
+    return dict(ablation.variants[outcome.winner_label])

@@ -166,6 +166,7 @@ def run_plan(
         )
     if backend == "local" and workers not in (None, 1):
         raise ConfigError(f"--workers {workers}: --backend local runs one trial at a time")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = absolute_tracking_uri()
     if backend == "ray":
         check_store_for_address(uri, address)

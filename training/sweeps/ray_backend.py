@@ -144,6 +144,7 @@ def init_ray(address: str | None) -> None:
 
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
     os.environ.update(env)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no result tables: one line per trial instead
     common = {
         "logging_level": logging.WARNING,
         "log_to_driver": False,
@@ -152,7 +153,8 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
+        # "local": always a new Ray of our own, never a cluster `ray start` left on this machine
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **common)
 
 
 def run_on_ray(
