@@ -54,6 +54,17 @@ def test_shipped_smoke_sweep_loads_and_has_two_trials():
     assert base.eval.every_steps > 0
 
 
+@pytest.mark.parametrize("path", sorted(Path("configs/sweeps").glob("*.yaml")), ids=str)
+def test_every_shipped_sweep_loads_and_its_source_hands_out_every_trial(path):
+    sweep, _ = load_sweep(path)
+    source = sweep_source(sweep, sweep.sweep)
+    keys = []
+    while (spec := source.next_trial()) not in (None, WAIT):
+        keys.append(spec.key)
+        source.complete(spec, 0.0)
+    assert len(set(keys)) == len(keys) == sweep.n_configurations() * len(sweep.seeds)
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
