@@ -168,6 +168,7 @@ def run_ablation(
     log the table on the ablation's parent run (tag ``kind=ablation``, the winner's overrides as
     params ``winner.<key>``), and return the winning variant's overrides."""
     from training.sweeps.driver import run_plan
+    from training.sweeps.tracking import finished_parent
 
     base = load_train_config(ablation.config, {**ablation.overrides, **TRIAL_OVERRIDES})
     if base.eval.every_steps <= 0:
@@ -202,6 +203,11 @@ def run_ablation(
         trial_overrides=dict(TRIAL_OVERRIDES),
         params={"ablation": ablation.model_dump(mode="json")},
     )
+    done = None if fresh else finished_parent(plan.experiment, plan.name, plan.digest())
+    winner = None if done is None else done.data.tags.get("winner")
+    if winner in ablation.variants:  # an interrupted experiment resumes after its ablation
+        console.print(f"ablation already ran (parent run {done.info.run_id}): winner {winner}")
+        return dict(ablation.variants[winner])
     outcome = run_plan(
         plan,
         console,

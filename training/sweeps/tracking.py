@@ -173,6 +173,23 @@ def open_parent(
     return ParentRun(run.info.run_id, experiment_id, False)
 
 
+def finished_parent(experiment: str, name: str, digest: str) -> Any | None:
+    """The latest finished parent run with this name and plan hash (an MLflow ``Run``), or None:
+    a plan that already ran to the end (e.g. an experiment's ablation) is reused, not re-run."""
+    from mlflow import MlflowClient
+
+    from evaluation.tracking import setup_mlflow
+
+    found = MlflowClient().search_runs(
+        [setup_mlflow(experiment)],
+        f"tags.`{NAME_TAG}` = '{name}' and tags.`{HASH_TAG}` = '{digest}' "
+        f"and tags.`{STATE_TAG}` = 'done'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
 def _param(key: str, value: Any) -> Any:
     from mlflow.entities import Param
 
