@@ -138,6 +138,28 @@ def _scheduler(scheduler: SchedulerConfig | None, max_steps: int) -> Any:
     )
 
 
+def _mark_stopped(grid: Any) -> None:
+    """Trials the scheduler stopped end with a mid-training report (a finished trial's last report
+    carries its ``status``). The trial tags its run itself; if Tune ended its worker first, do it
+    here, so a resumed driver does not continue a trial the scheduler stopped."""
+    from mlflow import MlflowClient
+
+    from training.sweeps.context import EARLY_STOPPED
+    from training.train import STATUS_TAG
+
+    client = MlflowClient()
+    for result in grid:
+        metrics = result.metrics or {}
+        run_id = metrics.get("run_id")
+        if result.error is not None or not run_id or metrics.get("status") is not None:
+            continue
+        run = client.get_run(run_id)
+        if run.data.tags.get(STATUS_TAG) != EARLY_STOPPED:
+            client.set_tag(run_id, STATUS_TAG, EARLY_STOPPED)
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+
+
 def init_ray(address: str | None) -> None:
     """A local Ray (every CPU of this machine, no dashboard) or a connection to ``address``."""
     import ray
@@ -203,6 +225,8 @@ def run_on_ray(
             ),
         )
         grid = tuner.fit()
+        if scheduler is not None:  # without a scheduler no trial is stopped early
+            _mark_stopped(grid)
         return [r.config["trial"]["key"] for r in grid if r.error is not None and r.config]
     finally:
         ray.shutdown()

@@ -248,6 +248,7 @@ def run_trial(spec: TrialSpec, ctx: SweepContext, session: TrialSession) -> dict
             cfg, resume_run_id=run_id, progress=False, callbacks=[reporter], cache=ctx.cache
         )
     else:
+        retire_stale_runs(spec, ctx)
         result = train_module.train(
             trial_config(spec, ctx),
             progress=False,
@@ -267,6 +268,25 @@ def run_trial(spec: TrialSpec, ctx: SweepContext, session: TrialSession) -> dict
     if result.completed:
         session.report(out, None)
     return out
+
+
+def retire_stale_runs(spec: TrialSpec, ctx: SweepContext) -> None:
+    """Mark KILLED any earlier run of this trial that will not be continued (its worker died before
+    its first checkpoint): the trial starts over as a new run, and the old one must not stay
+    RUNNING in the MLflow UI."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(ctx.experiment)
+    if experiment is None:
+        return
+    stale = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{SWEEP_TAG}` = '{ctx.parent_run_id}' and tags.`{TRIAL_TAG}` = '{spec.key}' "
+        "and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def final_result(spec: TrialSpec, run_id: str, metric: str) -> dict[str, Any]:
