@@ -284,3 +284,15 @@ def test_best_config_loads_back_with_the_winners_values():
     cfg = load_train_config(yaml.safe_load(text))
     assert cfg.ppo.learning_rate == 1e-3 and cfg.simulation.env.horizon == 60
     assert cfg.total_timesteps == 4096 and cfg.eval.final == base.eval.final
+
+
+def test_bench_sweep_refuses_bad_worker_counts_before_anything_runs():
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.sweeps.bench import bench_sweep
+
+    with pytest.raises(ConfigError, match="--workers"):
+        bench_sweep("configs/sweeps/smoke.yaml", [1, 0])
+    out = CliRunner().invoke(app, ["bench", "sweep", "--workers", "1,two"])
+    assert out.exit_code == 2 and "--workers" in out.output

@@ -64,6 +64,54 @@ def sweep_command(
         raise typer.Exit(code=1)
 
 
+def bench_sweep_command(
+    config: Path = typer.Option(
+        Path("configs/sweeps/scaling.yaml"), "--config", "-c", help="sweep YAML"
+    ),
+    overrides: list[str] | None = typer.Argument(None, help="key=value shared overrides"),
+    workers: str = typer.Option("1,2", "--workers", help="worker counts to time, e.g. 1,2"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Wall time of a whole sweep on a local Ray with each worker count (fresh, temporary store)."""
+    import json
+
+    from rich.table import Table
+
+    from envs.config import ConfigError, parse_cli_overrides
+    from training.sweeps.bench import bench_sweep
+
+    try:
+        counts = [int(w) for w in workers.split(",") if w.strip()]
+    except ValueError:
+        console.print(
+            f"[red]--workers {workers!r}: allowed: comma-separated integers, e.g. 1,2[/red]"
+        )
+        raise typer.Exit(code=2) from None
+    try:
+        result = bench_sweep(config, counts, parse_cli_overrides(overrides or []))
+    except (ConfigError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        title=f"sweep {result['sweep']}: wall time on a local Ray ({result['cpus']} CPUs, "
+        f"{result['trial_cpus']} CPU per trial, {result['total_timesteps']:,} env steps per trial)"
+    )
+    for col in ("workers", "trials", "wall time (s)", "speed-up"):
+        table.add_column(col, justify="right")
+    for run in result["runs"]:
+        table.add_row(
+            str(run["workers"]),
+            str(run["trials"]),
+            f"{run['wall_s']:.1f}",
+            f"{run['speedup']:.2f}x",
+        )
+    console.print(table)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``sweep`` to the CLI."""
+    """Add ``sweep`` and ``bench sweep`` to the CLI."""
     app.command("sweep")(sweep_command)
+    bench_app.command("sweep")(bench_sweep_command)

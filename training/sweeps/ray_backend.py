@@ -72,6 +72,12 @@ class _SourceSearcherMixin:
         # driver reads MLflow instead), and an Optuna study holds locks
         return {}
 
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save (see ``__getstate__``); silences Tune's "save not implemented"."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a resumed driver reads its finished trials from MLflow."""
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         spec = self.source.next_trial()
         if spec is None:
