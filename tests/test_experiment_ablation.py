@@ -120,3 +120,10 @@ def test_a_finished_ablation_is_reused_not_rerun(fake_train, tmp_path):
     run_experiment(path, Console(width=200), out=tmp_path / "report.md")  # resumed after a kill
     assert len(fake_train) == 8  # only the two final runs again
     assert fake_train[-2].simulation.env.decision_every == 7
+
+
+def test_fresh_reruns_a_finished_ablation(fake_train, tmp_path):
+    path = _experiment(tmp_path, ["configs/train/ppo.yaml"])
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md", fresh=True)
+    assert len(fake_train) == 12  # 4 ablation trials + 2 runs, twice
