@@ -205,12 +205,21 @@ def run_ablation(
     from rich.table import Table
 
     out = Table(title=f"ablation on validation scenarios ({metric}); winner: {winner}")
-    for key in rows[0]:
+    for key in ("variant", "mean", "per seed", "overrides"):
         out.add_column(key)
-    for r in rows:
-        out.add_row(*(f"{r[k]:+.4f}" if isinstance(r[k], float) else str(r[k]) for k in r))
+    for m, v, xs in table:  # the MLflow table has the full overrides; the console a short form
+        short = ", ".join(_short_override(k, w) for k, w in ablation.variants[v].items())
+        out.add_row(v, f"{m:+.4f}", ", ".join(f"{x:+.4f}" for x in xs), short)
     console.print(out)
     return dict(ablation.variants[winner])
+
+
+def _short_override(key: str, value: Any) -> str:
+    """``env.observation.blocks=[...]`` as ``blocks=garch_vol+regime+...`` (console tables)."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, list):
+        return f"{name}={'+'.join(map(str, value))}"
+    return f"{name}={value}"
 
 
 def _ablation_tags(spec_hash: str, variant: str, seed: int) -> dict[str, str]:
