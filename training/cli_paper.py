@@ -166,6 +166,12 @@ def paper_command(
         None, help="features from this many trailing bars (default: all, = backtest)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
+    reference: bool = typer.Option(
+        True,
+        "--reference/--no-reference",
+        help="backtest the policy on the feed's path (replay, simulated) when the ledger is created, "
+        "to show paper equity against it",
+    ),
     kill_switch: bool = KILL_SWITCH_OPTION,
     kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
 ) -> None:
@@ -193,6 +199,7 @@ def paper_command(
             mlflow_experiment=experiment if log_mlflow else None,
             history_rows=history_rows,
             kill_switch=overlay,
+            reference=reference,
         )
         trader.preflight()
     except (ConfigError, ValueError) as exc:
@@ -243,8 +250,15 @@ def paper_command(
 
 def paper_view_command(
     ledger: Path = typer.Option(Path("paper.db"), "--ledger", help="paper-trading ledger"),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="also write a PNG: equity vs the backtest of the same export and path (when the ledger "
+        "has one), and the health factor, leverage and perp exposure of a levered policy",
+    ),
 ) -> None:
-    """Show a paper-trading ledger (equity, positions, last actions); safe while a paper run writes it."""
+    """Show a paper-trading ledger (equity, levered state, positions, last actions); safe while a
+    paper run writes it."""
     from training.paper.view import render_ledger
 
     if not ledger.is_file():
@@ -253,6 +267,15 @@ def paper_view_command(
         console.print(render_ledger(ledger))
     except Exception as exc:  # sqlite3 errors for a file that is not a ledger
         raise _fail(f"--ledger {ledger}: not a paper ledger ({exc})") from None
+    if plot is not None:
+        from training.paper.plots import equity_figure
+
+        figure = equity_figure(ledger)
+        if figure is None:
+            raise _fail(f"--ledger {ledger} has no decision bar yet: nothing to plot")
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot, dpi=110)
+        console.print(f"wrote {plot}")
 
 
 def bench_policy_command(
