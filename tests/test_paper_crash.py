@@ -20,8 +20,8 @@ import pytest
 from agents.onnx_policy import OnnxPolicy
 from envs.config import load_config
 from envs.kill_switch import KillSwitchConfig
+from tests.conftest import LEVERED
 from tests.test_paper import DATA_DIR, KILL_SWITCH, ledger_tables, make_policy_dir, needs_data
-from tests.test_paper_levered import LEVERED
 from training.paper.feeds import ReplayFeed
 from training.paper.ledger import Ledger
 from training.paper.runner import PaperTrader

@@ -21,27 +21,20 @@ from envs.market.sources import sample_paths
 from envs.simulator import PortfolioSimulator
 from envs.streaming import MarketBar, StreamingSimulator
 from envs.streaming_protocol import ProtocolState, generate_protocol_series
-from tests.test_paper import DATA_DIR, ledger_tables, make_policy_dir, needs_data
+from tests.test_paper import DATA_DIR, ledger_tables, needs_data
 from training.paper.feeds import PathFeed, ReplayFeed, SimulatedFeed
 from training.paper.ledger import LEVERED_COLUMNS, Ledger
 from training.paper.runner import PaperTrader
 from training.paper.view import render_ledger
 
-#: lending + perps (+ cascades, on with lending): the DeFi market of configs/leverage.yaml
-LEVERED = {"env.lending.enabled": True, "env.perps.enabled": True}
 # a development-period replay (not held out) with the May-June 2022 crash: liquidations happen
 START, END = "2022-03-01", "2022-07-31"
 WRAPPER = KillSwitchConfig(enabled=True, max_drawdown=0.25, min_health_factor=1.3, cooldown_steps=3)
 
 
 @pytest.fixture(scope="module")
-def levered_dir(tmp_path_factory) -> Path:
-    return make_policy_dir(tmp_path_factory.mktemp("levered"), seed=4, overrides=LEVERED)
-
-
-@pytest.fixture(scope="module")
-def levered(levered_dir) -> OnnxPolicy:
-    return OnnxPolicy(levered_dir)
+def levered(levered_policy_dir) -> OnnxPolicy:
+    return OnnxPolicy(levered_policy_dir)
 
 
 def _run(policy, feed, ledger: Path, max_bars=None, **kw):

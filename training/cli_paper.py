@@ -103,11 +103,30 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
     from training.paper.feeds import ReplayFeed, SimulatedFeed
 
     market = load_market_config(opts["market_config"]) if opts["market_config"] else None
+    if kind.startswith("ccxt:"):
+        from training.paper.ccxt_feed import CcxtFeed
+        from training.paper.lending_quotes import parse_constants
+
+        if opts["start"] is None:
+            raise ValueError(
+                f"--feed {kind} needs --start YYYY-MM-DD (the first decision date, UTC)"
+            )
+        return CcxtFeed(
+            cfg,
+            kind.removeprefix("ccxt:"),
+            start=opts["start"],
+            end=opts["end"],
+            quote=opts["quote"],
+            gas_price_gwei=opts["gas_gwei"],
+            protocol_constants=parse_constants(opts["protocol_constant"], tuple(cfg.market.assets)),
+        )
+    if opts["protocol_constant"]:
+        raise ValueError("--protocol-constant is for live venue feeds (--feed ccxt:<exchange>)")
     if kind == "replay":
         return ReplayFeed.from_config(
             cfg,
-            opts["start"],
-            opts["end"],
+            opts["start"] or HELD_OUT_START,
+            opts["end"] or HELD_OUT_END,
             data_dir=opts["data_dir"],
             market=market,
             speed=opts["speed"],
@@ -124,7 +143,9 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
             raise ValueError(f"--feed {kind!r} must look like python:package.module:factory")
         factory = getattr(importlib.import_module(module_name), attr)
         return factory(cfg, manifest)
-    raise ValueError(f"--feed {kind!r} must be replay, simulated or python:package.module:factory")
+    raise ValueError(
+        f"--feed {kind!r} must be replay, simulated, ccxt:<exchange> or python:package.module:factory"
+    )
 
 
 def paper_command(
@@ -134,15 +155,32 @@ def paper_command(
     feed: str = typer.Option(
         "replay",
         "--feed",
-        help="replay | simulated | python:package.module:factory (a Feed adapter)",
+        help="replay | simulated | ccxt:<exchange> (e.g. ccxt:binance: a real venue's closed candles, "
+        "perp marks and funding) | python:package.module:factory (a Feed adapter)",
     ),
     ledger: Path = typer.Option(
         Path("paper.db"), "--ledger", help="SQLite ledger: created, or resumed when it exists"
     ),
-    start: str = typer.Option(
-        HELD_OUT_START, help="replay: first decision date (the held-out period starts 2023-01-01)"
+    start: str | None = typer.Option(
+        None,
+        help=f"replay and ccxt: first decision date (replay default {HELD_OUT_START}, the held-out "
+        "period's start; ccxt: required)",
     ),
-    end: str = typer.Option(HELD_OUT_END, help="replay: last date"),
+    end: str | None = typer.Option(
+        None,
+        help=f"replay: last date (default {HELD_OUT_END}); ccxt: last bar (default: open-ended)",
+    ),
+    quote: str = typer.Option("USDT", help="ccxt: quote currency of the markets (taken as 1 USD)"),
+    gas_gwei: float = typer.Option(
+        30.0, help="ccxt: gas price the bars carry (gwei; a CEX has none)"
+    ),
+    protocol_constant: list[str] = typer.Option(
+        [],
+        "--protocol-constant",
+        help="ccxt, levered policies: a lending rate the venue lacks, KEY=VALUE (annual fraction): "
+        "borrow_rate, cash_supply_rate, supply_rate or supply_rate.<ASSET> (default: the policy's "
+        "Aave snapshot at its calm-regime utilization); repeatable",
+    ),
     data_dir: str | None = typer.Option(
         None, help="replay: folder of SYMBOL-USD.csv (default: the policy config's)"
     ),
@@ -186,7 +224,8 @@ def paper_command(
     from training.paper.view import LiveView, render_ledger
 
     opts = {"start": start, "end": end, "data_dir": data_dir, "market_config": market_config, "seed": seed,
-            "bars": bars, "speed": speed}  # fmt: skip
+            "bars": bars, "speed": speed, "quote": quote, "gas_gwei": gas_gwei,
+            "protocol_constant": protocol_constant}  # fmt: skip
     try:
         overlay = resolve_kill_switch(kill_switch, kill_switch_param)
         onnx_policy = OnnxPolicy(policy)
