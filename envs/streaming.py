@@ -10,6 +10,12 @@ Bar ``j`` of a feed is row ``j`` of the path. Rows ``0 .. warmup - 1`` are histo
 ``warmup`` the portfolio starts (``reset_envs`` on the history) and the first decision is made; every
 later bar is: load the row, :meth:`advance` (mark to market, pools realigned), observe, decide, execute.
 
+Levered and hedged configs (lending, perps, cascades): each bar also carries its row of the protocol
+series (``MarketBar.protocol``: rates and their growth multipliers, perp mark, basis and funding;
+:mod:`envs.streaming_protocol`), written into the engine's ``ProtocolPaths`` arrays instead of the
+series a reset would generate from the path seed; the borrower population of the cascades is
+stepped with the bars as in the env. Debt, perp sizes and the population are part of :meth:`state`.
+
 Exactness: ``market_features`` is causal and computed with sequential prefix operations (``cumsum``,
 ``lfilter``), so the feature row of bar ``t`` computed from rows ``0 .. t`` equals bit for bit the row
 a backtest computes from the full path (the model blocks ``garch_vol`` and ``regime`` included: they

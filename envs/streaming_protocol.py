@@ -169,6 +169,26 @@ def check_protocol_state(
             i = int(np.flatnonzero(bad)[0])
             label = f"{name} of {asset_names[i]}" if shape else name
             raise ValueError(f"{where}: {label} is {float(flat[i])!r}; {_allowed(name)}")
+    if "borrow_rate" in fields:
+        check_no_rate_arbitrage(state.borrow_rate, state.cash_supply_rate, where)  # type: ignore[arg-type]
+        if state.cash_growth > state.debt_growth:  # type: ignore[operator]
+            raise ValueError(
+                f"{where}: cash_growth {state.cash_growth!r} exceeds debt_growth "
+                f"{state.debt_growth!r}: borrowed cash would earn more than its debt costs"
+            )
+
+
+def check_no_rate_arbitrage(borrow_rate: float, cash_supply_rate: float, where: str) -> None:
+    """Refuse a numeraire supply rate above its borrow rate: borrowing the numeraire to hold it
+    (supplied) would earn the spread, a free lunch no lending market pays (Aave's supply rate is
+    borrow rate x utilization x (1 - reserve factor) <= borrow rate)."""
+    if cash_supply_rate > borrow_rate:
+        raise ValueError(
+            f"{where}: cash_supply_rate {cash_supply_rate!r} exceeds borrow_rate {borrow_rate!r}: "
+            "borrowing the numeraire to supply it would earn the difference (a lending market's "
+            "supply rate is borrow rate x utilization x (1 - reserve factor)); need "
+            "cash_supply_rate <= borrow_rate"
+        )
 
 
 def _in_range(name: str, values: np.ndarray) -> np.ndarray:

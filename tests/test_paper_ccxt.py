@@ -298,3 +298,60 @@ def test_an_unreachable_venue_is_retried_with_backoff_then_refused(levered, cfg,
     assert clock.slept == [0.5, 1.0]
     reference = list(make_feed(cfg).bars())
     assert [b.close.tolist() for b in bars] == [b.close.tolist() for b in reference]
+
+
+# ---------------------------------------------------------------------------- no free lunch
+def _flows(cfg, bars, weights, leverage=0.0, hedge=0.0) -> tuple[float, dict[str, float]]:
+    """Stream the venue bars through the simulator with a fixed levered target; returns the summed
+    non-market flows (minus every cost kind, plus insurance and bad debt) and the summed funding
+    and interest: what the value earns beyond the market PnL of the positions held."""
+    from envs.actions import weights_to_actions
+    from envs.leverage_actions import ActionLayout
+    from envs.streaming import StreamingSimulator
+
+    layout = ActionLayout.for_config(cfg.env, len(cfg.market.assets))
+    action = layout.compose(weights_to_actions(np.asarray(weights)[None, :]), leverage, hedge,
+                            cfg.env.lending.max_leverage)  # fmt: skip
+    sim = StreamingSimulator(cfg, capacity=len(bars))
+    total, carry = 0.0, {"funding": 0.0, "interest": 0.0}
+    for bar in bars:
+        sim.push_bar(bar)
+        if bar.index < sim.warmup:
+            continue
+        if bar.index == sim.warmup:
+            sim.start()
+        else:
+            step = sim.advance()
+            costs = step.costs
+            total += float(
+                step.insurance_usd[0] + step.bad_debt_usd[0]
+                - (costs.fees_usd + costs.slippage_usd + costs.gas_usd + costs.interest_usd
+                   + costs.funding_usd + costs.liquidation_usd)[0]
+            )  # fmt: skip
+            carry["funding"] += float(costs.funding_usd[0])
+            carry["interest"] += float(costs.interest_usd[0])
+        if bar.index < bars[-1].index:
+            sim.execute(action)
+    return total, carry
+
+
+def test_no_free_lunch_from_the_venue_quotes(cfg):
+    """Adversarial policies on the bars a venue feed builds (constant lending quotes, the venue's
+    funding): borrowing the numeraire to hold it loses the rate spread; a long and a short perp of
+    the same size on the same spot book earn nothing together (funding is a transfer between them,
+    fees are paid twice); and quotes that would pay the borrower are refused."""
+    bars = list(make_feed(cfg).bars())
+    eth_half = np.array([0.0, 0.5, 0.0, 0.0, 0.0, 0.5])
+    # 0.25 debt / equity beside the same 0.5 ETH of equity: ETH 0.4 and cash 0.6 of the gross book
+    borrower, carry = _flows(cfg, bars, np.array([0.0, 0.4, 0.0, 0.0, 0.0, 0.6]), leverage=0.25)
+    twin, twin_carry = _flows(cfg, bars, eth_half)
+    # interest paid minus earned: the borrowed (supplied) cash earns less than its debt costs
+    assert carry["interest"] > twin_carry["interest"] and borrower < twin
+    spot = np.append(np.full(5, 0.1), 0.5)
+    alone, _ = _flows(cfg, bars, spot)
+    short, short_carry = _flows(cfg, bars, spot, hedge=1.0)
+    long, long_carry = _flows(cfg, bars, spot, hedge=-1.0)
+    assert short_carry["funding"] < 0.0 < long_carry["funding"]  # positive rates: longs pay shorts
+    assert short + long - 2.0 * alone < 0.0
+    with pytest.raises(ValueError, match="cash_supply_rate 0.05 exceeds borrow_rate 0.01"):
+        make_feed(cfg, protocol_constants={"borrow_rate": 0.01, "cash_supply_rate": 0.05})

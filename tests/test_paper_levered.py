@@ -285,6 +285,10 @@ def test_bad_protocol_fields_are_refused_naming_the_field(levered, tmp_path):
         "percent not fraction": ({"supply_rate": np.full(5, 45.0)}, r"supply_rate of BTC is 45\.0"),
         "zero mark": ({"mark": np.zeros(5)}, r"mark of BTC is 0\.0"),
         "no funding": ({"funding": None}, r"protocol state lacks funding"),
+        "cash earning above its debt": (
+            {"cash_supply_rate": 0.5},
+            r"cash_supply_rate 0.5 exceeds borrow_rate",
+        ),
     }
     for name, (change, message) in cases.items():
         state = ProtocolState(**{**good.protocol.__dict__, **change})

@@ -6,8 +6,14 @@
   trading and the backtest see the same market.
 - :class:`SimulatedFeed`: a "live" feed drawn from the scenario generator (``envs.market.sources``):
   a fresh synthetic path per seed, delivered bar by bar at a chosen speed.
-- :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source (not run
-  here): implement :meth:`LiveFeedAdapter.fetch_bar`.
+- :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source:
+  implement :meth:`LiveFeedAdapter.fetch_bar`. ``training/paper/ccxt_feed.py`` is the adapter for
+  real exchanges (``--feed ccxt:<exchange>``).
+
+Levered and hedged policies: every bar carries the protocol state (``MarketBar.protocol``). The
+replay and simulated feeds stream the rows the env generates for the same path and path seed
+(``envs.streaming_protocol.generate_protocol_series``: seed 0 for a replayed period, as
+``run_period_backtest``; the scenario seed for a simulated feed), so a paper run equals the backtest.
 
 Bar ``0`` is the first history (warmup) bar; the first decision is at bar ``env.warmup``. A feed must
 deliver consecutive bars, one ``step_days`` apart, with finite positive prices; the runner checks
@@ -363,6 +369,12 @@ class LiveFeedAdapter(Feed):
     The history bars (``index < warmup``) must be fetched too (the observation needs them). Bars must
     be final (closed) and, for the crash-safety guarantee, reproducible: after a restart the runner
     asks again for the first bar it has not recorded, which may lie in the past.
+
+    A levered or hedged policy needs every bar to carry its protocol state
+    (``MarketBar.protocol``, :class:`envs.streaming_protocol.ProtocolState`, e.g. built with
+    ``ProtocolState.from_quotes``); declare the fields with ``protocol_fields``
+    (``envs.streaming_protocol.required_fields``) and say where they come from in
+    :meth:`Feed.protocol_sources`. :class:`training.paper.ccxt_feed.CcxtFeed` is a complete example.
     """
 
     kind = "live"
@@ -375,7 +387,9 @@ class LiveFeedAdapter(Feed):
         venue: str,
         poll_seconds: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        protocol_fields: tuple[str, ...] = (),
     ) -> None:
+        self.protocol_fields = tuple(protocol_fields)
         self.asset_names = tuple(asset_names)
         self.numeraire = numeraire
         self.step_days = float(step_days)

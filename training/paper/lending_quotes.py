@@ -23,6 +23,7 @@ import numpy as np
 from envs.config import SimulationConfig
 from envs.leverage_paths import ProtocolSetup, resolve_params_path
 from envs.protocols.lending import borrow_rate, supply_rate
+from envs.streaming_protocol import check_no_rate_arbitrage
 
 #: the keys ``--protocol-constant`` accepts (``supply_rate.<ASSET>`` too)
 CONSTANT_KEYS = ("borrow_rate", "cash_supply_rate", "supply_rate")
@@ -121,6 +122,11 @@ def lending_quotes(
             f"{k.split('.', 1)[1]} constant {v!r} (--protocol-constant {k})"
             for k, v in per_asset.items()
         )
+    check_no_rate_arbitrage(
+        values["borrow_rate"],  # type: ignore[arg-type]
+        values["cash_supply_rate"],  # type: ignore[arg-type]
+        "--protocol-constant",
+    )
     return LendingQuotes(
         values["borrow_rate"],  # type: ignore[arg-type]
         values["cash_supply_rate"],  # type: ignore[arg-type]
