@@ -64,21 +64,34 @@ def crashed_feed(cfg, seed: int, n_bars: int, crash_bar: int, factor: float = 0.
                     protocol=protocol, protocol_seed=seed)  # fmt: skip
 
 
-def test_streaming_levered_simulator_equals_the_batch_env_bit_for_bit(levered):
+@pytest.mark.parametrize(
+    "protocols",
+    [{}, {"env.lending.enabled": False}, {"env.perps.enabled": False}],
+    ids=["lending-perps-cascades", "perps-only", "lending-cascades"],
+)
+def test_streaming_levered_simulator_equals_the_batch_env_bit_for_bit(levered, protocols):
     """Bars carrying the generated protocol rows drive the streaming simulator exactly like the
     env on the same path and seed (rates, marks, funding, cascades, liquidations)."""
-    cfg = load_config(levered.manifest.simulation_config)
+    cfg = load_config(levered.manifest.simulation_config, protocols)
     warmup, seed, steps = cfg.env.warmup, 17, 80
-    assert set(SimulatedFeed.from_config(cfg, seed, warmup + 2).protocol_fields) == {
-        "borrow_rate", "debt_growth", "cash_supply_rate", "cash_growth", "supply_rate",
-        "supply_growth", "basis", "mark", "funding",
-    }  # fmt: skip
+    lending, perps = cfg.env.lending.enabled, cfg.env.perps.enabled
+    rates = {
+        "borrow_rate",
+        "debt_growth",
+        "cash_supply_rate",
+        "cash_growth",
+        "supply_rate",
+        "supply_growth",
+    }
+    fields = (rates if lending else set()) | ({"basis", "mark", "funding"} if perps else set())
+    assert set(SimulatedFeed.from_config(cfg, seed, warmup + 2).protocol_fields) == fields
     feed = crashed_feed(cfg, seed, warmup + steps + 1, crash_bar=warmup + 40)
     batch = PortfolioSimulator(load_config(cfg, {"env.horizon": steps}), 1)
     batch.reset_envs(np.zeros(1, dtype=np.int64), np.array([seed]), paths=feed.paths)
     stream = StreamingSimulator(cfg, capacity=8)  # small: the protocol arrays must grow too
     actions = np.random.default_rng(1).uniform(-1, 1, (steps, 1, batch.action_dim))
-    actions[:, :, 5] = 1.0  # the leverage output at its top: debt when the crash comes
+    if lending:  # the leverage output (after the N + 1 weights) at its top: debt at the crash
+        actions[:, :, len(cfg.market.assets) + 1] = 1.0
     liquidations, want = 0, None
     for bar in feed.bars():
         stream.push_bar(bar)
@@ -100,7 +113,8 @@ def test_streaming_levered_simulator_equals_the_batch_env_bit_for_bit(levered):
         np.testing.assert_array_equal(stream.observe(), batch.observe())
         stream.execute(actions[k])
         want = batch.step(actions[k])
-    assert liquidations >= 1, "the crash should liquidate the levered book"
+    if lending:
+        assert liquidations >= 1, "the crash should liquidate the levered book"
 
 
 def test_levered_state_round_trips_through_json(levered):
