@@ -327,15 +327,21 @@ class StreamingSimulator(PortfolioSimulator):
         return int(self.warmup + self.t[0])
 
     def execute(
-        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
     ) -> Execution:
-        """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
+        """The env's ``execute`` (``action_kind``: see :meth:`PortfolioSimulator.execute`),
+        recording the :class:`OrderIntent` it acted on in ``last_intent``."""
         price, num = self.prices_now()
         units_before, cash_before = self.units[0].copy(), float(self.cash[0])
         engine = self.protocols
         debt_before = 0.0 if engine is None else float(engine.debt[0])
         perp_before = None if engine is None else engine.perp_size[0].copy()
-        done = super().execute(actions, override=override, hold=hold)
+        done = super().execute(actions, override=override, hold=hold, action_kind=action_kind)
         value = float(done.value_before[0])
         if engine is None:  # spot: weights over the value, orders = weight gap x value
             current = self.weights(price, num, self.value)[0] if hold else done.current_weights[0]  # type: ignore[index]

@@ -202,6 +202,38 @@ def test_levered_paper_on_a_replayed_period_equals_its_backtest(levered, tmp_pat
 
 
 @needs_data
+def test_levered_delta_export_deciding_every_3_days_equals_its_backtest(tmp_path):
+    """A levered and hedged export of the ``delta`` kind (its leverage and hedge targets move from
+    the current ones) deciding every 3 days: paper = backtest bar for bar, holding in between."""
+    from evaluation.backtest import run_period_backtest
+    from tests.conftest import LEVERED
+    from tests.test_paper import make_policy_dir
+
+    over = {**LEVERED, "env.action.kind": "delta", "env.decision_every": 3}
+    policy = OnnxPolicy(make_policy_dir(tmp_path / "policy", seed=4, overrides=over))
+    cfg = load_config(policy.manifest.simulation_config)
+    start, end = "2022-04-01", "2022-06-30"
+    feed = ReplayFeed.from_config(cfg, start, end, data_dir=str(DATA_DIR))
+    _run(policy, feed, tmp_path / "delta.db")
+    record = run_period_backtest(
+        load_config(cfg, {"market.data_dir": str(DATA_DIR)}), [policy], start, end, progress=False
+    ).records[policy.name]
+    conn = sqlite3.connect(tmp_path / "delta.db")
+    values, turnover = np.array(
+        conn.execute("SELECT value_usd, turnover FROM equity ORDER BY bar_index").fetchall()
+    ).T
+    debt, perp = np.array(conn.execute(
+        "SELECT debt_usd, perp_notional_usd FROM levered ORDER BY bar_index").fetchall()).T  # fmt: skip
+    np.testing.assert_array_equal(values, record.value_usd[0])
+    np.testing.assert_array_equal(turnover[:-1], record.turnover[0])
+    for kind in ("interest", "funding"):
+        assert record.costs_usd[kind][0].sum() != 0.0, kind
+    assert debt.max() > 1_000.0 and perp.max() > 1_000.0
+    traded = turnover[:-1] > 0.0
+    assert traded.any() and not traded[np.arange(traded.size) % 3 != 0].any()
+
+
+@needs_data
 def test_levered_ledger_accounting_per_bar(levered, tmp_path):
     """From the ledger alone, every bar: value after trading = value - trade costs, and the next
     bar's value = the positions, debt and perps after this bar's trades moved to the next bar's

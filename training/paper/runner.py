@@ -310,7 +310,10 @@ class PaperTrader:
             override = None
             if self.overlay is not None:  # the backtest's KillSwitchPolicy, around the ONNX policy
                 override = self.overlay.decide(sim.value.copy(), hf)
-            done = sim.execute(action, override=override)
+            # read as the policy's action kind, as run_policy does (an ONNX export: None, the
+            # kind of the config it was trained in)
+            kind = getattr(self.policy, "action_kind", None)
+            done = sim.execute(action, override=override, action_kind=kind)
             kill = bool(done.kill_switch[0]) or (
                 self.overlay is not None and bool(self.overlay.active[0])
             )
