@@ -132,4 +132,6 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_ledger(
     db = Ledger.open(ledger)
     sessions = db.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
     db.close()
-    assert sessions >= len(mid_run) + 1
+    # every process that committed a bar opened a session (under load a restart can be killed
+    # before it writes anything: then two kill points are the same bar), and so did the last run
+    assert sessions >= len({p for p in progress if p >= 0}) + 1
