@@ -190,6 +190,11 @@ def experiment_command(
     fresh: bool = typer.Option(
         False, "--fresh", help="start over instead of resuming an interrupted experiment"
     ),
+    runs: list[str] = typer.Option(
+        None,
+        "--runs",
+        help="train only the runs of this config (repeatable; as written under runs)",
+    ),
 ) -> None:
     """Train several configs x seeds into one MLflow experiment and compare them with the baselines
     (through the sweep machinery: nested runs, resume, local or Ray backend)."""
@@ -208,6 +213,7 @@ def experiment_command(
             address=address,
             workers=workers,
             fresh=fresh,
+            only=runs or None,
         )
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)

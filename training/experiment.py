@@ -93,6 +93,7 @@ def run_experiment(
     *,
     out: Path | None = None,
     cache: bool = False,
+    only: list[str] | None = None,
     backend: str = "local",
     address: str | None = None,
     workers: int | None = None,
@@ -103,12 +104,18 @@ def run_experiment(
     and write the comparison.
 
     With ``cache`` the baselines' backtests run once per scenario set, not once per trained run
-    (:mod:`evaluation.backtest_cache`).
+    (:mod:`evaluation.backtest_cache`). ``only`` trains just the runs of these configs (as written
+    under ``runs``), e.g. to run two halves of an experiment in two processes; the ablation (reused
+    once finished) and the comparison still cover the whole experiment.
     """
     from evaluation.report import compare
     from training.sweeps.driver import run_plan
 
     spec = load_experiment(path)
+    known = [run.config for run in spec.runs]
+    unknown = sorted(set(only or []) - set(known))
+    if unknown:
+        raise ConfigError(f"--runs {unknown}: not runs of {path}; runs: {known}")
     options = {"backend": backend, "address": address, "workers": workers, "fresh": fresh}
     chosen: dict[str, Any] = {}
     if spec.ablation is not None:
@@ -116,6 +123,8 @@ def run_experiment(
     bases: dict[str, dict[str, Any]] = {}
     specs: list[TrialSpec] = []
     for index, run in enumerate(spec.runs):
+        if only and run.config not in only:
+            continue
         selected = chosen if spec.ablation and run.config in spec.ablation.apply_to else {}
         base = load_train_config(run.config, {**run.overrides, **selected})
         name = f"{index}:{run.config}"
@@ -143,7 +152,11 @@ def run_experiment(
         metric=first.eval.metric,
         periods_per_year=365.0 / first.simulation.market.step_days,
         max_steps=max(load_train_config(b).total_timesteps for b in bases.values()),
-        params={"experiment": spec.model_dump(mode="json"), "ablation_winner": chosen},
+        params={
+            "experiment": spec.model_dump(mode="json"),
+            "ablation_winner": chosen,
+            "only": sorted(only or []),
+        },
     )
     run_plan(plan, console, cache=cache, output_dir=first.output_dir, **options)
     report = out or Path("reports") / f"{spec.experiment}.md"
