@@ -27,6 +27,7 @@ from rich.table import Table
 
 from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
 from evaluation import statistics as st
+from evaluation.greek_ranges import greek_frame
 from evaluation.plots import PLOTS
 from evaluation.report_ex_ante import (
     CEILING,
@@ -97,6 +98,8 @@ class GroupComparison:
     ruined: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: synthetic groups: ex-ante growth and share of the ceiling-over-equal-weight gap per policy
     ex_ante: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: options configs: each policy's portfolio Greeks, mean [min, max] (evaluation/greek_ranges.py)
+    greeks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def ruined_cell(self, policy: str) -> str:
         """``"k/K"`` ruined scenario runs of ``policy`` (``"-"`` when unknown)."""
@@ -369,6 +372,7 @@ def compare(
                     n_boot,
                     seed,
                 )
+            group.greeks = greek_frame(table)
             group.statements = _statements(group)
             if out_path is not None:
                 folder = (
@@ -458,5 +462,13 @@ def print_group(g: GroupComparison, console: Console) -> None:
     console.print(tests)
     if not g.ex_ante.empty:
         print_ex_ante(g.ex_ante, console, title)
+    if not g.greeks.empty:
+        greeks = Table(title=f"{title}\nportfolio Greeks per step, mean [min, max] over scenarios")
+        greeks.add_column("policy")
+        for c in g.greeks.columns:
+            greeks.add_column(c, justify="right")
+        for p, row in g.greeks.iterrows():
+            greeks.add_row(str(p), *map(str, row.to_numpy()))
+        console.print(greeks)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

@@ -12,7 +12,8 @@ rolls.
   ``call_moneyness`` and tenor ``tenor_days`` (default: all of it, 10 % out of the money, 30 days):
   sells upside for the premium (and the variance premium in it).
 * ``protective_put``: long puts on ``put_share`` of the held units (default: all of it, 10 % out of
-  the money, 30 days): pays the premium for a floor.
+  the money, 30 days): pays the premium for a floor; ``cash_weight`` (default 5 %) keeps the cash
+  the premia are paid from (the env scales down a purchase the cash cannot pay).
 * ``delta_hedger``: the covered calls at the money, plus perps that keep each asset's delta at
   ``target_delta`` times its spot delta (default 1: the calls' negative delta is bought back with
   long perps, which leaves the spot book plus a delta-neutral short-volatility overlay; 0 would
@@ -57,6 +58,7 @@ class CoveredCallParams(OptionOverlayParams):
 
 class ProtectivePutParams(OptionOverlayParams):
     put_share: float = Field(default=1.0, ge=0.0, le=1.0, description="long puts / units")
+    cash_weight: float = Field(default=0.05, ge=0.0, lt=1.0, description="cash kept for premia")
 
 
 class DeltaHedgerParams(OptionOverlayParams):
