@@ -307,13 +307,8 @@ class OptionBook:
         owed_asset = (np.maximum(-payoff, 0.0) + settle_fee).sum(axis=2)  # (B, N) to pay
         owed = owed_asset.sum(axis=1)
         from_cash = np.minimum(cash_usd, owed)
-        rest = (
-            owed_asset
-            * np.where(owed > 0.0, 1.0 - from_cash / np.where(owed > 0, owed, 1.0), 0.0)[:, None]
-        )
-        taken = np.minimum(rest / price1, np.maximum(spot_units, 0.0))
-        insurance = (rest - taken * price1).sum(axis=1)
-        spot_units = spot_units - taken
+        share = np.where(owed > 0.0, 1.0 - from_cash / np.where(owed > 0, owed, 1.0), 0.0)
+        spot_units, insurance = _pay_in_units(spot_units, owed_asset * share[:, None], price1)
         cash_usd = cash_usd - from_cash
         units = np.where(expiring, 0.0, held)
         # margin: written calls beyond the units held need cash, checked at the step's high

@@ -274,7 +274,8 @@ class PortfolioSimulator:
         price, num = self.prices_now()
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
         layout = self.obs_layout
-        layout.put_market(obs, self.now(self.features))
+        if layout.n_market:  # (a reshape of no columns would be ambiguous)
+            layout.put_market(obs, self.now(self.features))
         if layout.weights is not None:
             obs[:, layout.weights] = self.weights(price, num, self.value)
         if layout.drawdown is not None:
