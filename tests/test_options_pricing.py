@@ -1,14 +1,17 @@
 """Black-76 prices and Greeks against QuantLib and finite differences; parity; the venue's surface.
 
-QuantLib (the ``dev`` extra) is the independent reference: ``blackFormula`` for prices and
-``BlackCalculator`` for the forward delta and gamma, vega per 1.00 of vol and theta per year (with
-``spot = forward`` its theta holds the forward, the Black-76 convention used here).
+QuantLib (the ``dev`` extra; imported without a skip, so the check always runs) is the independent
+reference: ``blackFormula`` for prices and ``BlackCalculator`` for the forward delta and gamma,
+vega per 1.00 of vol and theta per year (with ``spot = forward`` its theta holds the forward, the
+Black-76 convention used here).
 """
 
 from __future__ import annotations
 
+import mpmath as mp
 import numpy as np
 import pytest
+import QuantLib as ql
 
 from envs.config import load_config
 from envs.option_quotes import VenueSurface
@@ -21,8 +24,6 @@ from envs.protocols.options import (
     surface_vol,
 )
 from envs.protocols.options_params import load_options_params
-
-ql = pytest.importorskip("QuantLib")
 
 
 def _grid(n: int = 400, seed: int = 0):
@@ -71,7 +72,6 @@ def test_prices_and_greeks_match_quantlib_to_1e8_relative():
 
 
 def test_deep_out_of_the_money_prices_match_50_digit_arithmetic():
-    mp = pytest.importorskip("mpmath")
     mp.mp.dps = 50
     f, k, t, v, r, call = _grid(3000, seed=3)
     price = black76_price(f, k, t, v, r, call)
