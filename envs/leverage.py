@@ -83,12 +83,15 @@ class StepCosts(TradeCosts):
 @dataclass
 class LeveredFills:
     """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded),
-    and the option fills (None without the options venue)."""
+    the spot assets sent to the router ``mask`` ``(B, N)``, the leverage target after the LTV
+    clip ``leverage`` ``(B,)`` (debt / equity) and the option fills (None without the options venue)."""
 
     units: np.ndarray
     cash: np.ndarray
     costs: TradeCosts
     traded_usd: np.ndarray
+    mask: np.ndarray | None = None
+    leverage: np.ndarray | None = None
     options: OptionFills | None = None
 
 
@@ -377,7 +380,7 @@ class LeverageEngine:
             fills.costs.slippage_usd + option_spread,
             fills.costs.gas_usd + borrow_gas + repay_gas + perp_gas,
         )
-        return LeveredFills(units, cash, costs, fills.traded_usd, option_fills)
+        return LeveredFills(units, cash, costs, fills.traded_usd, mask, lev, option_fills)
 
     def _repay(
         self,

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from envs.execution.costs import TradeCosts
 from envs.market.paths import MarketPaths
 
-if TYPE_CHECKING:
-    from envs.option_book import OptionFills
+# a runtime import (not TYPE_CHECKING): the paper trader resolves Execution's type hints to
+# rebuild a pending execution from its JSON state (envs/streaming.py:load_state)
+from envs.option_book import OptionFills
 
 
 @dataclass
@@ -143,11 +143,14 @@ class Execution:
     costs: TradeCosts
     turnover: np.ndarray
     kill_switch: np.ndarray
-    #: spot path only (None with lending/perps): weights before trading, the targets acted on (after the
-    #: kill-switch override) and the assets traded (after the no-trade band), ``(B, N+1)`` / ``(B, N)``
+    #: weights before trading (over the value, i.e. the equity with debt), the target weights acted
+    #: on (after the kill-switch override; of the gross book ``(1 + leverage) x equity`` with debt)
+    #: and the spot assets traded (after the no-trade band), ``(B, N+1)`` / ``(B, N)``; None on a hold
     current_weights: np.ndarray | None = None
     target_weights: np.ndarray | None = None
     trade_mask: np.ndarray | None = None
+    #: lending only: the debt / equity target after the LTV clip ``(B,)``
+    target_leverage: np.ndarray | None = None
     #: the option orders of the decision (options venue only; None on a hold step)
     options: OptionFills | None = None
 
