@@ -423,6 +423,12 @@ def test_options_config_errors_name_the_key():
         make_env(OPTIONS_CONFIG, **{"env.options.enable": True})
     with pytest.raises(ValueError, match="underlyings"):
         options_env(3, **{"market.assets": ["SOL", "LINK"]})
+    from envs.config import load_config
+    from envs.streaming import StreamingSimulator
+
+    # paper trading streams no option quotes: it refuses the venue rather than trade it blind
+    with pytest.raises(ValueError, match="env.options.enabled=true: paper trading"):
+        StreamingSimulator(load_config(OPTIONS_CONFIG))
 
 
 def test_options_params_errors_name_the_key(tmp_path):
