@@ -21,13 +21,15 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.sb3 import ObsNormalizer, SB3Policy
+from agents.sb3_io import REPLAY_FILE, STATS_FILE, save_replay_buffer, save_statistics
 from envs.config import SimulationConfig
 from evaluation.rollout import EpisodeRecord, run_policy
 from training.mlflow_logger import log_metrics
 
 MODEL_FILE = "model.zip"
-VECNORMALIZE_FILE = "vecnormalize.pkl"
-REPLAY_BUFFER_FILE = "replay_buffer.pkl"
+#: plain arrays (npz), never pickles: loading a run's files runs no code (agents/sb3_io.py)
+VECNORMALIZE_FILE = STATS_FILE
+REPLAY_BUFFER_FILE = REPLAY_FILE
 STATE_FILE = "state.json"
 BEST_FILE = "best.json"
 
@@ -90,7 +92,7 @@ def validation_metrics(
 def save_checkpoint(
     model, venv: VecNormalize, state: RunState, folder: Path, replay_buffer: bool
 ) -> None:
-    """Write model, VecNormalize statistics, (SAC) replay buffer and ``state.json`` to ``folder``.
+    """Write model, VecNormalize statistics (npz), (SAC) replay buffer (npz) and ``state.json``.
 
     Written to a sibling temporary folder first and swapped in, so an interruption mid-save leaves
     the previous checkpoint intact.
@@ -100,9 +102,9 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model.save(tmp / MODEL_FILE)
-    venv.save(str(tmp / VECNORMALIZE_FILE))
+    save_statistics(venv, tmp)
     if replay_buffer and isinstance(model, OffPolicyAlgorithm):
-        model.save_replay_buffer(tmp / REPLAY_BUFFER_FILE)
+        save_replay_buffer(model, tmp / REPLAY_BUFFER_FILE)
     state.num_timesteps = int(model.num_timesteps)
     state.save(tmp / STATE_FILE)
     old = folder.with_name(folder.name + ".old")
@@ -172,7 +174,7 @@ class ValidationCallback(BaseCallback):
             self.best_dir.mkdir(parents=True, exist_ok=True)
             self.model.save(self.best_dir / MODEL_FILE)
             if venv is not None:
-                venv.save(str(self.best_dir / VECNORMALIZE_FILE))
+                save_statistics(venv, self.best_dir)
             best = {"metric": self.metric, "value": score, "step": step, "validation": metrics}
             (self.best_dir / BEST_FILE).write_text(json.dumps(best, indent=2))
         logged = {f"val/{k}": v for k, v in metrics.items()}
