@@ -19,8 +19,16 @@ from training.kill_switch_options import (
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-app = typer.Typer(help="defialloc: RL allocation research for DeFi markets.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+# plain (click) help: rich panels print a <bool> placeholder beside every flag and box-draw
+# every option; plain help lists `--progress / --no-progress` and fits any terminal width
+app = typer.Typer(
+    help="defialloc: RL allocation research for DeFi markets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print measured figures.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(bench_app, name="bench")
 console = Console()
 
@@ -183,9 +191,9 @@ def calibrate(
 
 def _register_subcommands() -> None:
     """Commands of later layers live in their own modules, each exposing ``register(app)``."""
-    from training import cli_cascades, cli_evaluate, cli_paper, cli_train, cli_tune
+    from training import cli_cascades, cli_evaluate, cli_paper, cli_registry, cli_train, cli_tune
 
-    for module in (cli_evaluate, cli_train, cli_paper, cli_cascades, cli_tune):
+    for module in (cli_evaluate, cli_train, cli_paper, cli_registry, cli_cascades, cli_tune):
         module.register(app, bench_app)
 
 

@@ -100,10 +100,8 @@ def train_command(
             f"{result.best_metric:+.4f} at step {result.best_step:,}",
         )
     if result.model_version is not None:
-        table.add_row(
-            "registered model",
-            f"{cfg.registered_name} v{result.model_version} (@{cfg.mlflow.alias})",
-        )
+        table.add_row("registered model", f"{cfg.registered_name} v{result.model_version}")
+        table.add_row(f"@{cfg.mlflow.alias}", result.registration_note or "")
     for kind, run_id in result.evaluation_run_ids.items():
         table.add_row(f"evaluation run ({kind})", run_id)
     table.add_row("files", str(result.run_dir))

@@ -8,8 +8,10 @@ One call of :func:`train` is one MLflow run (or the continuation of one, with ``
    YAML as an artifact; SB3's metrics streamed through :class:`~training.mlflow_logger.MLflowKVWriter`;
 4. periodic validation on ``scenario_seeds("validation", n)`` with the best model kept, and
    checkpoints at rollout boundaries (Ctrl-C stops at the next boundary with a checkpoint);
-5. the final and best models (+ VecNormalize statistics) as artifacts, the policy (best by validation)
-   as a pyfunc model registered in the Model Registry with an alias;
+5. the final and best models (+ VecNormalize statistics as plain arrays) as artifacts; the policy
+   (best by validation) exported to ONNX (``onnx_export/``) and registered in the Model Registry as
+   a pyfunc that needs mlflow, onnxruntime, numpy and pandas only (``agents/registry.py``); the
+   alias (``candidate``) moves only when it validates better than the current candidate;
 6. the backtest of the agent against the baselines (:func:`evaluate_against_baselines`).
 
 Files of a run live in ``<output_dir>/<run_id>/``: ``config.yaml``, ``checkpoint/``, ``best/``, ``final/``.
@@ -37,7 +39,19 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.baselines.policies import UPPER_REFERENCES, baselines_for
-from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
+from agents.export import ExportSource, export_policy
+from agents.export_mlflow import MLFLOW_EXPORT_DIR
+from agents.mlflow_store import redact_uri
+from agents.onnx_policy import PolicyManifest
+from agents.registry import Validation, log_policy_model, register_policy
+from agents.sb3 import ObsNormalizer, SB3Policy, load_model, make_agent, resolve_device
+from agents.sb3_io import (
+    LEGACY_REPLAY_FILE,
+    NormalizationStats,
+    find_statistics,
+    load_replay_buffer,
+    save_statistics,
+)
 from envs import make_vec_env
 from envs.config import ConfigError
 from envs.seeds import scenario_seeds
@@ -47,7 +61,6 @@ from training.callbacks import (
     MODEL_FILE,
     REPLAY_BUFFER_FILE,
     STATE_FILE,
-    VECNORMALIZE_FILE,
     CheckpointCallback,
     EntropySchedule,
     RunState,
@@ -56,7 +69,7 @@ from training.callbacks import (
     save_checkpoint,
 )
 from training.config import TrainConfig, load_train_config
-from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
+from training.mlflow_logger import log_metrics, make_sb3_logger
 
 RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
@@ -81,6 +94,8 @@ class TrainResult:
     best_metric: float | None = None
     best_step: int | None = None
     model_version: str | None = None
+    #: why the registry alias moved to this version or stayed (agents/registry.py)
+    registration_note: str | None = None
     evaluation_run_ids: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -122,10 +137,8 @@ def build_env(
         venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
     if wrap is not None:
         venv = wrap(venv)
-    if vecnormalize_path is not None:
-        env = VecNormalize.load(str(vecnormalize_path), venv)
-        env.training = True
-        return env
+    if vecnormalize_path is not None:  # plain arrays (or a legacy pickle read without running it)
+        return NormalizationStats.load(vecnormalize_path).restore(venv, training=True)
     gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
     return VecNormalize(
         venv,
@@ -160,7 +173,7 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
         folder = run_dir_of(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise ConfigError(
-            f"--resume {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})"
+            f"--resume {run_id}: no such run in {redact_uri(mlflow.get_tracking_uri())} ({exc})"
         ) from None
     except ValueError as exc:
         raise ConfigError(f"--resume {run_id}: {exc}") from None
@@ -246,10 +259,13 @@ def _build_model(
 ) -> BaseAlgorithm:
     if not resume:
         return make_agent(cfg.algo, venv, cfg.agent_kwargs(), device, seed=cfg.seed)
-    model = load_model(cfg.algo, run_dir / "checkpoint" / MODEL_FILE, venv, device)
-    buffer = run_dir / "checkpoint" / REPLAY_BUFFER_FILE
-    if cfg.algo == "sac" and buffer.is_file():
-        model.load_replay_buffer(buffer)
+    hyper = {k: v for k, v in cfg.agent_kwargs().items() if k != "policy"}
+    folder = run_dir / "checkpoint"
+    model = load_model(cfg.algo, folder / MODEL_FILE, venv, device, hyperparameters=hyper)
+    for name in (REPLAY_BUFFER_FILE, LEGACY_REPLAY_FILE):  # runs before npz buffers: legacy pickle
+        if cfg.algo == "sac" and (folder / name).is_file():
+            load_replay_buffer(model, folder / name)
+            break
     return model
 
 
@@ -337,7 +353,7 @@ def _train_session(
     run_id = run.info.run_id
     # a resumed run draws fresh training paths instead of replaying the first session's
     env_seed = cfg.seed + (state.num_timesteps if resume else 0)
-    venv = build_env(cfg, env_seed, run_dir / "checkpoint" / VECNORMALIZE_FILE if resume else None)
+    venv = build_env(cfg, env_seed, find_statistics(run_dir / "checkpoint") if resume else None)
     model = _build_model(cfg, venv, device, run_dir, resume)
     model.set_logger(make_sb3_logger(run_id, client=client))
     validation = ValidationCallback(
@@ -385,7 +401,7 @@ def _train_session(
             validation.validate()
         state.completed = True
         save_checkpoint(model, venv, state, run_dir / "checkpoint", cfg.checkpoint.replay_buffer)
-        _finish(cfg, model, venv, run_dir, result, register)
+        _finish(cfg, model, venv, run_dir, result, register, state.best_metric)
     result.best_metric, result.best_step = state.best_metric, state.best_step
     venv.close()
     return result
@@ -398,32 +414,64 @@ def _finish(
     run_dir: Path,
     result: TrainResult,
     register: bool | None,
+    best_metric: float | None = None,
 ) -> None:
-    """Save and log the final model, log the best one, register the policy (best if validated)."""
+    """Save and log the final model, log the best one, export the chosen policy (best if validated)
+    to ONNX and register it (``agents/registry.py``: a pyfunc anyone can load; ``candidate`` moves
+    only when this version validates better than the current candidate)."""
     final = run_dir / "final"
     final.mkdir(parents=True, exist_ok=True)
     model.save(final / MODEL_FILE)
-    venv.save(str(final / VECNORMALIZE_FILE))
+    save_statistics(venv, final)
     mlflow.log_artifacts(str(final), "final")
     if (run_dir / "best" / MODEL_FILE).is_file():
         mlflow.log_artifacts(str(run_dir / "best"), "best")
     if not (cfg.mlflow.register_model if register is None else register):
         return
-    chosen = result.policy_dir()
-    obs_dim = int(venv.observation_space.shape[0])
-    action_dim = int(venv.action_space.shape[0])
-    version = log_policy_model(
-        cfg.algo,
-        chosen / MODEL_FILE,
-        chosen / VECNORMALIZE_FILE,
-        obs_dim,
-        action_dim,
+    export_dir = run_dir / "onnx"
+    manifest = export_policy_dir(cfg, result.policy_dir(), export_dir, result.run_id)
+    mlflow.log_artifacts(str(export_dir), MLFLOW_EXPORT_DIR)  # what `defialloc paper` takes
+    validation = None
+    if best_metric is not None:
+        validation = Validation(
+            cfg.eval.metric, best_metric, cfg.eval.n_scenarios, cfg.simulation.config_hash()
+        )
+    registration = register_policy(
+        log_policy_model(export_dir),
         cfg.registered_name,
-        cfg.mlflow.alias,
+        validation,
+        alias=cfg.mlflow.alias,
+        description=(
+            f"{cfg.algo.upper()} policy of training run {result.run_id} (ONNX, {manifest.obs_dim} "
+            f"features -> {manifest.action_dim} actions). mlflow.pyfunc.load_model(...).predict("
+            "float32 observations) returns weight_* (target weights, target action kind) and "
+            "action_* columns; needs mlflow, onnxruntime, numpy and pandas only."
+        ),
+        tags={
+            "algo": cfg.algo,
+            "training_run_id": result.run_id,
+            "policy_id": manifest.policy_id,
+            "onnx_sha256": manifest.onnx_sha256,
+        },
     )
-    if version is not None:
-        result.model_version = str(version.version)
-        mlflow.set_tag("registered_model", f"{cfg.registered_name}/{version.version}")
+    result.model_version = registration.version
+    result.registration_note = registration.reason
+    mlflow.set_tag("registered_model", f"{cfg.registered_name}/{registration.version}")
+
+
+def export_policy_dir(cfg: TrainConfig, folder: Path, out: Path, run_id: str) -> PolicyManifest:
+    """Export the model saved in ``folder`` (model zip + statistics) to ONNX in ``out``."""
+    policy_model = load_model(cfg.algo, folder / MODEL_FILE, device="cpu")
+    stats = find_statistics(folder)
+    normalizer = (
+        ObsNormalizer.load(stats)
+        if stats is not None
+        else ObsNormalizer.identity(int(policy_model.observation_space.shape[0]))
+    )
+    source = {"run_id": run_id, "artifact": folder.name, "registered_model": cfg.registered_name}
+    return export_policy(
+        ExportSource(policy_model, normalizer, cfg.simulation, cfg.algo, source), out
+    )
 
 
 def evaluate_against_baselines(
@@ -446,7 +494,7 @@ def evaluate_against_baselines(
     policy = SB3Policy.load(
         cfg.algo,
         folder / MODEL_FILE,
-        folder / VECNORMALIZE_FILE,
+        find_statistics(folder),
         name=cfg.algo,
         device="cpu",
         decision_every=cfg.simulation.env.decision_every,
