@@ -76,7 +76,8 @@ class EvaluationConfig(BaseModel):
     scenario_set: str = Field(default="test", pattern="^(test|validation)$")
     scenarios: int = Field(default=64, ge=1, le=100_000)
     workers: int = Field(default=1, ge=1, le=256)
-    experiment: str = "defialloc-evaluation"
+    #: None: the default experiment every command shares (agents.mlflow_store.default_experiment)
+    experiment: str | None = None
     periods: dict[str, PeriodSpec] = Field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the policy-side kill-switch (agents/kill_switch_policy.py): its parameters, and whether

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
+from agents.mlflow_store import display_tracking_uri, experiments_with_runs
 from evaluation import statistics as st
 from evaluation.plots import PLOTS
 from evaluation.report_ex_ante import (
@@ -264,14 +265,18 @@ def load_group_tables(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
+    where = display_tracking_uri()
     if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
         raise ValueError(
-            f"experiment {experiment!r} not found at {tracking_uri()}: no evaluation runs to compare"
+            f"experiment {experiment!r} not found at {where}. {_evaluation_experiments()}"
         )
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     tag = f"tags.{EVALUATION_TAG}"
     if runs.empty or tag not in runs.columns:
-        raise ValueError(f"experiment {experiment!r} at {tracking_uri()} has no evaluation runs")
+        raise ValueError(
+            f"experiment {experiment!r} at {where} has no evaluation runs. "
+            f"{_evaluation_experiments()}"
+        )
     runs = runs[(runs[tag] == EVALUATION_KIND) & (runs["status"] == "FINISHED")]
     runs = runs.sort_values("start_time", ascending=False)
     groups: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
@@ -289,6 +294,17 @@ def load_group_tables(
         groups.setdefault(key, []).append(table.assign(run_id=rid))
         ids.setdefault(key, []).append(rid)
     return [(key, _merge_tables(tables), ids[key]) for key, tables in groups.items()]
+
+
+def _evaluation_experiments() -> str:
+    """The experiments that hold evaluation runs, as a sentence for an error message."""
+    found = experiments_with_runs(EVALUATION_TAG, EVALUATION_KIND)
+    if not found:
+        return "No experiment there holds evaluation runs yet (defialloc evaluate, train or demo)."
+    listed = ", ".join(
+        f"{name} ({n} evaluation run{'s' if n != 1 else ''})" for name, n in found.items()
+    )
+    return f"Experiments with evaluation runs: {listed}; pass one with --experiment."
 
 
 def _merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:

@@ -53,7 +53,10 @@ def evaluate(
         None, help="replay a named real period instead, e.g. heldout_2023 or dev_2022"
     ),
     workers: int = typer.Option(None, min=1, help="processes (default: the eval config's)"),
-    experiment: str = typer.Option(None, help="MLflow experiment (default: the eval config's)"),
+    experiment: str = typer.Option(
+        None,
+        help="MLflow experiment (default: the eval config's, else $MLFLOW_EXPERIMENT_NAME, else defialloc)",
+    ),
     run_name: str = typer.Option(None, help="MLflow run name"),
     track: bool = typer.Option(
         True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"
@@ -147,12 +150,12 @@ def evaluate(
         _fail(str(exc))
     print_metrics_summary(result)
     if track:
-        from evaluation.tracking import log_backtest, tracking_uri
+        from agents.mlflow_store import default_experiment, display_tracking_uri
+        from evaluation.tracking import log_backtest
 
-        run_id = log_backtest(result, experiment or ev.experiment, run_name, result.config)
-        console.print(
-            f"logged run {run_id} to experiment {experiment or ev.experiment!r} at {tracking_uri()}"
-        )
+        name = experiment or ev.experiment or default_experiment()
+        run_id = log_backtest(result, name, run_name, result.config)
+        console.print(f"logged run {run_id} to experiment {name!r} at {display_tracking_uri()}")
 
 
 def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
@@ -221,7 +224,9 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
 
 
 def compare_cmd(
-    experiment: str = typer.Option("defialloc-evaluation", help="MLflow experiment to read"),
+    experiment: str = typer.Option(
+        None, help="MLflow experiment to read (default: $MLFLOW_EXPERIMENT_NAME, else defialloc)"
+    ),
     out: Path = typer.Option(
         None, help="write a report: .md (plots beside it) or .html (plots embedded)"
     ),
@@ -229,10 +234,13 @@ def compare_cmd(
     n_boot: int = typer.Option(2000, min=100, help="bootstrap resamples"),
 ) -> None:
     """Compare the evaluation runs of an experiment: means, IQM, 95% CIs, P(improvement), PSR/DSR."""
+    from agents.mlflow_store import default_experiment
     from evaluation.report import compare
 
     try:
-        compare(experiment, out, metric=metric, n_boot=n_boot, console=console)
+        compare(
+            experiment or default_experiment(), out, metric=metric, n_boot=n_boot, console=console
+        )
     except ValueError as exc:
         _fail(str(exc))
 
