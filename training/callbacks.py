@@ -23,6 +23,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from agents.sb3 import ObsNormalizer, SB3Policy
 from agents.sb3_io import REPLAY_FILE, STATS_FILE, save_replay_buffer, save_statistics
 from envs.config import SimulationConfig
+from evaluation.progress import LINE_INTERVAL_S, LineProgress
 from evaluation.rollout import EpisodeRecord, run_policy
 from training.mlflow_logger import log_metrics
 
@@ -236,6 +237,29 @@ class CheckpointCallback(BaseCallback):
         save_checkpoint(self.model, venv, self.state, self.folder, self.replay_buffer)
         if self.on_save is not None:
             self.on_save(int(self.num_timesteps))
+
+
+class LineProgressCallback(BaseCallback):
+    """Training progress outside a terminal (a pipe, a CI log): one plain line every few seconds
+    instead of SB3's redrawn bar (:class:`evaluation.progress.LineProgress`)."""
+
+    def __init__(self, total_timesteps: int, interval_s: float = LINE_INTERVAL_S) -> None:
+        super().__init__()
+        self.total, self.interval_s = int(total_timesteps), interval_s
+        self.bar: LineProgress | None = None
+
+    def _on_training_start(self) -> None:
+        self.bar = LineProgress(self.total, "training", "env step", interval_s=self.interval_s)
+        self.bar.n = int(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        assert self.bar is not None
+        self.bar.update(int(self.num_timesteps) - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class EntropySchedule(BaseCallback):

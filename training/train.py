@@ -55,6 +55,7 @@ from agents.sb3_io import (
 from envs import make_vec_env
 from envs.config import ConfigError
 from envs.seeds import scenario_seeds
+from evaluation.progress import is_terminal
 from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
 from training.callbacks import (
     BEST_FILE,
@@ -63,6 +64,7 @@ from training.callbacks import (
     STATE_FILE,
     CheckpointCallback,
     EntropySchedule,
+    LineProgressCallback,
     RunState,
     TrainingInterrupted,
     ValidationCallback,
@@ -180,6 +182,7 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
     if not (folder / "checkpoint" / STATE_FILE).is_file():
         raise ConfigError(f"--resume {run_id}: no checkpoint in {folder / 'checkpoint'}")
     cfg = load_train_config(folder / CONFIG_FILE, overrides)
+    check_checkpoint(run_id, folder / "checkpoint", cfg.algo)
     state = RunState.load(folder / "checkpoint" / STATE_FILE)
     if state.completed and state.num_timesteps >= cfg.total_timesteps:
         raise RunAlreadyFinished(
@@ -189,6 +192,21 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
             f"total_timesteps=<more than {state.num_timesteps}>"
         )
     return cfg
+
+
+def check_checkpoint(run_id: str, folder: Path, algo: str) -> None:
+    """Refuse (ConfigError) a checkpoint whose files the safe loaders would not read, before the
+    run is reopened: the model zip's serialized entries, the statistics (npz, or a legacy pickle
+    through the restricted unpickler), the SAC replay buffer. Nothing in them is executed."""
+    from agents.sb3_io import read_model_data, safe_custom_objects
+
+    try:
+        safe_custom_objects(algo, read_model_data(folder / MODEL_FILE))
+        stats = find_statistics(folder)
+        if stats is not None:
+            NormalizationStats.load(stats)
+    except ValueError as exc:
+        raise ConfigError(f"--resume {run_id}: checkpoint refused: {exc}") from None
 
 
 class RunAlreadyFinished(ConfigError):
@@ -285,7 +303,8 @@ def train(
         cfg: the resolved training config (for a resume: :func:`load_resume_config`).
         resume_run_id: continue this run from its last checkpoint; the step count carries on and
             training stops at ``cfg.total_timesteps`` (SB3 rounds up to whole rollouts).
-        progress: show SB3's progress bar (tqdm + rich).
+        progress: show progress: SB3's bar (tqdm + rich) on a terminal, else a plain line every
+            few seconds (:class:`~training.callbacks.LineProgressCallback`).
         callbacks: extra SB3 callbacks (run after validation and checkpointing).
         register: override ``cfg.mlflow.register_model``.
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
@@ -377,6 +396,9 @@ def _train_session(
         )
     steps_before, start = int(model.num_timesteps), time.perf_counter()
     remaining = cfg.total_timesteps - steps_before
+    bar = progress and is_terminal()  # SB3's redrawn bar on a terminal only
+    if progress and not bar:
+        schedules.append(LineProgressCallback(cfg.total_timesteps))
     interrupted = False
     if remaining > 0:
         try:
@@ -386,7 +408,7 @@ def _train_session(
                     callback=CallbackList([*schedules, validation, checkpoint, *callbacks]),
                     log_interval=1 if cfg.algo == "ppo" else cfg.n_envs,
                     reset_num_timesteps=not resume,
-                    progress_bar=progress,
+                    progress_bar=bar,
                 )
         except TrainingInterrupted:
             interrupted = True
