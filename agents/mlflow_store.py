@@ -85,7 +85,9 @@ def setup_mlflow(experiment: str | None = None) -> str:
         return found.experiment_id
     root = local_artifact_root(uri)
     location = None if root is None else f"{root}/{experiment}"
-    return client.create_experiment(experiment, artifact_location=location)
+    # MLflow's UI opens a "model training" experiment on its runs table (not the GenAI overview)
+    tags = {"mlflow.experimentKind": "custom_model_development"}
+    return client.create_experiment(experiment, artifact_location=location, tags=tags)
 
 
 def experiments_with_runs(tag: str | None = None, value: str | None = None) -> dict[str, int]:

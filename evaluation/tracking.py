@@ -45,8 +45,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 EVALUATION_TAG = "defialloc.kind"
 EVALUATION_KIND = "evaluation"
-#: on every child run: the parent evaluation's run id; on the parent: ``{policy: child run id}``
-EVALUATION_PARENT_TAG = "defialloc.evaluation_run"
+#: on the parent: ``{policy: child run id}`` (each child has ``defialloc.evaluation_run``)
 CHILD_RUNS_TAG = "defialloc.policy_runs"
 METRICS_ARTIFACT = "metrics.csv"
 SERIES_ARTIFACT = "series.parquet"
@@ -129,6 +128,7 @@ def log_backtest(
         describe_parent,
         log_policy_runs,
         log_scenarios,
+        save_comparison_view,
         scenario_dataset,
     )
 
@@ -213,8 +213,9 @@ def log_backtest(
             table,
             dataset,
             {k: str(v) for k, v in shared.items()},
-            {**tags, EVALUATION_PARENT_TAG: run.info.run_id},
+            tags,
             agent_params,
         )
         mlflow.set_tag(CHILD_RUNS_TAG, json.dumps(children))
-        return run.info.run_id
+    save_comparison_view(experiment_id, run.info.run_id)
+    return run.info.run_id

@@ -19,6 +19,12 @@ evaluation (the parent run of ``evaluation/tracking.py``) gets one nested child 
 The parent also logs :func:`comparison_table` with ``mlflow.log_table``: per policy, the mean and
 95% stratified-bootstrap CI of the headline metrics, P(better than the best feasible baseline) with
 its CI, PSR and DSR (the statistics of ``defialloc compare``, ``evaluation/report.py``).
+
+:func:`save_comparison_view` stores a view of MLflow's runs table on the experiment (the tag
+``mlflow.sharedViewState.<parent run id>`` that MLflow's UI writes for "share view"): the policy runs
+of this evaluation, sorted by Sharpe, with the headline metric columns and the policy kind;
+:func:`comparison_view_url` is the link that opens it. MLflow's UI reads the tag; nothing else does
+(a UI version without shared views shows its plain runs table).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ if TYPE_CHECKING:
     from evaluation.backtest import BacktestResult
 
 POLICY_TAG = "defialloc.policy"
+#: on every policy run: the evaluation's (parent) run id
+PARENT_TAG = "defialloc.evaluation_run"
 POLICY_KIND_TAG = "defialloc.policy_kind"
 CHILD_KIND = "evaluation_policy"
 COMPARISON_TABLE = "comparison_table.json"
@@ -130,7 +138,9 @@ def comparison_table(
     from evaluation.report import _compare_group
 
     returns = {name: rec.returns.reshape(-1) for name, rec in result.records.items()}
-    keyed = table.assign(run_id="this")
+    # the table's metrics only (the report's other metrics cost a bootstrap each)
+    columns = ["policy", "seed", *dict.fromkeys([*TABLE_METRICS, metric])]
+    keyed = table[[c for c in columns if c in table.columns]].assign(run_id="this")
     summary, improvement, tests, best = _compare_group(keyed, returns, metric, n_boot, 0)
     rows = []
     for policy in result.policies:
@@ -151,6 +161,46 @@ def comparison_table(
             row |= {"psr": tests.loc[policy, "psr"], "dsr": tests.loc[policy, "dsr"]}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: the runs-table columns of the saved view (MLflow UI keys: ``<type>.`<name>```)
+VIEW_METRICS = (
+    "sharpe_ratio",
+    "annual_return",
+    "max_drawdown",
+    "cost_total_usd",
+    "liquidations_count",
+)
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def comparison_view_state(parent_run_id: str) -> dict[str, Any]:
+    """The runs-table view of one evaluation's policy runs (MLflow UI state, as JSON data)."""
+    return {
+        "searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+        "orderByKey": "metrics.`sharpe_ratio`",
+        "orderByAsc": False,
+        "selectedColumns": [
+            *(f"metrics.`{m}`" for m in VIEW_METRICS),
+            f"tags.`{POLICY_KIND_TAG}`",
+            f"tags.`{POLICY_TAG}`",
+        ],
+    }
+
+
+def save_comparison_view(experiment_id: str, parent_run_id: str) -> str:
+    """Store :func:`comparison_view_state` on the experiment; returns the view's share key."""
+    from mlflow import MlflowClient
+
+    key = parent_run_id
+    state = json.dumps(comparison_view_state(parent_run_id))
+    MlflowClient().set_experiment_tag(experiment_id, f"{SHARED_VIEW_TAG}{key}", state)
+    return key
+
+
+def comparison_view_url(ui_base: str, experiment_id: str, key: str) -> str:
+    """The MLflow UI link of a saved view (``ui_base``: e.g. ``http://127.0.0.1:5000``)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
 
 
 def describe_parent(result: BacktestResult, config_hash: str, best: str | None) -> str:
@@ -213,7 +263,7 @@ def log_policy_runs(
         if kind == "agent":
             params |= {k: str(v) for k, v in agent_params.items()}
         tags = {**shared_tags, POLICY_TAG: policy, POLICY_KIND_TAG: kind,
-                "defialloc.kind": CHILD_KIND, "defialloc.evaluation_run": parent.info.run_id}  # fmt: skip
+                "defialloc.kind": CHILD_KIND, PARENT_TAG: parent.info.run_id}  # fmt: skip
         with mlflow.start_run(
             experiment_id=parent.info.experiment_id,  # not the default experiment
             run_name=policy,
