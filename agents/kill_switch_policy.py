@@ -84,6 +84,10 @@ class KillSwitchPolicy(Policy):
         return bool(getattr(self.inner, "uses_oracle", False))
 
     @property
+    def action_kind(self) -> str | None:  # type: ignore[override]
+        return getattr(self.inner, "action_kind", "target")
+
+    @property
     def decision_every(self) -> int:
         """The inner policy's decision interval (market steps; 1 unless it says otherwise)."""
         return int(getattr(self.inner, "decision_every", 1))

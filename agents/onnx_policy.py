@@ -346,6 +346,7 @@ class OnnxPolicy(Policy):
         self.action_dim = self.manifest.action_dim
         self.name = f"onnx-{self.manifest.algo}"
         self.decision_every = self.manifest.decision_every
+        self.action_kind = None  # the manifest config's kind: the one it was trained in
 
     # an InferenceSession cannot be copied or pickled: copies (backtest tasks, worker processes)
     # reload the same checked export folder instead

@@ -67,6 +67,11 @@ class Policy:
     lookback: int = 1
     #: True only for upper-reference policies that are told the scenario's true state (MarketView.oracle)
     uses_oracle: bool = False
+    #: how the env must read this policy's actions (``envs/action_kinds.py``): ``"target"`` for
+    #: policies that express target weights / leverage / hedges (every baseline: the actions of
+    #: ``weights_to_actions`` and ``ActionLayout.compose``), whatever the config's
+    #: ``env.action.kind``; None: the config's kind (trained agents act in the kind they learned)
+    action_kind: str | None = "target"
 
     def reset(self, n_envs: int) -> None:
         """Called at the start of every episode batch."""

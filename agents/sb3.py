@@ -226,6 +226,7 @@ class SB3Policy(Policy):
                 f"normalizer has {self.normalizer.mean.shape[0]} features, the model expects {self.obs_dim}"
             )
         self.name = name or type(model).__name__.lower()
+        self.action_kind = None  # the env config's kind: the one it was trained in
         if decision_every < 1:
             raise ValueError(f"decision_every={decision_every} must be >= 1 (market steps)")
         self.decision_every = int(decision_every)

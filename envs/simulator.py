@@ -299,15 +299,32 @@ class PortfolioSimulator:
 
     # ------------------------------------------------------------------ step
     def step(
-        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
     ) -> StepResult:
         """Advance every env by one market step: :meth:`execute` at ``t``, then :meth:`advance`.
 
         ``actions``: ``(B, action_dim)`` (or spot-only ``(B, N+1)``) in [-1, 1], read by the
-        config's action kind (envs/action_kinds.py); see :meth:`execute` for ``override``/``hold``.
+        config's action kind (envs/action_kinds.py) unless ``action_kind`` names another; see
+        :meth:`execute` for ``override``/``hold``.
         """
-        self.execute(actions, override=override, hold=hold)
+        self.execute(actions, override=override, hold=hold, action_kind=action_kind)
         return self.advance()
+
+    def action_map_for(self, kind: str | None) -> ActionMap:
+        """The config's :class:`ActionMap`, or the same layout read as ``kind`` (e.g. ``"target"``
+        for baselines, which express targets whatever the agents' kind)."""
+        if kind is None or kind == self.action_map.kind:
+            return self.action_map
+        maps = self.__dict__.setdefault("_other_maps", {})
+        if kind not in maps:
+            cfg = self.config.env.action.model_copy(update={"kind": kind})
+            maps[kind] = ActionMap(self.action_map.layout, cfg, self.action_map.max_leverage)
+        return maps[kind]
 
     def portfolio_state(
         self, price: np.ndarray, num: np.ndarray, value: np.ndarray
@@ -331,7 +348,12 @@ class PortfolioSimulator:
         return PortfolioState(weights, leverage, hedge, vol)
 
     def execute(
-        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
     ) -> Execution:
         """Trade toward the actions' targets against the pools at the current decision time ``t``.
 
@@ -342,6 +364,8 @@ class PortfolioSimulator:
                 (``agents.kill_switch_policy.KillSwitchPolicy``) asks for cash through it.
             hold: no env trades at this step (a step between two decisions, ``env.decision_every``):
                 no order, no cost, and the kill-switch is not consulted (it acts at decisions).
+            action_kind: read the actions as this kind instead of ``env.action.kind`` (baselines
+                express targets: ``"target"``; None: the config's kind).
 
         A target that is all numeraire closes every position regardless of the no-trade band
         (:func:`envs.actions.all_numeraire`). The env's kill-switch (when enabled) adds its own
@@ -365,7 +389,7 @@ class PortfolioSimulator:
         engine = self.protocols
         active = self.kill_switch.update(1.0 - value_before / self.peak, self.health_factor_now())
         forced = active if override is None else active | np.asarray(override, dtype=bool)
-        targets = self.action_map.targets(actions, state)
+        targets = self.action_map_for(action_kind).targets(actions, state)
         if forced.any():
             safe = self.action_map.safe_targets(self.n_envs)
             targets = ActionTargets(*(

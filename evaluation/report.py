@@ -96,6 +96,8 @@ class GroupComparison:
     plot_files: list[Path] = field(default_factory=list)
     #: policy -> (scenario runs that ended in ruin, scenario runs)
     ruined: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the DeFi risk and cost table (index policy; empty without lending/perps): see defi_table
+    defi: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: synthetic groups: ex-ante growth and share of the ceiling-over-equal-weight gap per policy
     ex_ante: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -373,6 +375,7 @@ def compare(
                 improvement,
                 tests,
             )
+            group.defi = defi_table(table, policies)
             if "ruined" in table.columns:
                 for p in policies:
                     flags = _scores(table, p, "ruined")
@@ -429,6 +432,58 @@ TERMINAL_METRICS = (
 )
 
 
+#: the DeFi table's cost columns: metrics-table column -> label (USD, mean per scenario run)
+DEFI_COSTS = {
+    "cost_fees_usd": "fees",
+    "cost_slippage_usd": "slippage",
+    "cost_gas_usd": "gas",
+    "cost_interest_usd": "interest",
+    "cost_funding_usd": "funding",
+    "cost_liquidation_usd": "liquidation",
+}
+
+
+def defi_table(table: pd.DataFrame, policies: list[str]) -> pd.DataFrame:
+    """Liquidations, the lowest health factor and the costs by kind per policy, for groups run with
+    lending or perps (empty otherwise).
+
+    Columns: ``liquidations`` (events summed over every scenario run), ``liquidated runs`` (scenario
+    runs with at least one), ``lowest HF`` (the lowest health factor any run reached; inf: never
+    borrowed), and the mean USD per scenario run of every cost kind (interest and funding are paid
+    minus earned, so they can be negative).
+    """
+    if "liquidations_count" not in table.columns:
+        return pd.DataFrame()
+    rows = {}
+    for p in policies:
+        sub = table[table["policy"] == p]
+        # a deterministic baseline evaluated next to several agents: identical runs counted once
+        sub = sub.drop(columns=[c for c in ("run_id",) if c in sub.columns]).drop_duplicates()
+        row = {
+            "liquidations": float(sub["liquidations_count"].sum()),
+            "liquidated runs": f"{int((sub['liquidations_count'] > 0).sum())}/{len(sub)}",
+        }
+        if "min_health_factor" in sub.columns:
+            hf = sub["min_health_factor"].to_numpy(dtype=float)
+            row["lowest HF"] = float(np.nanmin(hf)) if np.isfinite(hf).any() else float("inf")
+        for column, label in DEFI_COSTS.items():
+            if column in sub.columns:
+                row[label] = float(sub[column].mean())
+        rows[p] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _defi_cell(column: str, value: object) -> str:
+    if isinstance(value, str):
+        return value
+    v = float(value)  # type: ignore[arg-type]
+    if column == "lowest HF":
+        return "never borrowed" if not np.isfinite(v) else f"{v:.2f}"
+    if column == "liquidations":
+        return f"{v:,.0f}"
+    return f"{v:,.0f}"
+
+
 def print_group(g: GroupComparison, console: Console) -> None:
     """Rich tables: mean [95% CI] and IQM [95% CI] of the key metrics (one table for a single
     path), then P(improvement) over the best baseline, PSR and DSR."""
@@ -474,5 +529,15 @@ def print_group(g: GroupComparison, console: Console) -> None:
     console.print(tests)
     if not g.ex_ante.empty:
         print_ex_ante(g.ex_ante, console, title)
+    if not g.defi.empty:
+        defi = Table(
+            title=f"{title}\nDeFi: liquidations, lowest health factor, costs by kind (USD, mean per scenario run)"
+        )
+        defi.add_column("policy")
+        for c in g.defi.columns:
+            defi.add_column(c, justify="right")
+        for p, row in g.defi.iterrows():
+            defi.add_row(str(p), *[_defi_cell(c, row[c]) for c in g.defi.columns])
+        console.print(defi)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

@@ -113,6 +113,20 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
             ),
             ("table", formatted(g.ex_ante)),
         ]
+    if not g.defi.empty:
+        from evaluation.report import _defi_cell
+
+        frame = pd.DataFrame(
+            {c: [_defi_cell(c, g.defi.loc[p, c]) for p in g.defi.index] for c in g.defi.columns},
+            index=g.defi.index,
+        )
+        blocks += [
+            (
+                "h3",
+                "DeFi: liquidations, lowest health factor, costs by kind (USD, mean per scenario run)",
+            ),
+            ("table", frame),
+        ]
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
     for path in g.plot_files:
         blocks.append(("img", path))

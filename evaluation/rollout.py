@@ -238,7 +238,11 @@ def run_policy(
             )
             actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
             # sim.step, split to record the post-trade (pre-move) positions
-            sim.execute(actions, override=None if overlay is None else overlay.active)
+            sim.execute(
+                actions,
+                override=None if overlay is None else overlay.active,
+                action_kind=getattr(policy, "action_kind", "target"),
+            )
         held = (sim.units * price).sum(1) + sim.cash * num
         weights[:, t] = sim.weights(price, num, np.maximum(held, 1e-300))
         if levered:

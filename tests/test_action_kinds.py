@@ -310,3 +310,29 @@ def test_exported_policies_of_other_kinds_paper_trade_like_their_backtest(kind, 
     np.testing.assert_array_equal(rows[:-1, 1], record.fees_usd[0])
     traded = record.turnover[0] > 0.0
     assert traded.any() and not traded[np.arange(traded.size) % 5 != 0].any()
+
+
+@pytest.mark.parametrize("config", [None, LEVERAGE])
+def test_baselines_trade_the_same_whatever_the_agents_action_kind(config):
+    """Baselines express targets (``Policy.action_kind = "target"``): in a config whose agents act
+    as deltas or anchored deviations they trade exactly as in the target-kind config, while a
+    trained agent's actions are read in the config's kind."""
+    from agents.policy import FixedLeveredPolicy
+    from evaluation.backtest import run_backtest
+
+    seeds = scenario_seeds("validation", 3)
+    results = {}
+    for kind in ("target", "delta", "anchored"):
+        cfg = load_config(config, {"env.horizon": 20, "env.action.kind": kind})
+        policies = ["equal_weight", "min_variance"]
+        if config == LEVERAGE:
+            n = len(cfg.market.assets)
+            policies.append(
+                FixedLeveredPolicy(np.append(np.full(n, 0.15), 0.25), cfg, leverage=0.5, hedge=0.5)
+            )
+        results[kind] = run_backtest(cfg, policies, seeds, progress=False)
+    for kind in ("delta", "anchored"):
+        for name, rec in results["target"].records.items():
+            other = results[kind].records[name]
+            np.testing.assert_array_equal(rec.value_usd, other.value_usd)
+            np.testing.assert_array_equal(rec.turnover, other.turnover)

@@ -88,3 +88,12 @@ def test_a_single_variant_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="variants"):
         load_experiment(path)
+
+
+def test_a_finished_ablation_is_reused_not_rerun(fake_train, tmp_path):
+    path = _experiment(tmp_path, ["configs/train/ppo.yaml"])
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    assert len(fake_train) == 6
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")  # resumed after a kill
+    assert len(fake_train) == 8  # only the two final runs again
+    assert fake_train[-2].simulation.env.decision_every == 7

@@ -115,3 +115,26 @@ def test_backtests_metrics_and_reports_count_ruined_scenarios():
     group.ruined = {"all_in_2x": (1, 2), "equal_weight": (0, 2)}
     assert group.ruined_cell("all_in_2x") == "1/2"
     assert any("`all_in_2x` ended in ruin in 1 of 2" in s for s in _statements(group))
+
+
+def test_the_defi_table_counts_liquidations_lowest_hf_and_costs_once_per_run():
+    from evaluation.report import defi_table
+
+    rows = []
+    for run in ("r1", "r2"):  # the same deterministic baseline next to two agents
+        for seed, (liq, hf, interest) in enumerate([(0.0, np.inf, -10.0), (2.0, 0.97, 30.0)]):
+            rows.append(
+                {"run_id": run, "policy": "levered", "seed": seed, "liquidations_count": liq,
+                 "min_health_factor": hf, "cost_interest_usd": interest, "cost_fees_usd": 5.0}
+            )  # fmt: skip
+    rows.append(
+        {"run_id": "r1", "policy": "spot", "seed": 0, "liquidations_count": 0.0,
+         "min_health_factor": np.inf, "cost_interest_usd": -1.0, "cost_fees_usd": 1.0}
+    )  # fmt: skip
+    table = defi_table(pd.DataFrame(rows), ["levered", "spot"])
+    assert table.loc["levered", "liquidations"] == 2.0  # counted once, not per agent run
+    assert table.loc["levered", "liquidated runs"] == "1/2"
+    assert table.loc["levered", "lowest HF"] == 0.97
+    assert table.loc["levered", "interest"] == 10.0
+    assert table.loc["spot", "lowest HF"] == np.inf
+    assert defi_table(pd.DataFrame(rows).drop(columns="liquidations_count"), ["spot"]).empty

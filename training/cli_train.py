@@ -164,6 +164,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``train`` to the CLI and ``train`` to ``bench``."""
     app.command("train")(train_command)
     app.command("experiment")(experiment_command)
+    app.command("curves")(curves_command)
     bench_app.command("train")(bench_train_command)
 
 
@@ -187,3 +188,29 @@ def experiment_command(
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
+
+
+def curves_command(
+    experiment: str = typer.Option(..., help="MLflow experiment of the training runs"),
+    out: Path = typer.Option(None, help="PNG file; default reports/<experiment>-curves.png"),
+    metric: str = typer.Option("mean_log_growth", help="validation metric (val/<metric>)"),
+) -> None:
+    """Plot the validation learning curves of an experiment's training runs (mean over seeds)."""
+    from rich.console import Console
+
+    from evaluation.learning_curves import flattening, load_curves, write_learning_curves
+
+    console = Console()
+    path = out or Path("reports") / f"{experiment}-curves.png"
+    try:
+        write_learning_curves(experiment, path, metric)
+        summary = flattening(load_curves(experiment, metric))
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    for row in summary.itertuples():
+        console.print(
+            f"{row.label}: best validation at step {row[3]:,}; change over the last 30% of the "
+            f"steps {row[2]:+.4f}"
+        )
+    console.print(f"learning curves: {path}")

@@ -120,7 +120,14 @@ def run_ablation(
     experiment: str, ablation: AblationConfig, console: Console, *, cache: bool = False
 ) -> dict[str, Any]:
     """Train every variant x seed (no test or held-out evaluation), score it by its best
-    validation metric, log the table, and return the winning variant's overrides."""
+    validation metric, log the table, and return the winning variant's overrides.
+
+    A finished ablation of the same spec (a summary run in ``<experiment>-ablation`` tagged with
+    the spec's hash) is reused, not re-run: an interrupted experiment resumes after its ablation.
+    """
+    import hashlib
+    import json
+
     import mlflow
     import numpy as np
 
@@ -128,6 +135,22 @@ def run_ablation(
     from training.train import train
 
     name = f"{experiment}-ablation"
+    spec_hash = hashlib.sha256(
+        json.dumps(ablation.model_dump(mode="json"), sort_keys=True).encode()
+    ).hexdigest()[:12]
+    experiment_id = setup_mlflow(name)
+    done = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        f"tags.kind = 'ablation' and tags.spec_hash = '{spec_hash}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if done:
+        winner = done[0].data.tags["winner"]
+        console.print(
+            f"ablation {spec_hash} already ran (run {done[0].info.run_id}): winner {winner}"
+        )
+        return dict(ablation.variants[winner])
     scores: dict[str, list[float]] = {}
     metric = ""
     for variant, changes in ablation.variants.items():
@@ -157,8 +180,8 @@ def run_ablation(
          "overrides": ", ".join(f"{k}={w}" for k, w in ablation.variants[v].items())}
         for m, v, xs in table
     ]  # fmt: skip
-    with mlflow.start_run(experiment_id=setup_mlflow(name), run_name="ablation-summary"):
-        mlflow.set_tags({"kind": "ablation", "winner": winner})
+    with mlflow.start_run(experiment_id=experiment_id, run_name="ablation-summary"):
+        mlflow.set_tags({"kind": "ablation", "winner": winner, "spec_hash": spec_hash})
         mlflow.log_params({f"winner.{k}": str(v) for k, v in ablation.variants[winner].items()})
         mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, "ablation.json")
     from rich.table import Table
