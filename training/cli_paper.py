@@ -170,7 +170,20 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
         module_name, _, attr = kind.removeprefix("python:").partition(":")
         if not attr:
             raise ValueError(f"--feed {kind!r} must look like python:package.module:factory")
-        factory = getattr(importlib.import_module(module_name), attr)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # the module or something it imports is missing
+            raise ValueError(
+                f"--feed {kind!r}: cannot import module {module_name!r} ({exc}); it must be "
+                "importable from the current folder or PYTHONPATH"
+            ) from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            found = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise ValueError(
+                f"--feed {kind!r}: module {module_name!r} has no callable {attr!r} "
+                f"(it defines: {', '.join(found[:20]) or 'nothing'})"
+            )
         return factory(cfg, manifest)
     raise ValueError(f"--feed {kind!r} must be replay, simulated or python:package.module:factory")
 

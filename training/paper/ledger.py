@@ -26,8 +26,11 @@ arrive in order: writing bar ``k`` needs bar ``k - 1`` and refuses a duplicate.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,16 +126,62 @@ def inspect_ledger(path: str | Path) -> dict[str, Any] | None:
         conn.close()
 
 
+class WriterLock:
+    """One writer per ledger: an exclusive ``flock`` on ``<ledger>.lock`` holding the writer's pid.
+
+    SQLite alone would let a second paper process append the same bars' decisions in between the
+    first one's (its transactions refuse a wrong bar index only after the work is done); the lock
+    refuses the second process up front with who holds it. The kernel drops the lock when the
+    holder exits, killed or not, so a stale lock file never blocks a restart.
+    """
+
+    def __init__(self, ledger: Path) -> None:
+        self.path = ledger.with_name(ledger.name + ".lock")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(
+                f"ledger {ledger} is being written by another paper process (pid {holder}); a "
+                "ledger has one writer: let that one run (watch it with `defialloc paper-view "
+                f"--ledger {ledger}`), or stop it and rerun this command to resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 def check_ledger_matches(
-    meta: dict[str, Any], path: Path, policy_id: str, feed_identity: dict[str, Any]
-) -> None:
-    """Raise :class:`LedgerMismatch` unless ``meta`` was written for this policy and this feed."""
+    meta: dict[str, Any],
+    path: Path,
+    policy_id: str,
+    feed_identity: dict[str, Any],
+    extends: Callable[[dict[str, Any]], bool] | None = None,
+) -> bool:
+    """Raise :class:`LedgerMismatch` unless ``meta`` was written for this policy and this feed.
+
+    Returns True when the feed is the ledger's feed extended (``extends(meta['feed'])``: the same
+    bars and more after them, e.g. a replay to a later ``--end``), False when it is the same feed.
+    """
     if meta.get("policy_id") != policy_id:
         raise LedgerMismatch(
             f"ledger {path} belongs to another policy (policy_id {meta.get('policy_id')}, "
             f"{meta.get('algo')}); this policy is {policy_id}: pass a new --ledger"
         )
     stored = meta.get("feed", {})
+    if stored == feed_identity:
+        return False
+    if extends is not None and extends(stored):
+        return True
     if stored != feed_identity:
         keys = sorted(
             k for k in set(stored) | set(feed_identity) if stored.get(k) != feed_identity.get(k)
@@ -141,7 +190,8 @@ def check_ledger_matches(
             f"{k}: ledger {stored.get(k)!r} vs feed {feed_identity.get(k)!r}" for k in keys
         )
         raise LedgerMismatch(
-            f"ledger {path} was written from another feed ({diffs}); pass a new --ledger"
+            f"ledger {path} was written from another feed ({diffs}); pass a new --ledger (a "
+            "feed extends a ledger only when its first bars are the ledger's, e.g. a later --end)"
         )
 
 

@@ -39,6 +39,7 @@ from training.paper.feeds import Feed, check_spacing
 from training.paper.ledger import (
     BarRecord,
     Ledger,
+    WriterLock,
     check_kill_switch_matches,
     check_ledger_matches,
     inspect_ledger,
@@ -131,6 +132,8 @@ class PaperTrader:
         self.totals = {"fees_usd": 0.0, "slippage_usd": 0.0, "gas_usd": 0.0}
         self.last_record: BarRecord | None = None
         self._preflight: tuple[dict[str, Any] | None] | None = None
+        self._lock: WriterLock | None = None
+        self._extends = False  # the feed continues the ledger's (e.g. a later --end)
 
     # ------------------------------------------------------------------ checks (nothing written)
     def preflight(self) -> dict[str, Any] | None:
@@ -150,12 +153,23 @@ class PaperTrader:
             self.config, capacity, self.feed.regime_names, self.history_rows
         )
         self.feed.validate()
-        meta = inspect_ledger(self.ledger_path)
-        if meta is not None:
-            check_ledger_matches(
-                meta, self.ledger_path, self.manifest.policy_id, self.feed.identity()
-            )
-            check_kill_switch_matches(meta, self.ledger_path, self.kill_switch_meta)
+        if self._lock is None:
+            self._lock = WriterLock(self.ledger_path)
+        try:
+            meta = inspect_ledger(self.ledger_path)
+            if meta is not None:
+                self._extends = check_ledger_matches(
+                    meta,
+                    self.ledger_path,
+                    self.manifest.policy_id,
+                    self.feed.identity(),
+                    self.feed.extends,
+                )
+                check_kill_switch_matches(meta, self.ledger_path, self.kill_switch_meta)
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
         self._preflight = (meta,)
         return meta
 
@@ -193,6 +207,10 @@ class PaperTrader:
             )
         else:
             self.ledger = Ledger.open(self.ledger_path)
+            if self._extends:  # the same bars and more: the ledger now follows the longer feed
+                history = [*self.ledger.meta.get("feed_history", []), self.ledger.meta["feed"]]
+                self.ledger.set_meta("feed_history", history)
+                self.ledger.set_meta("feed", self.feed.identity())
             if run_id is not None and self.ledger.meta.get("mlflow_run_id") != run_id:
                 self.ledger.set_meta("mlflow_run_id", run_id)
         self._resume()
@@ -465,3 +483,6 @@ class PaperTrader:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
