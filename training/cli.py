@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
 from training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
@@ -74,6 +75,7 @@ def simulate(
     scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
     kill_switch: bool = KILL_SWITCH_OPTION,
     kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
     import numpy as np
@@ -84,6 +86,9 @@ def simulate(
     from training.summary import print_episode_summary
 
     cfg = _load(config, overrides)
+    if print_config:
+        echo_config(cfg)
+        return
     try:
         overlay = resolve_kill_switch(kill_switch, kill_switch_param)
     except ValueError as exc:

@@ -6,12 +6,12 @@ Heavy imports (numpy, mlflow, matplotlib) happen inside the commands so ``--help
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from evaluation.table_fit import label, output_console, print_fitted
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
 from training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
@@ -20,7 +20,7 @@ from training.kill_switch_options import (
 )
 
 # piped output (CI logs) gets a wide table instead of rich's 80-column default
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = output_console()  # the terminal width, else $COLUMNS, else 160
 
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
 CONFIG_OPTION = typer.Option(
@@ -69,6 +69,7 @@ def evaluate(
         "--cache/--no-cache",
         help="reuse baseline backtests already run on the same scenarios (evaluation/backtest_cache.py)",
     ),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow.
 
@@ -91,6 +92,11 @@ def evaluate(
         overlay = resolve_kill_switch(kill_switch, kill_switch_param, ev.kill_switch)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
+    if print_config:  # both configs: the simulation and the evaluation settings
+        echo_config(
+            {"simulation": cfg.model_dump(mode="json"), "evaluation": ev.model_dump(mode="json")}
+        )
+        return
     if overlay is not None:
         console.print(describe_kill_switch(overlay))
     names = [
@@ -161,7 +167,6 @@ def evaluate(
 def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
     """Mean across scenarios of the headline metrics, one row per policy."""
     import numpy as np
-    from rich.table import Table
 
     table = result.metrics_table()
     cols = [
@@ -177,12 +182,7 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
     if "ex_ante_log_growth" in table.columns:  # synthetic markets: the ex-ante growth per step
         cols.insert(1, "ex_ante_log_growth")
     k = int(table.groupby("policy").size().max())
-    out = Table(
-        title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
-    )
-    out.add_column("policy")
-    for c in cols:
-        out.add_column(c, justify="right")
+    rows = []
     means = table.groupby("policy", sort=False)[cols].mean()
     for policy, row in means.iterrows():
         cells = []
@@ -201,8 +201,9 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
                 cells.append(f"{1e4 * v:.1f} bp")
             else:
                 cells.append(f"{v:.2f}")
-        out.add_row(str(policy), *cells)
-    console.print(out)
+        rows.append([str(policy), *cells])
+    title = f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
+    print_fitted(console, title, ["policy", *map(label, cols)], rows)
     if result.ex_ante_ceiling is not None:
         g = float(np.mean(result.ex_ante_ceiling))
         console.print(
@@ -239,7 +240,11 @@ def compare_cmd(
 
     try:
         compare(
-            experiment or default_experiment(), out, metric=metric, n_boot=n_boot, console=console
+            experiment or default_experiment(),
+            out,
+            metric=metric,
+            n_boot=n_boot,
+            console=output_console(),  # $COLUMNS as it is now
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+
 console = Console()
 
 OVERRIDES_ARG = typer.Argument(
@@ -61,6 +63,7 @@ def train_command(
     progress: bool = PROGRESS_OPT,
     final_eval: bool = FINAL_EVAL_OPT,
     cache: bool = CACHE_OPT,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
     from envs.config import ConfigError
@@ -77,6 +80,9 @@ def train_command(
         raise typer.Exit(code=0) from None
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    if print_config:
+        echo_config(cfg)
+        return
     console.rule(
         f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)"
     )
@@ -176,14 +182,18 @@ def experiment_command(
         None, help="report file (.md or .html); default reports/<experiment>.md"
     ),
     cache: bool = CACHE_OPT,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train several configs x seeds into one MLflow experiment and compare them with the baselines."""
     from rich.console import Console
 
     from envs.config import ConfigError
-    from training.experiment import run_experiment
+    from training.experiment import load_experiment, run_experiment
 
     try:
+        if print_config:
+            echo_config(load_experiment(config))
+            return
         run_experiment(config, Console(), out=out, cache=cache)
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
@@ -191,16 +201,21 @@ def experiment_command(
 
 
 def curves_command(
-    experiment: str = typer.Option(..., help="MLflow experiment of the training runs"),
+    experiment: str = typer.Option(
+        None,
+        help="MLflow experiment of the training runs (default: $MLFLOW_EXPERIMENT_NAME, else defialloc)",
+    ),
     out: Path = typer.Option(None, help="PNG file; default reports/<experiment>-curves.png"),
     metric: str = typer.Option("mean_log_growth", help="validation metric (val/<metric>)"),
 ) -> None:
     """Plot the validation learning curves of an experiment's training runs (mean over seeds)."""
     from rich.console import Console
 
+    from agents.mlflow_store import default_experiment
     from evaluation.learning_curves import flattening, load_curves, write_learning_curves
 
     console = Console()
+    experiment = experiment or default_experiment()
     path = out or Path("reports") / f"{experiment}-curves.png"
     try:
         write_learning_curves(experiment, path, metric)
