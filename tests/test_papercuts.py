@@ -171,16 +171,24 @@ def test_help_is_plain_text_without_placeholders(command):
             ("experiment", "defialloc-reference"),
         ),
         (["calibrate-cascades"], ("env", "lending", "enabled", True)),
+        (["bench", "env", "env.horizon=17"], ("env", "horizon", 17)),
+        (["bench", "baselines", "-c", "configs/default.yaml"], ("*", "env", "warmup", 61)),
+        (
+            ["bench", "train", "--algo", "ppo", "total_timesteps=1234"],
+            ("ppo", "total_timesteps", 1234),
+        ),
     ],
 )
 def test_print_config_prints_the_resolved_config_and_runs_nothing(args, key, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may be written: no mlflow.db, no reports
     args = [str(REPO_ROOT / a) if a.startswith("configs/") else a for a in args]
+    if args[:2] == ["bench", "train"]:
+        args += ["--ppo-config", str(REPO_ROOT / "configs/train/ppo.yaml")]
     out = runner.invoke(app, [*args, "--print-config"])
     assert out.exit_code == 0, out.output
     data = yaml.safe_load(out.output)
     *path, value = key
     for part in path:
-        data = data[part]
+        data = next(iter(data.values())) if part == "*" else data[part]  # "*": the only entry
     assert data == value
     assert list(tmp_path.iterdir()) == []

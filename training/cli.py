@@ -140,11 +140,15 @@ def bench_env_cmd(
     config: Path = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
     quick: bool = typer.Option(False, help="fewer steps (smoke run)"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Steps/s of the single env and of the batched env at n_envs 1, 64 and 256."""
     from envs.bench import bench_env
 
     cfg = _load(config, overrides)
+    if print_config:
+        echo_config(cfg)
+        return
     result = bench_env(cfg, quick=quick)
     if as_json:
         print(json.dumps(result))

@@ -273,6 +273,7 @@ def bench_baselines_cmd(
     seed: int = typer.Option(0, help="--solvers: problem seed"),
     max_weight: float = typer.Option(None, help="--solvers: per-asset cap (both libraries)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Backtest steps/s of every baseline vs equal weight on the same scenarios (goal: >= 1/5),
     spot and leveraged; with --solvers also our optimizers vs PyPortfolioOpt."""
@@ -280,6 +281,15 @@ def bench_baselines_cmd(
     from evaluation.bench_backtests import bench_backtests, print_backtest_bench
 
     names = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
+    if print_config:  # one resolved simulation config per --config
+        from envs.config import load_config
+
+        try:
+            paths = configs or [Path(c) for c in BENCH_CONFIGS]
+            echo_config({str(p): load_config(p).model_dump(mode="json") for p in paths})
+        except ConfigError as exc:
+            _fail(str(exc))
+        return
     backtests = {}
     try:
         for path in configs or [Path(c) for c in BENCH_CONFIGS]:

@@ -126,6 +126,7 @@ def bench_train_command(
     steps: int = typer.Option(30_000, min=1_000, help="PPO env steps (SAC runs a third of them)"),
     algo: str = typer.Option("both", help="ppo | sac | both"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """PPO and SAC training throughput (env-steps/s) and the share of wall time spent in the env."""
     from envs.config import ConfigError
@@ -135,6 +136,17 @@ def bench_train_command(
     if algo not in ("ppo", "sac", "both"):
         raise _fail(f"--algo {algo!r} must be ppo, sac or both")
     chosen = {k: v for k, v in paths.items() if algo in (k, "both")}
+    if print_config:  # the training configs as bench_train resolves them (overrides applied)
+        from training.config import load_train_config
+
+        try:
+            items = _overrides(overrides, None)
+            echo_config(
+                {k: load_train_config(v, items).model_dump(mode="json") for k, v in chosen.items()}
+            )
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        return
     try:
         result = bench_train(
             chosen, {"ppo": steps, "sac": max(steps // 3, 1_000)}, _overrides(overrides, None)
