@@ -192,3 +192,19 @@ def test_print_config_prints_the_resolved_config_and_runs_nothing(args, key, tmp
         data = next(iter(data.values())) if part == "*" else data[part]  # "*": the only entry
     assert data == value
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_progress_outside_a_terminal_is_plain_lines(capsys):
+    from training.callbacks import LineProgressCallback
+
+    callback = LineProgressCallback(1000, interval_s=0.0)
+    callback.num_timesteps = 200  # a resumed run starts at its checkpoint's step
+    callback._on_training_start()
+    for steps in (400, 700, 1000):
+        callback.num_timesteps = steps
+        callback._on_step()
+    callback._on_training_end()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[0].startswith("training: 400/1,000 env steps (40%)")
+    assert err.splitlines()[-1].startswith("training: 1,000/1,000 env steps (100%)")
