@@ -170,7 +170,7 @@ def test_resume_from_crafted_checkpoint_files_runs_no_code(trained, tmp_path, mo
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
     from agents.mlflow_store import setup_mlflow
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")  # not a previous test's store
     run = client.create_run(setup_mlflow(cfg.mlflow.experiment), tags={RUN_DIR_TAG: str(run_dir)})
     client.set_terminated(run.info.run_id, "KILLED")
     runner = CliRunner()
@@ -194,7 +194,7 @@ def test_paper_trading_never_opens_crafted_files_next_to_the_policy(tmp_path, mo
         (policy / name).write_bytes(evil_bytes(marker))
     out = CliRunner().invoke(
         app,
-        ["paper", "--policy", str(policy), "--feed", "simulated", "--bars", "40",
+        ["paper", "--policy", str(policy), "--feed", "simulated", "--bars", "80",
          "--ledger", str(tmp_path / "paper.db"), "--no-mlflow", "--no-view"],
     )  # fmt: skip
     assert out.exit_code == 0, out.output
