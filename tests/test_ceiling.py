@@ -294,9 +294,7 @@ def test_the_ceiling_bounds_every_policys_ex_ante_growth_at_every_step(which, sp
     for col in ("ex_ante_log_growth", "ex_ante_ceiling_log_growth"):
         assert table[col].notna().all()
     means = policy_metrics(table, "min_variance")  # what the policy's MLflow run logs
-    assert means["ex_ante_log_growth"] == pytest.approx(
-        result.ex_ante["min_variance"].mean()
-    )
+    assert means["ex_ante_log_growth"] == pytest.approx(result.ex_ante["min_variance"].mean())
     frame = result.series_frame()
     assert {"ex_ante_log_growth", "ex_ante_ceiling_log_growth"} <= set(frame.columns)
     assert result.diagnostics["equal_weight"]["ex_ante_outside_steps"] == 0
