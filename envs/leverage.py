@@ -77,12 +77,16 @@ class StepCosts(TradeCosts):
 
 @dataclass
 class LeveredFills:
-    """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded)."""
+    """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded),
+    the spot assets sent to the router ``mask`` ``(B, N)`` and the leverage target after the LTV
+    clip ``leverage`` ``(B,)`` (debt / equity)."""
 
     units: np.ndarray
     cash: np.ndarray
     costs: TradeCosts
     traded_usd: np.ndarray
+    mask: np.ndarray | None = None
+    leverage: np.ndarray | None = None
 
 
 class LeverageEngine:
@@ -317,7 +321,7 @@ class LeverageEngine:
             fills.costs.slippage_usd,
             fills.costs.gas_usd + borrow_gas + repay_gas + perp_gas,
         )
-        return LeveredFills(units, cash, costs, fills.traded_usd)
+        return LeveredFills(units, cash, costs, fills.traded_usd, mask, lev)
 
     def _repay(
         self,

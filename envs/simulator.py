@@ -142,7 +142,12 @@ class PortfolioSimulator:
         return self._drawn(paths, seeds)
 
     def _drawn(self, paths: MarketPaths, seeds: np.ndarray) -> DrawnEpisodes:
-        features = market_features(
+        series = None if self.protocols is None else self.protocols.paths.generate(paths, seeds)
+        return DrawnEpisodes(paths, self.path_features(paths), series)
+
+    def path_features(self, paths: MarketPaths) -> np.ndarray:
+        """The observation's market features ``(K, L, F)`` float32 of ``paths`` (causal per row)."""
+        return market_features(
             paths.close,
             paths.numeraire_usd,
             paths.depth_multiplier,
@@ -152,8 +157,6 @@ class PortfolioSimulator:
             model=self.trader_model,
             dtype=np.float32,
         )
-        series = None if self.protocols is None else self.protocols.paths.generate(paths, seeds)
-        return DrawnEpisodes(paths, features, series)
 
     def reset_envs(
         self,
@@ -412,7 +415,10 @@ class PortfolioSimulator:
             )
             self.units, self.cash = fills.units, fills.cash
             turnover = _turnover(fills.traded_usd, value_before)
-            self._pending = Execution(value_before, fills.costs, turnover, forced)
+            self._pending = Execution(
+                value_before, fills.costs, turnover, forced, state.weights, targets.weights,
+                fills.mask, fills.leverage if engine.lending_on else None,
+            )  # fmt: skip
             return self._pending
         target = targets.weights
         current = state.weights

@@ -115,11 +115,14 @@ class Execution:
     costs: TradeCosts
     turnover: np.ndarray
     kill_switch: np.ndarray
-    #: spot path only (None with lending/perps): weights before trading, the targets acted on (after the
-    #: kill-switch override) and the assets traded (after the no-trade band), ``(B, N+1)`` / ``(B, N)``
+    #: weights before trading (over the value, i.e. the equity with debt), the target weights acted
+    #: on (after the kill-switch override; of the gross book ``(1 + leverage) x equity`` with debt)
+    #: and the spot assets traded (after the no-trade band), ``(B, N+1)`` / ``(B, N)``; None on a hold
     current_weights: np.ndarray | None = None
     target_weights: np.ndarray | None = None
     trade_mask: np.ndarray | None = None
+    #: lending only: the debt / equity target after the LTV clip ``(B,)``
+    target_leverage: np.ndarray | None = None
 
 
 @dataclass

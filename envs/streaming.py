@@ -10,6 +10,12 @@ Bar ``j`` of a feed is row ``j`` of the path. Rows ``0 .. warmup - 1`` are histo
 ``warmup`` the portfolio starts (``reset_envs`` on the history) and the first decision is made; every
 later bar is: load the row, :meth:`advance` (mark to market, pools realigned), observe, decide, execute.
 
+Levered and hedged configs (lending, perps, cascades): each bar also carries its row of the protocol
+series (``MarketBar.protocol``: rates and their growth multipliers, perp mark, basis and funding;
+:mod:`envs.streaming_protocol`), written into the engine's ``ProtocolPaths`` arrays instead of the
+series a reset would generate from the path seed; the borrower population of the cascades is
+stepped with the bars as in the env. Debt, perp sizes and the population are part of :meth:`state`.
+
 Exactness: ``market_features`` is causal and computed with sequential prefix operations (``cumsum``,
 ``lfilter``), so the feature row of bar ``t`` computed from rows ``0 .. t`` equals bit for bit the row
 a backtest computes from the full path (the model blocks ``garch_vol`` and ``regime`` included: they
@@ -32,7 +38,8 @@ from envs.config import SimulationConfig
 from envs.features import market_features
 from envs.market.paths import MarketPaths
 from envs.simulator import PortfolioSimulator
-from envs.step_records import Execution
+from envs.step_records import DrawnEpisodes, Execution
+from envs.streaming_protocol import ProtocolState, check_protocol_state, required_fields
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,8 @@ class MarketBar:
         depth_multiplier: pool depth relative to the config's baseline (> 0).
         gas_price_gwei: gas price (> 0). eth_usd: ETH price in USD (gas is paid in ETH).
         regime: regime code (index into the feed's ``regime_names``; informative only).
+        protocol: the lending / perps row at this bar (rates, mark, funding:
+            :class:`envs.streaming_protocol.ProtocolState`); None for a spot-only policy.
     """
 
     index: int
@@ -59,10 +68,17 @@ class MarketBar:
     gas_price_gwei: float
     eth_usd: float
     regime: int = 0
+    protocol: ProtocolState | None = None
 
 
-def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
-    """Raise ValueError naming the field, asset, bar and value when a bar is unusable."""
+def check_bar(
+    bar: MarketBar, asset_names: tuple[str, ...], protocol_fields: tuple[str, ...] = ()
+) -> None:
+    """Raise ValueError naming the field, asset, bar and value when a bar is unusable.
+
+    ``protocol_fields``: the protocol state the policy's config needs (``required_fields``); every
+    bar of a levered or hedged policy must carry it (history bars too).
+    """
     n = len(asset_names)
     for name in ("close", "high", "low"):
         arr = np.asarray(getattr(bar, name), dtype=np.float64)
@@ -87,15 +103,23 @@ def check_bar(bar: MarketBar, asset_names: tuple[str, ...]) -> None:
     )
     if np.any(high < close * (1 - 1e-9)) or np.any(low > close * (1 + 1e-9)):
         raise ValueError(f"bar {bar.index} ({bar.time}): need high >= close >= low for every asset")
+    check_protocol_state(
+        bar.protocol, f"bar {bar.index} ({bar.time})", asset_names, protocol_fields
+    )
 
 
 @dataclass
 class OrderIntent:
     """What the portfolio wanted at a decision, before execution (arrays ``(N+1,)`` / ``(N,)``).
 
-    ``current``/``target``: weights (cash last) before trading and after the kill-switch override;
-    ``submitted``: assets whose weight gap exceeded the no-trade band (or that the kill-switch sells);
-    ``value_usd``: portfolio value at the decision; ``units_before``/``cash_before``: holdings then.
+    ``current``/``target``: weights (cash last) before trading and after the kill-switch override,
+    over the value in spot mode; with debt, over the gross book (``current``: the holdings over
+    their sum; ``target``: the policy's weights of ``(1 + leverage) x equity``);
+    ``submitted``: assets whose gap exceeded the no-trade band (or that the kill-switch sells);
+    ``value_usd``: portfolio value (equity) at the decision; ``units_before``/``cash_before``:
+    holdings then; ``order_usd`` ``(N,)``: target minus current USD per risky asset;
+    ``target_leverage``: debt / equity after the LTV clip (0 without lending);
+    ``debt_before`` (numeraire units) and ``perp_before`` ``(N,)`` (signed units): protocol state then.
     """
 
     current: np.ndarray
@@ -106,6 +130,10 @@ class OrderIntent:
     cash_before: float
     price_usd: np.ndarray
     numeraire_usd: float
+    order_usd: np.ndarray | None = None
+    target_leverage: float = 0.0
+    debt_before: float = 0.0
+    perp_before: np.ndarray | None = None
 
 
 def _with_horizon(config: SimulationConfig, horizon: int) -> SimulationConfig:
@@ -139,21 +167,17 @@ class StreamingSimulator(PortfolioSimulator):
             raise ValueError(
                 f"history_rows={history_rows} must be >= observation.history_needed = {need}"
             )
-        if config.env.protocols_enabled:
-            # the protocol series (rates, funding, liquidation cascades) are generated per path at
-            # reset; streaming them bar by bar is not implemented, so refuse rather than trade on
-            # series built from padded (flat) future rows
-            raise ValueError(
-                "streaming (paper trading) supports spot-only configs; this config enables "
-                f"env.lending={config.env.lending.enabled}, env.perps={config.env.perps.enabled}, "
-                f"cascades={config.env.cascades_enabled}"
-            )
         super().__init__(_with_horizon(config, capacity), n_envs=1)
         self.feed_regime_names = tuple(regime_names)
         self.history_rows = history_rows
         self.rows_loaded = 0
         self.started = False
         self.last_intent: OrderIntent | None = None
+        engine = self.protocols
+        #: the protocol state every bar must carry (empty for a spot-only config)
+        self.protocol_fields: tuple[str, ...] = (
+            () if engine is None else required_fields(engine.lending_on, engine.perps_on)
+        )
 
     # ------------------------------------------------------------------ loading bars
     def _ensure_rows(self, rows: int) -> None:
@@ -175,6 +199,12 @@ class StreamingSimulator(PortfolioSimulator):
             arr = getattr(self, name)
             pad = np.repeat(arr[:, -1:], extra, axis=1)
             setattr(self, name, np.concatenate([arr, pad], axis=1))
+        if self.protocols is not None:
+            series = self.protocols.paths
+            for name in self.protocol_fields:
+                arr = getattr(series, name)
+                pad = np.repeat(arr[:, -1:], extra, axis=1)
+                setattr(series, name, np.concatenate([arr, pad], axis=1))
         self.path_length = new_length
         self.horizon = new_length - self.warmup - 1
         self.sync_time_index()
@@ -194,8 +224,31 @@ class StreamingSimulator(PortfolioSimulator):
         self.gas_gwei[0, row] = bar.gas_price_gwei
         self.eth[0, row] = bar.eth_usd
         self.regime[0, row] = bar.regime
+        if self.protocol_fields:
+            check_protocol_state(
+                bar.protocol,
+                f"bar {bar.index} ({bar.time})",
+                self.asset_names,
+                self.protocol_fields,
+            )
+            series = self.protocols.paths  # type: ignore[union-attr]
+            for name in self.protocol_fields:
+                getattr(series, name)[0, row] = getattr(bar.protocol, name)
         self.rows_loaded = row + 1
         return row
+
+    def protocol_series(self) -> dict[str, np.ndarray] | None:
+        """The loaded protocol rows padded with the last one to the full length, ``{name: (1, L, ...)}``
+        (what ``reset_envs`` installs; None for a spot-only config)."""
+        if not self.protocol_fields:
+            return None
+        m, series = self.rows_loaded, self.protocols.paths  # type: ignore[union-attr]
+        out = {}
+        for name in self.protocol_fields:
+            arr = getattr(series, name).copy()
+            arr[:, m:] = arr[:, m - 1 : m]
+            out[name] = arr
+        return out
 
     def _compute_features(self, first: int, stop: int) -> None:
         """Feature rows ``first .. stop - 1`` from the loaded history (see ``history_rows``)."""
@@ -249,9 +302,11 @@ class StreamingSimulator(PortfolioSimulator):
             raise RuntimeError(
                 f"start() needs exactly warmup + 1 = {self.warmup + 1} bars; {self.rows_loaded} loaded"
             )
-        self.reset_envs(
-            np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), paths=self._padded_paths()
-        )
+        paths = self._padded_paths()
+        paths.validate()
+        # the protocol series are the bars' rows (a reset would generate them from the seed)
+        drawn = DrawnEpisodes(paths, self.path_features(paths), self.protocol_series())
+        self.reset_envs(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), drawn=drawn)
         self.started = True
 
     def load_history(self, bars: list[MarketBar]) -> None:
@@ -272,31 +327,53 @@ class StreamingSimulator(PortfolioSimulator):
         return int(self.warmup + self.t[0])
 
     def execute(
-        self, actions: np.ndarray | None, *, override: np.ndarray | None = None, hold: bool = False
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
     ) -> Execution:
-        """The env's ``execute``, recording the :class:`OrderIntent` it acted on in ``last_intent``."""
+        """The env's ``execute`` (``action_kind``: see :meth:`PortfolioSimulator.execute`),
+        recording the :class:`OrderIntent` it acted on in ``last_intent``."""
         price, num = self.prices_now()
         units_before, cash_before = self.units[0].copy(), float(self.cash[0])
-        done = super().execute(actions, override=override, hold=hold)
-        if hold:  # between decisions: the target is the portfolio as it stands, nothing submitted
-            current = self.weights(price, num, self.value)[0]
-            target, submitted = current, np.zeros(self.n_assets, dtype=bool)
-        else:
-            assert done.target_weights is not None and done.trade_mask is not None  # spot path
-            current, target, submitted = (
-                done.current_weights[0],
-                done.target_weights[0],
-                done.trade_mask[0],
+        engine = self.protocols
+        debt_before = 0.0 if engine is None else float(engine.debt[0])
+        perp_before = None if engine is None else engine.perp_size[0].copy()
+        done = super().execute(actions, override=override, hold=hold, action_kind=action_kind)
+        value = float(done.value_before[0])
+        if engine is None:  # spot: weights over the value, orders = weight gap x value
+            current = self.weights(price, num, self.value)[0] if hold else done.current_weights[0]  # type: ignore[index]
+            target = current if hold else done.target_weights[0]  # type: ignore[index]
+            order_usd = (target[:-1] - current[:-1]) * value
+            leverage = 0.0
+        else:  # levered: weights of the gross book, orders = target minus held USD
+            held = np.append(units_before * price[0], cash_before * float(num[0]))
+            gross = float(held.sum())
+            current = held / gross if gross > 0.0 else np.eye(self.n_assets + 1)[-1]
+            lev = done.target_leverage
+            leverage = 0.0 if hold or lev is None else float(lev[0])
+            target = current if hold else done.target_weights[0]  # type: ignore[index]
+            order_usd = (
+                np.zeros(self.n_assets)
+                if hold
+                else target[:-1] * (1.0 + leverage) * max(value, 0.0) - held[:-1]
             )
+        submitted = np.zeros(self.n_assets, dtype=bool) if hold else done.trade_mask[0]  # type: ignore[index]
         self.last_intent = OrderIntent(
             current,
             target,
             submitted,
-            float(done.value_before[0]),
+            value,
             units_before,
             cash_before,
             price[0].copy(),
             float(num[0]),
+            order_usd,
+            leverage,
+            debt_before,
+            perp_before,
         )
         return done
 
@@ -311,7 +388,9 @@ class StreamingSimulator(PortfolioSimulator):
             record: dict = {}
             for f in dataclasses.fields(pending):
                 value = getattr(pending, f.name)
-                if dataclasses.is_dataclass(value):
+                if value is None:
+                    record[f.name] = None
+                elif dataclasses.is_dataclass(value):
                     record[f.name] = {
                         g.name: np.asarray(getattr(value, g.name)).tolist()
                         for g in dataclasses.fields(value)
@@ -339,9 +418,11 @@ class StreamingSimulator(PortfolioSimulator):
         hints = typing.get_type_hints(Execution)
         values = {}
         for f in dataclasses.fields(Execution):
-            raw = pending[f.name]
+            raw = pending.get(f.name)  # fields added later are absent from older ledgers: None
             kind = hints[f.name]
-            if isinstance(raw, dict) and dataclasses.is_dataclass(kind):
+            if raw is None:
+                values[f.name] = None
+            elif isinstance(raw, dict) and dataclasses.is_dataclass(kind):
                 values[f.name] = kind(
                     **{k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
                 )

@@ -11,6 +11,7 @@ from rich.console import Console
 
 import training.train as train_module
 from envs.config import ConfigError
+from training.config import load_train_config
 from training.experiment import load_experiment, run_experiment
 from training.train import TrainResult
 
@@ -43,8 +44,16 @@ def fake_train(monkeypatch, tmp_path):
     """Records every training config; scores the weekly anchored variant higher."""
     seen = []
 
-    def train(cfg, **_):
+    def train(cfg, tags=None, **_):
         seen.append(cfg)
+        if tags:  # what train() tags the run with; a finished run carries its best score
+            with mlflow.start_run(
+                experiment_id=mlflow.set_experiment(cfg.mlflow.experiment).experiment_id
+            ):
+                mlflow.set_tags(tags)
+                weekly = cfg.simulation.env.decision_every == 7
+                score = 0.02 + 0.001 * cfg.seed if weekly else 0.01
+                mlflow.log_metric(f"val/best_{cfg.eval.metric}", score)
         weekly = cfg.simulation.env.decision_every == 7
         score = 0.02 + 0.001 * cfg.seed if weekly else 0.01
         return TrainResult("run", "0", cfg.algo, cfg.total_timesteps, True, tmp_path, 1.0, score, 1)
@@ -66,7 +75,11 @@ def test_ablation_selects_on_validation_and_applies_the_winner(fake_train, tmp_p
     # the winner's overrides go to the named run only; the test set is evaluated there, once
     ppo, sac = final
     assert ppo.simulation.env.action.kind == "anchored" and ppo.simulation.env.decision_every == 7
-    assert sac.simulation.env.action.kind == "target" and sac.simulation.env.decision_every == 1
+    own = load_train_config(
+        "configs/train/sac.yaml"
+    ).simulation.env  # not in apply_to: its own file's
+    assert sac.simulation.env.action.kind == own.action.kind
+    assert sac.simulation.env.decision_every == own.decision_every != 7
     assert ppo.eval.final and ppo.mlflow.experiment == f"exp-{tmp_path.name}"
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(f"exp-{tmp_path.name}-ablation")
@@ -97,3 +110,36 @@ def test_a_finished_ablation_is_reused_not_rerun(fake_train, tmp_path):
     run_experiment(path, Console(width=200), out=tmp_path / "report.md")  # resumed after a kill
     assert len(fake_train) == 8  # only the two final runs again
     assert fake_train[-2].simulation.env.decision_every == 7
+
+
+def test_an_interrupted_ablation_reuses_its_finished_runs(fake_train, tmp_path, monkeypatch):
+    path = _experiment(tmp_path, ["configs/train/ppo.yaml"])
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    assert len(fake_train) == 6
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(f"exp-{tmp_path.name}-ablation")
+    (summary,) = client.search_runs([exp.experiment_id], "tags.kind = 'ablation'")
+    client.delete_run(summary.info.run_id)  # as if the process died before the summary
+    fake_train.clear()
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    # the four variant runs are reused from MLflow; only the two final runs train again
+    assert [c.mlflow.experiment for c in fake_train] == [f"exp-{tmp_path.name}"] * 2
+    assert (
+        fake_train[0].simulation.env.decision_every == 7
+    )  # the same winner, from the reused scores
+    # a changed spec (another seed list) trains its variants afresh
+    spec = yaml.safe_load(path.read_text())
+    spec["ablation"]["seeds"] = [0]
+    path.write_text(yaml.safe_dump(spec))
+    fake_train.clear()
+    run_experiment(path, Console(width=200), out=tmp_path / "report.md")
+    assert sum(c.mlflow.experiment.endswith("-ablation") for c in fake_train) == 2
+
+
+def test_runs_filter_trains_only_the_named_configs(fake_train, tmp_path):
+    path = _experiment(tmp_path, ["configs/train/ppo.yaml"])
+    run_experiment(path, Console(width=200), out=tmp_path / "r.md", only=["configs/train/sac.yaml"])
+    final = [c for c in fake_train if not c.mlflow.experiment.endswith("-ablation")]
+    assert [c.algo for c in final] == ["sac"]
+    with pytest.raises(ConfigError, match="not runs of"):
+        run_experiment(path, Console(), only=["configs/train/nope.yaml"])

@@ -123,3 +123,23 @@ def test_sac_update_ratio_settings():
     assert kwargs["train_freq"] == cfg.sac.train_freq
     # fewer than one gradient step per transition is what makes SAC usable on CPU
     assert cfg.sac.gradient_steps / (cfg.sac.train_freq * cfg.n_envs) < 1
+
+
+def test_simulation_overrides_in_the_file_apply_and_the_command_line_wins(tmp_path):
+    cfg = {
+        "algo": "ppo",
+        "simulation": "configs/default.yaml",
+        "total_timesteps": 1000,
+        "simulation_overrides": {"env.action.kind": "delta", "env.decision_every": 5},
+    }
+    loaded = load_train_config(dict(cfg))
+    assert (
+        loaded.simulation.env.action.kind == "delta" and loaded.simulation.env.decision_every == 5
+    )
+    loaded = load_train_config(dict(cfg), {"env.decision_every": 1})
+    assert loaded.simulation.env.decision_every == 1
+    assert load_train_config(loaded.resolved()).resolved() == loaded.resolved()  # round trip
+    with pytest.raises(ConfigError, match="not simulation keys"):
+        load_train_config({**cfg, "simulation_overrides": {"ppo.n_steps": 8}})
+    with pytest.raises(ConfigError, match="simulation_overrides"):
+        load_train_config({**cfg, "simulation_overrides": ["env.horizon"]})

@@ -151,11 +151,30 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
     from training.paper.feeds import ReplayFeed, SimulatedFeed
 
     market = load_market_config(opts["market_config"]) if opts["market_config"] else None
+    if kind.startswith("ccxt:"):
+        from training.paper.ccxt_feed import CcxtFeed
+        from training.paper.lending_quotes import parse_constants
+
+        if opts["start"] is None:
+            raise ValueError(
+                f"--feed {kind} needs --start YYYY-MM-DD (the first decision date, UTC)"
+            )
+        return CcxtFeed(
+            cfg,
+            kind.removeprefix("ccxt:"),
+            start=opts["start"],
+            end=opts["end"],
+            quote=opts["quote"],
+            gas_price_gwei=opts["gas_gwei"],
+            protocol_constants=parse_constants(opts["protocol_constant"], tuple(cfg.market.assets)),
+        )
+    if opts["protocol_constant"]:
+        raise ValueError("--protocol-constant is for live venue feeds (--feed ccxt:<exchange>)")
     if kind == "replay":
         return ReplayFeed.from_config(
             cfg,
-            opts["start"],
-            opts["end"],
+            opts["start"] or HELD_OUT_START,
+            opts["end"] or HELD_OUT_END,
             data_dir=opts["data_dir"],
             market=market,
             speed=opts["speed"],
@@ -185,7 +204,9 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
                 f"(it defines: {', '.join(found[:20]) or 'nothing'})"
             )
         return factory(cfg, manifest)
-    raise ValueError(f"--feed {kind!r} must be replay, simulated or python:package.module:factory")
+    raise ValueError(
+        f"--feed {kind!r} must be replay, simulated, ccxt:<exchange> or python:package.module:factory"
+    )
 
 
 def paper_command(
@@ -195,15 +216,32 @@ def paper_command(
     feed: str = typer.Option(
         "replay",
         "--feed",
-        help="replay | simulated | python:package.module:factory (a Feed adapter)",
+        help="replay | simulated | ccxt:<exchange> (e.g. ccxt:binance: a real venue's closed candles, "
+        "perp marks and funding) | python:package.module:factory (a Feed adapter)",
     ),
     ledger: Path = typer.Option(
         Path("paper.db"), "--ledger", help="SQLite ledger: created, or resumed when it exists"
     ),
-    start: str = typer.Option(
-        HELD_OUT_START, help="replay: first decision date (the held-out period starts 2023-01-01)"
+    start: str | None = typer.Option(
+        None,
+        help=f"replay and ccxt: first decision date (replay default {HELD_OUT_START}, the held-out "
+        "period's start; ccxt: required)",
     ),
-    end: str = typer.Option(HELD_OUT_END, help="replay: last date"),
+    end: str | None = typer.Option(
+        None,
+        help=f"replay: last date (default {HELD_OUT_END}); ccxt: last bar (default: open-ended)",
+    ),
+    quote: str = typer.Option("USDT", help="ccxt: quote currency of the markets (taken as 1 USD)"),
+    gas_gwei: float = typer.Option(
+        30.0, help="ccxt: gas price the bars carry (gwei; a CEX has none)"
+    ),
+    protocol_constant: list[str] = typer.Option(
+        [],
+        "--protocol-constant",
+        help="ccxt, levered policies: a lending rate the venue lacks, KEY=VALUE (annual fraction): "
+        "borrow_rate, cash_supply_rate, supply_rate or supply_rate.<ASSET> (default: the policy's "
+        "Aave snapshot at its calm-regime utilization); repeatable",
+    ),
     data_dir: str | None = typer.Option(
         None, help="replay: folder of SYMBOL-USD.csv (default: the policy config's)"
     ),
@@ -230,6 +268,12 @@ def paper_command(
         None, help="features from this many trailing bars (default: all, = backtest)"
     ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON line"),
+    reference: bool = typer.Option(
+        True,
+        "--reference/--no-reference",
+        help="backtest the policy on the feed's path (replay, simulated) when the ledger is created, "
+        "to show paper equity against it",
+    ),
     kill_switch: bool = KILL_SWITCH_OPTION,
     kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
 ) -> None:
@@ -244,7 +288,8 @@ def paper_command(
     from training.paper.view import LiveView, render_ledger
 
     opts = {"start": start, "end": end, "data_dir": data_dir, "market_config": market_config, "seed": seed,
-            "bars": bars, "speed": speed}  # fmt: skip
+            "bars": bars, "speed": speed, "quote": quote, "gas_gwei": gas_gwei,
+            "protocol_constant": protocol_constant}  # fmt: skip
     try:
         overlay = resolve_kill_switch(kill_switch, kill_switch_param)
         onnx_policy = OnnxPolicy(policy)
@@ -257,6 +302,7 @@ def paper_command(
             mlflow_experiment=(experiment or default_experiment()) if log_mlflow else None,
             history_rows=history_rows,
             kill_switch=overlay,
+            reference=reference,
         )
         trader.preflight()
     except (ConfigError, ValueError) as exc:
@@ -307,8 +353,15 @@ def paper_command(
 
 def paper_view_command(
     ledger: Path = typer.Option(Path("paper.db"), "--ledger", help="paper-trading ledger"),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="also write a PNG: equity vs the backtest of the same export and path (when the ledger "
+        "has one), and the health factor, leverage and perp exposure of a levered policy",
+    ),
 ) -> None:
-    """Show a paper-trading ledger (equity, positions, last actions); safe while a paper run writes it."""
+    """Show a paper-trading ledger (equity, levered state, positions, last actions); safe while a
+    paper run writes it."""
     from training.paper.view import render_ledger
 
     if not ledger.is_file():
@@ -317,6 +370,15 @@ def paper_view_command(
         console.print(render_ledger(ledger))
     except Exception as exc:  # sqlite3 errors for a file that is not a ledger
         raise _fail(f"--ledger {ledger}: not a paper ledger ({exc})") from None
+    if plot is not None:
+        from training.paper.plots import equity_figure
+
+        figure = equity_figure(ledger)
+        if figure is None:
+            raise _fail(f"--ledger {ledger} has no decision bar yet: nothing to plot")
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot, dpi=110)
+        console.print(f"wrote {plot}")
 
 
 def bench_policy_command(

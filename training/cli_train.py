@@ -194,6 +194,11 @@ def experiment_command(
         None, help="report file (.md or .html); default reports/<experiment>.md"
     ),
     cache: bool = CACHE_OPT,
+    runs: list[str] = typer.Option(
+        None,
+        "--runs",
+        help="train only the runs of this config (repeatable; as written under runs)",
+    ),
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train several configs x seeds into one MLflow experiment and compare them with the baselines."""
@@ -206,7 +211,7 @@ def experiment_command(
         if print_config:
             echo_config(load_experiment(config))
             return
-        run_experiment(config, Console(), out=out, cache=cache)
+        run_experiment(config, Console(), out=out, cache=cache, only=runs or None)
     except (ConfigError, FileNotFoundError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None

@@ -339,6 +339,23 @@ def load_train_config(
     train_over, sim_over = split_overrides(overrides or {})
     if train_over:
         data = apply_overrides(data, train_over)
+    # ``simulation_overrides``: dotted simulation keys the training config sets on top of its
+    # simulation file (e.g. the ablation's winning action kind); command-line overrides win.
+    file_sim_over = data.pop("simulation_overrides", None) or {}
+    if not isinstance(file_sim_over, dict):
+        raise ConfigError(
+            f"simulation_overrides = {file_sim_over!r}: must be a mapping of dotted simulation keys, "
+            "e.g. {env.action.kind: delta}"
+        )
+    sim_over = {**split_overrides(dict(file_sim_over))[1], **sim_over}
+    stray = sorted(
+        k for k in file_sim_over if not str(k).replace("__", ".").startswith(SIMULATION_PREFIXES)
+    )
+    if stray:
+        raise ConfigError(
+            f"simulation_overrides: {stray} are not simulation keys; allowed prefixes: "
+            f"{', '.join(SIMULATION_PREFIXES)}"
+        )
     if "simulation" not in data:
         raise ConfigError(
             "simulation: missing; name a simulation config, e.g. simulation: configs/default.yaml"

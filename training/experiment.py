@@ -78,21 +78,34 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def run_experiment(
-    path: str | Path, console: Console, *, out: Path | None = None, cache: bool = False
+    path: str | Path,
+    console: Console,
+    *,
+    out: Path | None = None,
+    cache: bool = False,
+    only: list[str] | None = None,
 ) -> None:
     """Train every (config, seed) of the experiment, then print and write the comparison.
 
     With ``cache`` the baselines' backtests run once per scenario set, not once per trained run
-    (:mod:`evaluation.backtest_cache`).
+    (:mod:`evaluation.backtest_cache`). ``only`` trains just the runs of these configs (as written
+    under ``runs``), e.g. to run two halves of an experiment in two processes; the ablation (reused
+    once finished) and the comparison still cover the whole experiment.
     """
     from evaluation.report import compare
     from training.train import train
 
     spec = load_experiment(path)
+    known = [run.config for run in spec.runs]
+    unknown = sorted(set(only or []) - set(known))
+    if unknown:
+        raise ConfigError(f"--runs {unknown}: not runs of {path}; runs: {known}")
     chosen: dict[str, Any] = {}
     if spec.ablation is not None:
         chosen = run_ablation(spec.experiment, spec.ablation, console, cache=cache)
     for run in spec.runs:
+        if only and run.config not in only:
+            continue
         for seed in run.seeds:
             selected = chosen if spec.ablation and run.config in spec.ablation.apply_to else {}
             overrides = {
@@ -166,8 +179,13 @@ def run_ablation(
             }
             cfg = load_train_config(ablation.config, overrides)
             metric = cfg.eval.metric
+            best = _finished_ablation_run(experiment_id, spec_hash, variant, seed, metric)
+            if best is not None:
+                console.print(f"{name}: {variant} seed {seed} already trained (best {best:+.4f})")
+                scores.setdefault(variant, []).append(best)
+                continue
             console.rule(f"{name}: {variant} seed {seed} ({cfg.total_timesteps:,} env steps)")
-            result = train(cfg, cache=cache)
+            result = train(cfg, cache=cache, tags=_ablation_tags(spec_hash, variant, seed))
             if result.best_metric is None:
                 raise ConfigError(
                     f"ablation variant {variant!r} has no validation score: set eval.every_steps > 0"
@@ -187,9 +205,44 @@ def run_ablation(
     from rich.table import Table
 
     out = Table(title=f"ablation on validation scenarios ({metric}); winner: {winner}")
-    for key in rows[0]:
+    for key in ("variant", "mean", "per seed", "overrides"):
         out.add_column(key)
-    for r in rows:
-        out.add_row(*(f"{r[k]:+.4f}" if isinstance(r[k], float) else str(r[k]) for k in r))
+    for m, v, xs in table:  # the MLflow table has the full overrides; the console a short form
+        short = ", ".join(_short_override(k, w) for k, w in ablation.variants[v].items())
+        out.add_row(v, f"{m:+.4f}", ", ".join(f"{x:+.4f}" for x in xs), short)
     console.print(out)
     return dict(ablation.variants[winner])
+
+
+def _short_override(key: str, value: Any) -> str:
+    """``env.observation.blocks=[...]`` as ``blocks=garch_vol+regime+...`` (console tables)."""
+    name = key.rsplit(".", 1)[-1]
+    if isinstance(value, list):
+        return f"{name}={'+'.join(map(str, value))}"
+    return f"{name}={value}"
+
+
+def _ablation_tags(spec_hash: str, variant: str, seed: int) -> dict[str, str]:
+    """Tags that identify one ablation run, so a resumed ablation reuses it (same spec only)."""
+    return {
+        "ablation.spec_hash": spec_hash,
+        "ablation.variant": variant,
+        "ablation.seed": str(seed),
+    }
+
+
+def _finished_ablation_run(
+    experiment_id: str, spec_hash: str, variant: str, seed: int, metric: str
+) -> float | None:
+    """The best validation ``metric`` of a FINISHED run of this spec, variant and seed, if any."""
+    import mlflow
+
+    tags = _ablation_tags(spec_hash, variant, seed)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"{query} and attributes.status = 'FINISHED'", max_results=1
+    )
+    if not runs:
+        return None
+    value = runs[0].data.metrics.get(f"val/best_{metric}")
+    return None if value is None else float(value)

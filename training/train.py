@@ -292,6 +292,7 @@ def train(
     register: bool | None = None,
     final_evaluation: bool | None = None,
     cache: bool = False,
+    tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train (or continue training) an agent; see the module docstring for what is logged where.
 
@@ -306,6 +307,7 @@ def train(
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
         cache: take the baselines' backtests from the on-disk cache when they were already run
             on the same scenarios (:mod:`evaluation.backtest_cache`), and store new ones.
+        tags: extra MLflow tags of the training run (e.g. an ablation's variant and seed).
 
     Returns:
         A :class:`TrainResult`; ``completed`` is False when the run was stopped (Ctrl-C) before
@@ -318,6 +320,8 @@ def train(
     client = MlflowClient()
     run, run_dir, state = _start_run(cfg, resume_run_id, client)
     mlflow.set_tag(STATUS_TAG, "running")
+    if tags:
+        mlflow.set_tags(tags)
     try:
         result = _train_session(
             cfg,

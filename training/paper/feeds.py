@@ -6,8 +6,14 @@
   trading and the backtest see the same market.
 - :class:`SimulatedFeed`: a "live" feed drawn from the scenario generator (``envs.market.sources``):
   a fresh synthetic path per seed, delivered bar by bar at a chosen speed.
-- :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source (not run
-  here): implement :meth:`LiveFeedAdapter.fetch_bar`.
+- :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source:
+  implement :meth:`LiveFeedAdapter.fetch_bar`. ``training/paper/ccxt_feed.py`` is the adapter for
+  real exchanges (``--feed ccxt:<exchange>``).
+
+Levered and hedged policies: every bar carries the protocol state (``MarketBar.protocol``). The
+replay and simulated feeds stream the rows the env generates for the same path and path seed
+(``envs.streaming_protocol.generate_protocol_series``: seed 0 for a replayed period, as
+``run_period_backtest``; the scenario seed for a simulated feed), so a paper run equals the backtest.
 
 Bar ``0`` is the first history (warmup) bar; the first decision is at bar ``env.warmup``. A feed must
 deliver consecutive bars, one ``step_days`` apart, with finite positive prices; the runner checks
@@ -29,6 +35,7 @@ from envs.config import SimulationConfig
 from envs.market.config import MarketConfig
 from envs.market.paths import POSITIVE_FIELDS, MarketPaths
 from envs.streaming import MarketBar, check_bar
+from envs.streaming_protocol import ProtocolState, generate_protocol_series, required_fields
 
 SECONDS_PER_DAY = 86_400.0
 #: nominal date of bar 0 of a simulated feed (synthetic paths have no calendar)
@@ -56,6 +63,12 @@ class Feed(ABC):
     numeraire: str = "USDC"
     step_days: float = 1.0
     regime_names: tuple[str, ...] = ()
+    #: the protocol state every bar carries (``envs.streaming_protocol``; empty: spot only)
+    protocol_fields: tuple[str, ...] = ()
+
+    def protocol_sources(self) -> dict[str, str]:
+        """Where each protocol field (and each constant market field) of the bars comes from."""
+        return {}
 
     def identity(self) -> dict[str, Any]:
         """JSON-serializable description of the data this feed delivers (subclasses add to it)."""
@@ -103,16 +116,41 @@ def check_spacing(previous: str, current: str, step_days: float, index: int) -> 
         )
 
 
-def _paths_digest(paths: MarketPaths, n_bars: int | None = None) -> str:
-    """Digest of the path's market data (its first ``n_bars`` bars; default all)."""
+#: the path seed of a replayed period's protocol series: the one ``run_period_backtest`` uses
+PERIOD_SEED = 0
+
+
+def _paths_digest(
+    paths: MarketPaths,
+    protocol: dict[str, np.ndarray] | None = None,
+    n_bars: int | None = None,
+) -> str:
+    """Digest of the path's market data and protocol series (their first ``n_bars`` bars; default
+    all: a feed extended to later bars keeps the digest of its first bars)."""
     digest = hashlib.sha256()
     for name in (*POSITIVE_FIELDS, "regime"):
         digest.update(np.ascontiguousarray(getattr(paths, name)[:, :n_bars]).tobytes())
+    for name in sorted(protocol or {}):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(protocol[name][:, :n_bars]).tobytes())  # type: ignore[index]
     return digest.hexdigest()[:16]
 
 
+def protocol_fields_of(config: SimulationConfig) -> tuple[str, ...]:
+    """The protocol state bars must carry for a policy trained on ``config`` (empty: spot only)."""
+    return required_fields(config.env.lending.enabled, config.env.perps.enabled)
+
+
 class PathFeed(Feed):
-    """Streams the rows of one ``MarketPaths`` path, ``speed`` bars per second (0: no waiting)."""
+    """Streams the rows of one ``MarketPaths`` path, ``speed`` bars per second (0: no waiting).
+
+    ``protocol``: the path's lending / perps series (``{name: (1, L, ...)}``, as
+    ``ProtocolPaths.generate`` returns them) when the policy is levered or hedged: each bar carries
+    its row (:class:`envs.streaming_protocol.ProtocolState`); ``protocol_seed``: the path seed they
+    were drawn from (the backtest of the same path draws them from the same seed);
+    ``backtest_seed``: the seed a backtest of this path uses (replay: 0, simulated: the scenario
+    seed), for the reference backtest a paper run is shown against (None: none).
+    """
 
     def __init__(
         self,
@@ -124,9 +162,17 @@ class PathFeed(Feed):
         speed: float = 0.0,
         epoch: str = SIMULATED_EPOCH,
         sleep: Callable[[float], None] = time.sleep,
+        protocol: dict[str, np.ndarray] | None = None,
+        protocol_seed: int | None = None,
+        backtest_seed: int | None = None,
     ) -> None:
         if paths.n_paths != 1:
             raise ValueError(f"a feed streams one path; got {paths.n_paths}")
+        self.protocol = protocol
+        self.protocol_seed = protocol_seed
+        #: the path seed a backtest of this path runs with (None: no reference backtest)
+        self.backtest_seed = backtest_seed
+        self.protocol_fields = tuple(protocol or ())
         if not speed >= 0.0:
             raise ValueError(f"speed={speed} must be >= 0 bars per second (0: as fast as possible)")
         self.paths = paths
@@ -151,13 +197,24 @@ class PathFeed(Feed):
         return self.paths.length
 
     def identity(self) -> dict[str, Any]:
-        return {
+        out = {
             **super().identity(),
             "n_bars": self.length,
             "first_time": self.times[0],
             "last_time": self.times[-1],
-            "data_sha256": _paths_digest(self.paths),
+            "data_sha256": _paths_digest(self.paths, self.protocol),
             **self.source,
+        }
+        if self.protocol is not None:
+            out["protocol_seed"] = self.protocol_seed
+            out["protocol_sources"] = self.protocol_sources()
+        return out
+
+    def protocol_sources(self) -> dict[str, str]:
+        """Where each protocol field of the bars comes from (recorded in the ledger and MLflow)."""
+        return {
+            name: f"env generator (envs/leverage_paths.py), path seed {self.protocol_seed}"
+            for name in self.protocol_fields
         }
 
     def extends(self, stored: dict[str, Any]) -> bool:
@@ -171,7 +228,7 @@ class PathFeed(Feed):
             **self.identity(),
             "n_bars": n,
             "last_time": self.times[n - 1],
-            "data_sha256": _paths_digest(self.paths, n),
+            "data_sha256": _paths_digest(self.paths, self.protocol, n),
         }
         if "end" in self.source:  # a replay's end date is its last bar's
             prefix["end"] = self.times[n - 1]
@@ -190,11 +247,14 @@ class PathFeed(Feed):
             gas_price_gwei=float(p.gas_price_gwei[0, index]),
             eth_usd=float(p.eth_usd[0, index]),
             regime=int(p.regime[0, index]),
+            protocol=None
+            if self.protocol is None
+            else ProtocolState.from_series(self.protocol, 0, index),
         )
 
     def validate(self) -> None:
         for i in range(self.length):
-            check_bar(self.bar(i), self.asset_names)
+            check_bar(self.bar(i), self.asset_names, self.protocol_fields)
             if i > 0:
                 check_spacing(self.times[i - 1], self.times[i], self.step_days, i)
 
@@ -256,7 +316,12 @@ class ReplayFeed(PathFeed):
             )
         paths = replay_paths(cfg, np.zeros(1, dtype=np.int64), hi - lo, warmup)
         source = {"start": str(cfg.start), "end": str(cfg.end), "warmup": warmup}
-        return cls(paths, kind="replay", numeraire=cfg.numeraire, source=source, speed=speed)
+        # levered / hedged policies: the rates, marks and funding of the backtest of these dates
+        seed = np.array([PERIOD_SEED], dtype=np.int64)
+        protocol = generate_protocol_series(config, paths, seed)
+        return cls(paths, kind="replay", numeraire=cfg.numeraire, source=source, speed=speed,
+                   protocol=protocol, protocol_seed=None if protocol is None else PERIOD_SEED,
+                   backtest_seed=PERIOD_SEED)  # fmt: skip
 
 
 class SimulatedFeed(PathFeed):
@@ -288,8 +353,11 @@ class SimulatedFeed(PathFeed):
             raise ValueError(
                 "a simulated feed needs a synthetic or bootstrap market, not source=replay"
             )
-        paths = sample_paths(cfg, np.array([seed], dtype=np.int64), n_bars, warmup)
+        seeds = np.array([seed], dtype=np.int64)
+        paths = sample_paths(cfg, seeds, n_bars, warmup)
         source = {"seed": int(seed), "source": cfg.source, "warmup": warmup, "epoch": epoch}
+        # levered / hedged policies: the series a backtest of scenario `seed` draws at reset
+        protocol = generate_protocol_series(config, paths, seeds)
         return cls(
             paths,
             kind="simulated",
@@ -297,6 +365,9 @@ class SimulatedFeed(PathFeed):
             source=source,
             speed=speed,
             epoch=epoch,
+            protocol=protocol,
+            protocol_seed=None if protocol is None else int(seed),
+            backtest_seed=int(seed),
         )
 
 
@@ -325,6 +396,12 @@ class LiveFeedAdapter(Feed):
     The history bars (``index < warmup``) must be fetched too (the observation needs them). Bars must
     be final (closed) and, for the crash-safety guarantee, reproducible: after a restart the runner
     asks again for the first bar it has not recorded, which may lie in the past.
+
+    A levered or hedged policy needs every bar to carry its protocol state
+    (``MarketBar.protocol``, :class:`envs.streaming_protocol.ProtocolState`, e.g. built with
+    ``ProtocolState.from_quotes``); declare the fields with ``protocol_fields``
+    (``envs.streaming_protocol.required_fields``) and say where they come from in
+    :meth:`Feed.protocol_sources`. :class:`training.paper.ccxt_feed.CcxtFeed` is a complete example.
     """
 
     kind = "live"
@@ -337,7 +414,9 @@ class LiveFeedAdapter(Feed):
         venue: str,
         poll_seconds: float = 5.0,
         sleep: Callable[[float], None] = time.sleep,
+        protocol_fields: tuple[str, ...] = (),
     ) -> None:
+        self.protocol_fields = tuple(protocol_fields)
         self.asset_names = tuple(asset_names)
         self.numeraire = numeraire
         self.step_days = float(step_days)

@@ -14,6 +14,15 @@ fills          per asset (and the numeraire): executed units (signed) and their 
 positions      per asset and cash after the bar's trades: units, price, value, weight
 equity         per decision bar: marked value before trading, peak, drawdown, value after trading,
                fees/slippage/gas of the bar's trades, turnover, kill-switch flag
+bar_protocol   levered / hedged policies: the bar's protocol state (rates, growth multipliers, mark,
+               basis, funding), one row per field (and asset)
+levered        levered / hedged policies, per decision bar: debt, collateral, health factor, leverage
+               and perp notional after the bar's trades; interest, funding, liquidations, insurance
+               and bad debt of the move that ended at this bar
+perp_positions hedged policies, per decision bar x asset: perp size after the bar's trades, mark,
+               signed notional, funding rate quoted for the next step
+reference      the backtest of the same export on the same path (replayed period, simulated
+               scenario), marked value per decision bar; written with the meta (``reference`` key)
 snapshots      the simulator's full state after the bar (JSON; with ``--kill-switch`` also the
                wrapper's peak and cooldown clock): what a restart resumes from
 sessions       one row per process start (wall-clock audit trail; not part of the trading record)
@@ -38,18 +47,25 @@ from typing import Any
 import numpy as np
 
 from envs.streaming import MarketBar
+from envs.streaming_protocol import PER_ASSET_FIELDS, ProtocolState
 
-LEDGER_FORMAT = "defialloc.paper_ledger/1"
+LEDGER_FORMAT = "defialloc.paper_ledger/2"
+#: earlier formats this code reads and resumes (format 1: spot only; its missing tables are added)
+READABLE_FORMATS = ("defialloc.paper_ledger/1", LEDGER_FORMAT)
 #: tables that make up the trading record (``sessions`` is an audit trail of restarts)
 RECORD_TABLES = (
     "meta",
     "bars",
     "bar_prices",
+    "bar_protocol",
     "decisions",
     "orders",
     "fills",
     "positions",
     "equity",
+    "levered",
+    "perp_positions",
+    "reference",
     "snapshots",
 )
 
@@ -80,6 +96,29 @@ CREATE TABLE equity (
 CREATE TABLE snapshots (bar_index INTEGER PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE sessions (session INTEGER PRIMARY KEY AUTOINCREMENT, started_utc TEXT NOT NULL, first_bar INTEGER NOT NULL);
 """
+#: tables of format 2 (levered and hedged policies); ``IF NOT EXISTS`` upgrades a format-1 ledger
+LEVERED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bar_protocol (
+    bar_index INTEGER NOT NULL, field TEXT NOT NULL, asset TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (bar_index, field, asset));
+CREATE TABLE IF NOT EXISTS levered (
+    bar_index INTEGER PRIMARY KEY, debt_units REAL NOT NULL, debt_usd REAL NOT NULL,
+    collateral_usd REAL NOT NULL, health_factor REAL, health_factor_marked REAL,
+    leverage REAL, target_leverage REAL NOT NULL, perp_notional_usd REAL NOT NULL,
+    interest_usd REAL NOT NULL, funding_usd REAL NOT NULL, liquidation_usd REAL NOT NULL,
+    liquidations INTEGER NOT NULL, insurance_usd REAL NOT NULL, bad_debt_usd REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reference (bar_index INTEGER PRIMARY KEY, value_usd REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS perp_positions (
+    bar_index INTEGER NOT NULL, asset TEXT NOT NULL, size_units REAL NOT NULL, mark_usd REAL NOT NULL,
+    notional_usd REAL NOT NULL, funding_rate REAL NOT NULL, PRIMARY KEY (bar_index, asset));
+"""
+#: ``levered`` columns after ``bar_index``, in order (``health_factor*``: NULL = no debt, i.e.
+#: infinite; ``leverage``: debt / equity after the trades, NULL when the equity is not positive)
+LEVERED_COLUMNS = (
+    "debt_units", "debt_usd", "collateral_usd", "health_factor", "health_factor_marked",
+    "leverage", "target_leverage", "perp_notional_usd", "interest_usd", "funding_usd",
+    "liquidation_usd", "liquidations", "insurance_usd", "bad_debt_usd",
+)  # fmt: skip
 
 
 @dataclass
@@ -95,6 +134,10 @@ class BarRecord:
     equity: tuple | None = None
     state: dict[str, Any] | None = None
     status: str | None = None
+    #: levered / hedged policies: the ``levered`` row (:data:`LEVERED_COLUMNS`) and the
+    #: ``perp_positions`` rows ``(asset, size_units, mark_usd, notional_usd, funding_rate)``
+    levered: tuple | None = None
+    perps: list[tuple] = field(default_factory=list)
 
 
 class LedgerMismatch(ValueError):
@@ -107,7 +150,7 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path} is not a defialloc paper ledger ({exc})") from None
     meta = {k: json.loads(v) for k, v in rows}
-    if meta.get("format") != LEDGER_FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} is not a defialloc paper ledger (format {meta.get('format')!r})")
     return meta
 
@@ -237,8 +280,11 @@ class Ledger:
         return conn
 
     @classmethod
-    def create(cls, path: str | Path, meta: dict[str, Any]) -> Ledger:
-        """A new ledger with ``meta`` (must hold ``policy_id``, ``feed``, ``asset_names``, ``numeraire``)."""
+    def create(
+        cls, path: str | Path, meta: dict[str, Any], reference: list[tuple[int, float]] = ()
+    ) -> Ledger:
+        """A new ledger with ``meta`` (must hold ``policy_id``, ``feed``, ``asset_names``, ``numeraire``)
+        and the reference backtest's ``(bar_index, value_usd)`` rows, in one transaction."""
         path = Path(path)
         if path.exists():
             raise ValueError(f"--ledger {path} already exists")
@@ -249,12 +295,13 @@ class Ledger:
         conn = cls._connect(tmp)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.strip().split(";"):
+            for statement in (SCHEMA + LEVERED_SCHEMA).strip().split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
             )
+            conn.executemany("INSERT INTO reference VALUES (?, ?)", list(reference))
             conn.execute("COMMIT")
             # checkpoint into the main file so the rename below moves a complete database
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -270,6 +317,16 @@ class Ledger:
         conn = cls._connect(path)
         try:
             meta = _read_meta(conn, path)
+            if meta["format"] != LEDGER_FORMAT:  # an older format: add the tables it lacks
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in LEVERED_SCHEMA.strip().split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('format', ?)", (json.dumps(LEDGER_FORMAT),)
+                )
+                conn.execute("COMMIT")
+                meta["format"] = LEDGER_FORMAT
         except ValueError:
             conn.close()
             raise
@@ -297,6 +354,7 @@ class Ledger:
             "SELECT bar_index, asset, close, high, low FROM bar_prices"
         ):
             prices[idx, :, order[asset]] = (close, high, low)
+        protocol = self._load_protocol(len(rows))
         return [
             MarketBar(
                 index=int(r[0]),
@@ -309,9 +367,24 @@ class Ledger:
                 gas_price_gwei=r[4],
                 eth_usd=r[5],
                 regime=int(r[6]),
+                protocol=protocol[i],
             )
             for i, r in enumerate(rows)
         ]
+
+    def _load_protocol(self, n_bars: int) -> list[ProtocolState | None]:
+        """Every bar's protocol state from ``bar_protocol`` (None for bars without one)."""
+        order = {a: i for i, a in enumerate(self.asset_names)}
+        fields: list[dict[str, Any]] = [{} for _ in range(n_bars)]
+        n = len(self.asset_names)
+        for idx, name, asset, value in self.conn.execute(
+            "SELECT bar_index, field, asset, value FROM bar_protocol"
+        ):
+            if name in PER_ASSET_FIELDS:
+                fields[idx].setdefault(name, np.zeros(n))[order[asset]] = value
+            else:
+                fields[idx][name] = value
+        return [ProtocolState(**f) if f else None for f in fields]
 
     def last_state(self) -> dict[str, Any] | None:
         row = self.conn.execute(
@@ -327,6 +400,20 @@ class Ledger:
         return self.conn.execute(
             "SELECT * FROM equity WHERE bar_index > ? ORDER BY bar_index", (after_bar,)
         ).fetchall()
+
+    def levered_at(self, bar_index: int) -> dict[str, Any] | None:
+        """The ``levered`` row of a bar as ``{column: value}`` (None when there is none)."""
+        row = self.conn.execute(
+            "SELECT * FROM levered WHERE bar_index = ?", (bar_index,)
+        ).fetchone()
+        return None if row is None else dict(zip(LEVERED_COLUMNS, row[1:], strict=True))
+
+    def reference_at(self, bar_index: int) -> float | None:
+        """The reference backtest's value at a bar (None when there is none)."""
+        row = self.conn.execute(
+            "SELECT value_usd FROM reference WHERE bar_index = ?", (bar_index,)
+        ).fetchone()
+        return None if row is None else float(row[0])
 
     def positions_at(self, bar_index: int) -> list[tuple]:
         return self.conn.execute(
@@ -392,11 +479,23 @@ class Ledger:
                 "INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?)",
                 [(i, *row) for row in rec.positions],
             )
+            if b.protocol is not None:
+                cur.executemany(
+                    "INSERT INTO bar_protocol VALUES (?, ?, ?, ?)",
+                    _protocol_rows(i, b.protocol, self.asset_names),
+                )
             if rec.equity is not None:
                 cur.execute(
                     "INSERT INTO equity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (i, *rec.equity),
                 )
+            if rec.levered is not None:
+                marks = ", ".join("?" * (len(LEVERED_COLUMNS) + 1))
+                cur.execute(f"INSERT INTO levered VALUES ({marks})", (i, *rec.levered))
+            cur.executemany(
+                "INSERT INTO perp_positions VALUES (?, ?, ?, ?, ?, ?)",
+                [(i, *row) for row in rec.perps],
+            )
             if rec.state is not None:
                 cur.execute("INSERT INTO snapshots VALUES (?, ?)", (i, json.dumps(rec.state)))
             if rec.status is not None:
@@ -409,3 +508,19 @@ class Ledger:
             raise
         if rec.status is not None:
             self.meta["status"] = rec.status
+
+
+def _protocol_rows(
+    bar_index: int, state: ProtocolState, asset_names: tuple[str, ...]
+) -> list[tuple[int, str, str, float]]:
+    """``bar_protocol`` rows of one bar: ``(bar_index, field, asset, value)``, asset ``""`` for a
+    scalar field. SQLite REAL keeps the float64 exactly, so a resume reloads the same bits."""
+    rows = []
+    for name, value in state.as_dict().items():
+        if name in PER_ASSET_FIELDS:
+            rows.extend(
+                (bar_index, name, a, float(v)) for a, v in zip(asset_names, value, strict=True)
+            )  # type: ignore[arg-type]
+        else:
+            rows.append((bar_index, name, "", float(value)))  # type: ignore[arg-type]
+    return rows

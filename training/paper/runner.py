@@ -23,6 +23,7 @@ stable-baselines3, and nothing is unpickled: the policy is ONNX, every state is 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ from agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
 from agents.onnx_policy import OnnxPolicy
 from envs.config import SimulationConfig, load_config
 from envs.kill_switch import KillSwitchConfig
+from envs.step_records import StepResult
 from envs.streaming import MarketBar, StreamingSimulator, check_bar
 from training.paper.feeds import Feed, check_spacing
 from training.paper.ledger import (
+    LEVERED_COLUMNS,
     BarRecord,
     Ledger,
     WriterLock,
@@ -44,9 +47,13 @@ from training.paper.ledger import (
     check_ledger_matches,
     inspect_ledger,
 )
+from training.paper.records import debt_usd, fill_rows, levered_rows, order_rows, position_rows
+from training.paper.reference import reference_backtest
 from training.paper.tracking import MetricsStream, bar_metrics
 
 DEFAULT_CAPACITY = 1024
+#: the MLflow artifact of a paper run: equity vs the reference backtest, levered state
+EQUITY_PLOT = "paper_equity.png"
 HALTED_RUINED = "halted: ruined"
 
 
@@ -94,6 +101,9 @@ class PaperTrader:
         kill_switch: run the policy behind the policy-side kill-switch with these parameters (None or
             ``enabled=False``: off). Recorded in the ledger's meta and the MLflow params; a ledger
             resumes only with the setting it was started with.
+        reference: when the ledger is created, backtest the policy on the feed's path when it has
+            one (replayed period, simulated scenario) and store it as the ``reference`` equity
+            (``training/paper/reference.py``); False skips it.
     """
 
     def __init__(
@@ -106,8 +116,10 @@ class PaperTrader:
         on_bar: Callable[[BarRecord, PaperTrader], None] | None = None,
         history_rows: int | None = None,
         kill_switch: KillSwitchConfig | None = None,
+        reference: bool = True,
     ) -> None:
         self.policy = policy
+        self.reference = reference
         self.manifest = policy.manifest
         self.feed = feed
         self.ledger_path = Path(ledger_path)
@@ -152,6 +164,14 @@ class PaperTrader:
         self.sim = StreamingSimulator(
             self.config, capacity, self.feed.regime_names, self.history_rows
         )
+        missing = [f for f in self.sim.protocol_fields if f not in self.feed.protocol_fields]
+        if missing:
+            env = self.config.env
+            raise ValueError(
+                f"the policy trades with env.lending.enabled={env.lending.enabled}, "
+                f"env.perps.enabled={env.perps.enabled}: its bars must carry {', '.join(missing)}; "
+                f"feed {self.feed.kind!r} provides {', '.join(self.feed.protocol_fields) or 'none'}"
+            )
         self.feed.validate()
         if self._lock is None:
             self._lock = WriterLock(self.ledger_path)
@@ -191,6 +211,9 @@ class PaperTrader:
         elif self.mlflow_experiment is not None:
             self.stream = MetricsStream(run_id)
         if meta is None:
+            found = None
+            if self.reference:
+                found = reference_backtest(self.policy, self.feed, self.config, self.kill_switch)
             self.ledger = Ledger.create(
                 self.ledger_path,
                 {
@@ -203,7 +226,10 @@ class PaperTrader:
                     "warmup": self.config.env.warmup,
                     "mlflow_run_id": run_id,
                     "kill_switch": self.kill_switch_meta,
+                    "protocol_sources": self.feed.protocol_sources(),
+                    "reference": None if found is None else found[0],
                 },
+                reference=[] if found is None else found[1],
             )
         else:
             self.ledger = Ledger.open(self.ledger_path)
@@ -245,7 +271,9 @@ class PaperTrader:
         logged = self.stream.last_logged_step()
         for row in self.ledger.equity_rows(after_bar=logged):
             weights = {a: w for a, _, _, _, w in self.ledger.positions_at(row[0])}
-            self.stream.log(row[0], bar_metrics(row, self.config.env.initial_value_usd, weights))
+            metrics = bar_metrics(row, self.config.env.initial_value_usd, weights,
+                                  self.ledger.levered_at(row[0]), self.ledger.reference_at(row[0]))  # fmt: skip
+            self.stream.log(row[0], metrics)
         self.stream.flush()
 
     # ------------------------------------------------------------------ one bar
@@ -254,7 +282,7 @@ class PaperTrader:
             raise ValueError(
                 f"feed delivered bar {bar.index} but bar {expected} is next (a gap or a repeat)"
             )
-        check_bar(bar, self.asset_names)
+        check_bar(bar, self.asset_names, self.sim.protocol_fields if self.sim else ())
         if self._last_time is not None:
             check_spacing(self._last_time, bar.time, self.feed.step_days, bar.index)
 
@@ -265,21 +293,31 @@ class PaperTrader:
         sim.push_bar(bar)
         if bar.index < sim.warmup:
             return BarRecord(bar, "warmup")
+        moved: StepResult | None = None
         if bar.index == sim.warmup:
             sim.start()
             if self.overlay is not None:
                 self.overlay.reset(1)
-            ruined = False
         else:
-            ruined = bool(sim.advance().terminated[0])
+            moved = sim.advance()
+        ruined = moved is not None and bool(moved.terminated[0])
         price, num = sim.prices_now()
+        price0, num0 = price[0], float(num[0])
         value = float(sim.value[0])
         peak = float(sim.peak[0])
         step = int(sim.t[0])
+        hf = sim.health_factor_now()
+        hf_marked = math.inf if hf is None else float(hf[0])
+        levered = sim.protocols is not None
+        names, numeraire = self.asset_names, self.manifest.numeraire
         if ruined:
+            positions = position_rows(sim, names, numeraire, price0, num0)
             equity = (bar.time, step, value, peak, 1.0 - value / peak, value, 0.0, 0.0, 0.0, 0.0, 0)
-            return BarRecord(bar, "trade", positions=self._positions(price[0], float(num[0])), equity=equity,
-                             state=self._state(), status=HALTED_RUINED)  # fmt: skip
+            lev_row, perps = (
+                levered_rows(sim, moved, price0, num0, hf_marked, 0.0) if levered else (None, [])
+            )
+            return BarRecord(bar, "trade", positions=positions, equity=equity, state=self._state(),
+                             status=HALTED_RUINED, levered=lev_row, perps=perps)  # fmt: skip
         decision = None
         if step % self.policy.decision_every:  # between two decisions: hold (as in backtests)
             done = sim.execute(None, hold=True)
@@ -289,14 +327,17 @@ class PaperTrader:
             action = np.asarray(outputs["action"], dtype=np.float64)
             override = None
             if self.overlay is not None:  # the backtest's KillSwitchPolicy, around the ONNX policy
-                override = self.overlay.decide(sim.value.copy(), sim.health_factor_now())
-            done = sim.execute(action, override=override)
+                override = self.overlay.decide(sim.value.copy(), hf)
+            # read as the policy's action kind, as run_policy does (an ONNX export: None, the
+            # kind of the config it was trained in)
+            kind = getattr(self.policy, "action_kind", None)
+            done = sim.execute(action, override=override, action_kind=kind)
             kill = bool(done.kill_switch[0]) or (
                 self.overlay is not None and bool(self.overlay.active[0])
             )
         intent = sim.last_intent
         assert intent is not None
-        if decision is None and not step % self.policy.decision_every:
+        if not step % self.policy.decision_every:
             decision = (
                 action[0].tolist(),
                 # the graph's target weights (target kind), else the env's mapped targets
@@ -306,40 +347,10 @@ class PaperTrader:
                 ).tolist(),
                 kill,
             )
-        orders = []
-        for i, asset in enumerate(self.asset_names):
-            gap = float(intent.target[i] - intent.current[i])
-            side = "buy" if gap > 0 else ("sell" if gap < 0 else "none")
-            orders.append(
-                (
-                    asset,
-                    float(intent.current[i]),
-                    float(intent.target[i]),
-                    gap * value,
-                    side,
-                    int(intent.submitted[i]),
-                )
-            )
-        fills = []
-        delta = sim.units[0] - intent.units_before
-        for i, asset in enumerate(self.asset_names):
-            if delta[i] != 0.0:
-                fills.append(
-                    (
-                        asset,
-                        "buy" if delta[i] > 0 else "sell",
-                        float(delta[i]),
-                        float(abs(delta[i]) * price[0, i]),
-                    )
-                )
-        cash_delta = float(sim.cash[0] - intent.cash_before)
-        if cash_delta != 0.0:
-            side = "in" if cash_delta > 0 else "out"
-            fills.append(
-                (self.manifest.numeraire, side, cash_delta, abs(cash_delta) * float(num[0]))
-            )
-        positions = self._positions(price[0], float(num[0]))
-        after = sum(p[3] for p in positions)
+        orders = order_rows(intent, names)
+        fills = fill_rows(sim, intent, names, numeraire, price0, num0)
+        positions = position_rows(sim, names, numeraire, price0, num0)
+        after = sum(p[3] for p in positions) - debt_usd(sim, num0)
         costs = done.costs
         fees, slip, gas = (
             float(costs.fees_usd[0]),
@@ -359,7 +370,13 @@ class PaperTrader:
             float(done.turnover[0]),
             int(kill),
         )
-        return BarRecord(bar, "trade", decision, orders, fills, positions, equity, self._state())
+        lev_row, perps = (
+            levered_rows(sim, moved, price0, num0, hf_marked, intent.target_leverage)
+            if levered
+            else (None, [])
+        )
+        return BarRecord(bar, "trade", decision, orders, fills, positions, equity, self._state(),
+                         levered=lev_row, perps=perps)  # fmt: skip
 
     def _state(self) -> dict[str, Any]:
         """The simulator's JSON state, plus the kill-switch wrapper's when it is on."""
@@ -368,20 +385,6 @@ class PaperTrader:
         if self.overlay is not None:
             state["kill_switch_policy"] = self.overlay.state()
         return state
-
-    def _positions(self, price: np.ndarray, num: float) -> list[tuple]:
-        sim = self.sim
-        assert sim is not None
-        units = sim.units[0]
-        values = units * price
-        cash_value = float(sim.cash[0]) * num
-        total = float(values.sum()) + cash_value
-        rows = [(a, float(units[i]), float(price[i]), float(values[i]), float(values[i] / total))
-                for i, a in enumerate(self.asset_names)]  # fmt: skip
-        rows.append(
-            (self.manifest.numeraire, float(sim.cash[0]), num, cash_value, cash_value / total)
-        )
-        return rows
 
     # ------------------------------------------------------------------ loop
     def run(self, max_bars: int | None = None) -> PaperSummary:
@@ -432,13 +435,21 @@ class PaperTrader:
             self.totals["slippage_usd"] += slip
             self.totals["gas_usd"] += gas
             if self.stream is not None:
+                assert self.ledger is not None
                 weights = {p[0]: p[4] for p in record.positions}
+                levered = (
+                    None
+                    if record.levered is None
+                    else dict(zip(LEVERED_COLUMNS, record.levered, strict=True))
+                )
                 self.stream.log(
                     record.bar.index,
                     bar_metrics(
                         (record.bar.index, *record.equity),
                         self.config.env.initial_value_usd,
                         weights,
+                        levered,
+                        self.ledger.reference_at(record.bar.index),
                     ),
                 )
         if self.on_bar is not None:
@@ -447,9 +458,20 @@ class PaperTrader:
     def _end_stream(self, status: str) -> None:
         if self.stream is not None:
             try:
+                self._log_equity_plot()
                 self.stream.set_status(status)
             except Exception:  # MLflow trouble must not mask the trading outcome
                 pass
+
+    def _log_equity_plot(self) -> None:
+        """The equity (and, with a reference, the backtest's) plot as the run's artifact."""
+        if self.stream is None or self.ledger is None:
+            return
+        from training.paper.plots import equity_figure
+
+        figure = equity_figure(self.ledger_path)
+        if figure is not None:
+            self.stream.log_figure(figure, EQUITY_PLOT)
 
     def summary(self, first_new: int, written: int, status: str) -> PaperSummary:
         assert self.ledger is not None

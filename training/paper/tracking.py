@@ -17,10 +17,23 @@ import numpy as np
 PROGRESS_METRIC = "paper/value_usd"
 
 
+#: ``levered`` ledger columns streamed as ``paper/<column>`` (NULL, e.g. no debt, is not sent)
+LEVERED_METRICS = (
+    "health_factor", "debt_usd", "collateral_usd", "leverage", "perp_notional_usd",
+    "interest_usd", "funding_usd", "liquidation_usd", "liquidations", "insurance_usd", "bad_debt_usd",
+)  # fmt: skip
+
+
 def bar_metrics(
-    equity_row: tuple, initial_value: float, weights: Mapping[str, float]
+    equity_row: tuple,
+    initial_value: float,
+    weights: Mapping[str, float],
+    levered: Mapping[str, Any] | None = None,
+    reference_usd: float | None = None,
 ) -> dict[str, float]:
-    """Metrics of one ``equity`` ledger row (see ``training/paper/ledger.py``) and its weights."""
+    """Metrics of one ``equity`` ledger row (see ``training/paper/ledger.py``) and its weights; with
+    a levered policy its ``levered`` row (``paper/health_factor``, ``paper/debt_usd``, ...), and
+    ``backtest/value_usd``, the reference backtest's value at the same bar, when there is one."""
     _, _, _, value, peak, drawdown, after, fees, slippage, gas, turnover, kill = equity_row
     out = {
         "paper/value_usd": value,
@@ -35,6 +48,11 @@ def bar_metrics(
         "paper/kill_switch": float(kill),
     }
     out.update({f"paper/weight_{asset}": w for asset, w in weights.items()})
+    for key in LEVERED_METRICS if levered else ():
+        if levered[key] is not None:  # type: ignore[index]
+            out[f"paper/{key}"] = float(levered[key])  # type: ignore[index]
+    if reference_usd is not None:
+        out["backtest/value_usd"] = reference_usd
     return out
 
 
@@ -87,6 +105,10 @@ class MetricsStream:
             batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
             self.client.log_batch(self.run_id, metrics=batch)
         self._last_flush = time.monotonic()
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Save a matplotlib figure as an artifact of the run (replacing one of the same name)."""
+        self.client.log_figure(self.run_id, figure, name)
 
     def set_status(self, status: str) -> None:
         """Flush and set the run's status (``FINISHED``, ``FAILED``, ``KILLED``) or tag it ``RUNNING``."""

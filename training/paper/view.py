@@ -18,6 +18,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from training.paper.ledger import LEVERED_COLUMNS
+
 #: decisions shown in the "last actions" table
 LAST_ACTIONS = 5
 
@@ -42,6 +44,26 @@ def _read(path: Path) -> dict[str, Any]:
             "JOIN bars b USING (bar_index) ORDER BY d.bar_index DESC LIMIT ?",
             (LAST_ACTIONS,),
         ).fetchall()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        levered = perps = reference = None
+        if equity and "levered" in tables:
+            last = equity[-1][0]
+            row = conn.execute("SELECT * FROM levered WHERE bar_index = ?", (last,)).fetchone()
+            if row is not None:
+                levered = dict(zip(LEVERED_COLUMNS, row[1:], strict=True))
+                levered["totals"] = conn.execute(
+                    "SELECT SUM(interest_usd), SUM(funding_usd), SUM(liquidation_usd), SUM(liquidations), "
+                    "MIN(health_factor_marked) FROM levered"
+                ).fetchone()
+            perps = conn.execute(
+                "SELECT asset, size_units, mark_usd, notional_usd, funding_rate FROM perp_positions "
+                "WHERE bar_index = ?",
+                (last,),
+            ).fetchall()
+        if equity and "reference" in tables:
+            reference = conn.execute(
+                "SELECT value_usd FROM reference WHERE bar_index = ?", (equity[-1][0],)
+            ).fetchone()
         orders = {}
         for bar_index, *_ in decisions:
             orders[bar_index] = {
@@ -52,7 +74,35 @@ def _read(path: Path) -> dict[str, Any]:
     finally:
         conn.close()
     return {"meta": meta, "equity": equity, "last_bar": last_bar, "positions": positions, "decisions": decisions,
-            "orders": orders}  # fmt: skip
+            "orders": orders, "levered": levered, "perps": perps or [],
+            "reference": None if reference is None else reference[0]}  # fmt: skip
+
+
+def _levered_lines(head: Table, levered: dict[str, Any], value: float) -> None:
+    """Rows of the head panel for a levered or hedged policy (state after the last bar's trades)."""
+    hf = levered["health_factor"]
+    interest, funding, liquidation, count, lowest = levered["totals"]
+    head.add_row(
+        "health factor",
+        ("none (no debt)" if hf is None else f"{hf:.3f}")
+        + ("" if lowest is None else f"  (lowest at a mark {lowest:.3f})"),
+    )
+    leverage = levered["leverage"]
+    head.add_row(
+        "debt",
+        f"${levered['debt_usd']:,.2f} on ${levered['collateral_usd']:,.2f} collateral"
+        + ("" if leverage is None else f"  (debt / equity {leverage:.2f}, target {levered['target_leverage']:.2f})"),
+    )  # fmt: skip
+    exposure = levered["perp_notional_usd"] / value if value > 0 else float("nan")
+    head.add_row(
+        "perp exposure",
+        f"${levered['perp_notional_usd']:,.2f} gross notional ({exposure:.2f} x equity)",
+    )
+    head.add_row(
+        "carry",
+        f"interest ${interest or 0:,.2f}  funding ${funding or 0:,.2f} (paid - earned)  "
+        f"liquidations {int(count or 0)} (${liquidation or 0:,.2f})",
+    )  # fmt: skip
 
 
 def render_ledger(path: str | Path) -> Group:
@@ -88,6 +138,15 @@ def render_ledger(path: str | Path) -> Group:
         head.add_row("drawdown", f"{drawdown:.2%} now, {max_dd:.2%} max (peak ${peak:,.2f})")
         head.add_row("costs", f"fees ${fees:,.2f}  slippage ${slippage:,.2f}  gas ${gas:,.2f}")
         head.add_row("kill-switch", "ACTIVE" if equity[-1][8] else "off")
+        if data["reference"] is not None:
+            ref = data["reference"]
+            head.add_row(
+                "vs backtest",
+                f"${ref:,.2f} at this bar in the backtest of the same export (paper - backtest "
+                f"{value - ref:+,.2f})",
+            )
+        if data["levered"] is not None:
+            _levered_lines(head, data["levered"], value)
     pos = Table(title="positions after the last bar", expand=False)
     for col, justify in (
         ("asset", "left"),
@@ -114,7 +173,16 @@ def render_ledger(path: str | Path) -> Group:
             sent = orders.get(asset, (None, 0))[1]
             cells.append(f"{w:.1%}{'*' if sent else ''}")
         acts.add_row(str(bar_index), time, *cells, "!" if kill else "")
-    return Group(Panel(head, title=f"paper trading: {Path(path).name}"), pos, acts)
+    parts: list[Any] = [Panel(head, title=f"paper trading: {Path(path).name}"), pos]
+    if data["perps"]:
+        perp = Table(title="perp positions after the last bar", expand=False)
+        for col in ("asset", "size", "mark $", "notional $", "funding / step"):
+            perp.add_column(col, justify="left" if col == "asset" else "right")
+        for asset, size, mark, notional, rate in data["perps"]:
+            perp.add_row(asset, f"{size:,.6g}", f"{mark:,.4f}", f"{notional:,.2f}", f"{rate:.4%}")
+        parts.append(perp)
+    parts.append(acts)
+    return Group(*parts)
 
 
 class LiveView:
