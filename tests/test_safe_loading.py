@@ -90,9 +90,11 @@ def test_crafted_model_zip_loads_without_running_its_payload(trained, tmp_path):
     marker = tmp_path / "MARKER"
     evil = craft_zip(clean / "model.zip", tmp_path / "evil.zip", marker)
     assert len(serialized_entries(read_model_data(evil))) >= 6  # spaces, schedules, classes...
-    obs = np.random.default_rng(1).normal(size=(4, 75)).astype(np.float32)
+    reference = load_model("ppo", clean / "model.zip", device="cpu")
+    obs_dim = reference.observation_space.shape[0]
+    obs = np.random.default_rng(1).normal(size=(4, obs_dim)).astype(np.float32)
     a = load_model("ppo", evil, device="cpu").predict(obs, deterministic=True)[0]
-    b = load_model("ppo", clean / "model.zip", device="cpu").predict(obs, deterministic=True)[0]
+    b = reference.predict(obs, deterministic=True)[0]
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="'backdoor'.*refused rather than unpickled"):
         load_model(
@@ -127,7 +129,8 @@ def test_export_of_crafted_files_runs_no_code(trained, tmp_path):
     ok = runner.invoke(app, [*args[:2], str(clean / "model.zip"), "--out", str(tmp_path / "ok"),
                              "--no-mlflow"])  # fmt: skip
     assert ok.exit_code == 0
-    obs = np.random.default_rng(2).normal(size=(5, 75)).astype(np.float32)
+    obs_dim = OnnxPolicy(tmp_path / "ok").obs_dim
+    obs = np.random.default_rng(2).normal(size=(5, obs_dim)).astype(np.float32)
     np.testing.assert_array_equal(
         OnnxPolicy(tmp_path / "out").act(obs), OnnxPolicy(tmp_path / "ok").act(obs)
     )

@@ -257,6 +257,9 @@ def _start_run(
         )
         return run, run_dir, state
     run_dir = run_dir_of(resume_run_id, client)
+    # start_run(run_id=...) refuses a run outside the process's active experiment (one a caller
+    # set earlier, possibly in another store): resuming a run means working in its experiment
+    mlflow.set_experiment(experiment_id=client.get_run(resume_run_id).info.experiment_id)
     run = mlflow.start_run(run_id=resume_run_id)
     (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())  # a later resume keeps an extended budget
     state = RunState.load(run_dir / "checkpoint" / STATE_FILE)

@@ -433,6 +433,33 @@ class Ledger:
             "INSERT INTO sessions (started_utc, first_bar) VALUES (?, ?)", (started_utc, first_bar)
         )
 
+    def extend_feed(
+        self,
+        feed: dict[str, Any],
+        reference: tuple[dict[str, Any], list[tuple[int, float]]] | None = None,
+    ) -> None:
+        """Make the ledger follow a longer feed (:meth:`Feed.extends`), in one transaction: the
+        earlier feed identity goes to ``feed_history``; ``reference`` (the new feed's reference
+        backtest: description and rows) replaces the stored one when given."""
+        updates: dict[str, Any] = {
+            "feed_history": [*self.meta.get("feed_history", []), self.meta["feed"]],
+            "feed": feed,
+        }
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            if reference is not None:
+                updates["reference"] = reference[0]
+                cur.execute("DELETE FROM reference")
+                cur.executemany("INSERT INTO reference VALUES (?, ?)", reference[1])
+            for key, value in updates.items():
+                cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self.meta.update(updates)
+
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
         self.meta[key] = value

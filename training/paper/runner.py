@@ -234,9 +234,12 @@ class PaperTrader:
         else:
             self.ledger = Ledger.open(self.ledger_path)
             if self._extends:  # the same bars and more: the ledger now follows the longer feed
-                history = [*self.ledger.meta.get("feed_history", []), self.ledger.meta["feed"]]
-                self.ledger.set_meta("feed_history", history)
-                self.ledger.set_meta("feed", self.feed.identity())
+                found = None
+                if self.reference and self.ledger.meta.get("reference") is not None:
+                    found = reference_backtest(
+                        self.policy, self.feed, self.config, self.kill_switch
+                    )
+                self.ledger.extend_feed(self.feed.identity(), found)
             if run_id is not None and self.ledger.meta.get("mlflow_run_id") != run_id:
                 self.ledger.set_meta("mlflow_run_id", run_id)
         self._resume()
