@@ -42,7 +42,6 @@ from training.paper.ledger import (
     LEVERED_COLUMNS,
     BarRecord,
     Ledger,
-    WriterLock,
     check_kill_switch_matches,
     check_ledger_matches,
     inspect_ledger,
@@ -50,6 +49,7 @@ from training.paper.ledger import (
 from training.paper.records import debt_usd, fill_rows, levered_rows, order_rows, position_rows
 from training.paper.reference import reference_backtest
 from training.paper.tracking import MetricsStream, bar_metrics
+from training.paper.writer_lock import WriterLock
 
 DEFAULT_CAPACITY = 1024
 #: the MLflow artifact of a paper run: equity vs the reference backtest, levered state
