@@ -41,6 +41,9 @@ class MarketView:
             borrow and supply rates), ``supply_rate`` ``(B, N)`` (each risky asset's annual supply
             rate) with lending; ``funding_rate`` ``(B, N)`` (per step, a fraction of the notional,
             > 0: longs pay shorts) with perps. See ``envs.simulator.PortfolioSimulator.rates_now``.
+        options: None without the options venue; else its positions and chain at the decision
+            time (``envs.option_views.option_view``): e.g. ``call_units`` ``(B, N)``,
+            ``call_delta`` (per unit), ``chain_call_delta`` ``(B, N, strikes, tenors)``.
     """
 
     asset_names: tuple[str, ...]
@@ -52,6 +55,7 @@ class MarketView:
     value_usd: np.ndarray | None = None
     health_factor: np.ndarray | None = None
     rates: dict[str, np.ndarray] | None = None
+    options: dict[str, np.ndarray] | None = None
 
     @property
     def log_returns(self) -> np.ndarray:

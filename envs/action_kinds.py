@@ -31,9 +31,15 @@ exactly (a property test checks it). Reachable sets: ``target`` every target; ``
 ``<= max_turnover`` from ``w_now`` (every such ``d`` has ``max d - min d <= 2``), ``|l - l_now| <=
 max_leverage_change`` and ``|h - h_now| <= max_hedge_change`` (within the bounds).
 
+The options block (``env.options``): covered-call and protective-put shares map like the leverage
+block around an anchor of no options: ``target`` ``(a + 1) / 2``; ``anchored``
+``clip(option_deviation * a, 0, 1)`` (the lower half means none); ``delta``
+``clip(share_now + max_option_change * a, 0, 1)``. The three choice outputs (call strike, put strike,
+tenor) pick a listed one in every kind (``envs.leverage_actions.choice_index``).
+
 The leverage target is then clipped to what the weights' LTVs allow, and the hedges to the margin,
 by the engine (:mod:`envs.leverage`), whatever the kind. A spot-only ``(B, N + 1)`` action means no
-debt and no hedges in every kind (the spot baselines run unchanged).
+debt, no hedges and no options in every kind (the spot baselines run unchanged).
 """
 
 from __future__ import annotations
@@ -45,16 +51,56 @@ import numpy as np
 
 from envs.actions import actions_to_weights, weights_to_actions
 from envs.config import ActionConfig
-from envs.leverage_actions import ActionLayout
+from envs.leverage_actions import ActionLayout, choice_index, choice_output
+
+
+class OptionTargets(NamedTuple):
+    """What an options block asks for, per env: ``call_share`` / ``put_share`` ``(B, N)`` in [0, 1]
+    (short calls / long puts on that share of each listed asset's held units) and the indices of the
+    listed ``call_strike``, ``put_strike`` and ``tenor`` ``(B,)`` int64 (used when a contract opens)."""
+
+    call_share: np.ndarray
+    put_share: np.ndarray
+    call_strike: np.ndarray
+    put_strike: np.ndarray
+    tenor: np.ndarray
+
+    @classmethod
+    def none(cls, n_envs: int, n_assets: int) -> OptionTargets:
+        """No options (every contract closed)."""
+        zero = np.zeros((n_envs, n_assets))
+        idx = np.zeros(n_envs, dtype=np.int64)
+        return cls(zero, zero.copy(), idx, idx.copy(), idx.copy())
 
 
 class ActionTargets(NamedTuple):
     """What an action asks for, per env: ``weights`` ``(B, N+1)`` (cash last, on the simplex),
-    ``leverage`` ``(B,)`` debt / equity before the LTV clip, ``hedge`` ``(B, N)`` ratios in [-1, 1]."""
+    ``leverage`` ``(B,)`` debt / equity before the LTV clip, ``hedge`` ``(B, N)`` ratios in [-1, 1],
+    ``options`` the option targets (None without the options venue)."""
 
     weights: np.ndarray
     leverage: np.ndarray
     hedge: np.ndarray
+    options: OptionTargets | None = None
+
+
+def override_targets(
+    targets: ActionTargets, safe: ActionTargets, forced: np.ndarray
+) -> ActionTargets:
+    """``targets`` with the rows ``forced`` ``(B,)`` bool replaced by ``safe``'s (kill-switches)."""
+
+    def pick(t: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return np.where(forced.reshape(-1, *([1] * (t.ndim - 1))), s, t)
+
+    options = targets.options
+    if options is not None and safe.options is not None:
+        options = OptionTargets(*(pick(t, s) for t, s in zip(options, safe.options, strict=True)))
+    return ActionTargets(
+        pick(targets.weights, safe.weights),
+        pick(targets.leverage, safe.leverage),
+        pick(targets.hedge, safe.hedge),
+        options,
+    )
 
 
 @dataclass
@@ -63,13 +109,17 @@ class PortfolioState:
 
     ``weights`` ``(B, N+1)`` current weights (cash last); ``leverage`` ``(B,)`` debt / equity;
     ``hedge`` ``(B, N)`` current hedge ratios (``-perp size / spot units``, 0 without spot);
-    ``vol`` ``(B, N)`` trailing realized vol (any consistent unit), only for the inverse-vol anchor.
+    ``vol`` ``(B, N)`` trailing realized vol (any consistent unit), only for the inverse-vol anchor;
+    ``call_share`` / ``put_share`` ``(B, N)`` current short calls / long puts over the held units
+    (options venue only; None reads as 0).
     """
 
     weights: np.ndarray
     leverage: np.ndarray
     hedge: np.ndarray
     vol: np.ndarray | None = None
+    call_share: np.ndarray | None = None
+    put_share: np.ndarray | None = None
 
 
 def centered(actions: np.ndarray) -> np.ndarray:
@@ -140,9 +190,31 @@ class ActionMap:
             size = np.maximum(0.5 * np.abs(d).sum(axis=1, keepdims=True), 1.0)
             w = _on_simplex(state.weights + self.cfg.max_turnover * d / size)
         b = actions.shape[0]
+        options = self._options(actions, state) if layout.options else None
         if spot_only:
-            return ActionTargets(w, np.zeros(b), np.zeros((b, layout.n_assets)))
-        return ActionTargets(w, self._leverage(lev_a, state), self._hedge(hedge_a, state))
+            return ActionTargets(w, np.zeros(b), np.zeros((b, layout.n_assets)), options)
+        return ActionTargets(w, self._leverage(lev_a, state), self._hedge(hedge_a, state), options)
+
+    def _options(self, actions: np.ndarray, state: PortfolioState) -> OptionTargets:
+        layout = self.layout
+        calls_a, puts_a, choice_a = layout.split_options(actions)
+        shares = []
+        for a, now in ((calls_a, state.call_share), (puts_a, state.put_share)):
+            a = np.maximum(np.minimum(a, 1.0), -1.0)
+            if self.kind == "target":
+                share = (a + 1.0) * 0.5
+            elif self.kind == "anchored":
+                share = self.cfg.option_deviation * a
+            else:
+                share = (0.0 if now is None else now) + self.cfg.max_option_change * a
+            shares.append(np.minimum(np.maximum(share, 0.0), 1.0))
+        return OptionTargets(
+            shares[0],
+            shares[1],
+            choice_index(choice_a[:, 0], layout.n_strikes),
+            choice_index(choice_a[:, 1], layout.n_strikes),
+            choice_index(choice_a[:, 2], layout.n_tenors),
+        )
 
     def _leverage(self, a: np.ndarray, state: PortfolioState) -> np.ndarray:
         if not self.layout.lending:
@@ -201,7 +273,38 @@ class ActionMap:
             else:
                 a = (h - state.hedge) / self.cfg.max_hedge_change
             parts.append(np.clip(a, -1.0, 1.0))
+        if layout.options:
+            parts.append(self._option_outputs(targets.options, state, b))
         return np.concatenate(parts, axis=1)
+
+    def _option_outputs(
+        self, options: OptionTargets | None, state: PortfolioState, b: int
+    ) -> np.ndarray:
+        """The inverse of :meth:`_options` (zero shares from the middle of the lower half)."""
+        layout, n = self.layout, self.layout.n_assets
+        options = options or OptionTargets.none(b, n)
+        outs = []
+        for share, now in (
+            (options.call_share, state.call_share),
+            (options.put_share, state.put_share),
+        ):
+            share = np.broadcast_to(np.asarray(share, dtype=np.float64), (b, n))
+            if self.kind == "target":
+                a = 2.0 * share - 1.0
+            elif self.kind == "anchored":
+                a = np.where(share > 0.0, share / self.cfg.option_deviation, -0.5)
+            else:
+                current = np.zeros((b, n)) if now is None else now
+                a = (share - current) / self.cfg.max_option_change
+                a = np.where((share <= 0.0) & (current <= 0.0), -0.5, a)
+            outs.append(np.clip(a, -1.0, 1.0))
+        for idx, size in (
+            (options.call_strike, layout.n_strikes),
+            (options.put_strike, layout.n_strikes),
+            (options.tenor, layout.n_tenors),
+        ):
+            outs.append(choice_output(np.broadcast_to(idx, (b,)), size)[:, None])
+        return np.concatenate(outs, axis=1)
 
     def safe_targets(self, n_envs: int) -> ActionTargets:
         """All numeraire, no debt, no perps (the kill-switch's target), whatever the kind."""
@@ -210,4 +313,5 @@ class ActionMap:
             np.broadcast_to(self._cash, (n_envs, n + 1)).copy(),
             np.zeros(n_envs),
             np.zeros((n_envs, n)),
+            OptionTargets.none(n_envs, n) if self.layout.options else None,
         )

@@ -20,6 +20,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from envs.config_protocols import (  # noqa: F401  (re-exported: envs.config is their public home)
+    CascadesConfig,
+    LendingConfig,
+    OptionsConfig,
+    PerpsConfig,
+)
 from envs.kill_switch import KillSwitchConfig
 from envs.market.config import MarketConfig
 from envs.yaml_io import (  # noqa: F401  (format_validation_error is re-exported)
@@ -146,6 +152,15 @@ class ActionConfig(StrictModel):
     max_hedge_change: float = Field(
         default=0.25, gt=0.0, le=1.0, description="delta: hedge-ratio change per decision"
     )
+    option_deviation: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="anchored: covered-call / protective-put share above the anchor's 0 at +1",
+    )
+    max_option_change: float = Field(
+        default=0.25, gt=0.0, le=1.0, description="delta: option share change per decision"
+    )
 
 
 #: Every observation block, in the order of the docs' table (envs/features/__init__.py has sizes and formulas).
@@ -159,6 +174,7 @@ OBSERVATION_BLOCKS = (
     "weights",
     "drawdown",
     "protocol",
+    "greeks",
 )
 #: The default observation (``env.observation.blocks``): change it here, in one place.
 DEFAULT_OBSERVATION_BLOCKS = (
@@ -257,65 +273,6 @@ class RewardConfig(StrictModel):
     )
 
 
-class LendingConfig(StrictModel):
-    """Aave-v3-like lending market (see docs/env_leverage.md): borrow the numeraire against risky holdings."""
-
-    enabled: bool = False
-    params_path: str = Field(
-        default="configs/protocols/aave_v3_2023-10-31.yaml",
-        min_length=1,
-        description="dated protocol snapshot (envs/protocols/params.py:LendingParams)",
-    )
-    max_leverage: float = Field(
-        default=2.0,
-        ge=0.0,
-        le=50.0,
-        description="debt / equity at the leverage action's top (a = +1)",
-    )
-    ltv_buffer: float = Field(
-        default=0.9,
-        gt=0.0,
-        le=1.0,
-        description="usable share of the LTV borrowing capacity for targets",
-    )
-    cash_earns_supply_rate: bool = Field(
-        default=True,
-        description=(
-            "idle numeraire cash is supplied too (aUSDC) and earns the numeraire's supply rate, like "
-            "the risky holdings earn theirs; false: cash earns nothing"
-        ),
-    )
-
-
-class PerpsConfig(StrictModel):
-    """Perpetual futures hedges, USDC-margined (the numeraire cash is the cross margin)."""
-
-    enabled: bool = False
-    params_path: str = Field(
-        default="configs/protocols/perps.yaml",
-        min_length=1,
-        description="venue parameters (envs/protocols/params.py:PerpsParams)",
-    )
-    margin_buffer: float = Field(
-        default=2.0,
-        ge=1.0,
-        le=20.0,
-        description="cash must cover margin_buffer x the initial margin; hedges are scaled down otherwise",
-    )
-    gas_units_per_order: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=2_000_000.0,
-        description="gas per perp asset traded (0: dYdX v4-like venue; ~350k for an on-chain GMX-like one)",
-    )
-
-
-class CascadesConfig(StrictModel):
-    """Liquidations of a simulated borrower population selling into the agent's pools."""
-
-    enabled: bool | None = Field(default=None, description="None: on exactly when lending is on")
-
-
 class EnvConfig(StrictModel):
     """The portfolio environment: capital, horizon and the cost/feature/reward models."""
 
@@ -350,6 +307,7 @@ class EnvConfig(StrictModel):
     lending: LendingConfig = Field(default_factory=LendingConfig)
     perps: PerpsConfig = Field(default_factory=PerpsConfig)
     cascades: CascadesConfig = Field(default_factory=CascadesConfig)
+    options: OptionsConfig = Field(default_factory=OptionsConfig)
 
     @property
     def cascades_enabled(self) -> bool:
@@ -358,8 +316,13 @@ class EnvConfig(StrictModel):
 
     @property
     def protocols_enabled(self) -> bool:
-        """True when any of lending, perps or cascades is on (the spot-only fast path is off)."""
-        return self.lending.enabled or self.perps.enabled or self.cascades_enabled
+        """True when any of lending, perps, cascades or options is on (the spot-only fast path is off)."""
+        return (
+            self.lending.enabled
+            or self.perps.enabled
+            or self.cascades_enabled
+            or self.options.enabled
+        )
 
     @model_validator(mode="after")
     def _warmup_covers_windows(self) -> EnvConfig:
@@ -371,7 +334,7 @@ class EnvConfig(StrictModel):
         blocks = self.observation.blocks
         if all(b == "protocol" for b in blocks) and not self.protocols_enabled:
             raise ValueError(
-                "observation.blocks = ['protocol'] is empty without lending, perps or cascades; "
+                "observation.blocks = ['protocol'] is empty without lending, perps, cascades or options; "
                 f"add blocks from {', '.join(OBSERVATION_BLOCKS)}"
             )
         return self

@@ -11,7 +11,9 @@ changes smaller than ``no_trade_band * E`` are skipped, like spot trades. Risky 
 as supplied collateral (aTokens, earning the supply rate); supply/withdraw are assumed zapped into
 the swaps (no separate gas). Cash is idle numeraire in the perp margin account (earns nothing).
 
-What happens during the market move is in :mod:`envs.leverage_move`.
+With the options venue on, the option orders go between the spot rebalance and the repay
+(:meth:`envs.option_book.OptionBook.execute`: covered calls on the units held after the spot
+trades); the spot buys leave in cash what buying back the calls their sells uncover costs. What happens during the market move is in :mod:`envs.leverage_move`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from envs.leverage_actions import (
 from envs.leverage_paths import ProtocolPaths, ProtocolSetup
 from envs.leverage_population import BorrowerCascades
 from envs.market.paths import MarketPaths
+from envs.option_book import OptionBook, OptionFills
+from envs.option_quotes import SERIES as OPTION_SERIES
+from envs.option_views import option_observation, option_observation_names
 from envs.protocols.gas import GAS_UNITS
 
 HF_CAP = 10.0  # observation: log(min(HF, 10)); "no debt" reads as very safe
@@ -78,8 +83,8 @@ class StepCosts(TradeCosts):
 @dataclass
 class LeveredFills:
     """What :meth:`LeverageEngine.execute` did: new spot state, costs, spot turnover (USD traded),
-    the spot assets sent to the router ``mask`` ``(B, N)`` and the leverage target after the LTV
-    clip ``leverage`` ``(B,)`` (debt / equity)."""
+    the spot assets sent to the router ``mask`` ``(B, N)``, the leverage target after the LTV
+    clip ``leverage`` ``(B,)`` (debt / equity) and the option fills (None without the options venue)."""
 
     units: np.ndarray
     cash: np.ndarray
@@ -87,6 +92,7 @@ class LeveredFills:
     traded_usd: np.ndarray
     mask: np.ndarray | None = None
     leverage: np.ndarray | None = None
+    options: OptionFills | None = None
 
 
 class LeverageEngine:
@@ -100,6 +106,7 @@ class LeverageEngine:
         env = config.env
         self.lending_on = env.lending.enabled
         self.perps_on = env.perps.enabled
+        self.options_on = env.options.enabled
         self.cascades_on = env.cascades_enabled
         self.cfg = env
         self.n_envs, self.n_assets = n_envs, len(asset_names)
@@ -130,7 +137,14 @@ class LeverageEngine:
         self.debt = np.zeros(n_envs)
         self.perp_size = np.zeros((n_envs, self.n_assets))
         self.hf_now = np.full(n_envs, np.inf)
-        self.obs_size = 3 * int(self.lending_on) + 2 * self.n_assets * int(self.perps_on)
+        self.options: OptionBook | None = None
+        if self.options_on:
+            self.options = OptionBook(config, n_envs, asset_names)
+        self.obs_size = (
+            3 * int(self.lending_on)
+            + 2 * self.n_assets * int(self.perps_on)
+            + OptionBook.OBS_PER_ASSET * self.n_assets * int(self.options_on)
+        )
 
     def _check_max_leverage(self) -> None:
         lend = self.cfg.lending
@@ -146,6 +160,14 @@ class LeverageEngine:
                 f"and leverage <= S / (1 - S); lower max_leverage to <= {cap:.4f}"
             )
 
+    def generate_series(self, paths: MarketPaths, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """The agent-independent series of ``paths`` drawn from ``seeds``: the lending and perps
+        series (:class:`ProtocolPaths`) and the options venue's variance forecasts."""
+        series = self.paths.generate(paths, seeds)
+        if self.options is not None:
+            series.update(self.options.generate(paths))
+        return series
+
     def reset(
         self,
         index: np.ndarray,
@@ -154,8 +176,12 @@ class LeverageEngine:
         series: dict[str, np.ndarray] | None = None,
     ) -> None:
         """New episodes for envs ``index`` on ``paths``; ``series``: their protocol series when
-        already drawn (``self.paths.generate(paths, seeds)``), drawn here otherwise."""
-        self.paths.assign(index, self.paths.generate(paths, seeds) if series is None else series)
+        already drawn (:meth:`generate_series`), drawn here otherwise."""
+        series = self.generate_series(paths, seeds) if series is None else series
+        self.paths.assign(index, {k: v for k, v in series.items() if k != OPTION_SERIES})
+        if self.options is not None:
+            truth = paths.cond_var is not None and self.options.surface.model_table is not None
+            self.options.reset(index, series, paths.regime, truth)
         if self.cascades is not None:
             w = paths.warmup
             self.cascades.reset(index, paths.close[:, w], paths.depth_multiplier[:, w])
@@ -170,6 +196,8 @@ class LeverageEngine:
             state["population_units"] = self.cascades.units[index].tolist()
             state["population_debt"] = self.cascades.debt[index].tolist()
             state["population_fresh"] = self.cascades.fresh[index].tolist()
+        if self.options is not None:
+            state.update(self.options.snapshot(index))
         return state
 
     def restore(self, index: int, state: dict) -> None:
@@ -180,6 +208,8 @@ class LeverageEngine:
             self.cascades.units[index] = np.asarray(state["population_units"])
             self.cascades.debt[index] = np.asarray(state["population_debt"])
             self.cascades.fresh[index] = np.asarray(state["population_fresh"])
+        if self.options is not None:
+            self.options.restore(index, state)
 
     # ------------------------------------------------------------------ views
     def health_factor(self, units: np.ndarray, price: np.ndarray, num: np.ndarray) -> np.ndarray:
@@ -223,6 +253,9 @@ class LeverageEngine:
             out[:, col + n : col + 2 * n] = (
                 gather_at(self.paths.funding, now) * per_year * RATE_SCALE
             )
+            col += 2 * n
+        if self.options is not None:
+            out[:, col:] = option_observation(self.options, units, now, price)
         return out
 
     def observation_names(self, asset_names: tuple[str, ...]) -> list[str]:
@@ -231,6 +264,8 @@ class LeverageEngine:
         if self.perps_on:
             names += [f"perp_exposure_{a}" for a in asset_names]
             names += [f"funding_rate_ann_x10_{a}" for a in asset_names]
+        if self.options is not None:
+            names += option_observation_names(asset_names)
         return names
 
     # ------------------------------------------------------------------ execute
@@ -263,7 +298,8 @@ class LeverageEngine:
 
         A target whose risky weights are all 0 (e.g. the kill-switch's safe target) is all
         numeraire: the leverage target is clipped to 0 (no collateral), the perp targets are 0, and
-        every spot position, debt and perp is closed regardless of the no-trade band. Mutates
+        every spot position, debt and perp is closed regardless of the no-trade band (and every
+        option: nothing is held to cover or protect). Mutates
         ``pools``, ``self.debt`` and ``self.perp_size``; returns the new spot units and cash.
         """
         band = self.cfg.action.no_trade_band
@@ -301,11 +337,31 @@ class LeverageEngine:
 
         mask = np.abs(target_usd - units * price) > band * eq[:, None]
         mask |= flat[:, None] & (units > 0.0)
+        reserve = None  # numeraire units the buys leave for buying back calls the sells uncover
+        if self.options is not None:
+            after = np.where(mask, target_usd / price, units)  # sells are exact, buys may shrink
+            sells = (np.maximum(units - after, 0.0) * price).sum(axis=1)
+            need = self.options.buyback_reserve(after, price, now)
+            reserve = np.minimum(need, cash * num + 0.9 * sells) / num
         fills = execute_rebalance(
-            units, cash, target_usd / price, mask, price, num, pools, gas, gwei, eth
+            units,
+            cash,
+            target_usd / price,
+            mask,
+            price,
+            num,
+            pools,
+            gas,
+            gwei,
+            eth,
+            extra_cash=None if reserve is None else -reserve,
         )
         units = units + fills.asset_delta
         cash = cash + fills.cash_delta
+        option_fills = None
+        if self.options is not None:  # before the repay: covering the calls comes first
+            option_fills = self.options.execute(units, cash, targets.options, price, num, eq, now)
+            cash = option_fills.cash
 
         if self.lending_on and move_debt.any():
             cash, repay_gas = self._repay(
@@ -316,12 +372,15 @@ class LeverageEngine:
             cash, perp_fee, perp_gas = self._trade_perps(
                 cash, target_usd, targets.hedge, price, num, eq, now, gwei, eth
             )
+        option_fee = option_spread = zero
+        if option_fills is not None:
+            option_fee, option_spread = option_fills.fees_usd, option_fills.spread_usd
         costs = TradeCosts(
-            fills.costs.fees_usd + perp_fee,
-            fills.costs.slippage_usd,
+            fills.costs.fees_usd + perp_fee + option_fee,
+            fills.costs.slippage_usd + option_spread,
             fills.costs.gas_usd + borrow_gas + repay_gas + perp_gas,
         )
-        return LeveredFills(units, cash, costs, fills.traded_usd, mask, lev)
+        return LeveredFills(units, cash, costs, fills.traded_usd, mask, lev, option_fills)
 
     def _repay(
         self,

@@ -9,6 +9,14 @@ off at ruin), and what a test needs to recompute the
 market PnL independently: ``holdings_during_move`` (N + 1, cash last), ``debt_units_during_move``,
 ``perp_size_during_move``, plus ``low_prices_effective`` (the low the agent was checked at) and
 ``cascade_sale_units`` (the borrower population's forced sales into the pools).
+
+With the options venue: ``option_units`` / ``option_strike`` / ``option_expiry_step`` ``(N, 2)``
+(slot 0 the call, 1 the put; signed units, USD strikes, the episode step of expiry), ``option_marks``
+``(N, 2)`` (mid per unit now), ``option_value_usd``, the step's ``option_premium_usd`` (net paid),
+``option_fees_usd``, ``option_spread_usd``, ``option_settlement_usd`` (net payoff received),
+``option_settlement_fee_usd``, ``option_liquidation_usd``, ``option_insurance_usd``, and for the
+identity ``option_units_during_move``, ``option_marks_at_decision`` (mid at ``t`` of the contracts
+held through the move) and ``option_marks_after`` (their settlement value or mid at ``t + 1``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from envs.leverage import LeverageEngine, StepCosts
 from envs.leverage_move import MoveOutcome
 
 if TYPE_CHECKING:
+    from envs.option_book import OptionFills
     from envs.step_records import StepResult
 
 FLOW_KEYS = (
@@ -33,6 +42,15 @@ FLOW_KEYS = (
 )
 
 
+OPTION_FLOW_KEYS = (
+    "option_premium_usd",
+    "option_fees_usd",
+    "option_spread_usd",
+    "option_settlement_usd",
+    "option_settlement_fee_usd",
+)
+
+
 def protocol_step_fields(
     result: StepResult,
     engine: LeverageEngine,
@@ -40,11 +58,16 @@ def protocol_step_fields(
     units: np.ndarray,
     price: np.ndarray,
     num: np.ndarray,
+    option_fills: OptionFills | None = None,
 ) -> None:
-    """Fill the protocol fields of ``result`` (``(B,)`` arrays) and extend its costs."""
+    """Fill the protocol fields of ``result`` (``(B,)`` arrays) and extend its costs (the option
+    settlement fees join the fees); ``option_fills``: the decision's option orders (None: none)."""
     costs = result.costs
+    fees = costs.fees_usd
+    if move.options is not None:
+        fees = fees + move.options.settlement_fee_usd
     result.costs = StepCosts(
-        costs.fees_usd,
+        fees,
         costs.slippage_usd,
         costs.gas_usd,
         move.interest_usd,
@@ -62,6 +85,15 @@ def protocol_step_fields(
     result.perp_notional_usd = (np.abs(engine.perp_size) * price).sum(axis=1)
     result.insurance_usd = move.insurance_usd
     result.bad_debt_usd = move.bad_debt_usd
+    book = engine.options
+    if book is not None and move.options is not None:
+        zero = np.zeros(engine.n_envs)
+        result.option_value_usd = book.value_usd()
+        result.option_premium_usd = zero if option_fills is None else option_fills.premium_usd
+        result.option_fees_usd = zero if option_fills is None else option_fills.fees_usd
+        result.option_spread_usd = zero if option_fills is None else option_fills.spread_usd
+        result.option_settlement_usd = move.options.settlement_usd
+        result.option_settlement_fee_usd = move.options.settlement_fee_usd
 
 
 def protocol_info(
@@ -110,4 +142,38 @@ def protocol_info(
     info["perp_size_during_move"] = move.perp_size_during_move[index].copy()
     info["low_prices_effective"] = move.low_effective[index].copy()
     info["cascade_sale_units"] = move.cascade_sale_units[index].copy()
+    if engine.options is not None:
+        info.update(_option_info(engine, move, result, index))
+    return info
+
+
+def _option_info(
+    engine: LeverageEngine, move: MoveOutcome | None, result: StepResult | None, index: int
+) -> dict:
+    """The options' info keys of env ``index`` (module docstring); flows are 0 after a reset."""
+    book = engine.options
+    assert book is not None
+    warmup = engine.cfg.warmup
+    info: dict = {
+        "option_units": book.units[index].copy(),
+        "option_strike": book.strike[index].copy(),
+        "option_expiry_step": np.where(book.units[index] != 0.0, book.expiry[index] - warmup, 0),
+        "option_marks": book.mark[index].copy(),
+        "option_value_usd": float((book.units[index] * book.mark[index]).sum()),
+    }
+    opt = None if move is None else move.options
+    if result is None or opt is None:
+        info.update({key: 0.0 for key in OPTION_FLOW_KEYS})
+        info["option_liquidation_usd"] = info["option_insurance_usd"] = 0.0
+        info["option_units_during_move"] = book.units[index].copy()
+        info["option_marks_at_decision"] = book.mark[index].copy()
+        info["option_marks_after"] = book.mark[index].copy()
+        return info
+    for key in OPTION_FLOW_KEYS:
+        info[key] = float(getattr(result, key)[index])
+    info["option_liquidation_usd"] = float(opt.liquidation_usd[index])
+    info["option_insurance_usd"] = float(opt.insurance_usd[index])
+    info["option_units_during_move"] = opt.units_during_move[index].copy()
+    info["option_marks_at_decision"] = opt.mark_before[index].copy()
+    info["option_marks_after"] = opt.mark_after[index].copy()
     return info

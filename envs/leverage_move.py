@@ -35,6 +35,10 @@ Order, per env (all vectorized over the batch):
    and the fee are liquidation costs. Equity below zero is absorbed by the venue's insurance fund
    (``insurance_usd``) and cash stays >= 0.
 
+6. options (with ``env.options``; :meth:`envs.option_book.OptionBook.move`): contracts expiring at
+   ``t + 1`` settle in cash against the close, the others are marked at the venue's mid, and calls
+   written beyond the units held are margin-checked at the high (bought back when short).
+
 Identity (to rounding), per env: ``V(t+1) = V(t) - fees - slippage - gas - interest - funding -
 liquidation + insurance + market PnL``, with market PnL = holdings during the move x price change
 (numeraire included, debt revalued) + perp size x mark change.
@@ -56,6 +60,7 @@ import numpy as np
 from envs.execution.pools import PoolBook
 from envs.indexing import gather_at
 from envs.leverage import LeverageEngine
+from envs.option_book import OptionMove
 from envs.protocols.lending import liquidation_from_params
 from envs.protocols.perps import perp_liquidation
 
@@ -88,10 +93,14 @@ class MoveOutcome:
     forced_sales: bool = False
     #: ``(B,)`` USD of negative equity written off at the end of the move (see the module docstring)
     bad_debt_usd: np.ndarray | None = None
+    #: the options' settlement, marks and margin call (None without the options venue)
+    options: OptionMove | None = None
 
     @property
     def liquidation_usd(self) -> np.ndarray:
-        return self.liquidation_penalty_usd + self.perp_liquidation_usd
+        """Lending penalty + perp close-out + option margin-call close-out, USD ``(B,)``."""
+        total = self.liquidation_penalty_usd + self.perp_liquidation_usd
+        return total if self.options is None else total + self.options.liquidation_usd
 
 
 def sell_into_pools(pools: PoolBook, rows: np.ndarray, sell_units: np.ndarray) -> np.ndarray:
@@ -191,6 +200,12 @@ def protocol_move(
         cash, funding, perp_cost, insurance = _settle_perps(
             engine, cash, now, price0, num1, low_eff, high1, liquidations
         )
+    option_move = None
+    if engine.options is not None:
+        option_move = engine.options.move(units, cash, price1, num1, high1, now + 1)
+        units, cash = option_move.units, option_move.cash
+        insurance = insurance + option_move.insurance_usd
+        liquidations = liquidations + option_move.liquidations
     return MoveOutcome(
         units,
         cash,
@@ -204,6 +219,7 @@ def protocol_move(
         sales if sales.shape == units.shape else np.zeros(units.shape),
         *held,
         forced_sales=before_sales is not None,
+        options=option_move,
     )
 
 
@@ -217,7 +233,7 @@ def write_off_negative_equity(
     The lending protocol recovers what the account holds (all of it: collateral, cash and perp
     margin count, so no part of the wallet is shielded from its own debt) and absorbs the rest:
     ``move.bad_debt_usd = -value`` on those rows, every position (``move.units``, ``move.cash``,
-    ``engine.debt``, ``engine.perp_size``) is set to zero, and the returned value is exactly 0 there
+    ``engine.debt``, ``engine.perp_size``, the options) is set to zero, and the returned value is exactly 0 there
     (never negative). Perps are marked and settled already, so closing them moves no value.
     """
     bad = value_usd < 0.0
@@ -228,6 +244,8 @@ def write_off_negative_equity(
     move.cash = np.where(bad, 0.0, move.cash)
     engine.debt = np.where(bad, 0.0, engine.debt)
     engine.perp_size = np.where(bad[:, None], 0.0, engine.perp_size)
+    if engine.options is not None:
+        engine.options.close_out(bad)
     return np.where(bad, 0.0, value_usd)
 
 

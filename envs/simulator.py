@@ -24,29 +24,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.action_kinds import ActionMap, ActionTargets, PortfolioState
+from envs.action_kinds import ActionMap, PortfolioState, override_targets
 from envs.actions import all_numeraire, apply_no_trade_band, validate_actions
 from envs.config import SimulationConfig
 from envs.execution.costs import GasModel, TradeCosts
 from envs.execution.pools import PoolBook
 from envs.execution.rebalance import execute_rebalance, target_units
 from envs.features import ObservationLayout, market_features, trader_model_for
+from envs.greeks import greek_totals, greeks_block
 from envs.indexing import flat_time_index, gather_at
 from envs.kill_switch import KillSwitch
 from envs.leverage import LeverageEngine
 from envs.leverage_actions import ActionLayout
-from envs.leverage_info import protocol_info, protocol_step_fields
+from envs.leverage_info import protocol_step_fields
 from envs.leverage_move import MoveOutcome, protocol_move, write_off_negative_equity
 from envs.market.paths import MarketPaths
 from envs.market.sources import sample_paths
 from envs.rewards import RewardModel
+from envs.simulator_records import STATE_FIELDS, env_info, restore_env, snapshot_env
+from envs.simulator_views import greeks_now, options_now, portfolio_state, rates_now
 from envs.step_records import DrawnEpisodes, Execution, StepResult
-
-
-def _cash_only(n_assets: int) -> np.ndarray:
-    w = np.zeros(n_assets + 1)
-    w[-1] = 1.0
-    return w
 
 
 def _turnover(traded_usd: np.ndarray, value_before: np.ndarray) -> np.ndarray:
@@ -54,15 +51,6 @@ def _turnover(traded_usd: np.ndarray, value_before: np.ndarray) -> np.ndarray:
     (0 for an empty, ruined account)."""
     live = value_before > 0.0
     return 0.5 * traded_usd.sum(axis=1) / np.where(live, value_before, np.inf)
-
-
-class _CashOnly(dict):
-    def __missing__(self, n: int) -> np.ndarray:
-        self[n] = _cash_only(n)
-        return self[n]
-
-
-CASH_ONLY = _CashOnly()
 
 
 class PortfolioSimulator:
@@ -142,7 +130,7 @@ class PortfolioSimulator:
         return self._drawn(paths, seeds)
 
     def _drawn(self, paths: MarketPaths, seeds: np.ndarray) -> DrawnEpisodes:
-        series = None if self.protocols is None else self.protocols.paths.generate(paths, seeds)
+        series = None if self.protocols is None else self.protocols.generate_series(paths, seeds)
         return DrawnEpisodes(paths, self.path_features(paths), series)
 
     def path_features(self, paths: MarketPaths) -> np.ndarray:
@@ -259,21 +247,22 @@ class PortfolioSimulator:
         return engine.hf_now if engine is not None and engine.lending_on else None
 
     def rates_now(self) -> dict[str, np.ndarray] | None:
-        """Protocol rates quoted at the decision time (``agents.policy.MarketView.rates``); None in
-        spot mode. They are the rates of the step ``t -> t + 1`` (set by the state at ``t``, so
-        observable): annual ``borrow_rate`` / ``cash_supply_rate`` ``(B,)`` and ``supply_rate``
-        ``(B, N)`` with lending, per-step ``funding_rate`` ``(B, N)`` (> 0: longs pay) with perps."""
-        engine = self.protocols
-        if engine is None:
-            return None
-        paths, rates = engine.paths, {}
-        if engine.lending_on:
-            rates["borrow_rate"] = self.now(paths.borrow_rate)
-            rates["cash_supply_rate"] = self.now(paths.cash_supply_rate)
-            rates["supply_rate"] = self.now(paths.supply_rate)
-        if engine.perps_on:
-            rates["funding_rate"] = self.now(paths.funding)
-        return rates or None
+        """Protocol rates quoted at the decision time (:func:`envs.simulator_views.rates_now`)."""
+        return rates_now(self)
+
+    def options_now(self) -> dict[str, np.ndarray] | None:
+        """The options venue as a policy sees it now (:func:`envs.simulator_views.options_now`)."""
+        return options_now(self)
+
+    def greeks(self, price: np.ndarray) -> np.ndarray:
+        """``(B, N, 4)`` portfolio Greeks per asset now (:func:`envs.simulator_views.greeks_now`)."""
+        return greeks_now(self, price)
+
+    def portfolio_state(
+        self, price: np.ndarray, num: np.ndarray, value: np.ndarray
+    ) -> PortfolioState:
+        """What the action kinds read (:func:`envs.simulator_views.portfolio_state`)."""
+        return portfolio_state(self, price, num, value)
 
     def trailing_prices(self, lookback: int) -> np.ndarray:
         """Close prices ``(B, lookback, N)`` USD up to and including the decision time (no future rows)."""
@@ -288,16 +277,20 @@ class PortfolioSimulator:
         price, num = self.prices_now()
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
         layout = self.obs_layout
-        layout.put_market(obs, self.now(self.features))
+        if layout.n_market:  # (a reshape of no columns would be ambiguous)
+            layout.put_market(obs, self.now(self.features))
         if layout.weights is not None:
             obs[:, layout.weights] = self.weights(price, num, self.value)
         if layout.drawdown is not None:
             obs[:, layout.drawdown] = 1.0 - self.value / self.peak
+        clip = self.config.env.observation.clip
         if self.protocols is not None and layout.protocol is not None:
             block = obs[:, layout.protocol]
             self.protocols.observation(self.units, price, num, self.value, self._now, out=block)
-            clip = self.config.env.observation.clip
             np.maximum(np.minimum(block, clip, out=block), -clip, out=block)
+        if layout.greeks is not None:
+            block = greeks_block(self.greeks(price), price, self.value)
+            obs[:, layout.greeks] = np.clip(block, -clip, clip)
         return obs
 
     # ------------------------------------------------------------------ step
@@ -328,27 +321,6 @@ class PortfolioSimulator:
             cfg = self.config.env.action.model_copy(update={"kind": kind})
             maps[kind] = ActionMap(self.action_map.layout, cfg, self.action_map.max_leverage)
         return maps[kind]
-
-    def portfolio_state(
-        self, price: np.ndarray, num: np.ndarray, value: np.ndarray
-    ) -> PortfolioState:
-        """What the action kinds read at the decision (envs/action_kinds.py): current weights,
-        debt / equity, hedge ratios and, for the inverse-vol anchor, the trailing realized vol."""
-        weights = self.weights(price, num, value)
-        b, n = self.n_envs, self.n_assets
-        leverage, hedge = np.zeros(b), np.zeros((b, n))
-        engine = self.protocols
-        if engine is not None:
-            equity = np.where(value > 0.0, value, np.inf)
-            leverage = engine.debt * num / equity
-            held = self.units > 0.0
-            hedge = np.where(held, -engine.perp_size / np.where(held, self.units, 1.0), 0.0)
-        vol = None
-        if self.action_map.needs_vol:
-            window = min(self.config.env.observation.vol_window, self.warmup)
-            returns = np.diff(np.log(self.trailing_prices(window + 1)), axis=1)
-            vol = returns.std(axis=1)
-        return PortfolioState(weights, leverage, hedge, vol)
 
     def execute(
         self,
@@ -394,11 +366,7 @@ class PortfolioSimulator:
         forced = active if override is None else active | np.asarray(override, dtype=bool)
         targets = self.action_map_for(action_kind).targets(actions, state)
         if forced.any():
-            safe = self.action_map.safe_targets(self.n_envs)
-            targets = ActionTargets(*(
-                np.where(forced.reshape(-1, *([1] * (t.ndim - 1))), s, t)
-                for t, s in zip(targets, safe, strict=True)
-            ))  # fmt: skip
+            targets = override_targets(targets, self.action_map.safe_targets(self.n_envs), forced)
         if engine is not None:
             fills = engine.execute(
                 self.units,
@@ -417,7 +385,7 @@ class PortfolioSimulator:
             turnover = _turnover(fills.traded_usd, value_before)
             self._pending = Execution(
                 value_before, fills.costs, turnover, forced, state.weights, targets.weights,
-                fills.mask, fills.leverage if engine.lending_on else None,
+                fills.mask, fills.leverage if engine.lending_on else None, fills.options,
             )  # fmt: skip
             return self._pending
         target = targets.weights
@@ -471,6 +439,8 @@ class PortfolioSimulator:
             )
             self._move = move
             value_after = (move.units * new_price).sum(axis=1) + (move.cash - engine.debt) * new_num
+            if engine.options is not None:
+                value_after = value_after + engine.options.value_usd()
             # limited liability: a loss beyond the account's equity is bad debt, value >= 0
             value_after = write_off_negative_equity(engine, move, value_after)
             self.units, self.cash = move.units, move.cash
@@ -502,75 +472,25 @@ class PortfolioSimulator:
         )
         if engine is not None:
             assert self._move is not None
-            protocol_step_fields(result, engine, self._move, self.units, new_price, new_num)
+            protocol_step_fields(
+                result, engine, self._move, self.units, new_price, new_num, done.options
+            )
+            if engine.options is not None:
+                for name, series in greek_totals(self.greeks(new_price), new_price).items():
+                    setattr(result, name, series)
         return result
 
     # ------------------------------------------------------------------ state
-    STATE_FIELDS = ("t", "units", "cash", "peak", "value")
+    STATE_FIELDS = STATE_FIELDS
 
     def snapshot(self, index: int) -> dict:
         """JSON-serializable state of env ``index`` (positions, pools, risk state), for ledgers and resumes."""
-        state = {
-            name: np.asarray(getattr(self, name)[index]).tolist() for name in self.STATE_FIELDS
-        }
-        state["reserve_asset"] = self.pools.reserve_asset[index].tolist()
-        state["reserve_num"] = self.pools.reserve_num[index].tolist()
-        state["kill_switch_remaining"] = int(self.kill_switch.remaining[index])
-        state["reward_ema"] = [
-            float(self.rewards.ema_mean[index]),
-            float(self.rewards.ema_sq[index]),
-        ]
-        if self.protocols is not None:
-            state["protocols"] = self.protocols.snapshot(index)
-        return state
+        return snapshot_env(self, index)
 
     def restore(self, index: int, state: dict) -> None:
         """Inverse of :meth:`snapshot` (the market path must already be loaded)."""
-        for name in self.STATE_FIELDS:
-            getattr(self, name)[index] = np.asarray(state[name])
-        self.sync_time_index()
-        self.pools.reserve_asset[index] = np.asarray(state["reserve_asset"])
-        self.pools.reserve_num[index] = np.asarray(state["reserve_num"])
-        self.kill_switch.remaining[index] = int(state["kill_switch_remaining"])
-        self.rewards.ema_mean[index], self.rewards.ema_sq[index] = state["reward_ema"]
-        if self.protocols is not None:
-            self.protocols.restore(index, state["protocols"])
-            self.protocols.refresh_health(self.units, *self.prices_now())
+        restore_env(self, index, state)
 
     def info(self, index: int, result: StepResult | None = None) -> dict:
         """The documented ``info`` dict of env ``index`` (after a step, or after a reset when ``result`` is None)."""
-        value = self.value[index]
-        tau = int(self._tau()[index])
-        costs = (
-            result.costs.as_dict(index)
-            if result is not None
-            else {"fees": 0.0, "slippage": 0.0, "gas": 0.0}
-        )
-        for kind in ("interest", "funding", "liquidation"):
-            costs.setdefault(kind, 0.0)
-        n = self.n_assets
-        holdings, prices = np.empty(n + 1), np.empty(n + 1)
-        holdings[:n], holdings[n] = self.units[index], self.cash[index]
-        prices[:n], prices[n] = self.close[index, tau], self.numeraire[index, tau]
-        info = {
-            "portfolio_value": float(value),
-            "holdings": holdings,
-            "weights": holdings * prices / value if value > 0.0 else CASH_ONLY[n].copy(),
-            "prices": prices,
-            "costs": costs,
-            "turnover": float(result.turnover[index]) if result is not None else 0.0,
-            "regime": self.regime_names[int(self.regime[index, tau])] if self.regime_names else "",
-            "drawdown": float(1.0 - value / self.peak[index]),
-            "step": int(self.t[index]),
-            "kill_switch": bool(result.kill_switch[index]) if result is not None else False,
-        }
-        if self.dates is not None:
-            info["date"] = str(self.dates[index, tau])
-        if self.protocols is not None:
-            move = self._move if result is not None else None
-            info.update(
-                protocol_info(
-                    self.protocols, move, result, index, tau, holdings, prices, self.low[index, tau]
-                )
-            )
-        return info
+        return env_info(self, index, result)

@@ -13,6 +13,10 @@ import numpy as np
 from envs.execution.costs import TradeCosts
 from envs.market.paths import MarketPaths
 
+# a runtime import (not TYPE_CHECKING): the paper trader resolves Execution's type hints to
+# rebuild a pending execution from its JSON state (envs/streaming.py:load_state)
+from envs.option_book import OptionFills
+
 
 @dataclass
 class StepResult:
@@ -24,6 +28,15 @@ class StepResult:
     ``liquidation_penalty_usd`` is the lending part of ``costs.liquidation_usd``; ``insurance_usd``
     is perp loss beyond the cash, absorbed by the venue (adds back to the value); ``bad_debt_usd``
     the account's negative equity written off at ruin (adds back too: the recorded value is 0).
+
+    With the options venue (None otherwise): ``option_value_usd`` the mark value of the option
+    positions after the step (part of ``value_usd``); the step's flows ``option_premium_usd`` (net
+    premium paid at the ask/bid, < 0 when received), ``option_fees_usd`` (trading fees, part of
+    ``costs.fees_usd``), ``option_spread_usd`` (half-spread against the mid, part of
+    ``costs.slippage_usd``), ``option_settlement_usd`` (net payoff received at expiry, < 0 when
+    written calls paid) and ``option_settlement_fee_usd`` (part of ``costs.fees_usd``); and the
+    portfolio Greeks after the step (envs/greeks.py): ``delta_usd``, ``gamma_usd``, ``vega_usd``,
+    ``theta_usd``.
     """
 
     reward: np.ndarray
@@ -44,6 +57,16 @@ class StepResult:
     perp_notional_usd: np.ndarray | None = None
     insurance_usd: np.ndarray | None = None
     bad_debt_usd: np.ndarray | None = None
+    option_value_usd: np.ndarray | None = None
+    option_premium_usd: np.ndarray | None = None
+    option_fees_usd: np.ndarray | None = None
+    option_spread_usd: np.ndarray | None = None
+    option_settlement_usd: np.ndarray | None = None
+    option_settlement_fee_usd: np.ndarray | None = None
+    delta_usd: np.ndarray | None = None
+    gamma_usd: np.ndarray | None = None
+    vega_usd: np.ndarray | None = None
+    theta_usd: np.ndarray | None = None
 
 
 #: StepResult fields that are flows over a step: a decision interval sums them (the rest are states)
@@ -57,6 +80,11 @@ FLOW_FIELDS = frozenset(
         "funding_usd",
         "insurance_usd",
         "bad_debt_usd",
+        "option_premium_usd",
+        "option_fees_usd",
+        "option_spread_usd",
+        "option_settlement_usd",
+        "option_settlement_fee_usd",
     }
 )
 
@@ -123,6 +151,8 @@ class Execution:
     trade_mask: np.ndarray | None = None
     #: lending only: the debt / equity target after the LTV clip ``(B,)``
     target_leverage: np.ndarray | None = None
+    #: the option orders of the decision (options venue only; None on a hold step)
+    options: OptionFills | None = None
 
 
 @dataclass

@@ -162,6 +162,12 @@ class StreamingSimulator(PortfolioSimulator):
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity={capacity} must be >= 1")
+        if config.env.options.enabled:
+            # the bars carry no option quotes or variance forecasts (docs/options.md)
+            raise ValueError(
+                "env.options.enabled=true: paper trading does not stream the options venue yet; "
+                "export a policy trained with env.options.enabled=false"
+            )
         need = config.env.observation.history_needed
         if history_rows is not None and history_rows < need:
             raise ValueError(

@@ -35,6 +35,7 @@ from envs.market.sources import sample_paths
 from envs.seeds import check_evaluation_seeds
 from evaluation import backtest_cache
 from evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
+from evaluation.greek_ranges import greek_metrics
 from evaluation.metrics import periods_per_year_from_step, summarize_returns
 from evaluation.progress import progress_bar
 from evaluation.rollout import EpisodeRecord, run_policy
@@ -183,6 +184,8 @@ class BacktestResult:
                     "health_factor" in rec.extras
                 ):  # lowest HF over the episode (inf: never borrowed)
                     metrics["min_health_factor"] = float(np.nanmin(rec.extras["health_factor"][k]))
+                extras_k = {key: series[k] for key, series in rec.extras.items()}
+                metrics.update(greek_metrics(extras_k, rec.value_usd[k, 1:], rec.alive[k]))
                 if ceiling is not None:  # per step, log units (docs/evaluation.md, ex-ante growth)
                     metrics["ex_ante_log_growth"] = float(ex_ante[name][k])
                     metrics["ex_ante_ceiling_log_growth"] = float(ceiling[k])

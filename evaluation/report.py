@@ -27,6 +27,7 @@ from rich.console import Console
 from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
 from agents.mlflow_store import display_tracking_uri, experiments_with_runs
 from evaluation import statistics as st
+from evaluation.greek_ranges import greek_frame, print_greeks
 from evaluation.plots import PLOTS
 from evaluation.report_ex_ante import (
     CEILING,
@@ -100,6 +101,8 @@ class GroupComparison:
     defi: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: synthetic groups: ex-ante growth and share of the ceiling-over-equal-weight gap per policy
     ex_ante: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: options configs: each policy's portfolio Greeks, mean [min, max] (evaluation/greek_ranges.py)
+    greeks: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def ruined_cell(self, policy: str) -> str:
         """``"k/K"`` ruined scenario runs of ``policy`` (``"-"`` when unknown)."""
@@ -388,6 +391,7 @@ def compare(
                     n_boot,
                     seed,
                 )
+            group.greeks = greek_frame(table)
             group.statements = _statements(group)
             if out_path is not None:
                 folder = (
@@ -535,5 +539,7 @@ def print_group(g: GroupComparison, console: Console) -> None:
                 for p, row in g.defi.iterrows()
             ],
         )
+    if not g.greeks.empty:
+        print_greeks(g.greeks, console, title)
     for line in g.statements:
         console.print(f"- {line}", markup=False)

@@ -127,6 +127,15 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
             ),
             ("table", frame),
         ]
+    if not g.greeks.empty:
+        blocks += [
+            (
+                "h3",
+                "Portfolio Greeks after each step, mean [min, max] over the scenarios' steps "
+                "(per unit of equity; evaluation/greek_ranges.py)",
+            ),
+            ("table", g.greeks),
+        ]
     blocks += [("h3", "What is and is not significant"), ("ul", g.statements)]
     for path in g.plot_files:
         blocks.append(("img", path))

@@ -235,6 +235,7 @@ def run_policy(
                 value_usd=sim.value.copy(),
                 health_factor=None if hf is None else hf.copy(),
                 rates=sim.rates_now(),
+                options=sim.options_now(),
             )
             actions = np.asarray(policy.act(sim.observe(), view), dtype=np.float64)
             # sim.step, split to record the post-trade (pre-move) positions

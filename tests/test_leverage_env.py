@@ -24,6 +24,7 @@ from envs.protocols.borrowers import population_liquidations
 from envs.protocols.params import DEFAULT_LENDING_PATH, DEFAULT_PERPS_PATH, load_lending_params
 
 LEVERAGE_CONFIG = "configs/leverage.yaml"
+OPTIONS_CONFIG = "configs/options.yaml"  # leverage.yaml + the options venue and the Greeks block
 ASSETS = ("BTC", "ETH")
 CALM, BULL, CRASH = 0, 1, 2
 YEAR = 365.0
@@ -133,12 +134,16 @@ def action(env: DeFiMarketEnv, weights, leverage: float = -1.0, hedges=None) -> 
 
 
 def market_pnl(before: dict, after: dict) -> float:
-    """Holdings during the move x price change (numeraire incl., debt revalued) + perps x mark change."""
+    """Holdings during the move x price change (numeraire incl., debt revalued) + perps x mark change
+    + options held through the move x (their settlement value or mid at t + 1 - their mid at t)."""
     pnl = float(np.dot(after["holdings_during_move"], after["prices"] - before["prices"]))
     pnl -= after["debt_units_during_move"] * (after["prices"][-1] - before["prices"][-1])
     pnl += float(
         np.dot(after["perp_size_during_move"], after["mark_prices"] - before["mark_prices"])
     )
+    if "option_units_during_move" in after:
+        moved = after["option_marks_after"] - after["option_marks_at_decision"]
+        pnl += float((after["option_units_during_move"] * moved).sum())
     return pnl
 
 
@@ -476,10 +481,12 @@ def _random_action(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 def test_accounting_identity_with_all_protocols_over_10000_random_steps():
-    """V(t+1) = V(t) - costs (incl. interest, funding, liquidation) + insurance + market PnL, 1e-9."""
-    # the kill-switch is off in leverage.yaml: turn it on, its forced de-leveraging is counted below
+    """V(t+1) = V(t) - costs (incl. interest, funding, liquidation, option fees and spreads) +
+    insurance + bad debt + market PnL (incl. the options' marks and settlements), to 1e-9, with
+    lending, perps, cascades, the options venue and the kill-switch all on."""
+    # the kill-switch is off in options.yaml: turn it on, its forced de-leveraging is counted below
     env = make_env(
-        LEVERAGE_CONFIG,
+        OPTIONS_CONFIG,
         seed=7,
         **{
             "env.horizon": 365,
@@ -491,6 +498,7 @@ def test_accounting_identity_with_all_protocols_over_10000_random_steps():
     _, info = env.reset(seed=7)
     worst, worst_liq, steps = 0.0, 0.0, 0
     seen = {"liquidations": 0, "interest": 0.0, "funding": 0.0, "insurance": 0.0, "kill": 0}
+    seen |= {"premium_paid": 0.0, "premium_received": 0.0, "settled": 0, "option_fees": 0.0}
     while steps < 10_000:
         a = _random_action(rng, env.action_space.shape[0]).astype(np.float32)
         _, _, terminated, truncated, new = env.step(a)
@@ -505,6 +513,10 @@ def test_accounting_identity_with_all_protocols_over_10000_random_steps():
         seen["funding"] += abs(new["costs"]["funding"])
         seen["insurance"] += new["insurance_usd"]
         seen["kill"] += new["kill_switch"]
+        seen["premium_paid"] += max(new["option_premium_usd"], 0.0)
+        seen["premium_received"] += max(-new["option_premium_usd"], 0.0)
+        seen["settled"] += new["option_settlement_usd"] != 0.0
+        seen["option_fees"] += new["option_fees_usd"] + new["option_settlement_fee_usd"]
         info = new
         steps += 1
         if terminated or truncated:
@@ -516,6 +528,8 @@ def test_accounting_identity_with_all_protocols_over_10000_random_steps():
         and seen["funding"] > 0
         and seen["kill"] > 0
     )
+    assert seen["premium_paid"] > 0 and seen["premium_received"] > 0
+    assert seen["settled"] > 0 and seen["option_fees"] > 0
 
 
 # ---------------------------------------------------------------------------------------- contracts

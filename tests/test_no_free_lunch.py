@@ -224,3 +224,118 @@ def test_cascades_do_not_raise_equal_weights_sharpe(daily_equal_weight):
         sharpe[cascades] = table["sharpe_ratio"].to_numpy()
     ci = paired_difference_ci(sharpe[True], sharpe[False], n_boot=2000, seed=0)
     assert ci.low <= 0.0, f"cascades raise Sharpe: {ci.point:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}]"
+
+
+# ------------------------------------------------------------------- the options venue
+OPTIONS_SEEDS = SIMULATOR_CHECK_SEEDS[:128]
+NO_PREMIUM = {  # the venue's premia set to none: ATM implied vol = the forecast realized vol, flat smile
+    "variance_premium": {"calm": 1.0, "bull": 1.0, "crash": 1.0},
+    "skew": {"calm": 0.0, "bull": 0.0, "crash": 0.0},
+    "smile": {"calm": 0.0, "bull": 0.0, "crash": 0.0},
+}
+ATM, MONTH = 2, 1  # indices of the listed strike 1.0 and tenor 30 days
+
+
+class OptionAdversary(Policy):
+    """A fixed spot book (``weights``, cash last) plus an option order that may alternate by step:
+    ``orders[step % len(orders)]`` (an :class:`envs.leverage_actions.OptionOrder` or None)."""
+
+    def __init__(self, weights: np.ndarray, config: SimulationConfig, orders: list, name: str):
+        from envs.leverage_actions import ActionLayout
+
+        self.weights, self.orders, self.name = np.asarray(weights, dtype=float), orders, name
+        self.layout = ActionLayout.for_config(config.env, len(config.market.assets))
+
+    def act(self, observation: np.ndarray, view: MarketView) -> np.ndarray:
+        from envs.actions import weights_to_actions
+
+        b = view.weights.shape[0]
+        spot = weights_to_actions(np.broadcast_to(self.weights, (b, self.weights.size)))
+        out = np.empty((b, self.layout.dim))
+        for k, order in enumerate(self.orders):
+            rows = np.asarray(view.step) % len(self.orders) == k
+            if rows.any():
+                out[rows] = self.layout.compose(spot[rows], options=order)
+        return out
+
+
+def options_config(params_path: str | None = None) -> SimulationConfig:
+    extra = {} if params_path is None else {"env.options.params_path": params_path}
+    return load_config("configs/options.yaml", {**MARTINGALE, **DEFI, **extra})
+
+
+def _option_policies(cfg: SimulationConfig) -> list[Policy]:
+    from envs.leverage_actions import OptionOrder
+
+    n = len(cfg.market.assets)
+    listed = [cfg.market.assets.index(a) for a in ("BTC", "ETH")]
+    book = _weights(n, **{f"a{i}": 0.25 for i in listed})
+    calls = OptionOrder(call_share=1.0, call_strike=ATM, tenor=MONTH)
+    puts = OptionOrder(put_share=1.0, put_strike=ATM, tenor=MONTH)
+    both = OptionOrder(1.0, 1.0, ATM, ATM, MONTH)
+    return [
+        FixedWeightsPolicy(_weights(n), name="cash"),
+        OptionAdversary(book, cfg, [None], "spot_listed"),
+        OptionAdversary(book, cfg, [puts, None], "put_round_trip"),
+        OptionAdversary(book, cfg, [calls], "covered_call_held"),
+        OptionAdversary(book, cfg, [both], "conversion"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def option_backtests(tmp_path_factory) -> dict[str, BacktestResult]:
+    """The option adversaries on the martingale DeFi market with the options venue, once with the
+    documented premia and once with none (same paths)."""
+    import yaml
+
+    data = yaml.safe_load(open("configs/protocols/options.yaml").read())
+    data.update(NO_PREMIUM)
+    path = tmp_path_factory.mktemp("venue") / "no_premium.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = {}
+    for label, params in (("premium", None), ("no_premium", str(path))):
+        cfg = options_config(params)
+        out[label] = run_backtest(
+            cfg, _option_policies(cfg), OPTIONS_SEEDS, progress=False, cache=False
+        )
+    return out
+
+
+def test_buying_and_selling_the_same_option_the_next_day_pays_its_costs(option_backtests):
+    """Puts bought one day and sold the next: the fees and the spread, strictly, in every
+    scenario's flows; and no excess over the spot book alone (the options' PnL is noise)."""
+    result = option_backtests["premium"]
+    rec, ref = result.records["put_round_trip"], result.records["spot_listed"]
+    assert np.nansum(rec.extras["option_premium_usd"]) != 0.0
+    assert np.all(_flows(rec) < _flows(ref))
+    _check_not_beating(result, "put_round_trip", against="spot_listed")
+
+
+def test_a_conversion_at_quoted_prices_does_not_beat_cash(option_backtests):
+    """Long spot, short call and long put at the same strike and expiry (put-call parity): the
+    book is worth the strike at expiry whatever the price, so it can only lose its costs to cash."""
+    for label in ("premium", "no_premium"):
+        result = option_backtests[label]
+        rec = result.records["conversion"]
+        assert np.nanmax(np.abs(rec.extras["option_value_usd"])) > 0.0
+        _check_not_beating(result, "conversion")
+        # the locked-in book carries almost no market risk: its excess varies far less than spot's
+        spot = _final(result.records["spot_listed"])
+        assert np.std(_final(rec)) < 0.25 * np.std(spot)
+
+
+def test_writing_calls_without_a_premium_does_not_beat_holding_the_spot(option_backtests):
+    """Calls written at the money on the held units and held to settlement, on a venue whose implied
+    vol is the expected realized vol (no variance premium, flat smile): no excess over the same
+    spot book without calls in a martingale market."""
+    _check_not_beating(option_backtests["no_premium"], "covered_call_held", against="spot_listed")
+
+
+def test_the_variance_premium_is_what_pays_the_call_writer(option_backtests):
+    """Same paths and the same calls: the documented premium raises the writer's final value over
+    the venue without it (the only difference is the implied vol the calls are sold at)."""
+    with_vrp = _final(option_backtests["premium"].records["covered_call_held"])
+    without = _final(option_backtests["no_premium"].records["covered_call_held"])
+    diff = with_vrp - without
+    mean, low = _upper(diff)
+    assert low > 0.0, f"the premium does not pay the writer: {mean:+.5f} (low {low:+.5f})"

@@ -53,7 +53,8 @@ def test_registry_names_and_errors(cfg):
         "vol_target",
         "ceiling",
     ]
-    assert sorted(BASELINES) == sorted([*ALL, "levered_vol_target", "carry"])
+    protocol = ["levered_vol_target", "carry", "covered_call", "protective_put", "delta_hedger"]
+    assert sorted(BASELINES) == sorted([*ALL, *protocol])
     for name in ALL:
         assert make_policy(name, cfg).name == name
     with pytest.raises(ValueError, match="unknown policy 'nope'.*equal_weight"):

@@ -427,6 +427,11 @@ class RiskParityPolicy(EstimatingPolicy):
 # (docs/baselines.md) subclass BaselinePolicy and import it from this module
 from agents.baselines.ceiling import CeilingPolicy  # noqa: E402
 from agents.baselines.levered import CarryPolicy, LeveredVolTargetPolicy  # noqa: E402
+from agents.baselines.option_overlays import (  # noqa: E402
+    CoveredCallPolicy,
+    DeltaHedgerPolicy,
+    ProtectivePutPolicy,
+)
 from agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
 from agents.baselines.risk_based import (  # noqa: E402
     EqualWeightBandPolicy,
@@ -449,10 +454,20 @@ BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "vol_target": VolTargetPolicy,
     "levered_vol_target": LeveredVolTargetPolicy,
     "carry": CarryPolicy,
+    "covered_call": CoveredCallPolicy,
+    "protective_put": ProtectivePutPolicy,
+    "delta_hedger": DeltaHedgerPolicy,
     "ceiling": CeilingPolicy,
 }
-#: baselines that need the lending market or the perps venue (they refuse a spot-only config)
-PROTOCOL_REQUIREMENTS: dict[str, str] = {"levered_vol_target": "lending", "carry": "perps"}
+#: baselines that need the lending market, the perps venue or the options venue (each of the
+#: ``env.<section>.enabled`` named; they refuse a config without them)
+PROTOCOL_REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "levered_vol_target": ("lending",),
+    "carry": ("perps",),
+    "covered_call": ("options",),
+    "protective_put": ("options",),
+    "delta_hedger": ("options", "perps"),
+}
 PROTOCOL_BASELINES: tuple[str, ...] = tuple(PROTOCOL_REQUIREMENTS)
 #: references told the synthetic scenario's true state: refused on replayed/bootstrapped markets and
 #: never a yardstick. ``oracle_mean_variance`` is regime-informed, NOT a bound; ``ceiling`` bounds
@@ -512,7 +527,8 @@ def baselines_for(
 ) -> tuple[list[str], dict[str, str]]:
     """Split ``names`` into the baselines that can run on ``config`` and the others with the reason.
 
-    A protocol baseline needs its protocol on (``levered_vol_target``: lending, ``carry``: perps);
+    A protocol baseline needs its protocols on (``levered_vol_target``: lending, ``carry``: perps,
+    ``covered_call`` and ``protective_put``: options, ``delta_hedger``: options and perps);
     an upper reference needs the synthetic market's true state (``synthetic_truth``: default, the
     config's market is synthetic; pass False for a replayed period).
     """
@@ -520,9 +536,11 @@ def baselines_for(
     env = config.env
     kept, dropped = [], {}
     for name in names:
-        needs = PROTOCOL_REQUIREMENTS.get(name)
-        if needs is not None and not getattr(env, needs).enabled:
-            dropped[name] = f"needs env.{needs}.enabled (e.g. --config configs/leverage.yaml)"
+        missing = [p for p in PROTOCOL_REQUIREMENTS.get(name, ()) if not getattr(env, p).enabled]
+        if missing:
+            example = "configs/options.yaml" if "options" in missing else "configs/leverage.yaml"
+            needs = " and ".join(f"env.{p}.enabled" for p in missing)
+            dropped[name] = f"needs {needs} (e.g. --config {example})"
         elif name in UPPER_REFERENCES and not truth:
             dropped[name] = "an upper reference needs the synthetic market's true state"
         else:

@@ -26,7 +26,12 @@ block              size                value
                                        ``(numeraire_usd - 1) * 20`` (a 5% depeg -> -1)
 ``weights``        ``N + 1``           the portfolio's weights now, cash last
 ``drawdown``       1                   ``1 - value / running peak``
-``protocol``       0, 3, ``2N``, ...   lending / perps block (``envs.leverage``), empty in spot
+``protocol``       0, 3, ``2N``, ...   lending / perps / options block (``envs.leverage``), empty
+                                       in spot mode
+``greeks``         ``4 N``             portfolio Greeks per asset over spot, perps and options
+                                       (``envs/greeks.py``): ``delta_a = Delta_a S_a / V``,
+                                       ``gamma_a = Gamma_a S_a^2 / V``, ``vega_a`` = 100 x vega
+                                       per vol point / V, ``theta_a`` = 1e4 x theta per day / V
 =================  ==================  =====================================================
 
 Modules: :mod:`~envs.features.blocks` (sizes, names, layout), :mod:`~envs.features.market`

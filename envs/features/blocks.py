@@ -3,7 +3,7 @@
 ``env.observation.blocks`` is an ordered list of block names (``envs.config.OBSERVATION_BLOCKS``).
 The market blocks are computed for a whole path at reset (:func:`envs.features.market_features`,
 in their order of ``blocks``, into the env's feature rows); the portfolio blocks (``weights``,
-``drawdown``) and the ``protocol`` block are written at each step. :class:`ObservationLayout` maps
+``drawdown``) and the ``protocol`` and ``greeks`` blocks are written at each step. :class:`ObservationLayout` maps
 both into the observation.
 """
 
@@ -18,6 +18,8 @@ from envs.market.regime_values import REGIME_NAMES
 
 #: Blocks precomputed per path at reset (the others depend on the portfolio and are read per step).
 MARKET_BLOCKS = ("returns", "realized_vol", "garch_vol", "correlations", "regime", "market")
+#: The ``greeks`` block's sub-blocks, each one entry per asset (envs/greeks.py has the formulas).
+GREEK_NAMES = ("delta", "gamma", "vega", "theta")
 #: The regime filter's states, in the market model's order (envs.market.config.REGIME_NAMES).
 REGIMES = REGIME_NAMES
 
@@ -35,6 +37,7 @@ def block_size(name: str, n_assets: int, cfg: ObservationConfig, protocol_size: 
         "weights": n + 1,
         "drawdown": 1,
         "protocol": protocol_size,
+        "greeks": 4 * n,
     }
     return sizes[name]
 
@@ -65,6 +68,8 @@ def block_names(
         return ["drawdown"]
     if name == "protocol":
         return list(protocol_names)
+    if name == "greeks":
+        return [f"{g}_{x}" for g in GREEK_NAMES for x in a]
     raise ValueError(f"unknown observation block {name!r}")
 
 
@@ -101,8 +106,8 @@ class ObservationLayout:
         market_runs: ``(obs_start, feature_start, size)`` of each maximal run of market blocks that
             are adjacent in the observation (one run, ``(0, 0, n_market)``, for the default order).
         n_market: entries of the feature rows (the market blocks in their order of ``blocks``).
-        weights, protocol: their columns (slices); drawdown: its column; None when not selected
-        (read at every step: no lookups).
+        weights, protocol, greeks: their columns (slices); drawdown: its column; None when not
+        selected (read at every step: no lookups).
     """
 
     blocks: tuple[str, ...]
@@ -113,6 +118,7 @@ class ObservationLayout:
     weights: slice | None = None
     drawdown: int | None = None
     protocol: slice | None = None
+    greeks: slice | None = None
 
     @classmethod
     def build(
@@ -141,6 +147,7 @@ class ObservationLayout:
             slice(*spans["weights"]) if "weights" in spans else None,
             drawdown,
             slice(*spans["protocol"]) if "protocol" in spans else None,
+            slice(*spans["greeks"]) if "greeks" in spans else None,
         )
 
     def put_market(self, obs: np.ndarray, rows: np.ndarray) -> None:
