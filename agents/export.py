@@ -53,6 +53,7 @@ from agents.onnx_policy import (
     sha256_file,
 )
 from agents.sb3 import ObsNormalizer, algorithm_class
+from agents.sb3_io import LEGACY_STATS_FILE, STATS_FILE, load_model
 from envs.actions import ZERO_MASS
 from envs.config import SimulationConfig, load_config
 from envs.features import feature_names
@@ -428,6 +429,17 @@ def _find_next_to(model_path: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
+def find_config_next_to(model_path: Path) -> Path:
+    """``config.yaml`` (or ``train_config.yaml``) next to a model zip or one folder up."""
+    found = _find_next_to(Path(model_path), ("config.yaml", "train_config.yaml"))
+    if found is None:
+        raise ValueError(
+            f"--config is required: no config.yaml next to {model_path}; the manifest records the "
+            "simulation config the policy was trained on"
+        )
+    return found
+
+
 def source_from_files(
     model_path: str | Path,
     vecnormalize_path: str | Path | None = None,
@@ -436,7 +448,7 @@ def source_from_files(
 ) -> ExportSource:
     """Load a model zip, its VecNormalize statistics and its config.
 
-    Defaults: ``vecnormalize.pkl`` next to the model; ``config.yaml`` next to it or one folder up
+    Defaults: ``vecnormalize.npz`` (or a legacy ``vecnormalize.pkl``) next to the model; ``config.yaml`` next to it or one folder up
     (the layout of ``runs/<run_id>/{best,final}/``). Without statistics the graph does no normalization.
     """
     model_path = Path(model_path)
@@ -445,21 +457,13 @@ def source_from_files(
     vec = (
         Path(vecnormalize_path)
         if vecnormalize_path
-        else _find_next_to(model_path, ("vecnormalize.pkl",))
+        else _find_next_to(model_path, (STATS_FILE, LEGACY_STATS_FILE))
     )
-    cfg_path = (
-        Path(config_path)
-        if config_path
-        else _find_next_to(model_path, ("config.yaml", "train_config.yaml"))
-    )
-    if cfg_path is None or not cfg_path.is_file():
-        raise ValueError(
-            f"--config is required: no config.yaml next to {model_path}; the manifest records the "
-            "simulation config the policy was trained on"
-        )
+    cfg_path = Path(config_path) if config_path else find_config_next_to(model_path)
     config, cfg_algo = load_config_file(cfg_path)
     algo = algo or cfg_algo or detect_algo(model_path)
-    model = algorithm_class(algo).load(str(model_path), device="cpu")
+    algorithm_class(algo)
+    model = load_model(algo, model_path, device="cpu")  # no entry of the zip is unpickled
     obs_dim = int(model.observation_space.shape[0])
     normalizer = ObsNormalizer.load(vec) if vec is not None else ObsNormalizer.identity(obs_dim)
     source = {

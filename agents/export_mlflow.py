@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from agents.export import ExportSource, package_versions, source_from_files
+from agents.mlflow_store import redact_uri
 from agents.onnx_policy import (
     ACTION_OUTPUT,
     EXTRA_OUTPUT,
@@ -24,6 +25,7 @@ from agents.onnx_policy import (
     WEIGHTS_OUTPUT,
     PolicyManifest,
 )
+from agents.sb3_io import find_statistics
 
 #: the ONNX model logged to MLflow, and the plain export folder logged next to it
 MLFLOW_MODEL_NAME = "onnx_policy"
@@ -43,7 +45,7 @@ def source_from_run(run_id: str, which: str = "auto") -> ExportSource:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(
-            f"--run-id {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})"
+            f"--run-id {run_id}: no such run in {redact_uri(mlflow.get_tracking_uri())} ({exc})"
         ) from None
     top = {a.path for a in client.list_artifacts(run_id)}
     if which == "auto":
@@ -58,11 +60,10 @@ def source_from_run(run_id: str, which: str = "auto") -> ExportSource:
         cfg_file = Path(
             fetch(run_id=run_id, artifact_path="config/train_config.yaml", dst_path=folder)
         )
-        vec = model_dir / "vecnormalize.pkl"
-        # everything is loaded into memory here, so the downloads can go
+        # everything is loaded into memory here (nothing unpickled), so the downloads can go
         src = source_from_files(
             model_dir / "model.zip",
-            vec if vec.is_file() else None,
+            find_statistics(model_dir),
             cfg_file,
             run.data.tags.get("algo"),
         )
@@ -88,7 +89,7 @@ def log_export(
     manifest: PolicyManifest,
     *,
     run_id: str | None = None,
-    experiment: str = "defialloc",
+    experiment: str | None = None,
 ) -> dict[str, Any]:
     """Log the export to MLflow and tag the registered model version(s) of the training run.
 

@@ -13,7 +13,6 @@ before every prediction outside training.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.policy import MarketView, Policy
+from agents.sb3_io import NormalizationStats
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -117,10 +117,23 @@ def make_agent(
 
 
 def load_model(
-    algo: str, path: str | Path, venv: VecEnv | None = None, device: str = "auto"
+    algo: str,
+    path: str | Path,
+    venv: VecEnv | None = None,
+    device: str = "auto",
+    hyperparameters: Mapping[str, Any] | None = None,
 ) -> BaseAlgorithm:
-    """Load a saved model zip (``venv`` is needed only to continue training)."""
-    return algorithm_class(algo).load(str(path), env=venv, device=resolve_device(device))
+    """Load a saved model zip without unpickling anything (:func:`agents.sb3_io.load_model`).
+
+    ``venv`` and the config's ``hyperparameters`` (``TrainConfig.agent_kwargs()``) are needed only to
+    continue training; without them the model is for inference (its learning rate is 0).
+    """
+    from agents.sb3_io import load_model as safe_load
+
+    algorithm_class(algo)
+    return safe_load(
+        algo, path, env=venv, device=resolve_device(device), hyperparameters=hyperparameters
+    )
 
 
 @dataclass(frozen=True)
@@ -158,20 +171,21 @@ class ObsNormalizer:
         )
 
     @classmethod
+    def from_stats(cls, stats: NormalizationStats) -> ObsNormalizer:
+        """The observation part of saved statistics (:class:`agents.sb3_io.NormalizationStats`)."""
+        return cls(
+            stats.obs_mean.copy(),
+            stats.obs_var.copy(),
+            stats.clip_obs,
+            stats.epsilon,
+            stats.norm_obs,
+        )
+
+    @classmethod
     def load(cls, path: str | Path) -> ObsNormalizer:
-        """Read the statistics from a file written by ``VecNormalize.save`` (no env needed)."""
-        try:
-            with open(path, "rb") as handle:
-                saved = pickle.load(handle)  # our own artifact (VecNormalize.save)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-            raise ValueError(
-                f"{path} is not a pickle written by VecNormalize.save, expected a saved VecNormalize ({exc})"
-            ) from None
-        if not isinstance(saved, VecNormalize):
-            raise ValueError(
-                f"{path} holds a {type(saved).__name__}, expected a saved VecNormalize"
-            )
-        return cls.from_vec_normalize(saved)
+        """Read the statistics from ``vecnormalize.npz`` (or a legacy ``vecnormalize.pkl``, through
+        the restricted unpickler of :mod:`agents.sb3_io`: nothing in the file is run)."""
+        return cls.from_stats(NormalizationStats.load(path))
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
         """Normalize ``(B, obs_dim)`` raw observations (float32 out, like VecNormalize)."""

@@ -23,7 +23,14 @@ ZERO_MASS = 1e-12
 
 def validate_actions(actions: np.ndarray, n_envs: int, action_dim: int) -> np.ndarray:
     """Return ``actions`` as a float64 ``(n_envs, action_dim)`` array or raise a clear ValueError."""
-    arr = np.asarray(actions, dtype=np.float64)
+    try:
+        arr = np.asarray(actions, dtype=np.float64)
+    except (TypeError, ValueError):  # numpy's "could not convert string to float: 'buy'"
+        shown = repr(actions) if len(repr(actions)) <= 80 else repr(actions)[:77] + "..."
+        raise ValueError(
+            f"action must be numbers in [-1, 1] ({action_dim} per env: one per asset, then "
+            f"cash); got {type(actions).__name__} {shown}"
+        ) from None
     if arr.ndim == 1 and n_envs == 1:
         arr = arr[None, :]
     if arr.shape != (n_envs, action_dim):

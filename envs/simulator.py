@@ -353,7 +353,7 @@ class PortfolioSimulator:
             return self._pending
         if actions is None:
             raise ValueError("actions is None: only a hold step (hold=True) trades without actions")
-        width = np.shape(actions)[-1]
+        width = np.shape(actions)[-1] if np.ndim(actions) else 0  # a scalar: validated below
         spot_only = width == self.n_assets + 1 < self.action_dim
         actions = validate_actions(
             actions, self.n_envs, self.n_assets + 1 if spot_only else self.action_dim

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,9 +58,7 @@ def format_validation_error(
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         ctx = item.get("ctx") or {}
         if item["type"] == "extra_forbidden":
-            lines.append(
-                f"{loc}: unknown key (value {shown}); check the spelling against the documented keys"
-            )
+            lines.append(f"{loc}: unknown key (value {shown}); {_key_hint(error, item['loc'])}")
         elif "discriminator" in ctx:  # pydantic's union_tag_* errors and custom ones alike
             lines.append(_tag_error(loc, value, ctx))
         elif "key" in ctx and isinstance(value, dict) and ctx["key"] in value:
@@ -65,6 +66,76 @@ def format_validation_error(
         else:
             lines.append(f"{loc} = {shown}: {item['msg']}")
     return f"{header}:\n  " + "\n  ".join(lines)
+
+
+def _key_hint(error: ValidationError, loc: tuple[Any, ...]) -> str:
+    """``did you mean 'horizon'? keys here: ...`` for an unknown key at ``loc`` (difflib's closest
+    matches among the keys the model accepts at that place)."""
+    keys = sorted(allowed_keys(error.title, loc[:-1]))
+    if not keys:
+        return "check the spelling against the documented keys"
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=2, cutoff=0.6)
+    shown = ", ".join(keys) if len(keys) <= 15 else ", ".join(keys[:15]) + ", ..."
+    if close:
+        return f"did you mean {' or '.join(repr(c) for c in close)}? (keys here: {shown})"
+    return f"keys here: {shown}"
+
+
+def _model_classes(name: str) -> list[type[BaseModel]]:
+    """Every pydantic model class called ``name`` (the title of a ValidationError)."""
+    found, stack = [], list(BaseModel.__subclasses__())
+    seen: set[type] = set()
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        stack.extend(cls.__subclasses__())
+        if cls.__name__ == name:
+            found.append(cls)
+    return found
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation stands for: Optional/Union members, Annotated's inner type."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _step(annotation: Any, part: Any) -> list[Any]:
+    """The annotations reached from ``annotation`` by one location part (field, key, index, tag)."""
+    out: list[Any] = []
+    for member in _members(annotation):
+        origin, args = typing.get_origin(member), typing.get_args(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            field = member.model_fields.get(str(part))
+            if field is not None:
+                out.append(field.annotation)
+            elif any(part in typing.get_args(f.annotation) for f in member.model_fields.values()):
+                out.append(member)  # a discriminated union's tag in the location
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+            out.append(args[0])
+        elif origin is dict and len(args) == 2:
+            out.append(args[1])
+    return out
+
+
+def allowed_keys(model_name: str, loc: tuple[Any, ...]) -> set[str]:
+    """Field names (and aliases) a model called ``model_name`` accepts at location ``loc``."""
+    current: list[Any] = list(_model_classes(model_name))
+    for part in loc:
+        current = [nxt for ann in current for nxt in _step(ann, part)]
+    keys: set[str] = set()
+    for ann in current:
+        for member in _members(ann):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                for name, field in member.model_fields.items():
+                    keys.add(field.alias or name)
+    return keys
 
 
 def _tag_error(loc: str, value: Any, ctx: dict[str, Any]) -> str:

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tqdm.auto import tqdm
 
 from agents.baselines.policies import DEFAULT_PARAMS_PATH, UPPER_REFERENCES, make_policy
 from agents.kill_switch_policy import KillSwitchPolicy
@@ -38,6 +37,7 @@ from evaluation import backtest_cache
 from evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
 from evaluation.greek_ranges import greek_metrics
 from evaluation.metrics import periods_per_year_from_step, summarize_returns
+from evaluation.progress import progress_bar
 from evaluation.rollout import EpisodeRecord, run_policy
 
 HELD_OUT_START = date(2023, 1, 1)
@@ -77,7 +77,8 @@ class EvaluationConfig(BaseModel):
     scenario_set: str = Field(default="test", pattern="^(test|validation)$")
     scenarios: int = Field(default=64, ge=1, le=100_000)
     workers: int = Field(default=1, ge=1, le=256)
-    experiment: str = "defialloc-evaluation"
+    #: None: the default experiment every command shares (agents.mlflow_store.default_experiment)
+    experiment: str | None = None
     periods: dict[str, PeriodSpec] = Field(default_factory=dict)
     policies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the policy-side kill-switch (agents/kill_switch_policy.py): its parameters, and whether
@@ -338,7 +339,8 @@ def run_backtest(
             runs a deep copy; with ``workers > 1`` they must be picklable).
         seeds: ``(K,)`` evaluation scenario seeds; training-range seeds raise ValueError.
         workers: processes (spawn); 1 runs in this process. Results do not depend on it.
-        progress: show a tqdm progress bar (steps of all tasks).
+        progress: show progress (steps of all tasks): a tqdm bar on a terminal, a plain line every
+            few seconds otherwise (:mod:`evaluation.progress`).
         chunk_size: scenarios per task (default: all K in one task per policy).
         params_path: baseline parameter YAML (default ``configs/evaluation/default.yaml``).
         scenario_set: label recorded with the result (``test``, ``validation``, ...).
@@ -393,7 +395,7 @@ def run_backtest(
         outputs.update(hits)
         tasks = [task for task in tasks if task not in hits]
     horizon = config.env.horizon
-    bar = tqdm(total=len(tasks) * horizon, disable=not progress, unit="step", desc="backtest")
+    bar = progress_bar(len(tasks) * horizon, "backtest", enabled=progress)
     try:
         if workers == 1:
             for p, c in tasks:

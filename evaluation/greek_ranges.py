@@ -74,12 +74,11 @@ def greek_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 def print_greeks(frame: pd.DataFrame, console, title: str) -> None:
     """The :func:`greek_frame` of a group as a rich table on ``console`` (terminal report)."""
-    from rich.table import Table
+    from evaluation.table_fit import print_fitted
 
-    table = Table(title=f"{title}\nportfolio Greeks per step, mean [min, max] over scenarios")
-    table.add_column("policy")
-    for c in frame.columns:
-        table.add_column(c, justify="right")
-    for policy, row in frame.iterrows():
-        table.add_row(str(policy), *map(str, row.to_numpy()))
-    console.print(table)
+    print_fitted(
+        console,
+        f"{title}\nportfolio Greeks per step, mean [min, max] over scenarios",
+        ["policy", *map(str, frame.columns)],
+        [[str(policy), *map(str, row.to_numpy())] for policy, row in frame.iterrows()],
+    )

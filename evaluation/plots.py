@@ -1,8 +1,11 @@
 """PNG plots of a backtest (matplotlib, Agg backend: no display needed).
 
 Every function takes a :class:`~evaluation.backtest.BacktestResult` and returns a Figure; the
-x axis is the decision step (or the date for a replayed period). Values are normalized to the
-initial capital (1.0 = the starting value).
+x axis is the decision step (or the date for a replayed period, labelled by matplotlib's concise
+date formatter so the labels never overlap). Values are normalized to the initial capital (1.0 =
+the starting value). The equity and drawdown charts draw the policies a reader compares
+(:func:`highlighted`: every agent, the best feasible baseline by mean Sharpe, equal weight and the
+upper reference), not one line and band per policy; the table has every policy.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from agents.baselines.policies import BASELINES, UPPER_REFERENCES  # noqa: E402
 
 if TYPE_CHECKING:
     from evaluation.backtest import BacktestResult
@@ -34,51 +40,107 @@ def _x_axis(result: BacktestResult) -> tuple[np.ndarray, str]:
     return np.arange(rec.value_usd.shape[1]), "step"
 
 
+def _date_axis(ax: plt.Axes, xlabel: str) -> None:
+    """Concise date labels (year once, then months) that do not overlap, when x holds dates."""
+    if xlabel == "date":
+        locator = mdates.AutoDateLocator(minticks=4, maxticks=8)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def mean_sharpe(result: BacktestResult, name: str) -> float:
+    """Mean across scenarios of the annualized Sharpe ratio (ddof=1, zero risk-free rate)."""
+    r = result.records[name].returns
+    std = r.std(axis=1, ddof=1) if r.shape[1] > 1 else np.zeros(r.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = np.where(std > 0, r.mean(axis=1) / std, np.nan) * np.sqrt(result.periods_per_year)
+    return float(np.nanmean(sharpe)) if np.isfinite(sharpe).any() else float("nan")
+
+
+def highlighted(result: BacktestResult) -> dict[str, str]:
+    """The policies the equity and drawdown charts draw, with their role: every agent (a policy
+    that is not a named baseline), the best feasible baseline by mean Sharpe, ``equal_weight`` and
+    the upper reference (``ceiling``, else ``oracle_mean_variance``)."""
+    names = result.policies
+    roles = {n: "agent" for n in names if n not in BASELINES}
+    feasible = [n for n in names if n in BASELINES and n not in UPPER_REFERENCES]
+    scored = [(mean_sharpe(result, n), n) for n in feasible]
+    scored = [(s, n) for s, n in scored if np.isfinite(s)]
+    if scored:
+        roles.setdefault(max(scored)[1], "best baseline")
+    if "equal_weight" in names:
+        roles.setdefault("equal_weight", "equal weight")
+    reference = next((n for n in ("ceiling", "oracle_mean_variance") if n in names), None)
+    if reference is not None:
+        roles.setdefault(reference, "upper reference")
+    return roles or {names[0]: "policy"}
+
+
 def _title(result: BacktestResult, what: str) -> str:
     k = next(iter(result.records.values())).n_scenarios
     return f"{what} ({result.scenario_set}, {k} scenario{'s' if k != 1 else ''})"
 
 
+#: line styles of the highlighted roles (agents solid and thick; references dashed)
+_STYLE = {
+    "agent": {"lw": 2.0, "ls": "-"},
+    "best baseline": {"lw": 1.6, "ls": "-"},
+    "equal weight": {"lw": 1.2, "ls": "--"},
+    "upper reference": {"lw": 1.2, "ls": ":"},
+    "policy": {"lw": 1.4, "ls": "-"},
+}
+
+
 def equity_curves(result: BacktestResult, level: float = 0.95) -> Figure:
-    """Mean normalized value per policy across scenarios, with a ``level`` CI band for the mean
-    (normal approximation, ``mean +- z * std(ddof=1) / sqrt(K)``; no band for one scenario). A
-    policy with ruined scenarios says how many in its legend entry."""
+    """Mean normalized value across scenarios of the :func:`highlighted` policies; a ``level`` CI
+    band for the mean (normal approximation, ``mean +- z * std(ddof=1) / sqrt(K)``) only on the
+    agents and the best baseline (no band for one scenario). A policy with ruined scenarios says
+    how many in its legend entry."""
     from scipy import stats
 
     fig, ax = plt.subplots(figsize=(10, 5.5))
     x, xlabel = _x_axis(result)
     z = float(stats.norm.ppf(0.5 + level / 2))
-    for name, rec in result.records.items():
+    roles = highlighted(result)
+    for name, role in roles.items():
+        rec = result.records[name]
         growth = rec.value_usd / rec.value_usd[:, :1]
         mean = growth.mean(axis=0)
         ruined = rec.n_ruined  # ruined paths stay in the mean (at their ruin value, >= 0)
-        label = f"{name} ({ruined} of {rec.n_scenarios} ruined)" if ruined else name
-        (line,) = ax.plot(x, mean, label=label, lw=1.4)
-        if growth.shape[0] > 1:
+        label = f"{name} ({role})"
+        label += f", {ruined} of {rec.n_scenarios} ruined" if ruined else ""
+        (line,) = ax.plot(x, mean, label=label, **_STYLE[role])
+        if growth.shape[0] > 1 and role in ("agent", "best baseline"):
             half = z * growth.std(axis=0, ddof=1) / np.sqrt(growth.shape[0])
             ax.fill_between(x, mean - half, mean + half, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     k = next(iter(result.records.values())).n_scenarios
     what = f"Equity, mean with {level:.0%} CI" if k > 1 else "Equity"
+    others = len(result.policies) - len(roles)
+    if others:
+        what += f"; {others} other polic{'ies' if others > 1 else 'y'} in the table"
     ax.set(xlabel=xlabel, ylabel="value / initial value", title=_title(result, what))
-    ax.legend(fontsize=8, ncol=2)
-    fig.autofmt_xdate() if xlabel == "date" else None
+    ax.legend(fontsize=8)
+    _date_axis(ax, xlabel)
     fig.tight_layout()
     return fig
 
 
 def drawdowns(result: BacktestResult) -> Figure:
-    """Mean drawdown ``1 - V/peak`` per policy across scenarios (positive fractions, plotted down)."""
+    """Mean drawdown ``1 - V/peak`` across scenarios of the :func:`highlighted` policies (positive
+    fractions, plotted down)."""
     fig, ax = plt.subplots(figsize=(10, 4.5))
     x, xlabel = _x_axis(result)
-    for name, rec in result.records.items():
+    for name, role in highlighted(result).items():
+        rec = result.records[name]
         peak = np.maximum.accumulate(rec.value_usd, axis=1)
-        ax.plot(x, -(1.0 - rec.value_usd / peak).mean(axis=0), label=name, lw=1.2)
+        style = _STYLE[role]
+        ax.plot(x, -(1.0 - rec.value_usd / peak).mean(axis=0), label=f"{name} ({role})", **style)
     ax.set(
         xlabel=xlabel, ylabel="-drawdown", title=_title(result, "Drawdown, mean across scenarios")
     )
-    ax.legend(fontsize=8, ncol=2)
-    fig.autofmt_xdate() if xlabel == "date" else None
+    ax.legend(fontsize=8)
+    _date_axis(ax, xlabel)
     fig.tight_layout()
     return fig
 
@@ -91,7 +153,7 @@ def allocations(result: BacktestResult) -> Figure:
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False, sharey=True
     )
-    x, _ = _x_axis(result)
+    x, xlabel = _x_axis(result)
     for ax, name in zip(axes.flat, names, strict=False):
         rec = result.records[name]
         mean_w = rec.weights.mean(axis=0)  # (T, N+1)
@@ -100,6 +162,7 @@ def allocations(result: BacktestResult) -> Figure:
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
+        _date_axis(ax, xlabel)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -178,6 +241,8 @@ def liquidation_timeline(result: BacktestResult) -> Figure:
             handles, labels = handles + more[0], labels + more[1]
         ax.legend(handles, labels, fontsize=7)
     ax.set(xlabel=xlabel, title=_title(result, "Liquidations and kill-switch"))
+    if drawn:
+        _date_axis(ax, xlabel)
     fig.tight_layout()
     return fig
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
+from agents.mlflow_store import display_tracking_uri, experiments_with_runs
 from evaluation import statistics as st
 from evaluation.greek_ranges import greek_frame, print_greeks
 from evaluation.plots import PLOTS
@@ -40,6 +40,7 @@ from evaluation.report_ex_ante import (
     print_ex_ante,
 )
 from evaluation.report_render import _cell, write_report
+from evaluation.table_fit import label, print_fitted
 from evaluation.tracking import (
     EVALUATION_KIND,
     EVALUATION_TAG,
@@ -269,14 +270,18 @@ def load_group_tables(
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
+    where = display_tracking_uri()
     if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
         raise ValueError(
-            f"experiment {experiment!r} not found at {tracking_uri()}: no evaluation runs to compare"
+            f"experiment {experiment!r} not found at {where}. {_evaluation_experiments()}"
         )
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="pandas")
     tag = f"tags.{EVALUATION_TAG}"
     if runs.empty or tag not in runs.columns:
-        raise ValueError(f"experiment {experiment!r} at {tracking_uri()} has no evaluation runs")
+        raise ValueError(
+            f"experiment {experiment!r} at {where} has no evaluation runs. "
+            f"{_evaluation_experiments()}"
+        )
     runs = runs[(runs[tag] == EVALUATION_KIND) & (runs["status"] == "FINISHED")]
     runs = runs.sort_values("start_time", ascending=False)
     groups: dict[tuple[str, str, str, str], list[pd.DataFrame]] = {}
@@ -294,6 +299,17 @@ def load_group_tables(
         groups.setdefault(key, []).append(table.assign(run_id=rid))
         ids.setdefault(key, []).append(rid)
     return [(key, _merge_tables(tables), ids[key]) for key, tables in groups.items()]
+
+
+def _evaluation_experiments() -> str:
+    """The experiments that hold evaluation runs, as a sentence for an error message."""
+    found = experiments_with_runs(EVALUATION_TAG, EVALUATION_KIND)
+    if not found:
+        return "No experiment there holds evaluation runs yet (defialloc evaluate, train or demo)."
+    listed = ", ".join(
+        f"{name} ({n} evaluation run{'s' if n != 1 else ''})" for name, n in found.items()
+    )
+    return f"Experiments with evaluation runs: {listed}; pass one with --experiment."
 
 
 def _merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -454,9 +470,9 @@ def defi_table(table: pd.DataFrame, policies: list[str]) -> pd.DataFrame:
         if "min_health_factor" in sub.columns:
             hf = sub["min_health_factor"].to_numpy(dtype=float)
             row["lowest HF"] = float(np.nanmin(hf)) if np.isfinite(hf).any() else float("inf")
-        for column, label in DEFI_COSTS.items():
+        for column, name in DEFI_COSTS.items():
             if column in sub.columns:
-                row[label] = float(sub[column].mean())
+                row[name] = float(sub[column].mean())
         rows[p] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -489,19 +505,10 @@ def print_group(g: GroupComparison, console: Console) -> None:
             ("iqm", "IQM [95% stratified-bootstrap CI] across scenarios"),
         )
     )
-    for what, label in kinds:
-        table = Table(title=f"{title}\n{label}")
-        table.add_column("policy")
-        for c in cols:
-            table.add_column(c, justify="right")
-        for p in g.sharpe_tests.index:
-            table.add_row(p, *[_cell(g.summary, p, c, what) for c in cols])
-        console.print(table)
-    tests = Table(
-        title=f"{title}\nvs best baseline {g.best_baseline} on {g.primary_metric} (* = CI excludes 0.5)"
-    )
-    for c in ("policy", "P(better than best) [CI]", "PSR", "DSR", "ruined"):
-        tests.add_column(c, justify="left" if c == "policy" else "right")
+    for what, caption in kinds:
+        rows = [[p, *[_cell(g.summary, p, c, what) for c in cols]] for p in g.sharpe_tests.index]
+        print_fitted(console, f"{title}\n{caption}", ["policy", *map(label, cols)], rows)
+    tests = []
     for p in g.sharpe_tests.index:
         poi = "(best)" if p == g.best_baseline else "-"
         if p in g.improvement.index and g.n_scenarios == 1:
@@ -513,20 +520,25 @@ def print_group(g: GroupComparison, console: Console) -> None:
                 f"{r['prob_improvement']:.2f} [{r['poi_ci_low']:.2f}, {r['poi_ci_high']:.2f}]{star}"
             )
         t = g.sharpe_tests.loc[p]
-        tests.add_row(p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}", g.ruined_cell(p))
-    console.print(tests)
+        tests.append([p, poi, f"{t['psr']:.3f}", f"{t['dsr']:.3f}", g.ruined_cell(p)])
+    print_fitted(
+        console,
+        f"{title}\nvs best baseline {g.best_baseline} on {label(g.primary_metric)} (* = CI excludes 0.5)",
+        ["policy", "P(better) [CI]", "PSR", "DSR", "ruined"],
+        tests,
+    )
     if not g.ex_ante.empty:
         print_ex_ante(g.ex_ante, console, title)
     if not g.defi.empty:
-        defi = Table(
-            title=f"{title}\nDeFi: liquidations, lowest health factor, costs by kind (USD, mean per scenario run)"
+        print_fitted(
+            console,
+            f"{title}\nDeFi: liquidations, lowest health factor, costs by kind (USD, mean per scenario run)",
+            ["policy", *g.defi.columns],
+            [
+                [str(p), *[_defi_cell(c, row[c]) for c in g.defi.columns]]
+                for p, row in g.defi.iterrows()
+            ],
         )
-        defi.add_column("policy")
-        for c in g.defi.columns:
-            defi.add_column(c, justify="right")
-        for p, row in g.defi.iterrows():
-            defi.add_row(str(p), *[_defi_cell(c, row[c]) for c in g.defi.columns])
-        console.print(defi)
     if not g.greeks.empty:
         print_greeks(g.greeks, console, title)
     for line in g.statements:

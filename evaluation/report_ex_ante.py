@@ -22,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from evaluation import statistics as st
 
@@ -159,13 +158,12 @@ def ex_ante_statements(frame: pd.DataFrame) -> list[str]:
 
 def print_ex_ante(frame: pd.DataFrame, console: Console, title: str) -> None:
     """The ex-ante table in the terminal."""
+    from evaluation.table_fit import print_fitted
+
     shown = formatted(frame)
-    table = Table(
-        title=f"{title}\nex-ante expected log growth per step (true moments, second order)"
+    print_fitted(
+        console,
+        f"{title}\nex-ante expected log growth per step (true moments, second order)",
+        ["policy", *map(str, shown.columns)],
+        [[str(p), *map(str, row.tolist())] for p, row in shown.iterrows()],
     )
-    table.add_column("policy")
-    for c in shown.columns:
-        table.add_column(c, justify="right")
-    for p, row in shown.iterrows():
-        table.add_row(str(p), *row.tolist())
-    console.print(table)

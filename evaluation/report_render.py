@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from agents.mlflow_store import display_tracking_uri
 from evaluation.report_ex_ante import formatted
-from evaluation.tracking import tracking_uri
 
 if TYPE_CHECKING:
     from evaluation.report import GroupComparison
@@ -148,7 +148,7 @@ def write_report(groups: list[GroupComparison], out: Path, experiment: str) -> P
         ("h1", f"Evaluation report: experiment {experiment}"),
         (
             "p",
-            f"Tracking URI: {tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
+            f"Tracking URI: {display_tracking_uri()}. CIs: 95% percentile stratified bootstrap over scenarios "
             "(2000 resamples, seed 0). P(improvement): paired P(X > best baseline), ties 1/2. "
             "PSR: P(true Sharpe > 0); DSR: PSR against the expected maximum Sharpe of all policies tried.",
         ),

@@ -1,25 +1,29 @@
-"""MLflow tracking of evaluations: one run per backtest.
+"""MLflow tracking of evaluations: a parent run per backtest, a nested child run per policy.
 
 Tracking URI: ``$MLFLOW_TRACKING_URI`` if set, else an embedded SQLite store ``mlflow.db`` in the
-working folder (artifacts beside it in ``mlartifacts/``). Each run holds:
+working folder (artifacts beside it in ``mlartifacts/``). The parent run holds:
 
 - params: policies, scenario set, number of scenarios, seeds, config hash
   (``SimulationConfig.config_hash()``), hash of the policies' resolved parameters, git commit,
   market source, horizon, period dates, the policy-side kill-switch (``kill_switch.enabled`` and,
   when on, ``kill_switch.max_drawdown``, ``kill_switch.min_health_factor``, ...);
-- metrics: ``<metric>.<policy>`` = the mean across scenarios of each column of the metrics table
-  (e.g. ``sharpe_ratio.min_variance``, ``max_drawdown.equal_weight``);
-- artifacts: ``metrics.csv`` (policy x scenario table), ``series.parquet`` (per-step series),
-  ``config.yaml`` (resolved simulation config) and ``plots/*.png``;
+- the scenario set as a dataset input (``mlflow.log_input``) and the comparison table (means, CIs,
+  P(improvement), PSR/DSR) as ``comparison_table.json`` (``mlflow.log_table``); a description;
+- artifacts: ``metrics.csv`` (policy x scenario table: what ``defialloc compare`` reads),
+  ``series.parquet`` (per-step series), ``config.yaml`` (resolved simulation config) and
+  ``plots/*.png``;
 - tags: ``defialloc.kind = evaluation``, scenario set, config hash, git commit, held-out flag,
-  ``kill_switch`` (``true``/``false``).
+  ``kill_switch`` (``true``/``false``), ``defialloc.policy_runs`` (policy -> child run id).
+
+Each policy's child run (``evaluation/tracking_policies.py``) holds its parameters and its metrics
+under plain names (``sharpe_ratio``, ``max_drawdown``, ...), so MLflow's own runs table, compare
+view and charts put an agent next to its baselines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import subprocess
 import tempfile
@@ -41,6 +45,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 EVALUATION_TAG = "defialloc.kind"
 EVALUATION_KIND = "evaluation"
+#: on the parent: ``{policy: child run id}`` (each child has ``defialloc.evaluation_run``)
+CHILD_RUNS_TAG = "defialloc.policy_runs"
 METRICS_ARTIFACT = "metrics.csv"
 SERIES_ARTIFACT = "series.parquet"
 PLOTS_DIR = "plots"
@@ -91,45 +97,40 @@ def params_hash(policy_params: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def policy_means(table: Any) -> dict[str, float]:
-    """``{"<metric>.<policy>": mean across scenarios}`` for every numeric column of the table."""
-    skip = {"scenario", "seed"}
-    out: dict[str, float] = {}
-    numeric = [
-        c
-        for c in table.columns
-        if c not in skip and c != "policy" and table[c].dtype.kind in "biuf"
-    ]
-    for policy, group in table.groupby("policy", sort=False):
-        for col in numeric:
-            values = group[col].to_numpy(dtype=float)
-            finite = values[np.isfinite(values)]
-            out[f"{col}.{policy}"] = float(finite.mean()) if finite.size else math.nan
-    return out
-
-
 def log_backtest(
     result: BacktestResult,
-    experiment: str,
+    experiment: str | None,
     run_name: str | None,
     config: SimulationConfig | None = None,
     extra_params: dict[str, Any] | None = None,
     *,
     plots: bool = True,
+    n_boot: int = 2000,
 ) -> str:
-    """Log one evaluation run (params, per-policy metrics, artifacts); returns the run id.
+    """Log one evaluation: a parent run and one nested run per policy; returns the parent's id.
 
     Args:
         result: the backtest to log.
-        experiment: MLflow experiment name (created if missing).
-        run_name: run name (None lets MLflow pick one).
+        experiment: MLflow experiment name (created if missing; None: the default experiment).
+        run_name: the parent run's name (None: ``<scenario set>-<K>``).
         config: the config to hash and store (default ``result.config``).
-        extra_params: more params (e.g. the trained model's run id); values are stringified.
+        extra_params: the agents' params (e.g. the trained model's run id): logged on the parent
+            and on every agent's child run; values are stringified.
         plots: also render and log the PNG plots.
+        n_boot: bootstrap resamples of the comparison table.
     """
     import mlflow
 
     from evaluation.plots import save_plots
+    from evaluation.tracking_policies import (
+        COMPARISON_TABLE,
+        comparison_table,
+        describe_parent,
+        log_policy_runs,
+        log_scenarios,
+        save_comparison_view,
+        scenario_dataset,
+    )
 
     cfg = config or result.config
     experiment_id = setup_mlflow(experiment)
@@ -143,39 +144,48 @@ def log_backtest(
         # by this hash) must not pool them with the same policies run without it. Off adds nothing,
         # so runs without the kill-switch keep the hash they always had.
         hashed["__kill_switch__"] = overlay
-    params: dict[str, Any] = {
-        "policies": ",".join(result.policies),
+    config_hash = cfg.config_hash()
+    shared = {
         "scenario_set": result.scenario_set,
         "n_scenarios": rec.n_scenarios,
         "seeds": format_seeds(result.seeds),
-        "config_hash": cfg.config_hash(),
-        "git_commit": commit,
-        "market_source": cfg.market.source,
+        "config_hash": config_hash,
         "horizon": cfg.env.horizon,
-        "step_days": cfg.market.step_days,
-        "assets": ",".join(cfg.market.assets),
-        "policy_params_hash": params_hash(hashed),
         **overlay,
     }
     if result.period:
-        params |= {f"period_{k}": v for k, v in result.period.items()}
-    params |= {k: str(v) for k, v in (extra_params or {}).items()}
+        shared |= {f"period_{k}": v for k, v in result.period.items()}
+    params: dict[str, Any] = {
+        **shared,
+        "policies": ",".join(result.policies),
+        "git_commit": commit,
+        "market_source": cfg.market.source,
+        "step_days": cfg.market.step_days,
+        "assets": ",".join(cfg.market.assets),
+        "policy_params_hash": params_hash(hashed),
+    }
+    agent_params = {k: str(v) for k, v in (extra_params or {}).items()}
+    params |= agent_params
     tags = {
-        EVALUATION_TAG: EVALUATION_KIND,
         "scenario_set": result.scenario_set,
-        "config_hash": cfg.config_hash(),
+        "config_hash": config_hash,
         "git_commit": commit,
         "held_out": str(result.held_out).lower(),
         "kill_switch": str(result.kill_switch is not None).lower(),
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    comparison = comparison_table(result, table, n_boot=n_boot)
+    best = comparison.loc[comparison["vs_best_baseline"] == "best baseline", "policy"]
+    name = run_name or f"{result.scenario_set}-{rec.n_scenarios}"
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        tags={**tags, EVALUATION_TAG: EVALUATION_KIND},
+        description=describe_parent(result, config_hash, best.iloc[0] if len(best) else None),
+    ) as run:
         mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
-        mlflow.log_metrics(policy_means(table))
-        for policy, seconds in result.elapsed_s.items():
-            mlflow.log_metric(f"elapsed_s.{policy}", seconds)
-        for policy, diag in result.diagnostics.items():
-            for key, count in diag.items():
-                mlflow.log_metric(f"{key}.{policy}", float(count))
+        dataset = scenario_dataset(result, config_hash)
+        log_scenarios(dataset, result)
+        mlflow.log_table(comparison, COMPARISON_TABLE)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             table.to_csv(folder / METRICS_ARTIFACT, index=False)
@@ -186,7 +196,7 @@ def log_backtest(
             (folder / "diagnostics.json").write_text(json.dumps(result.diagnostics, indent=1))
             (folder / "seeds.json").write_text(json.dumps([int(s) for s in result.seeds]))
             (folder / "policy_params.json").write_text(json.dumps(result.policy_params, indent=1))
-            for name in (
+            for file in (
                 "policy_params.json",
                 METRICS_ARTIFACT,
                 SERIES_ARTIFACT,
@@ -194,8 +204,18 @@ def log_backtest(
                 "diagnostics.json",
                 "seeds.json",
             ):
-                mlflow.log_artifact(str(folder / name))
+                mlflow.log_artifact(str(folder / file))
             if plots:
                 for path in save_plots(result, folder / PLOTS_DIR):
                     mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR)
-        return run.info.run_id
+        children = log_policy_runs(
+            result,
+            table,
+            dataset,
+            {k: str(v) for k, v in shared.items()},
+            tags,
+            agent_params,
+        )
+        mlflow.set_tag(CHILD_RUNS_TAG, json.dumps(children))
+    save_comparison_view(experiment_id, run.info.run_id)
+    return run.info.run_id

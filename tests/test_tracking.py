@@ -68,14 +68,31 @@ def test_log_backtest_and_read_it_back(result, tmp_path):
     assert result.policy_params["min_variance"]["lookback"] == 61  # configs/evaluation/default.yaml
     assert params["policy_params_hash"] == params_hash(result.policy_params)
     assert run.data.tags["defialloc.kind"] == "evaluation"
-    # metric = mean across scenarios, computed here independently from the records
-    for name, rec in result.records.items():
+    assert not any("." in key for key in metrics), "no <metric>.<policy> names on the parent"
+    # one nested child run per policy, metrics under plain names = means across scenarios,
+    # computed here independently from the records
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == sorted(POLICIES)
+    for child in children:
+        name = child.info.run_name
+        rec = result.records[name]
         r = rec.returns
         sharpe = r.mean(axis=1) / r.std(axis=1, ddof=1) * np.sqrt(365.0)
-        assert metrics[f"sharpe_ratio.{name}"] == pytest.approx(sharpe.mean(), rel=1e-9)
-        assert metrics[f"final_value_usd.{name}"] == pytest.approx(
+        assert child.data.metrics["sharpe_ratio"] == pytest.approx(sharpe.mean(), rel=1e-9)
+        assert child.data.metrics["final_value_usd"] == pytest.approx(
             rec.value_usd[:, -1].mean(), rel=1e-12
         )
+        assert child.data.tags["defialloc.policy"] == name
+        assert child.data.tags["defialloc.policy_kind"] == "baseline"
+        assert child.data.tags["defialloc.kind"] == "evaluation_policy"  # not read by compare
+        assert child.data.params["scenario_set"] == "test"
+        assert child.data.params["config_hash"] == result.config.config_hash()
+        assert child.data.tags["mlflow.note.content"].startswith(f"{name}: feasible baseline")
+    mv = next(c for c in children if c.info.run_name == "min_variance")
+    assert mv.data.params["lookback"] == "61"  # the policy's own parameters, flattened
+    assert "note" not in mv.data.params  # agent params go to agents' runs only
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"metrics.csv", "series.parquet", "config.yaml", "plots"} <= names
     plots = {Path(a.path).name for a in client.list_artifacts(run_id, "plots")}
@@ -143,8 +160,10 @@ def test_compare_writes_a_report_with_cis(result, tmp_path, monkeypatch):
         console=Console(file=open(tmp_path / "o.txt", "w")),
     )
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(ValueError, match="not found") as missing:
         compare("does-not-exist", console=console)
+    # the message lists the experiments that hold evaluation runs (the child runs are not counted)
+    assert "cmp (3 evaluation runs)" in str(missing.value)
 
 
 def test_agents_against_the_same_baselines_share_a_comparison_group():
@@ -206,4 +225,8 @@ def test_kill_switch_parameters_are_logged_with_the_run():
     # behind the kill-switch the policies are other policies: never one comparison group
     assert run_off.data.params["policy_params_hash"] == params_hash(off.policy_params)
     assert params["policy_params_hash"] != run_off.data.params["policy_params_hash"]
-    assert run_on.data.metrics["kill_switch_fraction.equal_weight"] > 0.0
+    (child,) = client.search_runs(
+        [run_on.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_on.info.run_id}'"
+    )
+    assert child.data.metrics["kill_switch_fraction"] > 0.0
+    assert child.data.params["kill_switch.max_drawdown"] == "0.04"  # on every policy's run too

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import mlflow
+import mlflow.onnx
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -142,18 +143,32 @@ def test_training_run_streams_metrics_logs_params_tags_artifacts_and_registers(t
     }
     assert {
         "final/model.zip",
-        "final/vecnormalize.pkl",
+        "final/vecnormalize.npz",  # statistics as plain arrays, never a pickle
         "best/model.zip",
         "config/train_config.yaml",
     } <= artifacts
-    # the registry holds the best model, reachable by alias, acting like the SB3Policy it wraps
+    assert not any(path.endswith(".pkl") for path in artifacts)
+    # the registry holds the best model as ONNX: reachable by alias, a pyfunc that returns the
+    # SB3 policy's deterministic action and its target weights, and an onnx flavor
     version = client.get_model_version_by_alias("test-ppo", "candidate")
     assert str(version.version) == result.model_version and version.run_id == result.run_id
+    assert version.tags["validation_metric"] == "mean_log_growth"
+    assert float(version.tags["validation_score"]) == result.best_metric
+    assert version.tags["candidate_decision"] == "first version with @candidate"
     served = mlflow.pyfunc.load_model("models:/test-ppo@candidate")
     best = result.policy_dir()
-    policy = SB3Policy.load("ppo", best / "model.zip", best / "vecnormalize.pkl", device="cpu")
+    policy = SB3Policy.load("ppo", best / "model.zip", best / "vecnormalize.npz", device="cpu")
     obs = np.random.default_rng(0).normal(size=(5, policy.obs_dim)).astype(np.float32)
-    np.testing.assert_allclose(served.predict(obs), policy.act(obs), atol=1e-6)
+    frame = served.predict(obs)
+    action = policy.act(obs)
+    names = [*cfg.simulation.market.assets, cfg.simulation.market.numeraire]
+    np.testing.assert_allclose(frame[[f"action_{a}" for a in names]], action, atol=1e-5)
+    # the training configs trade in the delta kind: its target depends on the current portfolio,
+    # so the model returns the action only (target-kind weights: tests/test_registry.py)
+    assert cfg.simulation.env.action.kind == "delta"
+    assert not [c for c in frame.columns if c.startswith("weight_")]
+    graph = mlflow.onnx.load_model("models:/test-ppo@candidate")
+    assert [o.name for o in graph.graph.output] == ["action"]
 
 
 def test_interrupted_run_resumes_in_the_same_run_without_losing_steps(tracking, tmp_path):
@@ -245,10 +260,19 @@ def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, 
         assert run.data.tags["defialloc.kind"] == "evaluation"
         assert run.data.params["policies"] == "ppo,equal_weight"
         assert run.data.params["training_run_id"] == result.run_id
-        assert (
-            "sharpe_ratio.ppo" in run.data.metrics
-            and "sharpe_ratio.equal_weight" in run.data.metrics
-        )
+        children = {
+            c.info.run_name: c
+            for c in client.search_runs(
+                [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'"
+            )
+        }
+        assert set(children) == {"ppo", "equal_weight"}
+        agent, baseline = children["ppo"], children["equal_weight"]
+        assert agent.data.tags["defialloc.policy_kind"] == "agent"
+        assert baseline.data.tags["defialloc.policy_kind"] == "baseline"
+        assert agent.data.params["training_run_id"] == result.run_id
+        assert "training_run_id" not in baseline.data.params
+        assert "sharpe_ratio" in agent.data.metrics and "sharpe_ratio" in baseline.data.metrics
     held = client.get_run(result.evaluation_run_ids["held_out"])
     assert held.data.tags["held_out"] == "true"
     assert held.data.params["period_start"] == "2023-01-01"

@@ -21,13 +21,16 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.sb3 import ObsNormalizer, SB3Policy
+from agents.sb3_io import REPLAY_FILE, STATS_FILE, save_replay_buffer, save_statistics
 from envs.config import SimulationConfig
+from evaluation.progress import LINE_INTERVAL_S, LineProgress
 from evaluation.rollout import EpisodeRecord, run_policy
 from training.mlflow_logger import log_metrics
 
 MODEL_FILE = "model.zip"
-VECNORMALIZE_FILE = "vecnormalize.pkl"
-REPLAY_BUFFER_FILE = "replay_buffer.pkl"
+#: plain arrays (npz), never pickles: loading a run's files runs no code (agents/sb3_io.py)
+VECNORMALIZE_FILE = STATS_FILE
+REPLAY_BUFFER_FILE = REPLAY_FILE
 STATE_FILE = "state.json"
 BEST_FILE = "best.json"
 #: per-scenario validation of the best model (numpy arrays only: read with allow_pickle=False)
@@ -109,7 +112,7 @@ def validation_metrics(
 def save_checkpoint(
     model, venv: VecNormalize, state: RunState, folder: Path, replay_buffer: bool
 ) -> None:
-    """Write model, VecNormalize statistics, (SAC) replay buffer and ``state.json`` to ``folder``.
+    """Write model, VecNormalize statistics (npz), (SAC) replay buffer (npz) and ``state.json``.
 
     Written to a sibling temporary folder first and swapped in, so an interruption mid-save leaves
     the previous checkpoint intact.
@@ -119,9 +122,9 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model.save(tmp / MODEL_FILE)
-    venv.save(str(tmp / VECNORMALIZE_FILE))
+    save_statistics(venv, tmp)
     if replay_buffer and isinstance(model, OffPolicyAlgorithm):
-        model.save_replay_buffer(tmp / REPLAY_BUFFER_FILE)
+        save_replay_buffer(model, tmp / REPLAY_BUFFER_FILE)
     state.num_timesteps = int(model.num_timesteps)
     state.save(tmp / STATE_FILE)
     old = folder.with_name(folder.name + ".old")
@@ -190,7 +193,7 @@ class ValidationCallback(BaseCallback):
             self.best_dir.mkdir(parents=True, exist_ok=True)
             self.model.save(self.best_dir / MODEL_FILE)
             if venv is not None:
-                venv.save(str(self.best_dir / VECNORMALIZE_FILE))
+                save_statistics(venv, self.best_dir)
             best = {"metric": self.metric, "value": score, "step": step, "validation": metrics}
             (self.best_dir / BEST_FILE).write_text(json.dumps(best, indent=2))
             np.savez(
@@ -285,6 +288,29 @@ class RunAwareCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class LineProgressCallback(BaseCallback):
+    """Training progress outside a terminal (a pipe, a CI log): one plain line every few seconds
+    instead of SB3's redrawn bar (:class:`evaluation.progress.LineProgress`)."""
+
+    def __init__(self, total_timesteps: int, interval_s: float = LINE_INTERVAL_S) -> None:
+        super().__init__()
+        self.total, self.interval_s = int(total_timesteps), interval_s
+        self.bar: LineProgress | None = None
+
+    def _on_training_start(self) -> None:
+        self.bar = LineProgress(self.total, "training", "env step", interval_s=self.interval_s)
+        self.bar.n = int(self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        assert self.bar is not None
+        self.bar.update(int(self.num_timesteps) - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class EntropySchedule(BaseCallback):

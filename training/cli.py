@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
 from training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
@@ -19,8 +20,16 @@ from training.kill_switch_options import (
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-app = typer.Typer(help="defialloc: RL allocation research for DeFi markets.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks that print measured figures.", no_args_is_help=True)
+# plain (click) help: rich panels print a <bool> placeholder beside every flag and box-draw
+# every option; plain help lists `--progress / --no-progress` and fits any terminal width
+app = typer.Typer(
+    help="defialloc: RL allocation research for DeFi markets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print measured figures.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(bench_app, name="bench")
 console = Console()
 
@@ -66,6 +75,7 @@ def simulate(
     scenarios: int = typer.Option(1, min=1, help="number of scenarios (seeds seed..seed+K-1)"),
     kill_switch: bool = KILL_SWITCH_OPTION,
     kill_switch_param: list[str] = KILL_SWITCH_PARAM_OPTION,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
     import numpy as np
@@ -76,6 +86,9 @@ def simulate(
     from training.summary import print_episode_summary
 
     cfg = _load(config, overrides)
+    if print_config:
+        echo_config(cfg)
+        return
     try:
         overlay = resolve_kill_switch(kill_switch, kill_switch_param)
     except ValueError as exc:
@@ -127,11 +140,15 @@ def bench_env_cmd(
     config: Path = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
     quick: bool = typer.Option(False, help="fewer steps (smoke run)"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Steps/s of the single env and of the batched env at n_envs 1, 64 and 256."""
     from envs.bench import bench_env
 
     cfg = _load(config, overrides)
+    if print_config:
+        echo_config(cfg)
+        return
     result = bench_env(cfg, quick=quick)
     if as_json:
         print(json.dumps(result))
@@ -183,9 +200,25 @@ def calibrate(
 
 def _register_subcommands() -> None:
     """Commands of later layers live in their own modules, each exposing ``register(app)``."""
-    from training import cli_cascades, cli_evaluate, cli_paper, cli_sweep, cli_train, cli_tune
+    from training import (
+        cli_cascades,
+        cli_evaluate,
+        cli_paper,
+        cli_registry,
+        cli_sweep,
+        cli_train,
+        cli_tune,
+    )
 
-    for module in (cli_evaluate, cli_train, cli_paper, cli_cascades, cli_tune, cli_sweep):
+    for module in (
+        cli_evaluate,
+        cli_train,
+        cli_paper,
+        cli_registry,
+        cli_cascades,
+        cli_tune,
+        cli_sweep,
+    ):
         module.register(app, bench_app)
 
 

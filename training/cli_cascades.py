@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+
 console = Console()
 
 
@@ -37,10 +39,20 @@ def calibrate_cascades_command(
         help="also print the modelled extra drawdowns for these comma-separated values of "
         "population.collateral_share_of_depth, e.g. 0.01,0.02,0.05,0.1",
     ),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Square-root-law targets vs modelled extra drawdowns on documented liquidation days."""
     from envs.cascade_calibration import cascade_event_table, collateral_share_sweep
 
+    if print_config:
+        from envs.config import ConfigError, load_config
+
+        try:
+            echo_config(load_config(config))
+        except ConfigError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(code=2) from None
+        return
     try:
         shares = [float(v) for v in sweep.split(",") if v.strip()]
     except ValueError:

@@ -6,12 +6,12 @@ Heavy imports (numpy, mlflow, matplotlib) happen inside the commands so ``--help
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from evaluation.table_fit import label, output_console, print_fitted
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
 from training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
@@ -20,7 +20,7 @@ from training.kill_switch_options import (
 )
 
 # piped output (CI logs) gets a wide table instead of rich's 80-column default
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = output_console()  # the terminal width, else $COLUMNS, else 160
 
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=90")
 CONFIG_OPTION = typer.Option(
@@ -53,7 +53,10 @@ def evaluate(
         None, help="replay a named real period instead, e.g. heldout_2023 or dev_2022"
     ),
     workers: int = typer.Option(None, min=1, help="processes (default: the eval config's)"),
-    experiment: str = typer.Option(None, help="MLflow experiment (default: the eval config's)"),
+    experiment: str = typer.Option(
+        None,
+        help="MLflow experiment (default: the eval config's, else $MLFLOW_EXPERIMENT_NAME, else defialloc)",
+    ),
     run_name: str = typer.Option(None, help="MLflow run name"),
     track: bool = typer.Option(
         True, help="log the run to MLflow ($MLFLOW_TRACKING_URI or ./mlflow.db)"
@@ -66,6 +69,7 @@ def evaluate(
         "--cache/--no-cache",
         help="reuse baseline backtests already run on the same scenarios (evaluation/backtest_cache.py)",
     ),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Backtest baselines on K paired scenarios (or a real period) and log the run to MLflow.
 
@@ -88,6 +92,11 @@ def evaluate(
         overlay = resolve_kill_switch(kill_switch, kill_switch_param, ev.kill_switch)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
+    if print_config:  # both configs: the simulation and the evaluation settings
+        echo_config(
+            {"simulation": cfg.model_dump(mode="json"), "evaluation": ev.model_dump(mode="json")}
+        )
+        return
     if overlay is not None:
         console.print(describe_kill_switch(overlay))
     names = [
@@ -147,18 +156,17 @@ def evaluate(
         _fail(str(exc))
     print_metrics_summary(result)
     if track:
-        from evaluation.tracking import log_backtest, tracking_uri
+        from agents.mlflow_store import default_experiment, display_tracking_uri
+        from evaluation.tracking import log_backtest
 
-        run_id = log_backtest(result, experiment or ev.experiment, run_name, result.config)
-        console.print(
-            f"logged run {run_id} to experiment {experiment or ev.experiment!r} at {tracking_uri()}"
-        )
+        name = experiment or ev.experiment or default_experiment()
+        run_id = log_backtest(result, name, run_name, result.config)
+        console.print(f"logged run {run_id} to experiment {name!r} at {display_tracking_uri()}")
 
 
 def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, imported lazily)
     """Mean across scenarios of the headline metrics, one row per policy."""
     import numpy as np
-    from rich.table import Table
 
     table = result.metrics_table()
     cols = [
@@ -174,12 +182,7 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
     if "ex_ante_log_growth" in table.columns:  # synthetic markets: the ex-ante growth per step
         cols.insert(1, "ex_ante_log_growth")
     k = int(table.groupby("policy").size().max())
-    out = Table(
-        title=f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
-    )
-    out.add_column("policy")
-    for c in cols:
-        out.add_column(c, justify="right")
+    rows = []
     means = table.groupby("policy", sort=False)[cols].mean()
     for policy, row in means.iterrows():
         cells = []
@@ -198,8 +201,9 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
                 cells.append(f"{1e4 * v:.1f} bp")
             else:
                 cells.append(f"{v:.2f}")
-        out.add_row(str(policy), *cells)
-    console.print(out)
+        rows.append([str(policy), *cells])
+    title = f"{result.scenario_set}: mean over {k} scenario(s), {result.config.env.horizon} steps"
+    print_fitted(console, title, ["policy", *map(label, cols)], rows)
     if result.ex_ante_ceiling is not None:
         g = float(np.mean(result.ex_ante_ceiling))
         console.print(
@@ -221,7 +225,9 @@ def print_metrics_summary(result) -> None:  # noqa: ANN001 (BacktestResult, impo
 
 
 def compare_cmd(
-    experiment: str = typer.Option("defialloc-evaluation", help="MLflow experiment to read"),
+    experiment: str = typer.Option(
+        None, help="MLflow experiment to read (default: $MLFLOW_EXPERIMENT_NAME, else defialloc)"
+    ),
     out: Path = typer.Option(
         None, help="write a report: .md (plots beside it) or .html (plots embedded)"
     ),
@@ -229,10 +235,17 @@ def compare_cmd(
     n_boot: int = typer.Option(2000, min=100, help="bootstrap resamples"),
 ) -> None:
     """Compare the evaluation runs of an experiment: means, IQM, 95% CIs, P(improvement), PSR/DSR."""
+    from agents.mlflow_store import default_experiment
     from evaluation.report import compare
 
     try:
-        compare(experiment, out, metric=metric, n_boot=n_boot, console=console)
+        compare(
+            experiment or default_experiment(),
+            out,
+            metric=metric,
+            n_boot=n_boot,
+            console=output_console(),  # $COLUMNS as it is now
+        )
     except ValueError as exc:
         _fail(str(exc))
 
@@ -260,6 +273,7 @@ def bench_baselines_cmd(
     seed: int = typer.Option(0, help="--solvers: problem seed"),
     max_weight: float = typer.Option(None, help="--solvers: per-asset cap (both libraries)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Backtest steps/s of every baseline vs equal weight on the same scenarios (goal: >= 1/5),
     spot and leveraged; with --solvers also our optimizers vs PyPortfolioOpt."""
@@ -267,6 +281,15 @@ def bench_baselines_cmd(
     from evaluation.bench_backtests import bench_backtests, print_backtest_bench
 
     names = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
+    if print_config:  # one resolved simulation config per --config
+        from envs.config import load_config
+
+        try:
+            paths = configs or [Path(c) for c in BENCH_CONFIGS]
+            echo_config({str(p): load_config(p).model_dump(mode="json") for p in paths})
+        except ConfigError as exc:
+            _fail(str(exc))
+        return
     backtests = {}
     try:
         for path in configs or [Path(c) for c in BENCH_CONFIGS]:

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agents.mlflow_store import default_experiment
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
 from training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
@@ -36,12 +38,16 @@ def export_command(
     run_id: str | None = typer.Option(
         None, "--run-id", help="MLflow training run to export (its best model, else final)"
     ),
-    model: Path | None = typer.Option(
-        None, "--model", help="SB3 model zip to export instead of a run"
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="SB3 model zip to export instead of a run, or a registered model: "
+        "models:/<name>@<alias> or models:/<name>/<version>",
     ),
     out: Path = typer.Option(..., "--out", help="folder to write policy.onnx and manifest.json to"),
     vecnormalize: Path | None = typer.Option(
-        None, help="VecNormalize statistics (default: vecnormalize.pkl next to --model)"
+        None,
+        help="VecNormalize statistics (default: vecnormalize.npz, or a legacy vecnormalize.pkl, next to --model)",
     ),
     config: Path | None = typer.Option(
         None,
@@ -58,28 +64,54 @@ def export_command(
     log_mlflow: bool = typer.Option(
         True, "--mlflow/--no-mlflow", help="log the export to MLflow and tag the registered version"
     ),
-    experiment: str = typer.Option(
-        "defialloc", help="MLflow experiment of the export run (only with --model)"
+    experiment: str | None = typer.Option(
+        None,
+        help="MLflow experiment of the export run (only with --model; default: $MLFLOW_EXPERIMENT_NAME, else defialloc)",
     ),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
-    """Export a trained policy to ONNX (normalization and the action map baked in) plus manifest.json."""
+    """Export a trained policy to ONNX (normalization and the action map baked in) plus manifest.json.
+
+    Nothing in the model files is executed: SB3 zips are loaded with every pickled entry replaced
+    (agents/sb3_io.py), statistics are plain arrays, a registered model is copied as ONNX + JSON.
+    """
     if (run_id is None) == (model is None):
-        raise _fail("give exactly one of --run-id RUN_ID or --model PATH")
+        raise _fail("give exactly one of --run-id RUN_ID or --model PATH|models:/NAME@ALIAS")
     if which not in ("auto", "best", "final"):
         raise _fail(f"--which={which!r} must be auto, best or final")
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from agents.export import export_policy, source_from_files
+    from agents.export import export_policy, load_config_file, source_from_files
     from agents.export_mlflow import log_export, source_from_run
+    from agents.onnx_policy import load_manifest
     from envs.config import ConfigError
 
+    registered = model is not None and model.startswith("models:/")
     try:
-        if run_id is not None:
+        if print_config and not registered and run_id is None:
+            from agents.export import find_config_next_to
+
+            echo_config(load_config_file(config or find_config_next_to(Path(model)))[0])
+            return
+        if registered:
+            from agents.registry import download_registered_export, resolve_version
+
+            version = resolve_version(model)  # type: ignore[arg-type]
+            if print_config:
+                echo_config(_registered_manifest(version).simulation_config)
+                return
+            if download_registered_export(version, out) is not None:
+                manifest = load_manifest(out)
+                log_mlflow = False  # it is the registered model itself: nothing new to log
+            else:  # registered before exports were: the SB3 files of its training run
+                manifest = export_policy(source_from_run(version.run_id, which), out)
+        elif run_id is not None:
             src = source_from_run(run_id, which)
+            if print_config:
+                echo_config(src.config)
+                return
+            manifest = export_policy(src, out)
         else:
-            src = source_from_files(model, vecnormalize, config, algo)  # type: ignore[arg-type]
-        manifest = export_policy(src, out)
+            src = source_from_files(Path(model), vecnormalize, config, algo)  # type: ignore[arg-type]
+            manifest = export_policy(src, out)
     except (ConfigError, ValueError) as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"exported {manifest.algo.upper()} policy to {out}", show_header=False)
@@ -96,6 +128,22 @@ def export_command(
         for name, ver in logged["attached_versions"]:
             table.add_row("attached to", f"{name} v{ver} (tags onnx_*)")
     console.print(table)
+
+
+def _registered_manifest(version: Any) -> Any:
+    """The manifest of a registered ONNX policy version (downloaded to a temporary folder)."""
+    import tempfile
+
+    from agents.onnx_policy import load_manifest
+    from agents.registry import download_registered_export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if download_registered_export(version, tmp) is None:
+            raise ValueError(
+                f"{version.name} v{version.version} is not an ONNX policy model; use --run-id "
+                f"{version.run_id} --print-config"
+            )
+        return load_manifest(tmp)
 
 
 def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
@@ -141,7 +189,20 @@ def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
         module_name, _, attr = kind.removeprefix("python:").partition(":")
         if not attr:
             raise ValueError(f"--feed {kind!r} must look like python:package.module:factory")
-        factory = getattr(importlib.import_module(module_name), attr)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # the module or something it imports is missing
+            raise ValueError(
+                f"--feed {kind!r}: cannot import module {module_name!r} ({exc}); it must be "
+                "importable from the current folder or PYTHONPATH"
+            ) from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            found = sorted(n for n in vars(module) if not n.startswith("_"))
+            raise ValueError(
+                f"--feed {kind!r}: module {module_name!r} has no callable {attr!r} "
+                f"(it defines: {', '.join(found[:20]) or 'nothing'})"
+            )
         return factory(cfg, manifest)
     raise ValueError(
         f"--feed {kind!r} must be replay, simulated, ccxt:<exchange> or python:package.module:factory"
@@ -196,7 +257,10 @@ def paper_command(
     log_mlflow: bool = typer.Option(
         True, "--mlflow/--no-mlflow", help="stream metrics to an MLflow run"
     ),
-    experiment: str = typer.Option("defialloc-paper", help="MLflow experiment of the paper run"),
+    experiment: str | None = typer.Option(
+        None,
+        help="MLflow experiment of the paper run (default: $MLFLOW_EXPERIMENT_NAME, else defialloc)",
+    ),
     view: bool = typer.Option(
         True, "--view/--no-view", help="live terminal view (when stdout is a terminal)"
     ),
@@ -235,7 +299,7 @@ def paper_command(
             onnx_policy,
             the_feed,
             ledger,
-            mlflow_experiment=experiment if log_mlflow else None,
+            mlflow_experiment=(experiment or default_experiment()) if log_mlflow else None,
             history_rows=history_rows,
             kill_switch=overlay,
             reference=reference,

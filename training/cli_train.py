@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+
 console = Console()
 
 OVERRIDES_ARG = typer.Argument(
@@ -61,6 +63,7 @@ def train_command(
     progress: bool = PROGRESS_OPT,
     final_eval: bool = FINAL_EVAL_OPT,
     cache: bool = CACHE_OPT,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
     from envs.config import ConfigError
@@ -77,6 +80,9 @@ def train_command(
         raise typer.Exit(code=0) from None
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    if print_config:
+        echo_config(cfg)
+        return
     console.rule(
         f"training {cfg.algo.upper()} for {cfg.total_timesteps:,} env steps ({cfg.n_envs} envs)"
     )
@@ -100,10 +106,8 @@ def train_command(
             f"{result.best_metric:+.4f} at step {result.best_step:,}",
         )
     if result.model_version is not None:
-        table.add_row(
-            "registered model",
-            f"{cfg.registered_name} v{result.model_version} (@{cfg.mlflow.alias})",
-        )
+        table.add_row("registered model", f"{cfg.registered_name} v{result.model_version}")
+        table.add_row(f"@{cfg.mlflow.alias}", result.registration_note or "")
     for kind, run_id in result.evaluation_run_ids.items():
         table.add_row(f"evaluation run ({kind})", run_id)
     table.add_row("files", str(result.run_dir))
@@ -122,6 +126,7 @@ def bench_train_command(
     steps: int = typer.Option(30_000, min=1_000, help="PPO env steps (SAC runs a third of them)"),
     algo: str = typer.Option("both", help="ppo | sac | both"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """PPO and SAC training throughput (env-steps/s) and the share of wall time spent in the env."""
     from envs.config import ConfigError
@@ -131,6 +136,17 @@ def bench_train_command(
     if algo not in ("ppo", "sac", "both"):
         raise _fail(f"--algo {algo!r} must be ppo, sac or both")
     chosen = {k: v for k, v in paths.items() if algo in (k, "both")}
+    if print_config:  # the training configs as bench_train resolves them (overrides applied)
+        from training.config import load_train_config
+
+        try:
+            items = _overrides(overrides, None)
+            echo_config(
+                {k: load_train_config(v, items).model_dump(mode="json") for k, v in chosen.items()}
+            )
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        return
     try:
         result = bench_train(
             chosen, {"ppo": steps, "sac": max(steps // 3, 1_000)}, _overrides(overrides, None)
@@ -195,15 +211,19 @@ def experiment_command(
         "--runs",
         help="train only the runs of this config (repeatable; as written under runs)",
     ),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train several configs x seeds into one MLflow experiment and compare them with the baselines
     (through the sweep machinery: nested runs, resume, local or Ray backend)."""
     from rich.console import Console
 
     from envs.config import ConfigError
-    from training.experiment import run_experiment
+    from training.experiment import load_experiment, run_experiment
 
     try:
+        if print_config:
+            echo_config(load_experiment(config))
+            return
         run_experiment(
             config,
             Console(),
@@ -221,16 +241,21 @@ def experiment_command(
 
 
 def curves_command(
-    experiment: str = typer.Option(..., help="MLflow experiment of the training runs"),
+    experiment: str = typer.Option(
+        None,
+        help="MLflow experiment of the training runs (default: $MLFLOW_EXPERIMENT_NAME, else defialloc)",
+    ),
     out: Path = typer.Option(None, help="PNG file; default reports/<experiment>-curves.png"),
     metric: str = typer.Option("mean_log_growth", help="validation metric (val/<metric>)"),
 ) -> None:
     """Plot the validation learning curves of an experiment's training runs (mean over seeds)."""
     from rich.console import Console
 
+    from agents.mlflow_store import default_experiment
     from evaluation.learning_curves import flattening, load_curves, write_learning_curves
 
     console = Console()
+    experiment = experiment or default_experiment()
     path = out or Path("reports") / f"{experiment}-curves.png"
     try:
         write_learning_curves(experiment, path, metric)

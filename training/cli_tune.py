@@ -3,14 +3,15 @@ validation scenarios only (evaluation/tuning.py), written into the evaluation YA
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-console = Console(width=None if sys.stdout.isatty() else 160)
+from evaluation.table_fit import output_console
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+
+console = output_console()  # the terminal width, else $COLUMNS, else 160
 
 OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env.horizon=180")
 CONFIG_OPTION = typer.Option(
@@ -36,6 +37,7 @@ def tune_baselines_cmd(
     workers: int = typer.Option(1, min=1, help="processes per grid"),
     write: bool = typer.Option(True, help="write the choices into --out (--no-write: print only)"),
     progress: bool = typer.Option(False, help="show a progress bar per grid"),
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Grid-search baseline parameters on VALIDATION scenarios and record them in the eval YAML.
 
@@ -62,6 +64,9 @@ def tune_baselines_cmd(
     start = time.perf_counter()
     try:
         cfg = load_config(config, parse_cli_overrides(overrides or []))
+        if print_config:
+            echo_config(cfg)
+            return
         results = tune_baselines(
             cfg,
             names,

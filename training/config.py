@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from agents.mlflow_store import default_experiment
 from envs.config import (
     REPO_ROOT,
     ConfigError,
@@ -179,7 +180,12 @@ class CheckpointConfig(StrictModel):
 class MlflowConfig(StrictModel):
     """Where the run is tracked."""
 
-    experiment: str = Field(default="defialloc", min_length=1, max_length=200)
+    experiment: str = Field(
+        default_factory=default_experiment,
+        min_length=1,
+        max_length=200,
+        description="default: $MLFLOW_EXPERIMENT_NAME, else defialloc (shared by every command)",
+    )
     run_name: str | None = Field(default=None, max_length=200)
     register_model: bool = True
     registered_name: str | None = Field(

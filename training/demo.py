@@ -25,8 +25,8 @@ def run_demo(
     With ``cache`` the agents share the baselines' backtests (same simulation config and seeds):
     each baseline runs once, and not again in later demos (:mod:`evaluation.backtest_cache`).
     """
+    from agents.mlflow_store import display_tracking_uri
     from evaluation.report import compare
-    from evaluation.tracking import tracking_uri
     from training.train import train
 
     start = time.perf_counter()
@@ -50,7 +50,7 @@ def run_demo(
         compare(experiment, out=report, console=console)
         console.print(f"report with plots: {report}")
     console.rule(f"done in {time.perf_counter() - start:,.0f} s")
-    uri = tracking_uri()
+    uri = display_tracking_uri()
     console.print(
         f"Open the MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
     )

@@ -3,27 +3,22 @@
 - :class:`MLflowKVWriter`: an SB3 ``KVWriter`` that forwards each logger dump (``train/loss``,
   ``rollout/ep_rew_mean``, ``time/fps``, ...) to the run as metrics at the current timestep, as
   they are produced (SB3 has no MLflow output of its own).
-- :class:`SB3PyfuncModel` and :func:`log_policy_model`: the trained policy as an MLflow pyfunc
-  model (SB3 zip + VecNormalize statistics as artifacts) registered in the Model Registry, so
-  ``mlflow.pyfunc.load_model("models:/defialloc-ppo@candidate").predict(raw_obs)`` returns actions.
+- :func:`log_metrics`: a batch of finite metrics at a step.
+
+The registered policy model (ONNX + a pyfunc that needs no code of this repository) is logged by
+``agents/registry.py``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from numbers import Real
-from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 from stable_baselines3.common.logger import KVWriter, Logger, make_output_format
 
 #: SB3's name for this output in ``logger.record(..., exclude=...)``
@@ -92,98 +87,3 @@ def log_metrics(
     ]
     if batch:
         (client or MlflowClient()).log_batch(run_id, metrics=batch)
-
-
-class SB3PyfuncModel(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper: raw observations ``(B, obs_dim)`` float32 -> deterministic actions ``(B, action_dim)``.
-
-    Actions are in the env's Box ``[-1, 1]``; ``envs.actions.actions_to_weights`` maps them to
-    target weights (cash last).
-    """
-
-    def __init__(self, algo: str) -> None:
-        self.algo = algo
-        self._policy = None
-
-    def load_context(self, context: Any) -> None:
-        from agents.sb3 import SB3Policy
-
-        artifacts = context.artifacts
-        self._policy = SB3Policy.load(
-            self.algo,
-            artifacts["model"],
-            artifacts.get("vecnormalize"),
-            name=self.algo,
-            device="cpu",
-        )
-
-    def predict(
-        self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None
-    ) -> np.ndarray:
-        if isinstance(model_input, dict):  # a named tensor input arrives as {name: array}
-            (model_input,) = model_input.values()
-        obs = np.asarray(model_input, dtype=np.float32)
-        if obs.ndim == 1:
-            obs = obs[None, :]
-        return self._policy.act(obs).astype(np.float32)
-
-
-def policy_signature(obs_dim: int, action_dim: int) -> ModelSignature:
-    """Tensor signature ``(-1, obs_dim) float32 -> (-1, action_dim) float32``."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, obs_dim))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, action_dim))]),
-    )
-
-
-def _pip_requirements() -> list[str]:
-    """Pinned requirements of the served model (given explicitly: inference would reload the model)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    pins = []
-    for package in ("stable-baselines3", "torch", "numpy", "gymnasium", "mlflow"):
-        try:
-            pins.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            pins.append(package)
-    return pins
-
-
-def log_policy_model(
-    algo: str,
-    model_path: str | Path,
-    vecnormalize_path: str | Path | None,
-    obs_dim: int,
-    action_dim: int,
-    registered_name: str | None,
-    alias: str | None = None,
-    name: str = "policy",
-) -> ModelVersion | None:
-    """Log the policy as a pyfunc model in the active run; register it (and set ``alias``) if named.
-
-    Returns the new registry version (None when ``registered_name`` is None).
-    """
-    artifacts = {"model": str(model_path)}
-    if vecnormalize_path is not None:
-        artifacts["vecnormalize"] = str(vecnormalize_path)
-    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_logger.level
-    # it warns that the wrapper object is cloudpickled: it is ours and holds no state but `algo`
-    pyfunc_logger.setLevel(logging.ERROR)
-    try:
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=SB3PyfuncModel(algo),
-            artifacts=artifacts,
-            signature=policy_signature(obs_dim, action_dim),
-            input_example=np.zeros((1, obs_dim), dtype=np.float32),
-            pip_requirements=_pip_requirements(),
-        )
-    finally:
-        pyfunc_logger.setLevel(level)
-    if registered_name is None:
-        return None
-    version = mlflow.register_model(info.model_uri, registered_name)
-    if alias:
-        MlflowClient().set_registered_model_alias(registered_name, alias, version.version)
-    return version

@@ -8,8 +8,10 @@ One call of :func:`train` is one MLflow run (or the continuation of one, with ``
    YAML as an artifact; SB3's metrics streamed through :class:`~training.mlflow_logger.MLflowKVWriter`;
 4. periodic validation on ``scenario_seeds("validation", n)`` with the best model kept, and
    checkpoints at rollout boundaries (Ctrl-C stops at the next boundary with a checkpoint);
-5. the final and best models (+ VecNormalize statistics) as artifacts, the policy (best by validation)
-   as a pyfunc model registered in the Model Registry with an alias;
+5. the final and best models (+ VecNormalize statistics as plain arrays) as artifacts; the policy
+   (best by validation) exported to ONNX (``onnx_export/``) and registered in the Model Registry as
+   a pyfunc that needs mlflow, onnxruntime, numpy and pandas only (``agents/registry.py``); the
+   alias (``candidate``) moves only when it validates better than the current candidate;
 6. the backtest of the agent against the baselines (:func:`evaluate_against_baselines`).
 
 Files of a run live in ``<output_dir>/<run_id>/``: ``config.yaml``, ``checkpoint/``, ``best/``, ``final/``.
@@ -37,19 +39,27 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.baselines.policies import UPPER_REFERENCES, baselines_for
+from agents.mlflow_store import redact_uri
 from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
+from agents.sb3_io import (
+    LEGACY_REPLAY_FILE,
+    NormalizationStats,
+    find_statistics,
+    load_replay_buffer,
+)
 from envs import make_vec_env
 from envs.config import ConfigError
 from envs.seeds import scenario_seeds
+from evaluation.progress import is_terminal
 from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
 from training.callbacks import (
     BEST_FILE,
     MODEL_FILE,
     REPLAY_BUFFER_FILE,
     STATE_FILE,
-    VECNORMALIZE_FILE,
     CheckpointCallback,
     EntropySchedule,
+    LineProgressCallback,
     RunAwareCallback,
     RunState,
     TrainingInterrupted,
@@ -57,7 +67,8 @@ from training.callbacks import (
     save_checkpoint,
 )
 from training.config import TrainConfig, load_train_config
-from training.mlflow_logger import log_metrics, log_policy_model, make_sb3_logger
+from training.mlflow_logger import log_metrics, make_sb3_logger
+from training.register_run import finish_run
 
 RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
@@ -82,6 +93,8 @@ class TrainResult:
     best_metric: float | None = None
     best_step: int | None = None
     model_version: str | None = None
+    #: why the registry alias moved to this version or stayed (agents/registry.py)
+    registration_note: str | None = None
     evaluation_run_ids: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -123,10 +136,8 @@ def build_env(
         venv = make_vec_env(cfg.simulation, n_envs=cfg.n_envs, seed=seed)
     if wrap is not None:
         venv = wrap(venv)
-    if vecnormalize_path is not None:
-        env = VecNormalize.load(str(vecnormalize_path), venv)
-        env.training = True
-        return env
+    if vecnormalize_path is not None:  # plain arrays (or a legacy pickle read without running it)
+        return NormalizationStats.load(vecnormalize_path).restore(venv, training=True)
     gamma = cfg.ppo.gamma if cfg.algo == "ppo" else cfg.sac.gamma
     return VecNormalize(
         venv,
@@ -161,13 +172,14 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
         folder = run_dir_of(run_id)
     except mlflow.exceptions.MlflowException as exc:
         raise ConfigError(
-            f"--resume {run_id}: no such run in {mlflow.get_tracking_uri()} ({exc})"
+            f"--resume {run_id}: no such run in {redact_uri(mlflow.get_tracking_uri())} ({exc})"
         ) from None
     except ValueError as exc:
         raise ConfigError(f"--resume {run_id}: {exc}") from None
     if not (folder / "checkpoint" / STATE_FILE).is_file():
         raise ConfigError(f"--resume {run_id}: no checkpoint in {folder / 'checkpoint'}")
     cfg = load_train_config(folder / CONFIG_FILE, overrides)
+    check_checkpoint(run_id, folder / "checkpoint", cfg.algo)
     state = RunState.load(folder / "checkpoint" / STATE_FILE)
     if state.completed and state.num_timesteps >= cfg.total_timesteps:
         raise RunAlreadyFinished(
@@ -177,6 +189,21 @@ def load_resume_config(run_id: str, overrides: dict[str, Any] | None = None) -> 
             f"total_timesteps=<more than {state.num_timesteps}>"
         )
     return cfg
+
+
+def check_checkpoint(run_id: str, folder: Path, algo: str) -> None:
+    """Refuse (ConfigError) a checkpoint whose files the safe loaders would not read, before the
+    run is reopened: the model zip's serialized entries, the statistics (npz, or a legacy pickle
+    through the restricted unpickler), the SAC replay buffer. Nothing in them is executed."""
+    from agents.sb3_io import read_model_data, safe_custom_objects
+
+    try:
+        safe_custom_objects(algo, read_model_data(folder / MODEL_FILE))
+        stats = find_statistics(folder)
+        if stats is not None:
+            NormalizationStats.load(stats)
+    except ValueError as exc:
+        raise ConfigError(f"--resume {run_id}: checkpoint refused: {exc}") from None
 
 
 class RunAlreadyFinished(ConfigError):
@@ -240,6 +267,9 @@ def _start_run(
         )
         return run, run_dir, state
     run_dir = run_dir_of(resume_run_id, client)
+    # start_run(run_id=...) refuses a run outside the process's active experiment (one a caller
+    # set earlier, possibly in another store): resuming a run means working in its experiment
+    mlflow.set_experiment(experiment_id=client.get_run(resume_run_id).info.experiment_id)
     run = mlflow.start_run(run_id=resume_run_id)
     (run_dir / CONFIG_FILE).write_text(cfg.to_yaml())  # a later resume keeps an extended budget
     state = RunState.load(run_dir / "checkpoint" / STATE_FILE)
@@ -256,10 +286,13 @@ def _build_model(
 ) -> BaseAlgorithm:
     if not resume:
         return make_agent(cfg.algo, venv, cfg.agent_kwargs(), device, seed=cfg.seed)
-    model = load_model(cfg.algo, run_dir / "checkpoint" / MODEL_FILE, venv, device)
-    buffer = run_dir / "checkpoint" / REPLAY_BUFFER_FILE
-    if cfg.algo == "sac" and buffer.is_file():
-        model.load_replay_buffer(buffer)
+    hyper = {k: v for k, v in cfg.agent_kwargs().items() if k != "policy"}
+    folder = run_dir / "checkpoint"
+    model = load_model(cfg.algo, folder / MODEL_FILE, venv, device, hyperparameters=hyper)
+    for name in (REPLAY_BUFFER_FILE, LEGACY_REPLAY_FILE):  # runs before npz buffers: legacy pickle
+        if cfg.algo == "sac" and (folder / name).is_file():
+            load_replay_buffer(model, folder / name)
+            break
     return model
 
 
@@ -281,7 +314,8 @@ def train(
         cfg: the resolved training config (for a resume: :func:`load_resume_config`).
         resume_run_id: continue this run from its last checkpoint; the step count carries on and
             training stops at ``cfg.total_timesteps`` (SB3 rounds up to whole rollouts).
-        progress: show SB3's progress bar (tqdm + rich).
+        progress: show progress: SB3's bar (tqdm + rich) on a terminal, else a plain line every
+            few seconds (:class:`~training.callbacks.LineProgressCallback`).
         callbacks: extra SB3 callbacks (run after validation and checkpointing).
         register: override ``cfg.mlflow.register_model``.
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
@@ -351,7 +385,7 @@ def _train_session(
     run_id = run.info.run_id
     # a resumed run draws fresh training paths instead of replaying the first session's
     env_seed = cfg.seed + (state.num_timesteps if resume else 0)
-    venv = build_env(cfg, env_seed, run_dir / "checkpoint" / VECNORMALIZE_FILE if resume else None)
+    venv = build_env(cfg, env_seed, find_statistics(run_dir / "checkpoint") if resume else None)
     model = _build_model(cfg, venv, device, run_dir, resume)
     model.set_logger(make_sb3_logger(run_id, client=client))
     validation = ValidationCallback(
@@ -378,6 +412,9 @@ def _train_session(
             extra.attach(validation, checkpoint, run_dir, run_id)
     steps_before, start = int(model.num_timesteps), time.perf_counter()
     remaining = cfg.total_timesteps - steps_before
+    bar = progress and is_terminal()  # SB3's redrawn bar on a terminal only
+    if progress and not bar:
+        schedules.append(LineProgressCallback(cfg.total_timesteps))
     interrupted = False
     if remaining > 0:
         try:
@@ -387,7 +424,7 @@ def _train_session(
                     callback=CallbackList([*schedules, validation, checkpoint, *callbacks]),
                     log_interval=1 if cfg.algo == "ppo" else cfg.n_envs,
                     reset_num_timesteps=not resume,
-                    progress_bar=progress,
+                    progress_bar=bar,
                 )
         except TrainingInterrupted:
             interrupted = True
@@ -402,45 +439,10 @@ def _train_session(
             validation.validate()
         state.completed = True
         save_checkpoint(model, venv, state, run_dir / "checkpoint", cfg.checkpoint.replay_buffer)
-        _finish(cfg, model, venv, run_dir, result, register)
+        finish_run(cfg, model, venv, run_dir, result, register, state.best_metric)
     result.best_metric, result.best_step = state.best_metric, state.best_step
     venv.close()
     return result
-
-
-def _finish(
-    cfg: TrainConfig,
-    model: BaseAlgorithm,
-    venv: VecNormalize,
-    run_dir: Path,
-    result: TrainResult,
-    register: bool | None,
-) -> None:
-    """Save and log the final model, log the best one, register the policy (best if validated)."""
-    final = run_dir / "final"
-    final.mkdir(parents=True, exist_ok=True)
-    model.save(final / MODEL_FILE)
-    venv.save(str(final / VECNORMALIZE_FILE))
-    mlflow.log_artifacts(str(final), "final")
-    if (run_dir / "best" / MODEL_FILE).is_file():
-        mlflow.log_artifacts(str(run_dir / "best"), "best")
-    if not (cfg.mlflow.register_model if register is None else register):
-        return
-    chosen = result.policy_dir()
-    obs_dim = int(venv.observation_space.shape[0])
-    action_dim = int(venv.action_space.shape[0])
-    version = log_policy_model(
-        cfg.algo,
-        chosen / MODEL_FILE,
-        chosen / VECNORMALIZE_FILE,
-        obs_dim,
-        action_dim,
-        cfg.registered_name,
-        cfg.mlflow.alias,
-    )
-    if version is not None:
-        result.model_version = str(version.version)
-        mlflow.set_tag("registered_model", f"{cfg.registered_name}/{version.version}")
 
 
 def evaluate_against_baselines(
@@ -463,7 +465,7 @@ def evaluate_against_baselines(
     policy = SB3Policy.load(
         cfg.algo,
         folder / MODEL_FILE,
-        folder / VECNORMALIZE_FILE,
+        find_statistics(folder),
         name=cfg.algo,
         device="cpu",
         decision_every=cfg.simulation.env.decision_every,

@@ -88,6 +88,10 @@ class Feed(ABC):
     def bars(self, start: int = 0) -> Iterator[MarketBar]:
         """Bars ``start, start + 1, ...`` (blocking until each is available)."""
 
+    def extends(self, stored: dict[str, Any]) -> bool:
+        """True when this feed continues the feed ``stored`` describes (default: never)."""
+        return False
+
     def validate(self) -> None:  # noqa: B027 - optional hook: open-ended feeds check bar by bar
         """Check every bar up front when the feed is finite (nothing is written before this passes)."""
 
@@ -116,13 +120,19 @@ def check_spacing(previous: str, current: str, step_days: float, index: int) -> 
 PERIOD_SEED = 0
 
 
-def _paths_digest(paths: MarketPaths, protocol: dict[str, np.ndarray] | None = None) -> str:
+def _paths_digest(
+    paths: MarketPaths,
+    protocol: dict[str, np.ndarray] | None = None,
+    n_bars: int | None = None,
+) -> str:
+    """Digest of the path's market data and protocol series (their first ``n_bars`` bars; default
+    all: a feed extended to later bars keeps the digest of its first bars)."""
     digest = hashlib.sha256()
     for name in (*POSITIVE_FIELDS, "regime"):
-        digest.update(np.ascontiguousarray(getattr(paths, name)).tobytes())
+        digest.update(np.ascontiguousarray(getattr(paths, name)[:, :n_bars]).tobytes())
     for name in sorted(protocol or {}):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(protocol[name]).tobytes())  # type: ignore[index]
+        digest.update(np.ascontiguousarray(protocol[name][:, :n_bars]).tobytes())  # type: ignore[index]
     return digest.hexdigest()[:16]
 
 
@@ -206,6 +216,23 @@ class PathFeed(Feed):
             name: f"env generator (envs/leverage_paths.py), path seed {self.protocol_seed}"
             for name in self.protocol_fields
         }
+
+    def extends(self, stored: dict[str, Any]) -> bool:
+        """True when this feed is the feed of ``stored`` (an earlier :meth:`identity`) with more
+        bars after it: same kind, source and settings, and its first ``stored['n_bars']`` bars are
+        the same data (digest), e.g. the same replay to a later ``--end``."""
+        n = stored.get("n_bars")
+        if not isinstance(n, int) or not 0 < n < self.length:
+            return False
+        prefix = {
+            **self.identity(),
+            "n_bars": n,
+            "last_time": self.times[n - 1],
+            "data_sha256": _paths_digest(self.paths, self.protocol, n),
+        }
+        if "end" in self.source:  # a replay's end date is its last bar's
+            prefix["end"] = self.times[n - 1]
+        return prefix == stored
 
     def bar(self, index: int) -> MarketBar:
         p = self.paths

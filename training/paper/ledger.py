@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,15 +168,27 @@ def inspect_ledger(path: str | Path) -> dict[str, Any] | None:
 
 
 def check_ledger_matches(
-    meta: dict[str, Any], path: Path, policy_id: str, feed_identity: dict[str, Any]
-) -> None:
-    """Raise :class:`LedgerMismatch` unless ``meta`` was written for this policy and this feed."""
+    meta: dict[str, Any],
+    path: Path,
+    policy_id: str,
+    feed_identity: dict[str, Any],
+    extends: Callable[[dict[str, Any]], bool] | None = None,
+) -> bool:
+    """Raise :class:`LedgerMismatch` unless ``meta`` was written for this policy and this feed.
+
+    Returns True when the feed is the ledger's feed extended (``extends(meta['feed'])``: the same
+    bars and more after them, e.g. a replay to a later ``--end``), False when it is the same feed.
+    """
     if meta.get("policy_id") != policy_id:
         raise LedgerMismatch(
             f"ledger {path} belongs to another policy (policy_id {meta.get('policy_id')}, "
             f"{meta.get('algo')}); this policy is {policy_id}: pass a new --ledger"
         )
     stored = meta.get("feed", {})
+    if stored == feed_identity:
+        return False
+    if extends is not None and extends(stored):
+        return True
     if stored != feed_identity:
         keys = sorted(
             k for k in set(stored) | set(feed_identity) if stored.get(k) != feed_identity.get(k)
@@ -184,7 +197,8 @@ def check_ledger_matches(
             f"{k}: ledger {stored.get(k)!r} vs feed {feed_identity.get(k)!r}" for k in keys
         )
         raise LedgerMismatch(
-            f"ledger {path} was written from another feed ({diffs}); pass a new --ledger"
+            f"ledger {path} was written from another feed ({diffs}); pass a new --ledger (a "
+            "feed extends a ledger only when its first bars are the ledger's, e.g. a later --end)"
         )
 
 
@@ -382,6 +396,33 @@ class Ledger:
         self.conn.execute(
             "INSERT INTO sessions (started_utc, first_bar) VALUES (?, ?)", (started_utc, first_bar)
         )
+
+    def extend_feed(
+        self,
+        feed: dict[str, Any],
+        reference: tuple[dict[str, Any], list[tuple[int, float]]] | None = None,
+    ) -> None:
+        """Make the ledger follow a longer feed (:meth:`Feed.extends`), in one transaction: the
+        earlier feed identity goes to ``feed_history``; ``reference`` (the new feed's reference
+        backtest: description and rows) replaces the stored one when given."""
+        updates: dict[str, Any] = {
+            "feed_history": [*self.meta.get("feed_history", []), self.meta["feed"]],
+            "feed": feed,
+        }
+        cur = self.conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            if reference is not None:
+                updates["reference"] = reference[0]
+                cur.execute("DELETE FROM reference")
+                cur.executemany("INSERT INTO reference VALUES (?, ?)", reference[1])
+            for key, value in updates.items():
+                cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        self.meta.update(updates)
 
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))

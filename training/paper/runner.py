@@ -49,6 +49,7 @@ from training.paper.ledger import (
 from training.paper.records import debt_usd, fill_rows, levered_rows, order_rows, position_rows
 from training.paper.reference import reference_backtest
 from training.paper.tracking import MetricsStream, bar_metrics
+from training.paper.writer_lock import WriterLock
 
 DEFAULT_CAPACITY = 1024
 #: the MLflow artifact of a paper run: equity vs the reference backtest, levered state
@@ -143,6 +144,8 @@ class PaperTrader:
         self.totals = {"fees_usd": 0.0, "slippage_usd": 0.0, "gas_usd": 0.0}
         self.last_record: BarRecord | None = None
         self._preflight: tuple[dict[str, Any] | None] | None = None
+        self._lock: WriterLock | None = None
+        self._extends = False  # the feed continues the ledger's (e.g. a later --end)
 
     # ------------------------------------------------------------------ checks (nothing written)
     def preflight(self) -> dict[str, Any] | None:
@@ -170,12 +173,23 @@ class PaperTrader:
                 f"feed {self.feed.kind!r} provides {', '.join(self.feed.protocol_fields) or 'none'}"
             )
         self.feed.validate()
-        meta = inspect_ledger(self.ledger_path)
-        if meta is not None:
-            check_ledger_matches(
-                meta, self.ledger_path, self.manifest.policy_id, self.feed.identity()
-            )
-            check_kill_switch_matches(meta, self.ledger_path, self.kill_switch_meta)
+        if self._lock is None:
+            self._lock = WriterLock(self.ledger_path)
+        try:
+            meta = inspect_ledger(self.ledger_path)
+            if meta is not None:
+                self._extends = check_ledger_matches(
+                    meta,
+                    self.ledger_path,
+                    self.manifest.policy_id,
+                    self.feed.identity(),
+                    self.feed.extends,
+                )
+                check_kill_switch_matches(meta, self.ledger_path, self.kill_switch_meta)
+        except BaseException:
+            self._lock.release()
+            self._lock = None
+            raise
         self._preflight = (meta,)
         return meta
 
@@ -219,6 +233,13 @@ class PaperTrader:
             )
         else:
             self.ledger = Ledger.open(self.ledger_path)
+            if self._extends:  # the same bars and more: the ledger now follows the longer feed
+                found = None
+                if self.reference and self.ledger.meta.get("reference") is not None:
+                    found = reference_backtest(
+                        self.policy, self.feed, self.config, self.kill_switch
+                    )
+                self.ledger.extend_feed(self.feed.identity(), found)
             if run_id is not None and self.ledger.meta.get("mlflow_run_id") != run_id:
                 self.ledger.set_meta("mlflow_run_id", run_id)
         self._resume()
@@ -487,3 +508,6 @@ class PaperTrader:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
