@@ -296,3 +296,19 @@ def test_bench_sweep_refuses_bad_worker_counts_before_anything_runs():
         bench_sweep("configs/sweeps/smoke.yaml", [1, 0])
     out = CliRunner().invoke(app, ["bench", "sweep", "--workers", "1,two"])
     assert out.exit_code == 2 and "--workers" in out.output
+
+
+def test_sweep_print_config_shows_the_sweep_and_its_base_and_runs_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from envs.config import REPO_ROOT
+    from training.cli import app
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written: no mlflow.db, no reports
+    path = str(REPO_ROOT / "configs/sweeps/smoke.yaml")
+    out = CliRunner().invoke(app, ["sweep", "--config", path, "n_envs=8", "--print-config"])
+    assert out.exit_code == 0, out.output
+    data = yaml.safe_load(out.output)
+    assert data["sweep"]["sweep"] == "smoke" and data["base"]["n_envs"] == 8
+    assert data["base"]["total_timesteps"] == 16384  # the sweep file's shared override
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+
 console = Console()
 
 BACKEND_OPT = typer.Option(
@@ -38,6 +40,7 @@ def sweep_command(
     address: str | None = ADDRESS_OPT,
     workers: int | None = WORKERS_OPT,
     fresh: bool = FRESH_OPT,
+    print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Grid, random or Optuna search over hyperparameters x training seeds, scored on validation
     scenarios only; trials nested under the sweep's MLflow run; the best config written out."""
@@ -47,6 +50,9 @@ def sweep_command(
 
     try:
         sweep, base = load_sweep(config, parse_cli_overrides(overrides or []))
+        if print_config:  # the sweep file and its base training config with the shared overrides
+            echo_config({"sweep": sweep.model_dump(mode="json"), "base": base.resolved()})
+            return
         plan = plan_from_sweep(sweep, base)
         outcome = run_plan(
             plan,
