@@ -49,6 +49,10 @@ def test_ppo_learns_the_hedged_carry_in_the_defi_market(tmp_path: Path):
         "market.synthetic.vol_multiplier": {"calm": 0.3, "bull": 0.35, "crash": 0.4},
         "env.perps.params_path": carry_perps(tmp_path),
         "env.horizon": 60,
+        # daily target actions: ppo.yaml's default (delta, a decision every 5 days, hedge changes of
+        # at most 0.25 a decision) needs 4 of its 12 decisions to reach the full hedge in 60 days
+        "env.action.kind": "target",
+        "env.decision_every": 1,
         "n_envs": 16,
         "ppo.batch_size": 256,
         "total_timesteps": 120_000,
