@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.onnx_policy import (
+from defialloc.agents.onnx_policy import (
     ACTION_OUTPUT,
     EXTRA_OUTPUT,
     INPUT_NAME,
@@ -52,12 +52,12 @@ from agents.onnx_policy import (
     PolicyManifest,
     sha256_file,
 )
-from agents.sb3 import ObsNormalizer, algorithm_class
-from agents.sb3_io import LEGACY_STATS_FILE, STATS_FILE, load_model
-from envs.actions import ZERO_MASS
-from envs.config import SimulationConfig, load_config
-from envs.features import feature_names
-from envs.simulator import PortfolioSimulator
+from defialloc.agents.sb3 import ObsNormalizer, algorithm_class
+from defialloc.agents.sb3_io import LEGACY_STATS_FILE, STATS_FILE, load_model
+from defialloc.envs.actions import ZERO_MASS
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.features import feature_names
+from defialloc.envs.simulator import PortfolioSimulator
 
 OPSET = 17
 
@@ -151,7 +151,7 @@ class DeployedPolicy(torch.nn.Module):
 
 
 def _actions_to_weights(actions: torch.Tensor, cash_only: torch.Tensor) -> torch.Tensor:
-    """``envs.actions.actions_to_weights`` in torch ops (same operations, same order, float64)."""
+    """``defialloc.envs.actions.actions_to_weights`` in torch ops (same operations, same order, float64)."""
     x = (torch.clamp(actions, -1.0, 1.0) + 1.0) * 0.5
     mass = x.sum(dim=-1, keepdim=True)
     empty = mass <= ZERO_MASS
@@ -249,7 +249,7 @@ def action_layout(sim: PortfolioSimulator, numeraire: str) -> tuple[ActionBlock,
 
 def observation_names(sim: PortfolioSimulator, config: SimulationConfig) -> list[str]:
     """Names of the ``obs_dim`` observation entries, in the order of ``env.observation.blocks``:
-    ``envs.features.feature_names`` with the protocol block's names from
+    ``defialloc.envs.features.feature_names`` with the protocol block's names from
     ``LeverageEngine.observation_names`` when lending/perps are on (``obs_<i>`` for any remainder)."""
     engine = getattr(sim, "protocols", None)
     assets = tuple(sim.asset_names)
@@ -401,7 +401,7 @@ def detect_algo(model_path: str | Path) -> str:
 def load_config_file(path: str | Path) -> tuple[SimulationConfig, str | None]:
     """A training config (``simulation:`` + ``algo``) or a simulation config; returns (simulation, algo).
 
-    Read without ``training.config`` (agents sit below training): a run's saved config holds its
+    Read without ``defialloc.training.config`` (agents sit below training): a run's saved config holds its
     simulation inline, or as a path relative to the file.
     """
     import yaml

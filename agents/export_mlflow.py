@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.export import ExportSource, package_versions, source_from_files
-from agents.mlflow_store import redact_uri
-from agents.onnx_policy import (
+from defialloc.agents.export import ExportSource, package_versions, source_from_files
+from defialloc.agents.mlflow_store import redact_uri
+from defialloc.agents.onnx_policy import (
     ACTION_OUTPUT,
     EXTRA_OUTPUT,
     INPUT_NAME,
@@ -25,7 +25,7 @@ from agents.onnx_policy import (
     WEIGHTS_OUTPUT,
     PolicyManifest,
 )
-from agents.sb3_io import find_statistics
+from defialloc.agents.sb3_io import find_statistics
 
 #: the ONNX model logged to MLflow, and the plain export folder logged next to it
 MLFLOW_MODEL_NAME = "onnx_policy"
@@ -127,7 +127,7 @@ def log_export(
         active = mlflow.start_run(run_id=run_id)
     else:
         status = "FINISHED"
-        from agents.mlflow_store import setup_mlflow
+        from defialloc.agents.mlflow_store import setup_mlflow
 
         active = mlflow.start_run(experiment_id=setup_mlflow(experiment), run_name="export")
     try:

@@ -5,8 +5,8 @@ flags (:attr:`KillSwitchPolicy.active`) the portfolios under the override; the s
 those the safe target (all numeraire, no debt, no perps) whatever their action and whatever the
 action kind (``PortfolioSimulator.execute(..., override=...)``: the backtest's rollout and the paper
 trader pass the flags). An all-numeraire target closes every position regardless of the no-trade
-band (``envs.actions.all_numeraire``), through the normal execution model (fees, slippage, gas). The rule is the env's own kill-switch
-(``env.kill_switch``, :mod:`envs.kill_switch`), moved to the policy side so that a user chooses it
+band (``defialloc.envs.actions.all_numeraire``), through the normal execution model (fees, slippage, gas). The rule is the env's own kill-switch
+(``env.kill_switch``, :mod:`defialloc.envs.kill_switch`), moved to the policy side so that a user chooses it
 per run, around any policy, in backtests (``run_backtest(kill_switch=...)``, ``defialloc evaluate
 --kill-switch``) and in paper trading (``defialloc paper --kill-switch``):
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.policy import MarketView, Policy
-from envs.config import SimulationConfig
-from envs.kill_switch import KillSwitch, KillSwitchConfig
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.kill_switch import KillSwitch, KillSwitchConfig
 
 #: the parameters a user may set (``enabled`` is the on/off switch itself)
 KILL_SWITCH_KEYS = tuple(k for k in KillSwitchConfig.model_fields if k != "enabled")
@@ -54,7 +54,7 @@ class KillSwitchPolicy(Policy):
 
     Args:
         inner: any policy; its actions are ``(B, N+1)`` spot-only or ``(B, A)`` in the env's full
-            layout (``envs.leverage_actions.ActionLayout``).
+            layout (``defialloc.envs.leverage_actions.ActionLayout``).
         config: thresholds; with ``enabled=False`` the wrapper never fires (passes actions through).
         sim_config: unused (kept for call compatibility: the safe target is the simulator's).
 

@@ -4,11 +4,11 @@ An export folder (written by ``agents/export.py``) holds two files:
 
 - ``policy.onnx``: raw observation ``(B, obs_dim)`` float32 -> ``action`` ``(B, action_dim)`` float32
   (the deterministic action, clipped to the Box), ``target_weights`` ``(B, N+1)`` float64 (the same
-  action mapped by ``envs.actions.actions_to_weights``, cash last) and, when the action has more
+  action mapped by ``defialloc.envs.actions.actions_to_weights``, cash last) and, when the action has more
   dimensions than the weights, ``extra_actions`` ``(B, action_dim - N - 1)`` (clipped, passed to the
   env as they are). The observation normalization of training (``VecNormalize``) is inside the graph.
 - ``manifest.json``: everything needed to use the graph safely (see :class:`PolicyManifest`): the asset
-  order, the observation layout (``envs.features.feature_names``), the action layout, the resolved
+  order, the observation layout (``defialloc.envs.features.feature_names``), the action layout, the resolved
   simulation config and its hashes, the step length, the versions that produced it and the SHA-256 of
   ``policy.onnx``, checked on every load so a truncated or swapped file fails loudly.
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.policy import MarketView, Policy
+from defialloc.agents.policy import MarketView, Policy
 
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "policy.onnx"
@@ -53,7 +53,7 @@ PASSTHROUGH_TRANSFORM = "clip"
 class ActionBlock:
     """A contiguous slice ``[start, stop)`` of the action vector and how the env reads it.
 
-    ``transform``: ``"clipped_linear_simplex"`` (``envs.actions.actions_to_weights``: target weights,
+    ``transform``: ``"clipped_linear_simplex"`` (``defialloc.envs.actions.actions_to_weights``: target weights,
     cash last) or ``"clip"`` (clipped to the Box and handed to the env unchanged, e.g. a leverage
     target or hedge ratios). ``labels`` names each entry.
     """
@@ -310,7 +310,7 @@ class OnnxPolicy(Policy):
 
     ``act(observation (B, obs_dim), view) -> actions (B, action_dim)`` float64 in the Box: exactly the
     actions the SB3 model would take deterministically on the same raw observations. The env maps them
-    to target weights with ``envs.actions.actions_to_weights`` (the graph's ``target_weights`` output
+    to target weights with ``defialloc.envs.actions.actions_to_weights`` (the graph's ``target_weights`` output
     is that same map, for consumers outside the env).
     """
 

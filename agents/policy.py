@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.actions import weights_to_actions
-from envs.config import SimulationConfig
-from envs.leverage_actions import ActionLayout
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_actions import ActionLayout
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,10 @@ class MarketView:
         step_days: step length in days.
         oracle: None, except for policies that declare ``uses_oracle = True`` (upper references
             that know the synthetic scenario's true state): then a dict of ``(B,)`` arrays, e.g.
-            ``{"regime": true current regime codes}`` (see ``evaluation.rollout.oracle_info``).
+            ``{"regime": true current regime codes}`` (see ``defialloc.evaluation.rollout.oracle_info``).
         value_usd: ``(B,)`` portfolio value (equity, net of debt) in USD at the decision time, or
             None when the caller does not know it (risk overlays such as
-            :class:`agents.kill_switch_policy.KillSwitchPolicy` need it).
+            :class:`defialloc.agents.kill_switch_policy.KillSwitchPolicy` need it).
         health_factor: ``(B,)`` lending health factor at the decision time (inf without debt);
             None without a lending market.
         rates: None in spot mode; with lending and/or perps, the protocol rates quoted at the
@@ -40,9 +40,9 @@ class MarketView:
             ``borrow_rate`` ``(B,)`` and ``cash_supply_rate`` ``(B,)`` (the numeraire's annual
             borrow and supply rates), ``supply_rate`` ``(B, N)`` (each risky asset's annual supply
             rate) with lending; ``funding_rate`` ``(B, N)`` (per step, a fraction of the notional,
-            > 0: longs pay shorts) with perps. See ``envs.simulator.PortfolioSimulator.rates_now``.
+            > 0: longs pay shorts) with perps. See ``defialloc.envs.simulator.PortfolioSimulator.rates_now``.
         options: None without the options venue; else its positions and chain at the decision
-            time (``envs.option_views.option_view``): e.g. ``call_units`` ``(B, N)``,
+            time (``defialloc.envs.option_views.option_view``): e.g. ``call_units`` ``(B, N)``,
             ``call_delta`` (per unit), ``chain_call_delta`` ``(B, N, strikes, tenors)``.
     """
 

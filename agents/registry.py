@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, PolicyManifest, load_manifest
-from agents.onnx_pyfunc import output_columns
+from defialloc.agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, PolicyManifest, load_manifest
+from defialloc.agents.onnx_pyfunc import output_columns
 
 #: the pyfunc model's name in its run, and the model code file logged with it
 MODEL_NAME = "policy"
@@ -326,7 +326,7 @@ def download_registered_export(model_version: Any, out_dir: str | Path) -> Path 
         try:
             shutil.copy2(onnx_file, staged / ONNX_FILE)
             shutil.copy2(manifest, staged / MANIFEST_FILE)
-            from agents.onnx_policy import OnnxPolicy
+            from defialloc.agents.onnx_policy import OnnxPolicy
 
             OnnxPolicy(staged)  # checks the manifest, the SHA-256 and the graph's signature
             (staged / ONNX_FILE).replace(out / ONNX_FILE)

@@ -4,7 +4,7 @@
 own keys, as ``training.config.TrainConfig.agent_kwargs()`` produces it) into an SB3 model on a
 VecEnv. ``SB3Policy`` wraps a trained model and a frozen copy of its observation-normalization
 statistics so that it acts on the env's *raw* observations, deterministically, behind the shared
-:class:`~agents.policy.Policy` interface (backtests, validation, paper trading).
+:class:`~defialloc.agents.policy.Policy` interface (backtests, validation, paper trading).
 
 Observation normalization (SB3's ``VecNormalize``) is ``clip((obs - mean) / sqrt(var + eps), -c, c)``
 per feature; the model only ever saw normalized observations, so the same map must be applied
@@ -24,8 +24,8 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.policy import MarketView, Policy
-from agents.sb3_io import NormalizationStats
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.agents.sb3_io import NormalizationStats
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
@@ -123,12 +123,12 @@ def load_model(
     device: str = "auto",
     hyperparameters: Mapping[str, Any] | None = None,
 ) -> BaseAlgorithm:
-    """Load a saved model zip without unpickling anything (:func:`agents.sb3_io.load_model`).
+    """Load a saved model zip without unpickling anything (:func:`defialloc.agents.sb3_io.load_model`).
 
     ``venv`` and the config's ``hyperparameters`` (``TrainConfig.agent_kwargs()``) are needed only to
     continue training; without them the model is for inference (its learning rate is 0).
     """
-    from agents.sb3_io import load_model as safe_load
+    from defialloc.agents.sb3_io import load_model as safe_load
 
     algorithm_class(algo)
     return safe_load(
@@ -172,7 +172,7 @@ class ObsNormalizer:
 
     @classmethod
     def from_stats(cls, stats: NormalizationStats) -> ObsNormalizer:
-        """The observation part of saved statistics (:class:`agents.sb3_io.NormalizationStats`)."""
+        """The observation part of saved statistics (:class:`defialloc.agents.sb3_io.NormalizationStats`)."""
         return cls(
             stats.obs_mean.copy(),
             stats.obs_var.copy(),
@@ -184,7 +184,7 @@ class ObsNormalizer:
     @classmethod
     def load(cls, path: str | Path) -> ObsNormalizer:
         """Read the statistics from ``vecnormalize.npz`` (or a legacy ``vecnormalize.pkl``, through
-        the restricted unpickler of :mod:`agents.sb3_io`: nothing in the file is run)."""
+        the restricted unpickler of :mod:`defialloc.agents.sb3_io`: nothing in the file is run)."""
         return cls.from_stats(NormalizationStats.load(path))
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
@@ -204,7 +204,7 @@ class SB3Policy(Policy):
     the observation is normalized with the frozen :class:`ObsNormalizer`, then the model's
     deterministic action is taken (PPO: the Gaussian mean clipped to the Box; SAC: the squashed mean).
     ``decision_every``: the market steps per decision it was trained with (``env.decision_every``);
-    backtests hold its portfolio in between (``evaluation.rollout.run_policy``).
+    backtests hold its portfolio in between (``defialloc.evaluation.rollout.run_policy``).
     """
 
     def __init__(

@@ -1,11 +1,11 @@
 """Action parametrizations: how a Box action becomes the targets the env trades toward.
 
-The action is a vector in ``[-1, 1]`` laid out as in :mod:`envs.leverage_actions` (``N + 1`` spot
+The action is a vector in ``[-1, 1]`` laid out as in :mod:`defialloc.envs.leverage_actions` (``N + 1`` spot
 outputs, cash last; one leverage output if lending; ``N`` hedge outputs if perps). ``env.action.kind``
 chooses how each block maps to its target, given the portfolio's state at the decision
 (:class:`PortfolioState`):
 
-``target`` (today's mapping, :mod:`envs.actions`)
+``target`` (today's mapping, :mod:`defialloc.envs.actions`)
     weights ``w = clipped linear simplex(a)``; leverage ``l = (a + 1) / 2 * max_leverage``; hedge
     ratios ``h = a``. Every portfolio is reachable from anywhere in one decision.
 
@@ -35,10 +35,10 @@ The options block (``env.options``): covered-call and protective-put shares map 
 block around an anchor of no options: ``target`` ``(a + 1) / 2``; ``anchored``
 ``clip(option_deviation * a, 0, 1)`` (the lower half means none); ``delta``
 ``clip(share_now + max_option_change * a, 0, 1)``. The three choice outputs (call strike, put strike,
-tenor) pick a listed one in every kind (``envs.leverage_actions.choice_index``).
+tenor) pick a listed one in every kind (``defialloc.envs.leverage_actions.choice_index``).
 
 The leverage target is then clipped to what the weights' LTVs allow, and the hedges to the margin,
-by the engine (:mod:`envs.leverage`), whatever the kind. A spot-only ``(B, N + 1)`` action means no
+by the engine (:mod:`defialloc.envs.leverage`), whatever the kind. A spot-only ``(B, N + 1)`` action means no
 debt, no hedges and no options in every kind (the spot baselines run unchanged).
 """
 
@@ -49,9 +49,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from envs.actions import actions_to_weights, weights_to_actions
-from envs.config import ActionConfig
-from envs.leverage_actions import ActionLayout, choice_index, choice_output
+from defialloc.envs.actions import actions_to_weights, weights_to_actions
+from defialloc.envs.config import ActionConfig
+from defialloc.envs.leverage_actions import ActionLayout, choice_index, choice_output
 
 
 class OptionTargets(NamedTuple):

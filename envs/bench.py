@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 
-from envs.config import SimulationConfig
+from defialloc.envs.config import SimulationConfig
 
 
 def bench_single(config: SimulationConfig, steps: int = 20_000, seed: int = 0) -> float:
     """Env steps per second of one :class:`DeFiMarketEnv` under uniform random actions."""
-    from envs.env import DeFiMarketEnv
+    from defialloc.envs.env import DeFiMarketEnv
 
     env = DeFiMarketEnv(config)
     rng = np.random.default_rng(seed)
@@ -31,7 +31,7 @@ def bench_single(config: SimulationConfig, steps: int = 20_000, seed: int = 0) -
 
 def bench_batched(config: SimulationConfig, n_envs: int, steps: int, seed: int = 0) -> float:
     """Env steps per second (summed over envs) of the batched VecEnv with ``n_envs`` envs."""
-    from envs.vec_env import DeFiMarketVecEnv
+    from defialloc.envs.vec_env import DeFiMarketVecEnv
 
     venv = DeFiMarketVecEnv(config, n_envs=n_envs, seed=seed)
     rng = np.random.default_rng(seed)

@@ -1,6 +1,6 @@
 """Calibration check of the liquidation cascades against documented liquidation days.
 
-For each documented episode of :mod:`envs.protocols.cascade_events` this module computes
+For each documented episode of :mod:`defialloc.envs.protocols.cascade_events` this module computes
 
 * the **square-root-law target** of the extra price move that the episode's forced selling can
   explain: ``impact = Y * sigma_daily * sqrt(Q / V)`` with ``Q`` the documented liquidations (USD),
@@ -32,17 +32,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from envs.actions import weights_to_actions
-from envs.config import SimulationConfig, load_config
-from envs.leverage_actions import ActionLayout
-from envs.market.replay import read_ohlcv_file
-from envs.protocols.cascade_events import (
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.market.replay import read_ohlcv_file
+from defialloc.envs.protocols.cascade_events import (
     LIQUIDATION_EVENTS,
     SIGMA_WINDOW_DAYS,
     SQRT_LAW_Y,
     LiquidationEvent,
 )
-from envs.protocols.params import REPO_ROOT, check_range
+from defialloc.envs.protocols.params import REPO_ROOT, check_range
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "leverage.yaml"
 #: The population before the calibration (unsourced assumptions): collateral 25 % of the pool
@@ -139,7 +139,7 @@ def modelled_extra_drawdown(
     }
     if lending_params_path is not None:
         overrides["env.lending.params_path"] = lending_params_path
-    from envs import make_env  # the env stack only when a replay runs
+    from defialloc.envs import make_env  # the env stack only when a replay runs
 
     env = make_env(config_path, **overrides)
     sim = env.unwrapped.sim

@@ -20,15 +20,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.config_protocols import (  # noqa: F401  (re-exported: envs.config is their public home)
+from defialloc.envs.config_protocols import (  # noqa: F401  (re-exported: envs.config is their public home)
     CascadesConfig,
     LendingConfig,
     OptionsConfig,
     PerpsConfig,
 )
-from envs.kill_switch import KillSwitchConfig
-from envs.market.config import MarketConfig
-from envs.yaml_io import (  # noqa: F401  (format_validation_error is re-exported)
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.market.config import MarketConfig
+from defialloc.envs.yaml_io import (  # noqa: F401  (format_validation_error is re-exported)
     REPO_ROOT,
     ConfigError,
     format_validation_error,

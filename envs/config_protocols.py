@@ -1,14 +1,14 @@
 """The protocol sections of the env config: lending, perps, cascades and the options venue.
 
-Re-exported by :mod:`envs.config` (their public home); kept here so that the config module stays small.
-Every model forbids unknown keys and bounds its numbers (``envs.config.format_validation_error``).
+Re-exported by :mod:`defialloc.envs.config` (their public home); kept here so that the config module stays small.
+Every model forbids unknown keys and bounds its numbers (``defialloc.envs.config.format_validation_error``).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from envs.market.regime_values import StrictModel
+from defialloc.envs.market.regime_values import StrictModel
 
 
 class LendingConfig(StrictModel):

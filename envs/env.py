@@ -1,4 +1,4 @@
-"""``DeFiMarket-v0``: the single Gymnasium environment (the batched simulator with one env)."""
+"""``defialloc/DeFiMarket-v0``: the single Gymnasium environment (the batched simulator with one env)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.config import SimulationConfig, load_config
-from envs.seeds import draw_training_path_seed
-from envs.simulator import PortfolioSimulator
-from envs.step_records import combine_steps
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.seeds import draw_training_path_seed
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_records import combine_steps
 
 
 class DeFiMarketEnv(gym.Env):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.simulator import PortfolioSimulator
-from envs.step_records import DrawnEpisodes
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_records import DrawnEpisodes
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Portfolio Greeks per asset, aggregated over spot, perps and options (observation and info).
 
-Per asset ``i`` (sticky-strike Black-76 sensitivities of the options, :mod:`envs.option_book`):
+Per asset ``i`` (sticky-strike Black-76 sensitivities of the options, :mod:`defialloc.envs.option_book`):
 
 * delta ``dV/dS_i`` (USD per USD of the index, i.e. units): spot units + perp size x (1 + basis)
   (the perp mark is ``index x (1 + basis)``) + sum over option slots of units x the option's delta;

@@ -6,7 +6,7 @@ holds it for ``cooldown_steps`` decision steps before handing control back. The 
 through the normal execution model, so de-levering pays the real fees, slippage and gas.
 
 It is a component with vectorized state over ``B`` portfolios, not env-only code. Two users, both
-off unless asked for: the policy wrapper :class:`agents.kill_switch_policy.KillSwitchPolicy` (around
+off unless asked for: the policy wrapper :class:`defialloc.agents.kill_switch_policy.KillSwitchPolicy` (around
 any policy, in backtests and paper trading: ``--kill-switch``) and the env's own option
 ``env.kill_switch`` (for training). With the same parameters they trade identically.
 """
@@ -89,7 +89,7 @@ class KillSwitch:
         drawdown: np.ndarray,
         health_factor: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Policy-side use (:class:`agents.kill_switch_policy.KillSwitchPolicy`): one
+        """Policy-side use (:class:`defialloc.agents.kill_switch_policy.KillSwitchPolicy`): one
         :meth:`update`, then the rows under the override get ``safe_action``.
 
         Args:

@@ -1,6 +1,6 @@
 """Leverage at decision time: borrowing, repaying and perp orders (the engine behind the simulator).
 
-The action layout and the leverage target's feasibility clip are in :mod:`envs.leverage_actions`.
+The action layout and the leverage target's feasibility clip are in :mod:`defialloc.envs.leverage_actions`.
 
 Execution order at ``t`` (:meth:`LeverageEngine.execute`): borrow (so the buys can spend it, an
 atomic flash-loan-style leverage loop), spot rebalance through the pools, repay from cash (a borrow
@@ -12,8 +12,8 @@ as supplied collateral (aTokens, earning the supply rate); supply/withdraw are a
 the swaps (no separate gas). Cash is idle numeraire in the perp margin account (earns nothing).
 
 With the options venue on, the option orders go between the spot rebalance and the repay
-(:meth:`envs.option_book.OptionBook.execute`: covered calls on the units held after the spot
-trades); the spot buys leave in cash what buying back the calls their sells uncover costs. What happens during the market move is in :mod:`envs.leverage_move`.
+(:meth:`defialloc.envs.option_book.OptionBook.execute`: covered calls on the units held after the spot
+trades); the spot buys leave in cash what buying back the calls their sells uncover costs. What happens during the market move is in :mod:`defialloc.envs.leverage_move`.
 """
 
 from __future__ import annotations
@@ -22,26 +22,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.action_kinds import ActionTargets
-from envs.actions import all_numeraire
-from envs.config import ConfigError, SimulationConfig
-from envs.execution.costs import GasModel, TradeCosts
-from envs.execution.pools import PoolBook
-from envs.execution.rebalance import execute_rebalance
-from envs.indexing import gather_at
-from envs.leverage_actions import (
+from defialloc.envs.action_kinds import ActionTargets
+from defialloc.envs.actions import all_numeraire
+from defialloc.envs.config import ConfigError, SimulationConfig
+from defialloc.envs.execution.costs import GasModel, TradeCosts
+from defialloc.envs.execution.pools import PoolBook
+from defialloc.envs.execution.rebalance import execute_rebalance
+from defialloc.envs.indexing import gather_at
+from defialloc.envs.leverage_actions import (
     ActionLayout,
     clip_leverage_to_ltv,
     health_factor_fast,
     max_feasible_leverage,
 )
-from envs.leverage_paths import ProtocolPaths, ProtocolSetup
-from envs.leverage_population import BorrowerCascades
-from envs.market.paths import MarketPaths
-from envs.option_book import OptionBook, OptionFills
-from envs.option_quotes import SERIES as OPTION_SERIES
-from envs.option_views import option_observation, option_observation_names
-from envs.protocols.gas import GAS_UNITS
+from defialloc.envs.leverage_paths import ProtocolPaths, ProtocolSetup
+from defialloc.envs.leverage_population import BorrowerCascades
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.option_book import OptionBook, OptionFills
+from defialloc.envs.option_quotes import SERIES as OPTION_SERIES
+from defialloc.envs.option_views import option_observation, option_observation_names
+from defialloc.envs.protocols.gas import GAS_UNITS
 
 HF_CAP = 10.0  # observation: log(min(HF, 10)); "no debt" reads as very safe
 RATE_SCALE = 10.0  # observation: annualized rates x 10 (a 10 %/yr rate -> 1.0)
@@ -291,7 +291,7 @@ class LeverageEngine:
     ) -> LeveredFills:
         """Borrow, rebalance spot, repay and trade perps toward ``targets`` at ``t``.
 
-        ``targets``: what the action asks for (:class:`envs.action_kinds.ActionTargets`: weights,
+        ``targets``: what the action asks for (:class:`defialloc.envs.action_kinds.ActionTargets`: weights,
         debt / equity before the LTV clip, hedge ratios); the leverage is clipped here to what the
         weights' LTVs allow. ``now``: ``(B,)`` flat decision-time index into the ``(B, L, ...)``
         paths (envs/indexing.py).

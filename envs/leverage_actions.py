@@ -16,10 +16,10 @@ size ``s_i = -h_i * target units_i`` (``h = 1``: spot fully hedged by a short; `
 by a long). The perps' initial margin ``margin_buffer * sum IMF_i |s_i| index_i`` must fit in the
 post-trade cash (USDC is the cross margin); the whole perp book is scaled down pro rata where it
 does not. A spot-only ``(B, N + 1)`` action is accepted too: it means no leverage, no hedges and no
-options. The options block (:mod:`envs.option_book`) asks for short calls on ``c_i`` and long puts on
+options. The options block (:mod:`defialloc.envs.option_book`) asks for short calls on ``c_i`` and long puts on
 ``p_i`` of the held units of each listed asset, opened at the chosen listed strike and tenor.
 
-Execution lives in :mod:`envs.leverage` (decision time) and :mod:`envs.leverage_move` (the move).
+Execution lives in :mod:`defialloc.envs.leverage` (decision time) and :mod:`defialloc.envs.leverage_move` (the move).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import EnvConfig
-from envs.protocols.lending import health_factor_unchecked
+from defialloc.envs.config import EnvConfig
+from defialloc.envs.protocols.lending import health_factor_unchecked
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class ActionLayout:
         ``n_assets`` takes (the options venue's listing sets the choices' sizes)."""
         if not env.options.enabled:
             return cls(n_assets, env.lending.enabled, env.perps.enabled)
-        from envs.leverage_paths import resolve_params_path  # noqa: PLC0415 (a heavier module)
-        from envs.protocols.options_params import load_options_params  # noqa: PLC0415
+        from defialloc.envs.leverage_paths import resolve_params_path  # noqa: PLC0415 (a heavier module)
+        from defialloc.envs.protocols.options_params import load_options_params  # noqa: PLC0415
 
         venue = load_options_params(resolve_params_path(env.options.params_path))
         return cls(
@@ -253,5 +253,5 @@ def health_factor_fast(
     units: np.ndarray, price: np.ndarray, liq_threshold: np.ndarray, debt_usd: np.ndarray
 ) -> np.ndarray:
     """``(B,)`` HF = sum(units * price * LT) / debt, ``inf`` without debt (unchecked hot-path form of
-    :func:`envs.protocols.lending.health_factor`)."""
+    :func:`defialloc.envs.protocols.lending.health_factor`)."""
     return health_factor_unchecked(units * price, liq_threshold, debt_usd)

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.leverage import LeverageEngine, StepCosts
-from envs.leverage_move import MoveOutcome
+from defialloc.envs.leverage import LeverageEngine, StepCosts
+from defialloc.envs.leverage_move import MoveOutcome
 
 if TYPE_CHECKING:
-    from envs.option_book import OptionFills
-    from envs.step_records import StepResult
+    from defialloc.envs.option_book import OptionFills
+    from defialloc.envs.step_records import StepResult
 
 FLOW_KEYS = (
     "liquidations",

@@ -35,7 +35,7 @@ Order, per env (all vectorized over the batch):
    and the fee are liquidation costs. Equity below zero is absorbed by the venue's insurance fund
    (``insurance_usd``) and cash stays >= 0.
 
-6. options (with ``env.options``; :meth:`envs.option_book.OptionBook.move`): contracts expiring at
+6. options (with ``env.options``; :meth:`defialloc.envs.option_book.OptionBook.move`): contracts expiring at
    ``t + 1`` settle in cash against the close, the others are marked at the venue's mid, and calls
    written beyond the units held are margin-checked at the high (bought back when short).
 
@@ -57,12 +57,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.execution.pools import PoolBook
-from envs.indexing import gather_at
-from envs.leverage import LeverageEngine
-from envs.option_book import OptionMove
-from envs.protocols.lending import liquidation_from_params
-from envs.protocols.perps import perp_liquidation
+from defialloc.envs.execution.pools import PoolBook
+from defialloc.envs.indexing import gather_at
+from defialloc.envs.leverage import LeverageEngine
+from defialloc.envs.option_book import OptionMove
+from defialloc.envs.protocols.lending import liquidation_from_params
+from defialloc.envs.protocols.perps import perp_liquidation
 
 
 @dataclass

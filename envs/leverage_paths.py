@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from envs.market.paths import MarketPaths
-from envs.protocols.lending import (
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.protocols.lending import (
     borrow_rate_unchecked,
     regime_utilization,
     supply_rate_unchecked,
 )
-from envs.protocols.params import (
+from defialloc.envs.protocols.params import (
     LendingParams,
     PerpsParams,
     RegimeProcess,
@@ -36,7 +36,7 @@ from envs.protocols.params import (
     load_lending_params,
     load_perps_params,
 )
-from envs.protocols.perps import funding_rate_from_params, mark_price, regime_basis
+from defialloc.envs.protocols.perps import funding_rate_from_params, mark_price, regime_basis
 
 DAYS_PER_YEAR = 365.0
 UTILIZATION_STREAM = 1

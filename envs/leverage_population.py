@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.protocols.borrowers import (
+from defialloc.envs.protocols.borrowers import (
     entry_health_factors,
     forced_sales,
     fresh_positions,
@@ -41,7 +41,7 @@ from envs.protocols.borrowers import (
     pool_sales,
     refresh_buckets,
 )
-from envs.protocols.params import PopulationParams, ReserveArrays, check_range
+from defialloc.envs.protocols.params import PopulationParams, ReserveArrays, check_range
 
 # Inner-loop length (elements) the blocks aim at: long enough for numpy's fast loops, short enough
 # for the tiled vectors to stay in cache (measured: 4-16 x 1280 beats both 1 and 48 x 1280).

@@ -2,7 +2,7 @@
 
 State per env and asset, two slots (0: the call, 1: the put), arrays ``(B, N, 2)``: signed
 ``units`` (calls <= 0: written; puts >= 0: bought), ``strike`` (USD) and ``expiry`` (time index of
-the path at which the contract settles). Quotes come from :mod:`envs.option_quotes`.
+the path at which the contract settles). Quotes come from :mod:`defialloc.envs.option_quotes`.
 
 Decision time ``t`` (:meth:`OptionBook.execute`, after the spot rebalance and the repay, before the
 perps): the target is ``-c_i`` (calls) and ``+p_i`` (puts) times the held units ``u_i`` of each
@@ -42,14 +42,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.action_kinds import OptionTargets
-from envs.config import SimulationConfig
-from envs.indexing import gather_at
-from envs.leverage_paths import resolve_params_path
-from envs.market.paths import MarketPaths
-from envs.option_quotes import DAYS_PER_YEAR, SERIES, Quote, VenueSurface
-from envs.protocols.options import VarianceForecast, intrinsic_value, option_fee
-from envs.protocols.options_params import load_options_params
+from defialloc.envs.action_kinds import OptionTargets
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.indexing import gather_at
+from defialloc.envs.leverage_paths import resolve_params_path
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.option_quotes import DAYS_PER_YEAR, SERIES, Quote, VenueSurface
+from defialloc.envs.protocols.options import VarianceForecast, intrinsic_value, option_fee
+from defialloc.envs.protocols.options_params import load_options_params
 
 IS_CALL = np.array([True, False])  # the two slots
 

@@ -4,7 +4,7 @@ At decision time ``t`` the at-the-money implied vol of an option with ``tau`` st
 
     atm(t, tau) = sqrt(E[realized variance over the next tau steps] x steps per year) x premium[k_t]
 
-(:class:`envs.protocols.options.VarianceForecast`) with ``k_t`` the regime at ``t`` and the next
+(:class:`defialloc.envs.protocols.options.VarianceForecast`) with ``k_t`` the regime at ``t`` and the next
 step's variance ``h_{t+1}`` from :func:`variance_series`:
 
 * ``auto`` on synthetic paths: the generator's own conditional expectation (its true GARCH variance
@@ -16,7 +16,7 @@ step's variance ``h_{t+1}`` from :func:`variance_series`:
   trader model's causal GARCH(1,1) forecast of the next step's variance (the ``garch_vol`` block's),
   mean-reverting to its unconditional level with persistence ``alpha + beta``, no regime terms.
 
-The strike's vol is the smile :func:`envs.protocols.options.surface_vol` around it (the regime's
+The strike's vol is the smile :func:`defialloc.envs.protocols.options.surface_vol` around it (the regime's
 skew and curvature). Quotes: mid at that vol (Black-76, forward ``F = S exp(r T)``), ask at
 ``vol + h`` and bid at ``max(vol - h, 0)`` with ``h`` the regime's half-spread in vol, then widened
 by ``min_half_spread_of_underlying x S`` each side (bid floored at 0). Everything is vectorized over
@@ -29,19 +29,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.features.garch import garch_forecast
-from envs.features.model import TraderModel
-from envs.market.paths import MarketPaths
-from envs.market.synthetic_model import model_of, step_transition
-from envs.protocols.options import (
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.features.garch import garch_forecast
+from defialloc.envs.features.model import TraderModel
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.synthetic_model import model_of, step_transition
+from defialloc.envs.protocols.options import (
     Greeks,
     VarianceForecast,
     black76_greeks_unchecked,
     black76_price_unchecked,
     surface_vol,
 )
-from envs.protocols.options_params import OptionsParams
+from defialloc.envs.protocols.options_params import OptionsParams
 
 DAYS_PER_YEAR = 365.0
 #: the per-path series the venue adds to a drawn episode (``DrawnEpisodes.protocol_series``)
@@ -102,7 +102,7 @@ class VenueSurface:
 
         With the generator's truth (``auto`` on synthetic paths): ``cond_var[:, t + 1]``, and at the
         last point its expectation ``h_bar + phi (h_t - h_bar)``. Otherwise the causal GARCH forecast
-        made at ``t`` (:func:`envs.features.garch_forecast`, row ``t`` uses prices up to ``t``).
+        made at ``t`` (:func:`defialloc.envs.features.garch_forecast`, row ``t`` uses prices up to ``t``).
         """
         g = self.garch
         if self.model_table is not None and paths.cond_var is not None:

@@ -1,6 +1,6 @@
 """What the options venue shows: the options' part of the protocol block and a policy's view.
 
-Functions of an :class:`envs.option_book.OptionBook` at flat decision time ``now`` (envs/indexing.py)
+Functions of an :class:`defialloc.envs.option_book.OptionBook` at flat decision time ``now`` (envs/indexing.py)
 with the index at ``price`` ``(B, N)`` USD and the spot ``units`` ``(B, N)`` held.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.indexing import gather_at
-from envs.option_book import OptionBook
+from defialloc.envs.indexing import gather_at
+from defialloc.envs.option_book import OptionBook
 
 
 def option_observation(

@@ -19,7 +19,7 @@ No ``log(0)``, NaN or inf ever reaches a learner.
 
 Cost term (``reward.cost_weight = c``, default 0: off), added to every kind before ``scale``:
 ``- c * max(fees + slippage + gas, 0) / max(V_t, floor)`` with the step's trading costs in USD
-(``envs.execution.costs.TradeCosts``: swaps, perps orders and the lending operations' gas; not
+(``defialloc.envs.execution.costs.TradeCosts``: swaps, perps orders and the lending operations' gas; not
 interest, funding or liquidations). The costs already lower ``V_t+1`` and so the log growth; the
 term makes the agent feel them ``c`` times more (to curb churn). Ruin: ``V_t`` is above the floor
 on every live step and a step's trading costs are at most a few times ``V_t`` (they are a fraction
@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.config import RewardConfig
-from envs.execution.costs import TradeCosts
+from defialloc.envs.config import RewardConfig
+from defialloc.envs.execution.costs import TradeCosts
 
 
 class RewardModel:

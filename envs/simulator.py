@@ -1,7 +1,7 @@
 """Batched portfolio simulator: ``B`` independent envs stepped in one vectorized numpy computation.
 
-The single env (:class:`envs.env.DeFiMarketEnv`) is this simulator with ``B = 1``, and the batched env
-(:class:`envs.vec_env.DeFiMarketVecEnv`) is the same code with ``B > 1``, so the two agree exactly for the
+The single env (:class:`defialloc.envs.env.DeFiMarketEnv`) is this simulator with ``B = 1``, and the batched env
+(:class:`defialloc.envs.vec_env.DeFiMarketVecEnv`) is the same code with ``B > 1``, so the two agree exactly for the
 same seeds.
 
 Timing of one step (no look-ahead): at decision time ``t`` the policy sees prices up to ``t``; its
@@ -15,7 +15,7 @@ where the sum includes the numeraire (cash units times the change of its USD pri
 
 With lending, perps or cascades on (``env.lending/perps/cascades``), the action, the state (debt,
 perp sizes), the observation and the step gain the protocol parts described in
-:mod:`envs.leverage` (action layout, execution order) and :mod:`envs.leverage_move` (interest,
+:mod:`defialloc.envs.leverage` (action layout, execution order) and :mod:`defialloc.envs.leverage_move` (interest,
 funding, cascades, liquidations, and the extended identity); with all of them off the spot code
 path below runs unchanged.
 """
@@ -24,26 +24,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.action_kinds import ActionMap, PortfolioState, override_targets
-from envs.actions import all_numeraire, apply_no_trade_band, validate_actions
-from envs.config import SimulationConfig
-from envs.execution.costs import GasModel, TradeCosts
-from envs.execution.pools import PoolBook
-from envs.execution.rebalance import execute_rebalance, target_units
-from envs.features import ObservationLayout, market_features, trader_model_for
-from envs.greeks import greek_totals, greeks_block
-from envs.indexing import flat_time_index, gather_at
-from envs.kill_switch import KillSwitch
-from envs.leverage import LeverageEngine
-from envs.leverage_actions import ActionLayout
-from envs.leverage_info import protocol_step_fields
-from envs.leverage_move import MoveOutcome, protocol_move, write_off_negative_equity
-from envs.market.paths import MarketPaths
-from envs.market.sources import sample_paths
-from envs.rewards import RewardModel
-from envs.simulator_records import STATE_FIELDS, env_info, restore_env, snapshot_env
-from envs.simulator_views import greeks_now, options_now, portfolio_state, rates_now
-from envs.step_records import DrawnEpisodes, Execution, StepResult
+from defialloc.envs.action_kinds import ActionMap, PortfolioState, override_targets
+from defialloc.envs.actions import all_numeraire, apply_no_trade_band, validate_actions
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.execution.costs import GasModel, TradeCosts
+from defialloc.envs.execution.pools import PoolBook
+from defialloc.envs.execution.rebalance import execute_rebalance, target_units
+from defialloc.envs.features import ObservationLayout, market_features, trader_model_for
+from defialloc.envs.greeks import greek_totals, greeks_block
+from defialloc.envs.indexing import flat_time_index, gather_at
+from defialloc.envs.kill_switch import KillSwitch
+from defialloc.envs.leverage import LeverageEngine
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.leverage_info import protocol_step_fields
+from defialloc.envs.leverage_move import MoveOutcome, protocol_move, write_off_negative_equity
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.rewards import RewardModel
+from defialloc.envs.simulator_records import STATE_FIELDS, env_info, restore_env, snapshot_env
+from defialloc.envs.simulator_views import greeks_now, options_now, portfolio_state, rates_now
+from defialloc.envs.step_records import DrawnEpisodes, Execution, StepResult
 
 
 def _turnover(traded_usd: np.ndarray, value_before: np.ndarray) -> np.ndarray:
@@ -123,7 +123,7 @@ class PortfolioSimulator:
         """The episodes of path seeds ``seeds`` ``(K,)``: market paths, features, protocol series.
 
         Episode ``k`` depends only on ``seeds[k]``, so episodes can be drawn in batches ahead of the
-        resets that use them (:class:`envs.vec_env.DeFiMarketVecEnv` does) with identical results.
+        resets that use them (:class:`defialloc.envs.vec_env.DeFiMarketVecEnv` does) with identical results.
         """
         seeds = np.asarray(seeds)
         paths = sample_paths(self.config.market, seeds, self.path_length, self.warmup)
@@ -247,21 +247,21 @@ class PortfolioSimulator:
         return engine.hf_now if engine is not None and engine.lending_on else None
 
     def rates_now(self) -> dict[str, np.ndarray] | None:
-        """Protocol rates quoted at the decision time (:func:`envs.simulator_views.rates_now`)."""
+        """Protocol rates quoted at the decision time (:func:`defialloc.envs.simulator_views.rates_now`)."""
         return rates_now(self)
 
     def options_now(self) -> dict[str, np.ndarray] | None:
-        """The options venue as a policy sees it now (:func:`envs.simulator_views.options_now`)."""
+        """The options venue as a policy sees it now (:func:`defialloc.envs.simulator_views.options_now`)."""
         return options_now(self)
 
     def greeks(self, price: np.ndarray) -> np.ndarray:
-        """``(B, N, 4)`` portfolio Greeks per asset now (:func:`envs.simulator_views.greeks_now`)."""
+        """``(B, N, 4)`` portfolio Greeks per asset now (:func:`defialloc.envs.simulator_views.greeks_now`)."""
         return greeks_now(self, price)
 
     def portfolio_state(
         self, price: np.ndarray, num: np.ndarray, value: np.ndarray
     ) -> PortfolioState:
-        """What the action kinds read (:func:`envs.simulator_views.portfolio_state`)."""
+        """What the action kinds read (:func:`defialloc.envs.simulator_views.portfolio_state`)."""
         return portfolio_state(self, price, num, value)
 
     def trailing_prices(self, lookback: int) -> np.ndarray:
@@ -336,14 +336,14 @@ class PortfolioSimulator:
             actions: ``(B, action_dim)`` or spot-only ``(B, N+1)``; None only with ``hold``.
             override: ``(B,)`` bool, envs that get the safe target (all numeraire, no debt, no
                 perps) whatever their action and action kind: a policy-side kill-switch
-                (``agents.kill_switch_policy.KillSwitchPolicy``) asks for cash through it.
+                (``defialloc.agents.kill_switch_policy.KillSwitchPolicy``) asks for cash through it.
             hold: no env trades at this step (a step between two decisions, ``env.decision_every``):
                 no order, no cost, and the kill-switch is not consulted (it acts at decisions).
             action_kind: read the actions as this kind instead of ``env.action.kind`` (baselines
                 express targets: ``"target"``; None: the config's kind).
 
         A target that is all numeraire closes every position regardless of the no-trade band
-        (:func:`envs.actions.all_numeraire`). The env's kill-switch (when enabled) adds its own
+        (:func:`defialloc.envs.actions.all_numeraire`). The env's kill-switch (when enabled) adds its own
         override, so it trades exactly like a policy-side kill-switch with the same parameters.
         """
         if hold:

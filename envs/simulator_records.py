@@ -1,6 +1,6 @@
 """The simulator's JSON state (ledgers, resumes) and the single env's ``info`` dict.
 
-Functions of a :class:`envs.simulator.PortfolioSimulator` (its ``snapshot`` / ``restore`` / ``info``
+Functions of a :class:`defialloc.envs.simulator.PortfolioSimulator` (its ``snapshot`` / ``restore`` / ``info``
 methods call them), kept apart so that the simulator module holds the dynamics only.
 """
 
@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.features.blocks import GREEK_NAMES
-from envs.greeks import greek_totals
-from envs.leverage_info import protocol_info
+from defialloc.envs.features.blocks import GREEK_NAMES
+from defialloc.envs.greeks import greek_totals
+from defialloc.envs.leverage_info import protocol_info
 
 if TYPE_CHECKING:
-    from envs.simulator import PortfolioSimulator
-    from envs.step_records import StepResult
+    from defialloc.envs.simulator import PortfolioSimulator
+    from defialloc.envs.step_records import StepResult
 
 STATE_FIELDS = ("t", "units", "cash", "peak", "value")
 

@@ -1,5 +1,5 @@
 """What the simulator shows at a decision time: protocol rates, the options venue, portfolio Greeks
-and the state the action kinds read. Functions of a :class:`envs.simulator.PortfolioSimulator` (its
+and the state the action kinds read. Functions of a :class:`defialloc.envs.simulator.PortfolioSimulator` (its
 methods of the same names call them), kept apart so that the simulator module holds the dynamics.
 """
 
@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs.action_kinds import PortfolioState
-from envs.greeks import portfolio_greeks
-from envs.option_views import option_view
+from defialloc.envs.action_kinds import PortfolioState
+from defialloc.envs.greeks import portfolio_greeks
+from defialloc.envs.option_views import option_view
 
 if TYPE_CHECKING:
-    from envs.simulator import PortfolioSimulator
+    from defialloc.envs.simulator import PortfolioSimulator
 
 
 def rates_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
-    """Protocol rates quoted at the decision time (``agents.policy.MarketView.rates``); None in
+    """Protocol rates quoted at the decision time (``defialloc.agents.policy.MarketView.rates``); None in
     spot mode. They are the rates of the step ``t -> t + 1`` (set by the state at ``t``, so
     observable): annual ``borrow_rate`` / ``cash_supply_rate`` ``(B,)`` and ``supply_rate``
     ``(B, N)`` with lending, per-step ``funding_rate`` ``(B, N)`` (> 0: longs pay) with perps."""
@@ -37,7 +37,7 @@ def rates_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
 
 def options_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
     """The options venue as a policy may see it at the decision time
-    (:func:`envs.option_views.option_view`); None without the venue."""
+    (:func:`defialloc.envs.option_views.option_view`); None without the venue."""
     engine = sim.protocols
     if engine is None or engine.options is None:
         return None
@@ -47,7 +47,7 @@ def options_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
 
 def greeks_now(sim: PortfolioSimulator, price: np.ndarray) -> np.ndarray:
     """``(B, N, 4)`` portfolio delta, gamma, vega per vol point and theta per day of each asset
-    now (:func:`envs.greeks.portfolio_greeks`; ``price`` ``(B, N)`` the index now)."""
+    now (:func:`defialloc.envs.greeks.portfolio_greeks`; ``price`` ``(B, N)`` the index now)."""
     engine = sim.protocols
     if engine is None:
         return portfolio_greeks(sim.units)

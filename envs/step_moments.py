@@ -14,7 +14,7 @@ quoted at ``t``; supplied units grow by ``1 + r dt``, debt by ``exp(r dt)``, cas
     R_p = sum_i x_i ((1 + a_i) X_i - 1) + c a_c - d a_d + sum_i y_i q_i
         = a_c + sum_i x_i (u_i - a_c) + d (a_c - a_d) + sum_i y_i q_i
 
-with ``X = P_{t+1} / P_t`` (:mod:`envs.market.conditional_moments`), supply carry ``a_i = r_i dt``
+with ``X = P_{t+1} / P_t`` (:mod:`defialloc.envs.market.conditional_moments`), supply carry ``a_i = r_i dt``
 (0 without lending), cash carry ``a_c = r_c dt`` (with lending and ``env.lending.cash_earns_supply_rate``,
 else 0), debt carry ``a_d = exp(r_b dt) - 1``, ``u_i = (1 + a_i) X_i - 1`` and the perp's return per
 unit of notional ``q_i = (mark_{t+1} - mark_t) / P_t - f_i = X_i (1 + b'_i) - (1 + b_i) - f_i``
@@ -38,11 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.leverage_paths import ProtocolSetup
-from envs.market.conditional_moments import next_step_moments
-from envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, MarketConfig
-from envs.market.paths import MarketPaths
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_paths import ProtocolSetup
+from defialloc.envs.market.conditional_moments import next_step_moments
+from defialloc.envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, MarketConfig
+from defialloc.envs.market.paths import MarketPaths
 
 #: protocol series quoted at the decision time that the moments read (``ProtocolPaths`` attributes)
 QUOTE_SERIES = ("borrow_rate", "cash_supply_rate", "supply_rate", "basis", "funding")

@@ -1,6 +1,6 @@
 """What the batched simulator hands out: a step's results, an execution, drawn episodes.
 
-Plain records with a leading env axis ``B`` (see :mod:`envs.simulator` for the dynamics that fill them).
+Plain records with a leading env axis ``B`` (see :mod:`defialloc.envs.simulator` for the dynamics that fill them).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.execution.costs import TradeCosts
-from envs.market.paths import MarketPaths
+from defialloc.envs.execution.costs import TradeCosts
+from defialloc.envs.market.paths import MarketPaths
 
 # a runtime import (not TYPE_CHECKING): the paper trader resolves Execution's type hints to
 # rebuild a pending execution from its JSON state (envs/streaming.py:load_state)
-from envs.option_book import OptionFills
+from defialloc.envs.option_book import OptionFills
 
 
 @dataclass

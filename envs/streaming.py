@@ -1,8 +1,8 @@
-"""A :class:`~envs.simulator.PortfolioSimulator` fed one market bar at a time (paper trading).
+"""A :class:`~defialloc.envs.simulator.PortfolioSimulator` fed one market bar at a time (paper trading).
 
 The batch simulator loads a whole market path at reset. Here the path arrays are preallocated (and
 grown when a live feed runs past them) and filled row by row as bars arrive; each new observation
-row is computed by the env's own :func:`envs.features.market_features` on the history loaded so
+row is computed by the env's own :func:`defialloc.envs.features.market_features` on the history loaded so
 far, and trades go through the env's own ``execute``/``advance``. Nothing about the market, the
 features or the execution model is re-implemented.
 
@@ -12,7 +12,7 @@ later bar is: load the row, :meth:`advance` (mark to market, pools realigned), o
 
 Levered and hedged configs (lending, perps, cascades): each bar also carries its row of the protocol
 series (``MarketBar.protocol``: rates and their growth multipliers, perp mark, basis and funding;
-:mod:`envs.streaming_protocol`), written into the engine's ``ProtocolPaths`` arrays instead of the
+:mod:`defialloc.envs.streaming_protocol`), written into the engine's ``ProtocolPaths`` arrays instead of the
 series a reset would generate from the path seed; the borrower population of the cascades is
 stepped with the bars as in the env. Debt, perp sizes and the population are part of :meth:`state`.
 
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.features import market_features
-from envs.market.paths import MarketPaths
-from envs.simulator import PortfolioSimulator
-from envs.step_records import DrawnEpisodes, Execution
-from envs.streaming_protocol import ProtocolState, check_protocol_state, required_fields
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.features import market_features
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_records import DrawnEpisodes, Execution
+from defialloc.envs.streaming_protocol import ProtocolState, check_protocol_state, required_fields
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class MarketBar:
         gas_price_gwei: gas price (> 0). eth_usd: ETH price in USD (gas is paid in ETH).
         regime: regime code (index into the feed's ``regime_names``; informative only).
         protocol: the lending / perps row at this bar (rates, mark, funding:
-            :class:`envs.streaming_protocol.ProtocolState`); None for a spot-only policy.
+            :class:`defialloc.envs.streaming_protocol.ProtocolState`); None for a spot-only policy.
     """
 
     index: int

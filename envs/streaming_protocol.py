@@ -1,6 +1,6 @@
 """The protocol state a market bar carries for a levered or hedged policy (paper trading).
 
-In a backtest the lending and perps series (:class:`envs.leverage_paths.ProtocolPaths`) are
+In a backtest the lending and perps series (:class:`defialloc.envs.leverage_paths.ProtocolPaths`) are
 generated for the whole path at reset. A streaming simulator cannot generate them ahead of the
 bars, so each bar carries its row: what the env reads at that time index. The names are exactly
 the ``ProtocolPaths`` attributes, so a bar built from a backtest's generated series
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.leverage_paths import ProtocolPaths, ProtocolSetup
-from envs.market.paths import MarketPaths
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_paths import ProtocolPaths, ProtocolSetup
+from defialloc.envs.market.paths import MarketPaths
 
 DAYS_PER_YEAR = 365.0
 LENDING_FIELDS = (
@@ -97,7 +97,7 @@ class ProtocolState:
         funding: np.ndarray | None = None,
     ) -> ProtocolState:
         """A row from quotes only (a live venue): the growth multipliers and the basis are derived
-        with the formulas of ``envs.leverage_paths.ProtocolPaths`` (``exp(r dt)``, ``1 + r dt``,
+        with the formulas of ``defialloc.envs.leverage_paths.ProtocolPaths`` (``exp(r dt)``, ``1 + r dt``,
         ``mark / index - 1``); ``index_usd`` ``(N,)`` is the bar's close (the perps' index)."""
         dt = step_days / DAYS_PER_YEAR
         lending = {}

@@ -1,13 +1,13 @@
 """A stable-baselines3 ``VecEnv`` that steps all envs in one vectorized computation.
 
 Env ``i`` is seeded with ``seed + i`` (SB3's convention) and draws each episode's market path from its
-own generator, exactly as a single :class:`~envs.env.DeFiMarketEnv` reset with ``seed + i`` would, so
+own generator, exactly as a single :class:`~defialloc.envs.env.DeFiMarketEnv` reset with ``seed + i`` would, so
 the two agree step for step. Finished envs are reset automatically (SB3 semantics: the returned
 observation is the new episode's first one; the final one is in ``infos[i]["terminal_observation"]``).
 
 For speed, per-env ``infos`` carry only what SB3 needs (``terminal_observation``, ``TimeLimit.truncated``
 and an ``episode`` summary at episode end); the full per-step info of every env is available as batched
-arrays in :attr:`last_step` (a :class:`~envs.step_records.StepResult`) and through :meth:`env_info`.
+arrays in :attr:`last_step` (a :class:`~defialloc.envs.step_records.StepResult`) and through :meth:`env_info`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from envs.config import SimulationConfig
-from envs.episode_prefetch import EpisodePrefetch
-from envs.seeds import draw_training_path_seed
-from envs.simulator import PortfolioSimulator
-from envs.step_records import StepResult, combine_steps
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.episode_prefetch import EpisodePrefetch
+from defialloc.envs.seeds import draw_training_path_seed
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_records import StepResult, combine_steps
 
 
 class DeFiMarketVecEnv(VecEnv):

@@ -2,7 +2,7 @@
 
 Every policy runs on the SAME market paths: the paths of each chunk of scenario seeds are sampled
 once and handed to every policy, so the comparison is paired scenario by scenario. Seeds must be
-evaluation seeds (``envs.seeds.scenario_seeds``), never training ones. The work is split into tasks
+evaluation seeds (``defialloc.envs.seeds.scenario_seeds``), never training ones. The work is split into tasks
 (policy x seed chunk) defined independently of ``workers``, and each task builds or copies its own
 policy (and wraps it in its own kill-switch, when one is asked for), so ``workers=N`` gives exactly
 the numbers of ``workers=1``.
@@ -25,20 +25,20 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.baselines.policies import DEFAULT_PARAMS_PATH, UPPER_REFERENCES, make_policy
-from agents.kill_switch_policy import KillSwitchPolicy
-from agents.policy import Policy
-from envs.config import SimulationConfig, format_validation_error, load_config
-from envs.kill_switch import KillSwitchConfig
-from envs.market.paths import MarketPaths
-from envs.market.sources import sample_paths
-from envs.seeds import check_evaluation_seeds
-from evaluation import backtest_cache
-from evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
-from evaluation.greek_ranges import greek_metrics
-from evaluation.metrics import periods_per_year_from_step, summarize_returns
-from evaluation.progress import progress_bar
-from evaluation.rollout import EpisodeRecord, run_policy
+from defialloc.agents.baselines.policies import DEFAULT_PARAMS_PATH, UPPER_REFERENCES, make_policy
+from defialloc.agents.kill_switch_policy import KillSwitchPolicy
+from defialloc.agents.policy import Policy
+from defialloc.envs.config import SimulationConfig, format_validation_error, load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import check_evaluation_seeds
+from defialloc.evaluation import backtest_cache
+from defialloc.evaluation.ex_ante import ExAnte, ex_ante_of_chunks, position_and_ex_ante_columns
+from defialloc.evaluation.greek_ranges import greek_metrics
+from defialloc.evaluation.metrics import periods_per_year_from_step, summarize_returns
+from defialloc.evaluation.progress import progress_bar
+from defialloc.evaluation.rollout import EpisodeRecord, run_policy
 
 HELD_OUT_START = date(2023, 1, 1)
 #: extras names (as the env reports them) -> summarize_returns argument
@@ -119,7 +119,7 @@ class BacktestResult:
     ``policy_params`` each policy's resolved parameters (baselines; {} for other policies);
     ``kill_switch`` the parameters of the kill-switch every policy ran behind (None: off);
     ``ex_ante_detail`` the per-step ex-ante growth of every policy and of the true ceiling on the
-    same states (:mod:`evaluation.ex_ante`; synthetic markets only, None otherwise).
+    same states (:mod:`defialloc.evaluation.ex_ante`; synthetic markets only, None otherwise).
     """
 
     config: SimulationConfig
@@ -335,22 +335,22 @@ def run_backtest(
 
     Args:
         config: simulation config.
-        policies: baseline names (see ``agents.baselines.BASELINES``) or Policy objects (each task
+        policies: baseline names (see ``defialloc.agents.baselines.BASELINES``) or Policy objects (each task
             runs a deep copy; with ``workers > 1`` they must be picklable).
         seeds: ``(K,)`` evaluation scenario seeds; training-range seeds raise ValueError.
         workers: processes (spawn); 1 runs in this process. Results do not depend on it.
         progress: show progress (steps of all tasks): a tqdm bar on a terminal, a plain line every
-            few seconds otherwise (:mod:`evaluation.progress`).
+            few seconds otherwise (:mod:`defialloc.evaluation.progress`).
         chunk_size: scenarios per task (default: all K in one task per policy).
         params_path: baseline parameter YAML (default ``configs/evaluation/default.yaml``).
         scenario_set: label recorded with the result (``test``, ``validation``, ...).
         paths: ready market paths (e.g. a replayed period) instead of sampling them from ``seeds``.
         period: name/start/end of a replayed period, recorded with the result.
-        kill_switch: run every policy behind :class:`~agents.kill_switch_policy.KillSwitchPolicy`
+        kill_switch: run every policy behind :class:`~defialloc.agents.kill_switch_policy.KillSwitchPolicy`
             with these parameters (None or ``enabled=False``: off); recorded with the result. It
             is independent of the env's own ``env.kill_switch`` (off unless a config turns it on).
         cache: reuse and store the backtests of named baselines on disk
-            (:mod:`evaluation.backtest_cache`; True: the default directory); Policy objects always run.
+            (:mod:`defialloc.evaluation.backtest_cache`; True: the default directory); Policy objects always run.
     """
     if kill_switch is not None and not kill_switch.enabled:
         kill_switch = None

@@ -2,7 +2,7 @@
 
 Every trained agent is backtested against the same baselines on the same test seeds and the same
 held-out period, so without a cache ``make demo`` and ``defialloc experiment`` re-simulate identical
-baseline episodes for every agent. :func:`evaluation.backtest.run_backtest` (``cache=True``) looks
+baseline episodes for every agent. :func:`defialloc.evaluation.backtest.run_backtest` (``cache=True``) looks
 each (baseline, seed chunk) task up here first and stores what it computed.
 
 Key (SHA-256 of a JSON document): the format version, the simulation config hash
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from envs.config import REPO_ROOT, SimulationConfig
-from envs.market.paths import MarketPaths
-from evaluation.rollout import EpisodeRecord
+from defialloc.envs.config import REPO_ROOT, SimulationConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.evaluation.rollout import EpisodeRecord
 
 #: bump when the stored layout changes
 FORMAT_VERSION = 1
@@ -291,7 +291,7 @@ def lookup_tasks(
     period: Mapping[str, str] | None = None,
     run_options: Mapping[str, Any] | None = None,
 ) -> tuple[dict[tuple[int, int], TaskOutput], dict[tuple[int, int], tuple[str, dict[str, Any]]]]:
-    """For :func:`evaluation.backtest.run_backtest`'s (policy, chunk) tasks: the cached outputs of
+    """For :func:`defialloc.evaluation.backtest.run_backtest`'s (policy, chunk) tasks: the cached outputs of
     named baselines, and the keys of every named-baseline task (to store the ones computed)."""
     hits: dict[tuple[int, int], TaskOutput] = {}
     keys: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}

@@ -1,6 +1,6 @@
 """Backtest throughput of every registered baseline against equal weight (``defialloc bench baselines``).
 
-Every policy runs :func:`evaluation.rollout.run_policy` on the SAME ``K`` sampled market paths (the
+Every policy runs :func:`defialloc.evaluation.rollout.run_policy` on the SAME ``K`` sampled market paths (the
 test scenario seeds, ``env.horizon`` set to a short horizon), so the figures differ only by the
 policy's own work. A backtest step is one decision for all ``K`` scenarios; ``ratio`` is a
 policy's backtest steps/s over equal weight's (the cheapest policy, whose time is almost all env).
@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines.policies import BASELINES, make_policy
-from agents.policy import MarketView, Policy
-from envs.config import SimulationConfig, load_config
-from envs.market.sources import sample_paths
-from envs.seeds import scenario_seeds
-from evaluation.rollout import run_policy
+from defialloc.agents.baselines.policies import BASELINES, make_policy
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import run_policy
 
 REFERENCE = "equal_weight"
 #: the goal: every baseline backtests at least this fraction of equal weight's steps/s

@@ -2,7 +2,7 @@
 
 At each decision time ``t`` of scenario ``k`` the synthetic market's true state (regime ``k_t``, the
 next step's GARCH variance ``h_{t+1}``, the protocol quotes at ``t``) fixes the moments of the step
-(:func:`envs.step_moments.step_moments`). A policy's ex-ante growth at ``(k, t)`` is
+(:func:`defialloc.envs.step_moments.step_moments`). A policy's ex-ante growth at ``(k, t)`` is
 ``g(v) = const + v' mean - v' cov v / 2`` of ITS OWN post-trade exposures ``v = (x, d, y)``
 (recorded by the rollout: weights, debt / equity, perp notional / equity), i.e. the expected log
 growth of its equity over the step, to second order, before any cost of the NEXT trade. The
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.baselines.ceiling import CeilingProblem
-from envs.config import SimulationConfig
-from envs.leverage_paths import ProtocolPaths, ProtocolSetup
-from envs.market.paths import MarketPaths
-from envs.step_moments import (
+from defialloc.agents.baselines.ceiling import CeilingProblem
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_paths import ProtocolPaths, ProtocolSetup
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.step_moments import (
     InstrumentSpec,
     StepMoments,
     decision_vector,
@@ -35,7 +35,7 @@ from envs.step_moments import (
     step_moments,
     true_state,
 )
-from evaluation.rollout import EpisodeRecord
+from defialloc.evaluation.rollout import EpisodeRecord
 
 #: a policy's exposures count as outside the ceiling's constraint set beyond this violation
 OUTSIDE_TOL = 1e-6

@@ -1,7 +1,7 @@
 """Portfolio Greeks in backtests: per-scenario ranges (metrics table) and per-policy ranges (report).
 
 A backtest on an options config records, after every step, the portfolio's Greek totals
-(``envs.greeks.greek_totals``: ``delta_usd``, ``gamma_usd``, ``vega_usd``, ``theta_usd``) as
+(``defialloc.envs.greeks.greek_totals``: ``delta_usd``, ``gamma_usd``, ``vega_usd``, ``theta_usd``) as
 extras. Here they are scaled by the equity after the same step so that scenarios of different
 sizes compare (the observation's ``greeks`` block uses the same scales):
 
@@ -74,7 +74,7 @@ def greek_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 def print_greeks(frame: pd.DataFrame, console, title: str) -> None:
     """The :func:`greek_frame` of a group as a rich table on ``console`` (terminal report)."""
-    from evaluation.table_fit import print_fitted
+    from defialloc.evaluation.table_fit import print_fitted
 
     print_fitted(
         console,

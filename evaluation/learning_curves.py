@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.tracking import tracking_uri
+from defialloc.evaluation.tracking import tracking_uri
 
 
 def _market(params: dict[str, str]) -> str:

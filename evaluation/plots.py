@@ -1,6 +1,6 @@
 """PNG plots of a backtest (matplotlib, Agg backend: no display needed).
 
-Every function takes a :class:`~evaluation.backtest.BacktestResult` and returns a Figure; the
+Every function takes a :class:`~defialloc.evaluation.backtest.BacktestResult` and returns a Figure; the
 x axis is the decision step (or the date for a replayed period, labelled by matplotlib's concise
 date formatter so the labels never overlap). Values are normalized to the initial capital (1.0 =
 the starting value). The equity and drawdown charts draw the policies a reader compares
@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from agents.baselines.policies import BASELINES, UPPER_REFERENCES  # noqa: E402
+from defialloc.agents.baselines.policies import BASELINES, UPPER_REFERENCES  # noqa: E402
 
 if TYPE_CHECKING:
-    from evaluation.backtest import BacktestResult
+    from defialloc.evaluation.backtest import BacktestResult
 
 LIQUIDATION_KEYS = ("liquidations", "liquidations_count", "n_liquidations")
 KILL_SWITCH_KEYS = ("kill_switch", "kill_switch_active")

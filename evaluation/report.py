@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
-from agents.mlflow_store import display_tracking_uri, experiments_with_runs
-from evaluation import statistics as st
-from evaluation.greek_ranges import greek_frame, print_greeks
-from evaluation.plots import PLOTS
-from evaluation.report_ex_ante import (
+from defialloc.agents.baselines.policies import FEASIBLE_BASELINES, UPPER_REFERENCES
+from defialloc.agents.mlflow_store import display_tracking_uri, experiments_with_runs
+from defialloc.evaluation import statistics as st
+from defialloc.evaluation.greek_ranges import greek_frame, print_greeks
+from defialloc.evaluation.plots import PLOTS
+from defialloc.evaluation.report_ex_ante import (
     CEILING,
     EX_ANTE,
     EXECUTED_CEILING,
@@ -39,9 +39,9 @@ from evaluation.report_ex_ante import (
     ex_ante_statements,
     print_ex_ante,
 )
-from evaluation.report_render import _cell, write_report
-from evaluation.table_fit import label, print_fitted
-from evaluation.tracking import (
+from defialloc.evaluation.report_render import _cell, write_report
+from defialloc.evaluation.table_fit import label, print_fitted
+from defialloc.evaluation.tracking import (
     EVALUATION_KIND,
     EVALUATION_TAG,
     METRICS_ARTIFACT,

@@ -9,7 +9,7 @@ same for every policy of a scenario). From them, per policy:
   per year: log growth adds up);
 * the SHARE OF THE CEILING-OVER-EQUAL-WEIGHT GAP it captures,
   ``(mean g_p - mean g_ew) / (mean g_ceiling - mean g_ew)`` over the scenarios (a ratio of means,
-  :func:`evaluation.statistics.ratio_of_means_ci`, paired bootstrap CI): 0 = equal weight, 1 = the
+  :func:`defialloc.evaluation.statistics.ratio_of_means_ci`, paired bootstrap CI): 0 = equal weight, 1 = the
   ceiling, < 0 = worse than equal weight ex ante.
 
 Labels used everywhere: the ``ceiling`` POLICY is the "executed ceiling (pays costs; not a bound on
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from evaluation import statistics as st
+from defialloc.evaluation import statistics as st
 
 EX_ANTE = "ex_ante_log_growth"
 CEILING = "ex_ante_ceiling_log_growth"
@@ -158,7 +158,7 @@ def ex_ante_statements(frame: pd.DataFrame) -> list[str]:
 
 def print_ex_ante(frame: pd.DataFrame, console: Console, title: str) -> None:
     """The ex-ante table in the terminal."""
-    from evaluation.table_fit import print_fitted
+    from defialloc.evaluation.table_fit import print_fitted
 
     shown = formatted(frame)
     print_fitted(

@@ -1,6 +1,6 @@
 """Render comparison groups as a Markdown or HTML report: the text of the evaluation report.
 
-Turns the ``GroupComparison`` objects that ``evaluation.report.compare`` builds into headings,
+Turns the ``GroupComparison`` objects that ``defialloc.evaluation.report.compare`` builds into headings,
 paragraphs, pipe/HTML tables (metric values formatted as percents, USD or ratios, with their CIs)
 and the plots, linked beside a Markdown file or embedded as base64 PNGs in an HTML one; nothing here
 reads MLflow runs or computes statistics.
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from agents.mlflow_store import display_tracking_uri
-from evaluation.report_ex_ante import formatted
+from defialloc.agents.mlflow_store import display_tracking_uri
+from defialloc.evaluation.report_ex_ante import formatted
 
 if TYPE_CHECKING:
-    from evaluation.report import GroupComparison
+    from defialloc.evaluation.report import GroupComparison
 
 PERCENT_METRICS = {
     "annual_return",
@@ -114,7 +114,7 @@ def _group_blocks(g: GroupComparison) -> list[tuple[str, object]]:
             ("table", formatted(g.ex_ante)),
         ]
     if not g.defi.empty:
-        from evaluation.report import _defi_cell
+        from defialloc.evaluation.report import _defi_cell
 
         frame = pd.DataFrame(
             {c: [_defi_cell(c, g.defi.loc[p, c]) for p in g.defi.index] for c in g.defi.columns},

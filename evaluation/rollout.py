@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agents.kill_switch_policy import KillSwitchPolicy
-from agents.policy import MarketView, Policy
-from envs.config import SimulationConfig
-from envs.market.paths import MarketPaths
-from envs.seeds import check_evaluation_seeds
-from envs.simulator import PortfolioSimulator
-from envs.step_moments import QUOTE_SERIES, true_state
-from envs.step_records import StepResult
+from defialloc.agents.kill_switch_policy import KillSwitchPolicy
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.seeds import check_evaluation_seeds
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_moments import QUOTE_SERIES, true_state
+from defialloc.envs.step_records import StepResult
 
 #: StepResult fields recorded by dedicated EpisodeRecord attributes (everything else goes to extras)
 CORE_STEP_FIELDS = frozenset(
@@ -44,7 +44,7 @@ class EpisodeRecord:
     With lending or perps, ``debt_to_equity[:, t]`` ``(K, T)`` and ``perp_to_equity[:, t]``
     ``(K, T, N)`` (signed perp notional at the index price) are the post-trade positions over the
     post-trade equity (NaN where the equity is not positive); None in spot mode. Together with the
-    weights they are the exposures ``(x, d, y)`` whose ex-ante growth ``evaluation.ex_ante`` scores.
+    weights they are the exposures ``(x, d, y)`` whose ex-ante growth ``defialloc.evaluation.ex_ante`` scores.
     ``costs_usd`` maps each cost kind (``"fees"``, ``"slippage"``, ``"gas"``, and later ones such
     as funding or interest) to its ``(K, T)`` USD series; ``extras`` maps other per-step series the
     env reports (e.g. ``health_factor``, ``liquidations_usd``, ``kill_switch_active``) to ``(K, T)``.
@@ -137,7 +137,7 @@ def oracle_info(sim: PortfolioSimulator, paths: MarketPaths | None = None) -> di
 
     Always the true regime ``"regime"`` ``(B,)`` the market is in at ``t`` (its next move's regime
     is still random). On synthetic ``paths`` (the ones the envs run on, with ``cond_var``) also the
-    rest of :func:`envs.step_moments.true_state`: ``"cond_var"`` ``(B, N)``, the next step's GARCH
+    rest of :func:`defialloc.envs.step_moments.true_state`: ``"cond_var"`` ``(B, N)``, the next step's GARCH
     variance ``h_{t+1}`` (a function of the shocks up to ``t``), and with lending/perps the quotes at
     ``t`` the env charges over the step (``borrow_rate``, ``cash_supply_rate``, ``supply_rate``,
     ``basis``, ``funding``). ``oracle_mean_variance`` reads only the regime; ``ceiling`` reads all.
@@ -182,7 +182,7 @@ def run_policy(
         config: the simulation config (market + env).
         policy: the allocator; if it declares ``uses_oracle = True`` its MarketView carries
             ``oracle`` (see :func:`oracle_info`), otherwise ``oracle`` is None. Behind a
-            :class:`~agents.kill_switch_policy.KillSwitchPolicy`, the wrapper's override flags
+            :class:`~defialloc.agents.kill_switch_policy.KillSwitchPolicy`, the wrapper's override flags
             are OR-ed into the recorded ``kill_switch`` series (with the env's own flag).
         seeds: ``(K,)`` evaluation scenario seeds (training-range seeds are refused).
         paths: optional ready market paths (``K = paths.n_paths``) instead of sampling from seeds.

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from evaluation.metrics import _as_returns, _check_level, _is_constant
+from defialloc.evaluation.metrics import _as_returns, _check_level, _is_constant
 
 Statistic = Callable[..., np.ndarray] | Literal["mean", "median", "iqm"]
 SeedLike = int | np.random.Generator

@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from envs.config import REPO_ROOT, SimulationConfig
+from defialloc.envs.config import REPO_ROOT, SimulationConfig
 
 if TYPE_CHECKING:
-    from agents.mlflow_store import local_artifact_root as _local_artifact_root  # noqa: F401
-from agents.kill_switch_policy import kill_switch_params
-from agents.mlflow_store import setup_mlflow, tracking_uri  # noqa: F401  (re-exported)
-from evaluation.backtest import BacktestResult
+    from defialloc.agents.mlflow_store import local_artifact_root as _local_artifact_root  # noqa: F401
+from defialloc.agents.kill_switch_policy import kill_switch_params
+from defialloc.agents.mlflow_store import setup_mlflow, tracking_uri  # noqa: F401  (re-exported)
+from defialloc.evaluation.backtest import BacktestResult
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -121,8 +121,8 @@ def log_backtest(
     """
     import mlflow
 
-    from evaluation.plots import save_plots
-    from evaluation.tracking_policies import (
+    from defialloc.evaluation.plots import save_plots
+    from defialloc.evaluation.tracking_policies import (
         COMPARISON_TABLE,
         comparison_table,
         describe_parent,

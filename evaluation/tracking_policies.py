@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from agents.baselines.policies import BASELINES, UPPER_REFERENCES
+from defialloc.agents.baselines.policies import BASELINES, UPPER_REFERENCES
 
 if TYPE_CHECKING:
-    from evaluation.backtest import BacktestResult
+    from defialloc.evaluation.backtest import BacktestResult
 
 POLICY_TAG = "defialloc.policy"
 #: on every policy run: the evaluation's (parent) run id
@@ -135,7 +135,7 @@ def comparison_table(
 ) -> pd.DataFrame:
     """One row per policy: kind, mean [95% CI] of :data:`TABLE_METRICS`, P(better than the best
     feasible baseline on ``metric``) with its CI, PSR and DSR (bootstrap seed 0, as `compare`)."""
-    from evaluation.report import _compare_group
+    from defialloc.evaluation.report import _compare_group
 
     returns = {name: rec.returns.reshape(-1) for name, rec in result.records.items()}
     # the table's metrics only (the report's other metrics cost a bootstrap each)

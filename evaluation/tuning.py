@@ -6,7 +6,7 @@ not name keep their values in the evaluation YAML) runs on the same ``K`` valida
 and the point with the best mean objective wins:
 
 - ``sharpe`` (default): the mean over scenarios of each scenario's annualized Sharpe ratio
-  (``evaluation.metrics.sharpe_ratio``, risk-free 0), the metric the baselines are compared on
+  (``defialloc.evaluation.metrics.sharpe_ratio``, risk-free 0), the metric the baselines are compared on
   (``defialloc evaluate`` / ``compare``, whose primary metric is ``sharpe_ratio``): a baseline is
   tuned for the yardstick it is judged by. Sharpe is nearly blind to scale (a vol target or a
   leverage cap moves it only through costs and compounding), so the grid's risk levels are
@@ -34,18 +34,18 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines.policies import (
+from defialloc.agents.baselines.policies import (
     BASELINES,
     DEFAULT_PARAMS_PATH,
     FEASIBLE_BASELINES,
     PROTOCOL_BASELINES,
     make_policy,
 )
-from envs.config import SimulationConfig
-from envs.market.sources import sample_paths
-from envs.seeds import SEEDS_PER_SET, TEST_SEED_BASE, VALIDATION_SEED_BASE, scenario_seeds
-from evaluation import backtest
-from evaluation.backtest import HELD_OUT_START
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import SEEDS_PER_SET, TEST_SEED_BASE, VALIDATION_SEED_BASE, scenario_seeds
+from defialloc.evaluation import backtest
+from defialloc.evaluation.backtest import HELD_OUT_START
 
 #: The grids: ``{baseline: {parameter: values}}``; the points are their Cartesian product (the
 #: last parameter varies fastest). Small on purpose (4-24 points: a grid search over 64 scenarios
@@ -194,7 +194,7 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def annual_log_growth(record: Any) -> np.ndarray:
     """``(K,)`` annualized log growth ``log(V_T / V_0) * 365 / (T * step_days)`` of each scenario of
-    an :class:`~evaluation.rollout.EpisodeRecord` (a ruined one counts as ``V_T = 1e-9 V_0``)."""
+    an :class:`~defialloc.evaluation.rollout.EpisodeRecord` (a ruined one counts as ``V_T = 1e-9 V_0``)."""
     v0, vt = record.value_usd[:, 0], record.value_usd[:, -1]
     years = record.horizon * record.step_days / 365.0
     return np.log(np.maximum(vt, 1e-9 * v0) / v0) / years

@@ -9,7 +9,7 @@ PyYAML drops comments, so the file is edited as text, one policy block at a time
   ``<<: *estimated``) gets the inherited keys written out first (with their comments), so that
   tuning one policy never changes another one's parameters;
 - the top-level ``tuning:`` section (rewritten as a whole) keeps one record per tuned policy
-  (:meth:`evaluation.tuning.TuningResult.record`: date, objective, config, scenario count, grid,
+  (:meth:`defialloc.evaluation.tuning.TuningResult.record`: date, objective, config, scenario count, grid,
   choice, scores); records of policies not tuned this time are kept.
 
 Every other line is left as it was. The result is checked before it is written: parsed again, its

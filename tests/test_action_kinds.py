@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.policy import FixedWeightsPolicy
-from envs import make_env, make_vec_env
-from envs.action_kinds import ActionMap, ActionTargets, PortfolioState
-from envs.config import ActionConfig, ConfigError, load_config
-from envs.leverage_actions import ActionLayout
-from envs.seeds import scenario_seeds
-from evaluation.rollout import run_policy
+from defialloc.agents.policy import FixedWeightsPolicy
+from defialloc.envs import make_env, make_vec_env
+from defialloc.envs.action_kinds import ActionMap, ActionTargets, PortfolioState
+from defialloc.envs.config import ActionConfig, ConfigError, load_config
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import run_policy
 
 LEVERAGE = "configs/leverage.yaml"
 N = 3
@@ -279,10 +279,10 @@ def test_exported_policies_of_other_kinds_paper_trade_like_their_backtest(kind, 
     and reproduces the backtest of the same export on a replayed period bar for bar."""
     import sqlite3
 
-    from agents.onnx_policy import WEIGHTS_OUTPUT, OnnxPolicy
-    from evaluation.backtest import run_period_backtest
+    from defialloc.agents.onnx_policy import WEIGHTS_OUTPUT, OnnxPolicy
+    from defialloc.evaluation.backtest import run_period_backtest
+    from defialloc.training.paper.feeds import ReplayFeed
     from tests.test_paper import DATA_DIR, make_policy_dir, run_trader
-    from training.paper.feeds import ReplayFeed
 
     folder = make_policy_dir(
         tmp_path / "policy", overrides={"env.action.kind": kind, "env.decision_every": 5}
@@ -317,8 +317,8 @@ def test_baselines_trade_the_same_whatever_the_agents_action_kind(config):
     """Baselines express targets (``Policy.action_kind = "target"``): in a config whose agents act
     as deltas or anchored deviations they trade exactly as in the target-kind config, while a
     trained agent's actions are read in the config's kind."""
-    from agents.policy import FixedLeveredPolicy
-    from evaluation.backtest import run_backtest
+    from defialloc.agents.policy import FixedLeveredPolicy
+    from defialloc.evaluation.backtest import run_backtest
 
     seeds = scenario_seeds("validation", 3)
     results = {}

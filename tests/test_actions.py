@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.actions import (
+from defialloc.envs.actions import (
     actions_to_weights,
     apply_no_trade_band,
     validate_actions,

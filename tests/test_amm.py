@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
-from envs.protocols.amm import (
+from defialloc.envs.protocols.amm import (
     _amount_in_unchecked,
     _amount_out_unchecked,
     arbitrage_to_band,

@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.config import load_config
-from envs.seeds import TRAIN_SEED_BASE, scenario_seeds
-from evaluation.backtest import (
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import TRAIN_SEED_BASE, scenario_seeds
+from defialloc.evaluation.backtest import (
     BacktestResult,
     load_evaluation_config,
     resolve_period,
     run_backtest,
     run_period_backtest,
 )
-from evaluation.metrics import sharpe_ratio
+from defialloc.evaluation.metrics import sharpe_ratio
 
 POLICIES = ["equal_weight", "buy_and_hold", "min_variance", "oracle_mean_variance"]
 DATA = load_config({"market": {}, "env": {}}).market.resolved_data_dir()

@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.baselines.policies import DEFAULT_PARAMS_PATH
-from agents.policy import FixedWeightsPolicy
-from envs.config import load_config
-from envs.market.sources import sample_paths
-from envs.seeds import scenario_seeds
-from evaluation.backtest import resolve_period, run_backtest, run_period_backtest
-from evaluation.backtest_cache import BacktestCache, CacheWarning, code_version, default_cache_dir
-from evaluation.rollout import EpisodeRecord
+from defialloc.agents.baselines.policies import DEFAULT_PARAMS_PATH
+from defialloc.agents.policy import FixedWeightsPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.backtest import resolve_period, run_backtest, run_period_backtest
+from defialloc.evaluation.backtest_cache import (
+    BacktestCache,
+    CacheWarning,
+    code_version,
+    default_cache_dir,
+)
+from defialloc.evaluation.rollout import EpisodeRecord
 
 NAMED = ["equal_weight", "min_variance"]
 

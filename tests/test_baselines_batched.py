@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from agents.baselines import batch_inputs, batch_qp, constraints, make_policy
-from agents.baselines.batch_inputs import prepare_cov_batch
-from agents.baselines.batch_l1_qp import solve_qp_l1_batch
-from agents.baselines.batch_optimizers import (
+from defialloc.agents.baselines import batch_inputs, batch_qp, constraints, make_policy
+from defialloc.agents.baselines.batch_inputs import prepare_cov_batch
+from defialloc.agents.baselines.batch_l1_qp import solve_qp_l1_batch
+from defialloc.agents.baselines.batch_optimizers import (
     solve_max_sharpe_batch,
     solve_mean_variance_batch,
     solve_min_variance_batch,
     solve_risk_parity_batch,
 )
-from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
-from agents.baselines.constraints import prepare_cov
-from agents.baselines.estimators import (
+from defialloc.agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
+from defialloc.agents.baselines.constraints import prepare_cov
+from defialloc.agents.baselines.estimators import (
     ewma_cov,
     ewma_cov_batch,
     ledoit_wolf_cov_batch,
@@ -35,18 +35,18 @@ from agents.baselines.estimators import (
     shrunk_mean,
     shrunk_mean_batch,
 )
-from agents.baselines.l1_qp import solve_qp_l1
-from agents.baselines.optimizers import (
+from defialloc.agents.baselines.l1_qp import solve_qp_l1
+from defialloc.agents.baselines.optimizers import (
     solve_max_sharpe,
     solve_mean_variance,
     solve_min_variance,
     solve_risk_parity,
 )
-from agents.baselines.qp import initial_bound_set, solve_qp
-from agents.policy import MarketView, Policy
-from envs.config import load_config
-from envs.seeds import scenario_seeds
-from evaluation.rollout import run_policy
+from defialloc.agents.baselines.qp import initial_bound_set, solve_qp
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import run_policy
 
 TOL = 1e-8
 

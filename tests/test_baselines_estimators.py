@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
-from agents.baselines.optimizers import solve_min_variance
+from defialloc.agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
+from defialloc.agents.baselines.optimizers import solve_min_variance
 
 DATA_DIR = Path("/work/shared/data/crypto-daily")
 

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from agents.baselines import optimizers, qp
-from agents.baselines.optimizers import (
+from defialloc.agents.baselines import optimizers, qp
+from defialloc.agents.baselines.optimizers import (
     SolverFallbackWarning,
     max_sharpe_weights,
     mean_variance_weights,
@@ -314,7 +314,7 @@ def test_qp_converges_when_active_rows_become_dependent(qp_mode, seed):
     # the raw kappa-trick QP with cap 1/N: at the optimum all N rows y_i - (1/N) 1'y <= 0 are tight
     # but only N - 1 are independent; a rounding-noise step must not add the last one (draws 8
     # and 10 cycled until the iteration cap before that was handled)
-    from agents.baselines.bench import random_problem
+    from defialloc.agents.baselines.bench import random_problem
 
     rng = np.random.default_rng(seed)
     for mu, cov in [random_problem(10, rng) for _ in range(10)]:
@@ -529,7 +529,7 @@ def test_invalid_arguments_raise(call, match):
 
 def test_bench_agrees_with_pypfopt_and_prints(capsys):
     pytest.importorskip("pypfopt")
-    from agents.baselines.bench import bench_baselines, print_bench_table
+    from defialloc.agents.baselines.bench import bench_baselines, print_bench_table
 
     result = bench_baselines(n_assets=6, n_problems=3, seed=1, max_weight=0.4)
     assert result["pypfopt_error"] is None and result["passed"]
@@ -545,7 +545,7 @@ def test_bench_agrees_with_pypfopt_and_prints(capsys):
 def test_bench_reports_missing_pypfopt(monkeypatch):
     import builtins
 
-    from agents.baselines.bench import bench_baselines
+    from defialloc.agents.baselines.bench import bench_baselines
 
     real_import = builtins.__import__
 

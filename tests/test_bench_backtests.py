@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from evaluation.bench_backtests import GOAL_RATIO, bench_backtests
-from training.cli import app
+from defialloc.evaluation.bench_backtests import GOAL_RATIO, bench_backtests
+from defialloc.training.cli import app
 
 
 def test_bench_backtests_reports_every_policy_against_equal_weight():

@@ -7,8 +7,8 @@
 import numpy as np
 import pytest
 
-from envs.leverage_population import BorrowerCascades
-from envs.protocols.borrowers import (
+from defialloc.envs.leverage_population import BorrowerCascades
+from defialloc.envs.protocols.borrowers import (
     BorrowerPopulation,
     init_population,
     liquidate_population,
@@ -16,8 +16,8 @@ from envs.protocols.borrowers import (
     population_step,
     refresh_population,
 )
-from envs.protocols.lending import snap_to_bag
-from envs.protocols.params import PopulationParams, ReserveArrays
+from defialloc.envs.protocols.lending import snap_to_bag
+from defialloc.envs.protocols.params import PopulationParams, ReserveArrays
 
 N_ASSETS = 3
 LT = np.array([0.83, 0.78, 0.7])

@@ -14,14 +14,14 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from envs.cascade_calibration import (
+from defialloc.envs.cascade_calibration import (
     OLD_POPULATION,
     cascade_event_table,
     realized_sigma,
     sqrt_law_impact,
 )
-from envs.protocols.cascade_events import LIQUIDATION_EVENTS, POOL_SHARE_PRIOR
-from envs.protocols.params import (
+from defialloc.envs.protocols.cascade_events import LIQUIDATION_EVENTS, POOL_SHARE_PRIOR
+from defialloc.envs.protocols.params import (
     DEFAULT_LENDING_PATH,
     PopulationParams,
     ProtocolConfigError,
@@ -151,7 +151,7 @@ def test_shipped_snapshot_carries_the_calibrated_values():
 
 
 def test_calibrate_cascades_command_prints_the_table():
-    from training.cli import app
+    from defialloc.training.cli import app
 
     result = CliRunner().invoke(app, ["calibrate-cascades"])
     assert result.exit_code == 0, result.output

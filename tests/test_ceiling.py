@@ -10,36 +10,36 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from agents.baselines import FEASIBLE_BASELINES, UPPER_REFERENCES, make_policy
-from agents.baselines.batched_qp import solve_batch
-from agents.baselines.ceiling import CeilingPolicy, CeilingProblem
-from agents.baselines.qp import solve_qp
-from agents.policy import (
+from defialloc.agents.baselines import FEASIBLE_BASELINES, UPPER_REFERENCES, make_policy
+from defialloc.agents.baselines.batched_qp import solve_batch
+from defialloc.agents.baselines.ceiling import CeilingPolicy, CeilingProblem
+from defialloc.agents.baselines.qp import solve_qp
+from defialloc.agents.policy import (
     FixedLeveredPolicy,
     FixedWeightsPolicy,
     Policy,
     RandomPolicy,
     parse_weights,
 )
-from envs.actions import actions_to_weights, weights_to_actions
-from envs.config import REPO_ROOT, load_config
-from envs.leverage_actions import ActionLayout, leverage_target
-from envs.market.config import DAYS_PER_YEAR
-from envs.market.sources import sample_paths
-from envs.seeds import scenario_seeds
-from envs.step_moments import (
+from defialloc.envs.actions import actions_to_weights, weights_to_actions
+from defialloc.envs.config import REPO_ROOT, load_config
+from defialloc.envs.leverage_actions import ActionLayout, leverage_target
+from defialloc.envs.market.config import DAYS_PER_YEAR
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.envs.step_moments import (
     InstrumentSpec,
     StepMoments,
     expected_log_growth,
     step_moments,
     true_state,
 )
-from evaluation import statistics as st
-from evaluation.backtest import run_backtest, run_period_backtest
-from evaluation.ex_ante import protocol_series
-from evaluation.report_ex_ante import BOUND_ROW, ex_ante_frame, ex_ante_statements
-from evaluation.rollout import run_policy
-from evaluation.tracking_policies import policy_metrics
+from defialloc.evaluation import statistics as st
+from defialloc.evaluation.backtest import run_backtest, run_period_backtest
+from defialloc.evaluation.ex_ante import protocol_series
+from defialloc.evaluation.report_ex_ante import BOUND_ROW, ex_ante_frame, ex_ante_statements
+from defialloc.evaluation.rollout import run_policy
+from defialloc.evaluation.tracking_policies import policy_metrics
 
 LEVERAGE = REPO_ROOT / "configs" / "leverage.yaml"
 

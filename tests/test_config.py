@@ -2,7 +2,7 @@
 
 import pytest
 
-from envs.config import ConfigError, load_config, parse_cli_overrides
+from defialloc.envs.config import ConfigError, load_config, parse_cli_overrides
 
 
 def test_default_config_loads_and_overrides_apply():

@@ -6,10 +6,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs
-from envs import make_env, make_vec_env
-from envs.actions import weights_to_actions
-from envs.config import ConfigError
+from defialloc import envs
+from defialloc.envs import make_env, make_vec_env
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import ConfigError
 
 SHORT = {"env.horizon": 60}
 
@@ -150,7 +150,7 @@ def test_batched_env_draws_episodes_ahead_in_batches_with_single_env_paths():
 def test_simulator_refuses_to_step_an_env_past_its_path():
     """The batched simulator reads each env's rows by a flat time index: an env left un-reset at
     the end of its path must raise, not read the next env's path."""
-    from envs.simulator import PortfolioSimulator
+    from defialloc.envs.simulator import PortfolioSimulator
 
     venv = make_vec_env(n_envs=2, seed=0, **{"env.horizon": 3})
     sim = PortfolioSimulator(venv.config, 2)

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-import training.train as train_module
-from envs.config import ConfigError
-from evaluation.tracking import setup_mlflow
-from training.config import load_train_config
-from training.experiment import load_experiment, run_experiment
-from training.train import STATUS_TAG, TrainResult
+import defialloc.training.train as train_module
+from defialloc.envs.config import ConfigError
+from defialloc.evaluation.tracking import setup_mlflow
+from defialloc.training.config import load_train_config
+from defialloc.training.experiment import load_experiment, run_experiment
+from defialloc.training.train import STATUS_TAG, TrainResult
 
 
 def _experiment(tmp_path: Path, apply_to: list[str]) -> Path:
@@ -74,7 +74,7 @@ def fake_train(monkeypatch, tmp_path):
         )
 
     monkeypatch.setattr(train_module, "train", train)
-    monkeypatch.setattr("evaluation.report.compare", lambda *a, **k: [])
+    monkeypatch.setattr("defialloc.evaluation.report.compare", lambda *a, **k: [])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     return seen

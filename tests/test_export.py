@@ -16,13 +16,19 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import VecNormalize
 from typer.testing import CliRunner
 
-import envs
-from agents.export import ExportSource, _actions_to_weights, export_policy, section_hash
-from agents.export_mlflow import log_export
-from agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, OnnxPolicy, load_manifest, sha256_file
-from agents.sb3 import ObsNormalizer
-from envs.actions import actions_to_weights
-from envs.features import feature_names
+from defialloc import envs
+from defialloc.agents.export import ExportSource, _actions_to_weights, export_policy, section_hash
+from defialloc.agents.export_mlflow import log_export
+from defialloc.agents.onnx_policy import (
+    MANIFEST_FILE,
+    ONNX_FILE,
+    OnnxPolicy,
+    load_manifest,
+    sha256_file,
+)
+from defialloc.agents.sb3 import ObsNormalizer
+from defialloc.envs.actions import actions_to_weights
+from defialloc.envs.features import feature_names
 
 N_OBS = 1000
 TOL = 1e-5
@@ -263,7 +269,7 @@ def test_torch_action_map_equals_envs_actions(values):
 
 
 def test_export_cli_from_model_files(exported, observations, tmp_path):
-    from training.cli import app
+    from defialloc.training.cli import app
 
     algo, model, venv, _, _ = exported
     run_dir = tmp_path / "run"
@@ -304,7 +310,7 @@ def test_export_logs_to_mlflow_and_tags_the_registered_version(
     import mlflow
     from mlflow import MlflowClient
 
-    from training.cli import app
+    from defialloc.training.cli import app
 
     algo, model, venv, out, manifest = ppo_exported
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -312,7 +318,7 @@ def test_export_logs_to_mlflow_and_tags_the_registered_version(
     # global MLflow state this test changes, restored at teardown
     monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", uri)
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    from agents.mlflow_store import setup_mlflow
+    from defialloc.agents.mlflow_store import setup_mlflow
 
     mlflow.set_experiment(experiment_id=setup_mlflow("export-test"))  # artifacts beside the tmp db
     # a training run as training/train.py leaves it: model artifacts, resolved config, registered version

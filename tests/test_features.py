@@ -2,8 +2,13 @@
 
 import numpy as np
 
-from envs.config import ObservationConfig
-from envs.features import ewma_correlation, feature_names, market_features, n_market_features
+from defialloc.envs.config import ObservationConfig
+from defialloc.envs.features import (
+    ewma_correlation,
+    feature_names,
+    market_features,
+    n_market_features,
+)
 
 
 def _inputs(rng, b=2, length=120, n=3):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agents.policy import FixedLeveredPolicy
-from envs.config import load_config
-from envs.leverage_actions import ActionLayout, leverage_target
-from evaluation.rollout import run_policy
+from defialloc.agents.policy import FixedLeveredPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.leverage_actions import ActionLayout, leverage_target
+from defialloc.evaluation.rollout import run_policy
+from defialloc.training.cli import app
 from tests.test_leverage_env import ASSETS, LEVERAGE_CONFIG, flat_path
-from training.cli import app
 
 SMALL = {
     "market.assets": list(ASSETS),

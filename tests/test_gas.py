@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from envs.protocols.gas import GAS_UNITS, GAS_UNITS_RANGE, gas_cost_usd, swap_gas_units
+from defialloc.envs.protocols.gas import GAS_UNITS, GAS_UNITS_RANGE, gas_cost_usd, swap_gas_units
 
 
 def test_router_swap_hand_value():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from envs.indexing import flat_time_index, gather_at
+from defialloc.envs.indexing import flat_time_index, gather_at
 
 
 @pytest.mark.parametrize("trailing", [(), (5,), (3, 2)])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.actions import spot_safe_action
-from envs.config import load_config
-from envs.kill_switch import KillSwitch, KillSwitchConfig
-from envs.leverage_actions import ActionLayout
-from envs.simulator import PortfolioSimulator
+from defialloc.envs.actions import spot_safe_action
+from defialloc.envs.config import load_config
+from defialloc.envs.kill_switch import KillSwitch, KillSwitchConfig
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.simulator import PortfolioSimulator
 from tests.test_leverage_env import action, identity_error, make_paths, small_env
 
 

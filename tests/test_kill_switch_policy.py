@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
-from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, MarketView, Policy
-from envs.config import load_config
-from envs.kill_switch import KillSwitchConfig
-from envs.leverage_actions import ActionLayout
-from envs.seeds import scenario_seeds
-from envs.simulator import PortfolioSimulator
-from evaluation.backtest import run_backtest
-from training.cli import app
+from defialloc.agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
+from defialloc.agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, MarketView, Policy
+from defialloc.envs.config import load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.evaluation.backtest import run_backtest
+from defialloc.training.cli import app
 
 LEVERAGE = "configs/leverage.yaml"
 ASSETS = ["BTC", "ETH"]

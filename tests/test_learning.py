@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.policy import RandomPolicy
-from agents.sb3 import ObsNormalizer, SB3Policy, make_agent
-from envs.config import REPO_ROOT
-from envs.seeds import scenario_seeds
-from evaluation.rollout import EpisodeRecord, run_policy
-from training.config import load_train_config
-from training.train import build_env, configure_torch
+from defialloc.agents.policy import RandomPolicy
+from defialloc.agents.sb3 import ObsNormalizer, SB3Policy, make_agent
+from defialloc.envs.config import REPO_ROOT
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import EpisodeRecord, run_policy
+from defialloc.training.config import load_train_config
+from defialloc.training.train import build_env, configure_torch
 
 ASSETS = {
     "BTC": (0.004, 0.01, 20_000.0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from evaluation.learning_curves import (
+from defialloc.evaluation.learning_curves import (
     curve_summary,
     flattening,
     load_curves,

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import yaml
 
-from agents.policy import RandomPolicy
-from agents.sb3 import ObsNormalizer, SB3Policy, make_agent
-from envs.config import REPO_ROOT
-from envs.protocols.params import DEFAULT_PERPS_PATH
-from envs.seeds import scenario_seeds
-from evaluation.rollout import EpisodeRecord, run_policy
-from training.config import load_train_config
-from training.train import build_env, configure_torch
+from defialloc.agents.policy import RandomPolicy
+from defialloc.agents.sb3 import ObsNormalizer, SB3Policy, make_agent
+from defialloc.envs.config import REPO_ROOT
+from defialloc.envs.protocols.params import DEFAULT_PERPS_PATH
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import EpisodeRecord, run_policy
+from defialloc.training.config import load_train_config
+from defialloc.training.train import build_env, configure_torch
 
 
 def carry_perps(folder: Path) -> str:

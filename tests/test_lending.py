@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.protocols.borrowers import (
+from defialloc.envs.protocols.borrowers import (
     init_population,
     liquidate_population,
     population_liquidations,
     population_step,
     refresh_population,
 )
-from envs.protocols.lending import (
+from defialloc.envs.protocols.lending import (
     accrue_debt,
     accrue_supply,
     available_borrows_usd,
@@ -28,7 +28,7 @@ from envs.protocols.lending import (
     reserve_rates,
     supply_rate,
 )
-from envs.protocols.params import (
+from defialloc.envs.protocols.params import (
     PopulationParams,
     ProtocolConfigError,
     RegimeModel,

@@ -14,14 +14,18 @@ import numpy as np
 import pytest
 import yaml
 
-from envs import make_env, make_vec_env
-from envs.config import ConfigError
-from envs.env import DeFiMarketEnv
-from envs.features import observation_size
-from envs.leverage_actions import ActionLayout, leverage_target, max_feasible_leverage
-from envs.market.paths import MarketPaths
-from envs.protocols.borrowers import population_liquidations
-from envs.protocols.params import DEFAULT_LENDING_PATH, DEFAULT_PERPS_PATH, load_lending_params
+from defialloc.envs import make_env, make_vec_env
+from defialloc.envs.config import ConfigError
+from defialloc.envs.env import DeFiMarketEnv
+from defialloc.envs.features import observation_size
+from defialloc.envs.leverage_actions import ActionLayout, leverage_target, max_feasible_leverage
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.protocols.borrowers import population_liquidations
+from defialloc.envs.protocols.params import (
+    DEFAULT_LENDING_PATH,
+    DEFAULT_PERPS_PATH,
+    load_lending_params,
+)
 
 LEVERAGE_CONFIG = "configs/leverage.yaml"
 OPTIONS_CONFIG = "configs/options.yaml"  # leverage.yaml + the options venue and the Greeks block
@@ -689,10 +693,10 @@ def test_snapshot_restore_resumes_the_leveraged_state_exactly():
 
 def test_fast_regime_path_matches_the_step_by_step_protocol_draws():
     """The filter form of the regime AR(1) equals the protocol's draw loop, clipped rows included."""
-    from envs.leverage_paths import fast_regime_path, path_noise, regime_path
-    from envs.protocols.lending import regime_utilization
-    from envs.protocols.params import load_perps_params
-    from envs.protocols.perps import regime_basis
+    from defialloc.envs.leverage_paths import fast_regime_path, path_noise, regime_path
+    from defialloc.envs.protocols.lending import regime_utilization
+    from defialloc.envs.protocols.params import load_perps_params
+    from defialloc.envs.protocols.perps import regime_basis
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 3, size=(4, 200))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs import make_env
+from defialloc.envs import make_env
 from tests.test_leverage_env import deterministic_lending
 
 WARMUP, HORIZON = 6, 6

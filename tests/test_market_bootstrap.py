@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.market.bootstrap import bootstrap_paths, stationary_bootstrap_indices
-from envs.market.config import REPO_ROOT, MarketConfig, load_market_config
-from envs.market.replay import load_ohlcv
+from defialloc.envs.market.bootstrap import bootstrap_paths, stationary_bootstrap_indices
+from defialloc.envs.market.config import REPO_ROOT, MarketConfig, load_market_config
+from defialloc.envs.market.replay import load_ohlcv
 
 DATA = REPO_ROOT / "data" / "crypto-daily"
 ASSETS = ["BTC", "ETH", "SOL", "LINK", "AVAX"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from envs.market.calibrate import (
+from defialloc.envs.market.calibrate import (
     _depeg_params,
     arithmetic_drift,
     calibrate_market,
@@ -20,9 +20,9 @@ from envs.market.calibrate import (
     transition_counts,
     write_market_config,
 )
-from envs.market.calibration_report import calibration_report
-from envs.market.config import REPO_ROOT, load_market_config
-from envs.market.replay import label_regimes, load_ohlcv
+from defialloc.envs.market.calibration_report import calibration_report
+from defialloc.envs.market.config import REPO_ROOT, load_market_config
+from defialloc.envs.market.replay import label_regimes, load_ohlcv
 
 DATA = REPO_ROOT / "data" / "crypto-daily"
 ASSETS = ["BTC", "ETH", "SOL", "LINK", "AVAX"]

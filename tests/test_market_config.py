@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from envs.config import load_config
-from envs.market.config import (
+from defialloc.envs.config import load_config
+from defialloc.envs.market.config import (
     REPO_ROOT,
     ArithmeticDrift,
     GarchParams,

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from envs.market import synthetic
-from envs.market.config import MarketConfig
-from envs.market.synthetic import generate_synthetic_paths
-from envs.market.synthetic_model import expected_simple_return_step, model_of
+from defialloc.envs.market import synthetic
+from defialloc.envs.market.config import MarketConfig
+from defialloc.envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.market.synthetic_model import expected_simple_return_step, model_of
 
 R_YEAR = 0.3
 LOG_R = {"calm": math.log(1.3), "bull": math.log(1.3), "crash": math.log(1.3)}

@@ -8,9 +8,14 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from envs.market.config import REPO_ROOT, MarketConfig, RegimeRuleParams, load_market_config
-from envs.market.replay import available_dates, label_regimes, load_ohlcv, replay_paths
-from envs.market.sources import sample_paths
+from defialloc.envs.market.config import (
+    REPO_ROOT,
+    MarketConfig,
+    RegimeRuleParams,
+    load_market_config,
+)
+from defialloc.envs.market.replay import available_dates, label_regimes, load_ohlcv, replay_paths
+from defialloc.envs.market.sources import sample_paths
 
 DATA = REPO_ROOT / "data" / "crypto-daily"
 ASSETS = ["BTC", "ETH", "SOL", "LINK", "AVAX"]

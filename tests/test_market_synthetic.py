@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from envs.market.config import REPO_ROOT, MarketConfig, load_market_config
-from envs.market.paths import MarketPaths
-from envs.market.synthetic import bridge_extremes, generate_synthetic_paths, liquidity_and_gas
-from envs.market.synthetic_model import step_transition
+from defialloc.envs.market.config import REPO_ROOT, MarketConfig, load_market_config
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.synthetic import (
+    bridge_extremes,
+    generate_synthetic_paths,
+    liquidity_and_gas,
+)
+from defialloc.envs.market.synthetic_model import step_transition
 
 FIELDS = (
     "close",

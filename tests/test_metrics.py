@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import integrate, stats
 
-from evaluation import metrics as m
+from defialloc.evaluation import metrics as m
 
 # Small case worked out by hand below with plain arithmetic.
 R5 = [0.1, -0.05, 0.02, -0.1, 0.03]

@@ -8,10 +8,10 @@ import warnings
 import numpy as np
 import pytest
 
-from envs.config import load_config
-from envs.seeds import scenario_seeds
-from evaluation.backtest import run_backtest
-from evaluation.tracking import log_backtest
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.backtest import run_backtest
+from defialloc.evaluation.tracking import log_backtest
 from tests.mlflow_server_helper import get_json, mlflow_server, post_json
 
 

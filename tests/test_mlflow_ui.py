@@ -14,13 +14,13 @@ import warnings
 import numpy as np
 import pytest
 
-from agents.policy import FixedWeightsPolicy
-from envs.config import load_config
-from envs.seeds import scenario_seeds
-from evaluation.backtest import run_backtest
-from evaluation.tracking import CHILD_RUNS_TAG, log_backtest
+from defialloc.agents.policy import FixedWeightsPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.backtest import run_backtest
+from defialloc.evaluation.tracking import CHILD_RUNS_TAG, log_backtest
+from defialloc.training.mlflow_browser import WINDOW, capture_view, find_chromium, runs_table_text
 from tests.mlflow_server_helper import mlflow_server
-from training.mlflow_browser import WINDOW, capture_view, find_chromium, runs_table_text
 
 pytestmark = pytest.mark.slow
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, MarketView, Policy
-from envs.config import SimulationConfig, load_config
-from evaluation.backtest import BacktestResult, run_backtest
-from evaluation.rollout import EpisodeRecord
-from evaluation.statistics import paired_difference_ci
+from defialloc.agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, MarketView, Policy
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.evaluation.backtest import BacktestResult, run_backtest
+from defialloc.evaluation.rollout import EpisodeRecord
+from defialloc.evaluation.statistics import paired_difference_ci
 
 pytestmark = pytest.mark.slow
 
@@ -238,16 +238,16 @@ ATM, MONTH = 2, 1  # indices of the listed strike 1.0 and tenor 30 days
 
 class OptionAdversary(Policy):
     """A fixed spot book (``weights``, cash last) plus an option order that may alternate by step:
-    ``orders[step % len(orders)]`` (an :class:`envs.leverage_actions.OptionOrder` or None)."""
+    ``orders[step % len(orders)]`` (an :class:`defialloc.envs.leverage_actions.OptionOrder` or None)."""
 
     def __init__(self, weights: np.ndarray, config: SimulationConfig, orders: list, name: str):
-        from envs.leverage_actions import ActionLayout
+        from defialloc.envs.leverage_actions import ActionLayout
 
         self.weights, self.orders, self.name = np.asarray(weights, dtype=float), orders, name
         self.layout = ActionLayout.for_config(config.env, len(config.market.assets))
 
     def act(self, observation: np.ndarray, view: MarketView) -> np.ndarray:
-        from envs.actions import weights_to_actions
+        from defialloc.envs.actions import weights_to_actions
 
         b = view.weights.shape[0]
         spot = weights_to_actions(np.broadcast_to(self.weights, (b, self.weights.size)))
@@ -265,7 +265,7 @@ def options_config(params_path: str | None = None) -> SimulationConfig:
 
 
 def _option_policies(cfg: SimulationConfig) -> list[Policy]:
-    from envs.leverage_actions import OptionOrder
+    from defialloc.envs.leverage_actions import OptionOrder
 
     n = len(cfg.market.assets)
     listed = [cfg.market.assets.index(a) for a in ("BTC", "ETH")]

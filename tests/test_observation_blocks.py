@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from envs import make_env, make_vec_env
-from envs.config import (
+from defialloc.envs import make_env, make_vec_env
+from defialloc.envs.config import (
     DEFAULT_OBSERVATION_BLOCKS,
     OBSERVATION_BLOCKS,
     ConfigError,
     ObservationConfig,
     load_config,
 )
-from envs.features import (
+from defialloc.envs.features import (
     GarchModel,
     RegimeModel,
     TraderModel,
@@ -26,7 +26,7 @@ from envs.features import (
     observation_size,
     regime_filter,
 )
-from envs.market.sources import sample_paths
+from defialloc.envs.market.sources import sample_paths
 
 ALL_BLOCKS = list(OBSERVATION_BLOCKS)
 SHORT = {"env.horizon": 40}
@@ -245,7 +245,7 @@ def _named_observation(blocks: list[str], extra: dict | None = None) -> dict[str
     for _ in range(5):
         obs, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
     sim = env.unwrapped.sim
-    from agents.export import observation_names
+    from defialloc.agents.export import observation_names
 
     names = observation_names(sim, env.unwrapped.config)
     assert len(names) == len(set(names)) == sim.obs_dim == obs.shape[0]

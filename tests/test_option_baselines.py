@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.baselines import make_policy
-from agents.baselines.policies import PROTOCOL_BASELINES, baselines_for
-from agents.policy import MarketView
-from envs.config import load_config
-from envs.leverage_actions import ActionLayout
-from evaluation.backtest import run_backtest
+from defialloc.agents.baselines import make_policy
+from defialloc.agents.baselines.policies import PROTOCOL_BASELINES, baselines_for
+from defialloc.agents.policy import MarketView
+from defialloc.envs.config import load_config
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.evaluation.backtest import run_backtest
 
 OPTION_BASELINES = ("covered_call", "protective_put", "delta_hedger")
 STRIKES, TENORS = (0.8, 0.9, 1.0, 1.1, 1.2), (7, 30, 90)
@@ -143,11 +143,11 @@ def test_defialloc_evaluate_runs_the_option_baselines(tmp_path, monkeypatch):
     """``defialloc evaluate`` on the options config, then ``compare``: the report has the Greeks."""
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from defialloc.training.cli import app
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    from envs.config import REPO_ROOT
+    from defialloc.envs.config import REPO_ROOT
 
     result = CliRunner().invoke(
         app,
@@ -180,7 +180,7 @@ def test_defialloc_evaluate_runs_the_option_baselines(tmp_path, monkeypatch):
 
 
 def test_baseline_view_carries_the_chain_on_options_configs():
-    from evaluation.rollout import run_policy
+    from defialloc.evaluation.rollout import run_policy
 
     cfg = load_config("configs/options.yaml", {"env.horizon": 3})
     seen = []

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs import make_env, make_vec_env
-from envs.action_kinds import ActionMap, ActionTargets, OptionTargets, PortfolioState
-from envs.config import ActionConfig, load_config
-from envs.env import DeFiMarketEnv
-from envs.features.model import TraderModel
-from envs.leverage_actions import ActionLayout, OptionOrder
-from envs.protocols.options_params import load_options_params
+from defialloc.envs import make_env, make_vec_env
+from defialloc.envs.action_kinds import ActionMap, ActionTargets, OptionTargets, PortfolioState
+from defialloc.envs.config import ActionConfig, load_config
+from defialloc.envs.env import DeFiMarketEnv
+from defialloc.envs.features.model import TraderModel
+from defialloc.envs.leverage_actions import ActionLayout, OptionOrder
+from defialloc.envs.protocols.options_params import load_options_params
 from tests.test_leverage_env import flat_path, make_paths
 
 ql = pytest.importorskip("QuantLib")
@@ -417,14 +417,14 @@ def test_snapshot_restore_resumes_the_option_book_exactly():
 
 
 def test_options_config_errors_name_the_key():
-    from envs.config import ConfigError
+    from defialloc.envs.config import ConfigError
 
     with pytest.raises(ConfigError, match="options"):
         make_env(OPTIONS_CONFIG, **{"env.options.enable": True})
     with pytest.raises(ValueError, match="underlyings"):
         options_env(3, **{"market.assets": ["SOL", "LINK"]})
-    from envs.config import load_config
-    from envs.streaming import StreamingSimulator
+    from defialloc.envs.config import load_config
+    from defialloc.envs.streaming import StreamingSimulator
 
     # paper trading streams no option quotes: it refuses the venue rather than trade it blind
     with pytest.raises(ValueError, match="env.options.enabled=true: paper trading"):
@@ -434,7 +434,7 @@ def test_options_config_errors_name_the_key():
 def test_options_params_errors_name_the_key(tmp_path):
     import yaml
 
-    from envs.protocols.params import ProtocolConfigError
+    from defialloc.envs.protocols.params import ProtocolConfigError
 
     data = yaml.safe_load(open("configs/protocols/options.yaml").read())
     data["strikes"] = [1.1, 0.9]

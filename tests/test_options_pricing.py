@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import QuantLib as ql
 
-from envs.config import load_config
-from envs.option_quotes import VenueSurface
-from envs.protocols.options import (
+from defialloc.envs.config import load_config
+from defialloc.envs.option_quotes import VenueSurface
+from defialloc.envs.protocols.options import (
     VarianceForecast,
     black76_greeks,
     black76_price,
@@ -23,7 +23,7 @@ from envs.protocols.options import (
     option_fee,
     surface_vol,
 )
-from envs.protocols.options_params import load_options_params
+from defialloc.envs.protocols.options_params import load_options_params
 
 
 def _grid(n: int = 400, seed: int = 0):

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agents.onnx_policy import ONNX_FILE, OnnxPolicy
-from envs.config import OBSERVATION_BLOCKS, load_config
-from envs.market.paths import MarketPaths
-from envs.market.sources import sample_paths
-from envs.simulator import PortfolioSimulator
-from envs.streaming import MarketBar, StreamingSimulator
-from training.paper.feeds import LiveFeedAdapter, PathFeed, ReplayFeed, SimulatedFeed
-from training.paper.ledger import RECORD_TABLES, Ledger, LedgerMismatch
-from training.paper.runner import PaperTrader
-from training.paper.view import render_ledger
+from defialloc.agents.onnx_policy import ONNX_FILE, OnnxPolicy
+from defialloc.envs.config import OBSERVATION_BLOCKS, load_config
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.streaming import MarketBar, StreamingSimulator
+from defialloc.training.paper.feeds import LiveFeedAdapter, PathFeed, ReplayFeed, SimulatedFeed
+from defialloc.training.paper.ledger import RECORD_TABLES, Ledger, LedgerMismatch
+from defialloc.training.paper.runner import PaperTrader
+from defialloc.training.paper.view import render_ledger
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIRS = (REPO / "data" / "crypto-daily", REPO.parent / "shared" / "data" / "crypto-daily")
@@ -44,9 +44,9 @@ def make_policy_dir(
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
-    import envs
-    from agents.export import ExportSource, export_policy
-    from agents.sb3 import ObsNormalizer
+    from defialloc import envs
+    from defialloc.agents.export import ExportSource, export_policy
+    from defialloc.agents.sb3 import ObsNormalizer
 
     torch.set_num_threads(1)
     cfg = load_config(None, {"env.horizon": 30, **(overrides or {})})
@@ -259,7 +259,7 @@ def test_resume_in_pieces_writes_the_uninterrupted_ledger(policy, tmp_path):
 @needs_data
 def test_paper_on_held_out_period_equals_the_backtest(policy, tmp_path):
     """Paper trading 2023-01-01..2024-04-09 bar by bar = run_policy on the replay path of the same dates."""
-    from evaluation.backtest import run_period_backtest
+    from defialloc.evaluation.backtest import run_period_backtest
 
     cfg = load_config(policy.manifest.simulation_config)
     feed = ReplayFeed.from_config(cfg, "2023-01-01", "2024-04-09", data_dir=str(DATA_DIR))
@@ -297,7 +297,7 @@ def test_paper_on_held_out_period_equals_the_backtest(policy, tmp_path):
 def test_paper_with_every_observation_block_equals_the_backtest(tmp_path):
     """A policy observing every block (garch_vol and regime included) trades the same on paper,
     bar by bar, as in the backtest of the same replayed days."""
-    from evaluation.backtest import run_period_backtest
+    from defialloc.evaluation.backtest import run_period_backtest
 
     blocks = {"env.observation.blocks": list(OBSERVATION_BLOCKS)}
     policy = OnnxPolicy(make_policy_dir(tmp_path / "policy", seed=2, overrides=blocks))
@@ -418,7 +418,7 @@ def test_feed_assets_or_step_not_matching_the_manifest_are_refused(policy, tmp_p
 
 
 def test_corrupt_onnx_is_refused_by_the_cli(policy_dir, tmp_path):
-    from training.cli import app
+    from defialloc.training.cli import app
 
     bad = tmp_path / "bad_policy"
     shutil.copytree(policy_dir, bad)
@@ -522,7 +522,7 @@ sys.addaudithook(lambda event, args: events.append(event) if event == "pickle.fi
 def refuse(*a, **k):
     raise AssertionError("the paper runtime must not unpickle anything")
 pickle.load = pickle.loads = refuse
-from training.cli import app
+from defialloc.training.cli import app
 try:
     app(sys.argv[1:], standalone_mode=False)
 except SystemExit as exc:

@@ -15,14 +15,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from agents.onnx_policy import OnnxPolicy
-from envs.config import load_config
-from tests.ccxt_recorded import FIXTURES, RecordedBinance
-from tests.test_paper import DATA_DIR, needs_data
-from training.paper.ccxt_feed import CcxtFeed
-from training.paper.ledger import Ledger
-from training.paper.runner import PaperTrader
-from training.paper.venue_errors import (
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import load_config
+from defialloc.training.paper.ccxt_feed import CcxtFeed
+from defialloc.training.paper.ledger import Ledger
+from defialloc.training.paper.runner import PaperTrader
+from defialloc.training.paper.venue_errors import (
     Backoff,
     GapInVenueData,
     MissingFunding,
@@ -31,6 +29,8 @@ from training.paper.venue_errors import (
     UnknownSymbol,
     VenueUnreachable,
 )
+from tests.ccxt_recorded import FIXTURES, RecordedBinance
+from tests.test_paper import DATA_DIR, needs_data
 
 pytestmark = needs_data  # the expected bars come from data/crypto-daily
 START, END = (
@@ -165,7 +165,7 @@ def test_configured_lending_constants_replace_the_snapshot_and_are_recorded(cfg)
     sources = feed.protocol_sources()
     assert sources["borrow_rate"] == "constant 0.08 (--protocol-constant borrow_rate)"
     assert "SOL constant 0.02" in sources["supply_rate"]
-    from training.paper.lending_quotes import parse_constants
+    from defialloc.training.paper.lending_quotes import parse_constants
 
     with pytest.raises(ValueError, match="KEY one of borrow_rate, cash_supply_rate, supply_rate"):
         parse_constants(["borrowing=0.1"], tuple(cfg.market.assets))
@@ -196,7 +196,7 @@ def test_levered_paper_run_on_the_venue_records_the_sources(levered, cfg, tmp_pa
 
 # ---------------------------------------------------------------------------- refusals
 def test_unknown_exchange_or_symbol_is_refused_before_anything_is_written(levered, cfg, tmp_path):
-    from training.cli import app
+    from defialloc.training.cli import app
 
     with pytest.raises(UnknownExchange, match="no exchange 'binanse'; did you mean binance"):
         make_feed(cfg, exchange="binanse")
@@ -305,9 +305,9 @@ def _flows(cfg, bars, weights, leverage=0.0, hedge=0.0) -> tuple[float, dict[str
     """Stream the venue bars through the simulator with a fixed levered target; returns the summed
     non-market flows (minus every cost kind, plus insurance and bad debt) and the summed funding
     and interest: what the value earns beyond the market PnL of the positions held."""
-    from envs.actions import weights_to_actions
-    from envs.leverage_actions import ActionLayout
-    from envs.streaming import StreamingSimulator
+    from defialloc.envs.actions import weights_to_actions
+    from defialloc.envs.leverage_actions import ActionLayout
+    from defialloc.envs.streaming import StreamingSimulator
 
     layout = ActionLayout.for_config(cfg.env, len(cfg.market.assets))
     action = layout.compose(weights_to_actions(np.asarray(weights)[None, :]), leverage, hedge,

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.onnx_policy import OnnxPolicy
-from envs.config import load_config
-from envs.kill_switch import KillSwitchConfig
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.training.paper.feeds import ReplayFeed
+from defialloc.training.paper.ledger import Ledger
+from defialloc.training.paper.runner import PaperTrader
 from tests.conftest import LEVERED
 from tests.test_paper import DATA_DIR, KILL_SWITCH, ledger_tables, make_policy_dir, needs_data
-from training.paper.feeds import ReplayFeed
-from training.paper.ledger import Ledger
-from training.paper.runner import PaperTrader
 
 REPO = Path(__file__).resolve().parent.parent
 # real held-out days: 61 warmup bars + 239 decisions = 300 bars
@@ -41,7 +41,7 @@ WRAPPER_ARGS = ["--kill-switch", "--kill-switch-param", "max_drawdown=0.06",
 
 
 def _paper_args(policy_dir: Path, ledger: Path, extra: list[str], period=(START, END)) -> list[str]:
-    return [sys.executable, "-m", "training.cli", "paper", "--policy", str(policy_dir), "--feed", "replay",
+    return [sys.executable, "-m", "defialloc.training.cli", "paper", "--policy", str(policy_dir), "--feed", "replay",
             "--start", period[0], "--end", period[1], "--data-dir", str(DATA_DIR), "--speed", str(SPEED),
             "--ledger", str(ledger), "--no-mlflow", "--no-view", "--json", *extra]  # fmt: skip
 

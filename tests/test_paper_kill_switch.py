@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agents.onnx_policy import OnnxPolicy
-from envs.config import load_config
-from envs.kill_switch import KillSwitchConfig
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.training.cli import app
+from defialloc.training.paper.feeds import ReplayFeed
+from defialloc.training.paper.ledger import Ledger, LedgerMismatch
+from defialloc.training.paper.runner import PaperTrader
 from tests.test_paper import (
     DATA_DIR,
     file_digest,
@@ -22,10 +26,6 @@ from tests.test_paper import (
     needs_data,
     simulated_feed,
 )
-from training.cli import app
-from training.paper.feeds import ReplayFeed
-from training.paper.ledger import Ledger, LedgerMismatch
-from training.paper.runner import PaperTrader
 
 WRAPPER = KillSwitchConfig(enabled=True, max_drawdown=0.06, cooldown_steps=3)
 
@@ -51,7 +51,7 @@ def _run(policy, feed, ledger: Path, kill_switch=None, max_bars=None, **kw):
 
 @needs_data
 def test_paper_behind_the_wrapper_equals_the_backtest_behind_it(plain, tmp_path):
-    from evaluation.backtest import run_period_backtest
+    from defialloc.evaluation.backtest import run_period_backtest
 
     start, end = "2023-01-01", "2023-09-30"
     cfg = load_config(plain.manifest.simulation_config)

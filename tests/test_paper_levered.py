@@ -13,19 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.onnx_policy import OnnxPolicy
-from envs.config import load_config
-from envs.kill_switch import KillSwitchConfig
-from envs.market.paths import MarketPaths
-from envs.market.sources import sample_paths
-from envs.simulator import PortfolioSimulator
-from envs.streaming import MarketBar, StreamingSimulator
-from envs.streaming_protocol import ProtocolState, generate_protocol_series
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.streaming import MarketBar, StreamingSimulator
+from defialloc.envs.streaming_protocol import ProtocolState, generate_protocol_series
+from defialloc.training.paper.feeds import PathFeed, ReplayFeed, SimulatedFeed
+from defialloc.training.paper.ledger import LEVERED_COLUMNS, Ledger
+from defialloc.training.paper.runner import PaperTrader
+from defialloc.training.paper.view import render_ledger
 from tests.test_paper import DATA_DIR, ledger_tables, needs_data
-from training.paper.feeds import PathFeed, ReplayFeed, SimulatedFeed
-from training.paper.ledger import LEVERED_COLUMNS, Ledger
-from training.paper.runner import PaperTrader
-from training.paper.view import render_ledger
 
 # a development-period replay (not held out) with the May-June 2022 crash: liquidations happen
 START, END = "2022-03-01", "2022-07-31"
@@ -152,7 +152,7 @@ def test_levered_state_round_trips_through_json(levered):
 def test_levered_paper_on_a_replayed_period_equals_its_backtest(levered, tmp_path, kill_switch):
     """Step by step: values, every cost kind, health factor, debt, collateral, perp notional,
     liquidations and the kill-switch series of the paper ledger = run_period_backtest's record."""
-    from evaluation.backtest import run_period_backtest
+    from defialloc.evaluation.backtest import run_period_backtest
 
     cfg = load_config(levered.manifest.simulation_config)
     feed = ReplayFeed.from_config(cfg, START, END, data_dir=str(DATA_DIR))
@@ -205,7 +205,7 @@ def test_levered_paper_on_a_replayed_period_equals_its_backtest(levered, tmp_pat
 def test_levered_delta_export_deciding_every_3_days_equals_its_backtest(tmp_path):
     """A levered and hedged export of the ``delta`` kind (its leverage and hedge targets move from
     the current ones) deciding every 3 days: paper = backtest bar for bar, holding in between."""
-    from evaluation.backtest import run_period_backtest
+    from defialloc.evaluation.backtest import run_period_backtest
     from tests.conftest import LEVERED
     from tests.test_paper import make_policy_dir
 
@@ -365,7 +365,7 @@ def test_view_mlflow_and_plot_show_the_levered_state_and_the_backtest(
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from defialloc.training.cli import app
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

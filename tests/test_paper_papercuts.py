@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from envs import make_env
-from envs.config import load_config
+from defialloc.envs import make_env
+from defialloc.envs.config import load_config
+from defialloc.training.paper.feeds import ReplayFeed
+from defialloc.training.paper.ledger import LedgerMismatch
+from defialloc.training.paper.runner import PaperTrader
 from tests import test_paper
 from tests.test_paper import DATA_DIR, ledger_tables, needs_data, run_trader, simulated_feed
-from training.paper.feeds import ReplayFeed
-from training.paper.ledger import LedgerMismatch
-from training.paper.runner import PaperTrader
 
 policy_dir, policy = test_paper.policy_dir, test_paper.policy  # the module's fixtures
 
@@ -71,7 +71,7 @@ def test_a_second_writer_is_refused_up_front_and_the_ledger_untouched(policy, tm
 
 
 def test_feed_module_errors_are_one_clear_line(policy_dir, tmp_path, monkeypatch):
-    from training.cli import app
+    from defialloc.training.cli import app
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -14,12 +14,12 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from agents.mlflow_store import default_experiment, display_tracking_uri, redact_uri
-from envs.config import REPO_ROOT, ConfigError, load_config
-from evaluation.progress import LineProgress, NullProgress, progress_bar
-from evaluation.table_fit import fitted_tables, output_console, print_fitted
-from training.cli import app
-from training.config import load_train_config
+from defialloc.agents.mlflow_store import default_experiment, display_tracking_uri, redact_uri
+from defialloc.envs.config import REPO_ROOT, ConfigError, load_config
+from defialloc.evaluation.progress import LineProgress, NullProgress, progress_bar
+from defialloc.evaluation.table_fit import fitted_tables, output_console, print_fitted
+from defialloc.training.cli import app
+from defialloc.training.config import load_train_config
 
 runner = CliRunner()
 CI = re.compile(r"-?[\d,.]+%? \[-?[\d,.]+%?, -?[\d,.]+%?\]")
@@ -49,8 +49,8 @@ def test_one_default_experiment_for_every_command(monkeypatch):
 
 @pytest.mark.slow  # logs an evaluation and runs compare twice (about 40 s on 2 busy cores)
 def test_compare_of_a_missing_experiment_lists_the_ones_with_evaluations(tmp_path, monkeypatch):
-    from evaluation.backtest import run_backtest
-    from evaluation.tracking import log_backtest
+    from defialloc.evaluation.backtest import run_backtest
+    from defialloc.evaluation.tracking import log_backtest
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
@@ -127,7 +127,7 @@ def test_progress_outside_a_terminal_is_whole_lines_at_most_every_interval():
 
 
 def test_backtest_progress_into_a_pipe_has_no_carriage_returns(capfd):
-    from evaluation.backtest import run_backtest
+    from defialloc.evaluation.backtest import run_backtest
 
     cfg = load_config({"market": {}, "env": {"horizon": 20}})
     with warnings.catch_warnings():
@@ -195,7 +195,7 @@ def test_print_config_prints_the_resolved_config_and_runs_nothing(args, key, tmp
 
 
 def test_training_progress_outside_a_terminal_is_plain_lines(capsys):
-    from training.callbacks import LineProgressCallback
+    from defialloc.training.callbacks import LineProgressCallback
 
     callback = LineProgressCallback(1000, interval_s=0.0)
     callback.num_timesteps = 200  # a resumed run starts at its checkpoint's step

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from envs.protocols.params import ProtocolConfigError, load_perps_params
-from envs.protocols.perps import (
+from defialloc.envs.protocols.params import ProtocolConfigError, load_perps_params
+from defialloc.envs.protocols.perps import (
     adverse_price,
     funding_payment_usd,
     funding_rate,

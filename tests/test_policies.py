@@ -10,15 +10,15 @@ import pytest
 from scipy.optimize import minimize
 from sklearn.covariance import LedoitWolf
 
-from agents.baselines import BASELINES, make_policy
-from agents.baselines.oracle import true_moments_by_regime
-from agents.baselines.policies import PROTOCOL_BASELINES
-from agents.policy import MarketView
-from envs.config import load_config
-from envs.market.sources import sample_paths
-from envs.market.synthetic import generate_synthetic_paths
-from envs.seeds import scenario_seeds
-from evaluation.rollout import run_policy
+from defialloc.agents.baselines import BASELINES, make_policy
+from defialloc.agents.baselines.oracle import true_moments_by_regime
+from defialloc.agents.baselines.policies import PROTOCOL_BASELINES
+from defialloc.agents.policy import MarketView
+from defialloc.envs.config import load_config
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.rollout import run_policy
 
 #: the baselines a spot config runs (the lending/perps ones: tests/test_strong_baselines.py)
 ALL = [n for n in BASELINES if n not in PROTOCOL_BASELINES]
@@ -294,7 +294,7 @@ def test_oracle_reads_the_true_regime_and_is_labelled(cfg):
 
 
 def test_default_baselines_are_the_ones_the_market_can_run(cfg):
-    from agents.baselines.policies import baselines_for
+    from defialloc.agents.baselines.policies import baselines_for
 
     names = ["equal_weight", "levered_vol_target", "carry", "ceiling", "oracle_mean_variance"]
     kept, dropped = baselines_for(cfg, names)

@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, OnnxPolicy, sha256_file
-from agents.registry import (
+from defialloc.agents.onnx_policy import MANIFEST_FILE, ONNX_FILE, OnnxPolicy, sha256_file
+from defialloc.agents.registry import (
     MODEL_CODE,
     Validation,
     log_policy_model,
     parse_models_uri,
     register_policy,
 )
+from defialloc.training.cli import app
 from tests.test_paper import make_policy_dir
-from training.cli import app
 
 NAME = "reg-ppo"
 
@@ -34,7 +34,7 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'm.db'}")
-        from agents.mlflow_store import setup_mlflow
+        from defialloc.agents.mlflow_store import setup_mlflow
 
         with mlflow.start_run(experiment_id=setup_mlflow("registry")) as run:
             uri = log_policy_model(export)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.onnx_policy import OnnxPolicy
+from defialloc.agents.onnx_policy import OnnxPolicy
 from tests.mlflow_server_helper import mlflow_server
 from tests.test_paper import make_policy_dir
 
@@ -43,8 +43,8 @@ json.dump(list(frame.columns), open("columns.json", "w"))
 def test_registered_model_loads_in_a_fresh_virtualenv_without_this_repo(tmp_path, monkeypatch):
     import mlflow
 
-    from agents.mlflow_store import setup_mlflow
-    from agents.registry import Validation, log_policy_model, register_policy
+    from defialloc.agents.mlflow_store import setup_mlflow
+    from defialloc.agents.registry import Validation, log_policy_model, register_policy
 
     export = make_policy_dir(tmp_path / "export")
     venv = tmp_path / "venv"

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from envs import make_env
-from envs.config import ConfigError, RewardConfig, load_config
-from envs.execution.costs import TradeCosts
-from envs.rewards import RewardModel
+from defialloc.envs import make_env
+from defialloc.envs.config import ConfigError, RewardConfig, load_config
+from defialloc.envs.execution.costs import TradeCosts
+from defialloc.envs.rewards import RewardModel
 from tests.test_leverage_env import action, small_env
 from tests.test_ruin import _crash
 

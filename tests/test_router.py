@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize, minimize_scalar
 
-from envs.execution import Pool, PoolSet, route_order, route_swap
-from envs.protocols.amm import get_amount_out, marginal_output
+from defialloc.envs.execution import Pool, PoolSet, route_order, route_swap
+from defialloc.envs.protocols.amm import get_amount_out, marginal_output
 
 FEE_TIERS = [0.0, 0.0001, 0.0005, 0.003, 0.01]
 

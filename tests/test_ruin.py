@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.policy import FixedLeveredPolicy
-from envs import make_vec_env
-from envs.market.paths import MarketPaths
-from evaluation.backtest import run_backtest
-from evaluation.plots import equity_curves
-from evaluation.report import GroupComparison, _statements
+from defialloc.agents.policy import FixedLeveredPolicy
+from defialloc.envs import make_vec_env
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.evaluation.backtest import run_backtest
+from defialloc.evaluation.plots import equity_curves
+from defialloc.evaluation.report import GroupComparison, _statements
 from tests.test_leverage_env import LEVERAGE_CONFIG, action, identity_error, make_paths, small_env
 
 
@@ -119,7 +119,7 @@ def test_backtests_metrics_and_reports_count_ruined_scenarios():
 
 
 def test_the_defi_table_counts_liquidations_lowest_hf_and_costs_once_per_run():
-    from evaluation.report import defi_table
+    from defialloc.evaluation.report import defi_table
 
     rows = []
     for run in ("r1", "r2"):  # the same deterministic baseline next to two agents

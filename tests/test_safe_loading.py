@@ -23,14 +23,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agents.onnx_policy import OnnxPolicy
-from agents.sb3 import load_model, make_agent
-from agents.sb3_io import read_model_data, save_statistics, serialized_entries
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.agents.sb3 import load_model, make_agent
+from defialloc.agents.sb3_io import read_model_data, save_statistics, serialized_entries
+from defialloc.training.callbacks import STATE_FILE, RunState
+from defialloc.training.cli import app
+from defialloc.training.train import RUN_DIR_TAG, build_env
 from tests.test_paper import make_policy_dir
 from tests.test_train_mlflow import ROLLOUT, tiny_config
-from training.callbacks import STATE_FILE, RunState
-from training.cli import app
-from training.train import RUN_DIR_TAG, build_env
 
 
 class _Payload:
@@ -145,7 +145,7 @@ def test_export_from_a_run_with_crafted_artifacts_runs_no_code(trained, tmp_path
     staged = tmp_path / "best"
     craft_zip(clean / "model.zip", staged / "model.zip", marker)
     (staged / "vecnormalize.pkl").write_bytes(evil_bytes(marker))
-    from agents.mlflow_store import setup_mlflow
+    from defialloc.agents.mlflow_store import setup_mlflow
 
     with mlflow.start_run(experiment_id=setup_mlflow("crafted")) as run:
         mlflow.log_artifacts(str(staged), "best")
@@ -171,7 +171,7 @@ def test_resume_from_crafted_checkpoint_files_runs_no_code(trained, tmp_path, mo
     RunState(num_timesteps=0).save(checkpoint / STATE_FILE)
     data = yaml.safe_load(cfg.to_yaml()) | {"output_dir": str(tmp_path / "runs")}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(data))
-    from agents.mlflow_store import setup_mlflow
+    from defialloc.agents.mlflow_store import setup_mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")  # not a previous test's store
     run = client.create_run(setup_mlflow(cfg.mlflow.experiment), tags={RUN_DIR_TAG: str(run_dir)})

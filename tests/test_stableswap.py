@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.protocols.stableswap import get_D, get_dy, get_y
+from defialloc.envs.protocols.stableswap import get_D, get_dy, get_y
 
 BALANCED = np.array([1e6, 1e6, 1e6])
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from evaluation import statistics as s
+from defialloc.evaluation import statistics as s
 
 # ---------- IQM ----------
 

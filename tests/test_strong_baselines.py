@@ -12,25 +12,25 @@ import warnings
 import numpy as np
 import pytest
 
-import agents.baselines.static as static_mod
-from agents.baselines import make_policy
-from agents.baselines.estimators import ewma_cov
-from agents.baselines.levered import leverage_cap, short_margin_per_notional
-from agents.baselines.risk_based import (
+import defialloc.agents.baselines.static as static_mod
+from defialloc.agents.baselines import make_policy
+from defialloc.agents.baselines.estimators import ewma_cov
+from defialloc.agents.baselines.levered import leverage_cap, short_margin_per_notional
+from defialloc.agents.baselines.risk_based import (
     EqualWeightBandPolicy,
     InverseVolPolicy,
     VolTargetPolicy,
     capped_proportional,
     ewma_cov_batch,
 )
-from agents.baselines.static import mixture_moments, unconditional_moments
-from agents.policy import MarketView, Policy
-from envs.config import load_config
-from envs.leverage_actions import ActionLayout
-from envs.market.sources import sample_paths
-from envs.seeds import scenario_seeds
-from evaluation.backtest import run_backtest
-from evaluation.rollout import run_policy
+from defialloc.agents.baselines.static import mixture_moments, unconditional_moments
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import load_config
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.market.sources import sample_paths
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.backtest import run_backtest
+from defialloc.evaluation.rollout import run_policy
 
 
 @pytest.fixture(autouse=True)

@@ -11,18 +11,18 @@ import pytest
 import yaml
 from scipy import stats
 
-from envs.config import ConfigError
-from training.config import load_train_config
-from training.sweeps import results
-from training.sweeps.config import ParamSpec, load_sweep
-from training.sweeps.tracking import (
+from defialloc.envs.config import ConfigError
+from defialloc.training.config import load_train_config
+from defialloc.training.sweeps import results
+from defialloc.training.sweeps.config import ParamSpec, load_sweep
+from defialloc.training.sweeps.tracking import (
     TrialRun,
     check_store_for_address,
     check_store_for_nodes,
     redact_uri,
     single_machine_store,
 )
-from training.sweeps.trials import (
+from defialloc.training.sweeps.trials import (
     WAIT,
     FixedTrials,
     OptunaTrials,
@@ -289,8 +289,8 @@ def test_best_config_loads_back_with_the_winners_values():
 def test_bench_sweep_refuses_bad_worker_counts_before_anything_runs():
     from typer.testing import CliRunner
 
-    from training.cli import app
-    from training.sweeps.bench import bench_sweep
+    from defialloc.training.cli import app
+    from defialloc.training.sweeps.bench import bench_sweep
 
     with pytest.raises(ConfigError, match="--workers"):
         bench_sweep("configs/sweeps/smoke.yaml", [1, 0])
@@ -301,8 +301,8 @@ def test_bench_sweep_refuses_bad_worker_counts_before_anything_runs():
 def test_sweep_print_config_shows_the_sweep_and_its_base_and_runs_nothing(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from envs.config import REPO_ROOT
-    from training.cli import app
+    from defialloc.envs.config import REPO_ROOT
+    from defialloc.training.cli import app
 
     monkeypatch.chdir(tmp_path)  # nothing may be written: no mlflow.db, no reports
     path = str(REPO_ROOT / "configs/sweeps/smoke.yaml")

@@ -11,13 +11,13 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from training.config import load_train_config
-from training.sweeps.config import TRIAL_OVERRIDES
-from training.sweeps.context import EARLY_STOPPED, SweepContext
-from training.sweeps.tracking import open_parent
-from training.sweeps.trial import EarlyStop, run_trial
-from training.sweeps.trials import TrialSpec
-from training.train import STATUS_TAG
+from defialloc.training.config import load_train_config
+from defialloc.training.sweeps.config import TRIAL_OVERRIDES
+from defialloc.training.sweeps.context import EARLY_STOPPED, SweepContext
+from defialloc.training.sweeps.tracking import open_parent
+from defialloc.training.sweeps.trial import EarlyStop, run_trial
+from defialloc.training.sweeps.trials import TrialSpec
+from defialloc.training.train import STATUS_TAG
 
 pytestmark = pytest.mark.slow
 

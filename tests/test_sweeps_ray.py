@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from training.config import load_train_config
+from defialloc.training.config import load_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "training.cli", *args]
+    return [sys.executable, "-m", "defialloc.training.cli", *args]
 
 
 def _sweep_file(tmp_path: Path, name: str, values: list[float], **overrides) -> Path:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from envs.config import REPO_ROOT, load_config
-from envs.seeds import scenario_seeds
-from evaluation.backtest import run_backtest, run_period_backtest
-from evaluation.tracking import format_seeds, log_backtest, params_hash, tracking_uri
+from defialloc.envs.config import REPO_ROOT, load_config
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.backtest import run_backtest, run_period_backtest
+from defialloc.evaluation.tracking import format_seeds, log_backtest, params_hash, tracking_uri
 
 POLICIES = ["equal_weight", "min_variance", "risk_parity"]
 
@@ -119,7 +119,7 @@ def test_log_backtest_and_read_it_back(result, tmp_path):
 def test_compare_writes_a_report_with_cis(result, tmp_path, monkeypatch):
     from rich.console import Console
 
-    from evaluation.report import compare
+    from defialloc.evaluation.report import compare
 
     log_backtest(result, "cmp", "a", result.config)
     log_backtest(result, "cmp", "a-again", result.config)  # identical duplicate: kept once
@@ -169,8 +169,8 @@ def test_compare_writes_a_report_with_cis(result, tmp_path, monkeypatch):
 def test_agents_against_the_same_baselines_share_a_comparison_group():
     import pandas as pd
 
-    from evaluation.report import _merge_tables
-    from evaluation.tracking import params_hash
+    from defialloc.evaluation.report import _merge_tables
+    from defialloc.evaluation.tracking import params_hash
 
     base = {"equal_weight": {"rebalance_every": 7}}
     assert params_hash({"ppo": {}, **base}) == params_hash({"sac": {}, **base})
@@ -201,7 +201,7 @@ def test_agents_against_the_same_baselines_share_a_comparison_group():
 def test_kill_switch_parameters_are_logged_with_the_run():
     import mlflow
 
-    from envs.kill_switch import KillSwitchConfig
+    from defialloc.envs.kill_switch import KillSwitchConfig
 
     cfg = load_config({"market": {}, "env": {"horizon": 30}})
     seeds = scenario_seeds("test", 3)

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from envs import make_vec_env
-from envs.config import REPO_ROOT, load_config
-from training.bench_train import StepTimer, bench_algorithm
-from training.config import load_train_config
+from defialloc.envs import make_vec_env
+from defialloc.envs.config import REPO_ROOT, load_config
+from defialloc.training.bench_train import StepTimer, bench_algorithm
+from defialloc.training.config import load_train_config
 
 SIM = load_config(None, {"env.horizon": 10})
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from envs.config import REPO_ROOT, ConfigError, parse_cli_overrides
-from training.config import TrainConfig, flatten, load_train_config, split_overrides
+from defialloc.envs.config import REPO_ROOT, ConfigError, parse_cli_overrides
+from defialloc.training.config import TrainConfig, flatten, load_train_config, split_overrides
 
 TRAIN_CONFIGS = sorted((REPO_ROOT / "configs" / "train").glob("*.yaml"))
 PPO = REPO_ROOT / "configs" / "train" / "ppo.yaml"

@@ -16,12 +16,12 @@ import pytest
 from mlflow import MlflowClient
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.sb3 import SB3Policy
-from envs.config import REPO_ROOT, ConfigError
-from training.callbacks import STATE_FILE, RunState
-from training.config import load_train_config
-from training.mlflow_logger import MLflowKVWriter
-from training.train import load_resume_config, train
+from defialloc.agents.sb3 import SB3Policy
+from defialloc.envs.config import REPO_ROOT, ConfigError
+from defialloc.training.callbacks import STATE_FILE, RunState
+from defialloc.training.config import load_train_config
+from defialloc.training.mlflow_logger import MLflowKVWriter
+from defialloc.training.train import load_resume_config, train
 
 ROLLOUT = 32 * 4  # n_steps x n_envs
 
@@ -282,7 +282,7 @@ def test_training_ends_with_agent_vs_baselines_in_the_same_experiment(tracking, 
 def test_resume_of_a_finished_run_says_so_and_leaves_it_finished(tracking, tmp_path):
     from typer.testing import CliRunner
 
-    from training.cli import app
+    from defialloc.training.cli import app
 
     result = train(tiny_config(tmp_path), progress=False)
     assert result.completed

@@ -7,14 +7,14 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.sb3 import ObsNormalizer, SB3Policy, make_agent, policy_kwargs, resolve_device
-from agents.sb3_io import save_statistics
-from envs import make_vec_env
-from envs.config import load_config
-from envs.seeds import scenario_seeds
-from evaluation.metrics import max_drawdown, sharpe_ratio
-from evaluation.rollout import EpisodeRecord, run_policy
-from training.callbacks import validation_metrics
+from defialloc.agents.sb3 import ObsNormalizer, SB3Policy, make_agent, policy_kwargs, resolve_device
+from defialloc.agents.sb3_io import save_statistics
+from defialloc.envs import make_vec_env
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.metrics import max_drawdown, sharpe_ratio
+from defialloc.evaluation.rollout import EpisodeRecord, run_policy
+from defialloc.training.callbacks import validation_metrics
 
 SIM = load_config(None, {"env.horizon": 20})
 

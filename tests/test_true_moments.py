@@ -13,14 +13,14 @@ import hashlib
 import numpy as np
 import pytest
 
-from agents.baselines.oracle import true_moments_by_regime
-from envs.config import load_config
-from envs.leverage_paths import ProtocolSetup
-from envs.market.conditional_moments import next_step_moments
-from envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, REPO_ROOT, load_market_config
-from envs.market.synthetic import generate_synthetic_paths
-from envs.market.synthetic_model import model_of
-from envs.step_moments import (
+from defialloc.agents.baselines.oracle import true_moments_by_regime
+from defialloc.envs.config import load_config
+from defialloc.envs.leverage_paths import ProtocolSetup
+from defialloc.envs.market.conditional_moments import next_step_moments
+from defialloc.envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, REPO_ROOT, load_market_config
+from defialloc.envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.market.synthetic_model import model_of
+from defialloc.envs.step_moments import (
     InstrumentSpec,
     decision_vector,
     expected_log_growth,

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import evaluation.backtest as backtest_mod
-from agents.baselines import make_policy
-from envs.config import load_config
-from envs.seeds import VALIDATION_SEED_BASE, scenario_seeds
-from evaluation.backtest import load_evaluation_config, run_backtest
-from evaluation.tuning import (
+import defialloc.evaluation.backtest as backtest_mod
+from defialloc.agents.baselines import make_policy
+from defialloc.envs.config import load_config
+from defialloc.envs.seeds import VALIDATION_SEED_BASE, scenario_seeds
+from defialloc.evaluation.backtest import load_evaluation_config, run_backtest
+from defialloc.evaluation.tuning import (
     GRIDS,
     annual_log_growth,
     assert_validation_only,
@@ -22,8 +22,8 @@ from evaluation.tuning import (
     tunable,
     tune_baselines,
 )
-from evaluation.tuning_yaml import TUNED_MARK, update_evaluation_yaml
-from training.cli import app
+from defialloc.evaluation.tuning_yaml import TUNED_MARK, update_evaluation_yaml
+from defialloc.training.cli import app
 
 
 @pytest.fixture(autouse=True)
@@ -188,7 +188,7 @@ def test_yaml_edit_keeps_comments_other_policies_and_sections():
 
 
 def test_yaml_edit_of_the_real_evaluation_config():
-    from agents.baselines.policies import DEFAULT_PARAMS_PATH
+    from defialloc.agents.baselines.policies import DEFAULT_PARAMS_PATH
 
     text = DEFAULT_PARAMS_PATH.read_text()
     old = yaml.safe_load(text)["policies"]
@@ -200,7 +200,7 @@ def test_yaml_edit_of_the_real_evaluation_config():
 
 
 def test_cli_tunes_and_writes_the_yaml(tmp_path):
-    from agents.baselines.policies import DEFAULT_PARAMS_PATH
+    from defialloc.agents.baselines.policies import DEFAULT_PARAMS_PATH
 
     out = tmp_path / "eval.yaml"
     out.write_text(DEFAULT_PARAMS_PATH.read_text())

@@ -15,9 +15,9 @@ import torch
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.sb3 import make_agent, resolve_device
-from training.config import TrainConfig, load_train_config
-from training.train import build_env, configure_torch
+from defialloc.agents.sb3 import make_agent, resolve_device
+from defialloc.training.config import TrainConfig, load_train_config
+from defialloc.training.train import build_env, configure_torch
 
 
 class StepTimer(VecEnvWrapper):

@@ -20,12 +20,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.sb3 import ObsNormalizer, SB3Policy
-from agents.sb3_io import REPLAY_FILE, STATS_FILE, save_replay_buffer, save_statistics
-from envs.config import SimulationConfig
-from evaluation.progress import LINE_INTERVAL_S, LineProgress
-from evaluation.rollout import EpisodeRecord, run_policy
-from training.mlflow_logger import log_metrics
+from defialloc.agents.sb3 import ObsNormalizer, SB3Policy
+from defialloc.agents.sb3_io import REPLAY_FILE, STATS_FILE, save_replay_buffer, save_statistics
+from defialloc.envs.config import SimulationConfig
+from defialloc.evaluation.progress import LINE_INTERVAL_S, LineProgress
+from defialloc.evaluation.rollout import EpisodeRecord, run_policy
+from defialloc.training.mlflow_logger import log_metrics
 
 MODEL_FILE = "model.zip"
 #: plain arrays (npz), never pickles: loading a run's files runs no code (agents/sb3_io.py)
@@ -220,7 +220,7 @@ class CheckpointCallback(BaseCallback):
     A checkpoint is taken at the start of a rollout, i.e. right after the previous update: every step
     counted in ``num_timesteps`` has then been learned from (PPO's rollout buffer is empty; SAC's
     replay buffer holds every transition), so a resumed run loses no steps. Setting
-    :attr:`stop_requested` (the SIGINT handler of ``training.train`` does) saves a checkpoint at the
+    :attr:`stop_requested` (the SIGINT handler of ``defialloc.training.train`` does) saves a checkpoint at the
     next rollout boundary and raises :class:`TrainingInterrupted`.
     """
 
@@ -264,7 +264,7 @@ class CheckpointCallback(BaseCallback):
 
 
 class RunAwareCallback(BaseCallback):
-    """An extra callback of :func:`training.train.train` that needs the run's own validation and
+    """An extra callback of :func:`defialloc.training.train.train` that needs the run's own validation and
     checkpoint callbacks (a sweep's reporter): ``train`` calls :meth:`attach` before learning."""
 
     validation: ValidationCallback
@@ -292,7 +292,7 @@ class RunAwareCallback(BaseCallback):
 
 class LineProgressCallback(BaseCallback):
     """Training progress outside a terminal (a pipe, a CI log): one plain line every few seconds
-    instead of SB3's redrawn bar (:class:`evaluation.progress.LineProgress`)."""
+    instead of SB3's redrawn bar (:class:`defialloc.evaluation.progress.LineProgress`)."""
 
     def __init__(self, total_timesteps: int, interval_s: float = LINE_INTERVAL_S) -> None:
         super().__init__()

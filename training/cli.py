@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
-from training.kill_switch_options import (
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
     describe_kill_switch,
@@ -37,7 +37,7 @@ console = Console()
 @app.callback()
 def _startup() -> None:
     """Process settings for every command (see envs/perf.py)."""
-    from envs.perf import tune_malloc
+    from defialloc.envs.perf import tune_malloc
 
     tune_malloc()
 
@@ -49,7 +49,7 @@ OVERRIDES_ARG = typer.Argument(None, help="section.key=value overrides, e.g. env
 
 
 def _load(config: Path | None, overrides: list[str] | None):
-    from envs.config import ConfigError, load_config, parse_cli_overrides
+    from defialloc.envs.config import ConfigError, load_config, parse_cli_overrides
 
     try:
         return load_config(config, parse_cli_overrides(overrides or []))
@@ -80,10 +80,10 @@ def simulate(
     """Run episodes of a fixed-weight policy and print a summary (value, costs by kind, regimes)."""
     import numpy as np
 
-    from agents.kill_switch_policy import KillSwitchPolicy
-    from agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, parse_weights
-    from evaluation.rollout import run_policy
-    from training.summary import print_episode_summary
+    from defialloc.agents.kill_switch_policy import KillSwitchPolicy
+    from defialloc.agents.policy import FixedLeveredPolicy, FixedWeightsPolicy, parse_weights
+    from defialloc.evaluation.rollout import run_policy
+    from defialloc.training.summary import print_episode_summary
 
     cfg = _load(config, overrides)
     if print_config:
@@ -129,7 +129,7 @@ def demo(
     ),
 ) -> None:
     """Train a small PPO and SAC, backtest them against the baselines, print the table (`make demo`)."""
-    from training.demo import run_demo
+    from defialloc.training.demo import run_demo
 
     run_demo(console, cache=cache)
 
@@ -143,7 +143,7 @@ def bench_env_cmd(
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Steps/s of the single env and of the batched env at n_envs 1, 64 and 256."""
-    from envs.bench import bench_env
+    from defialloc.envs.bench import bench_env
 
     cfg = _load(config, overrides)
     if print_config:
@@ -181,7 +181,7 @@ def calibrate(
     ),
 ) -> None:
     """Fit the synthetic market (GARCH-t, regimes, correlations, jumps) to OHLCV files and write a config."""
-    from envs.market.calibrate import run_calibration
+    from defialloc.envs.market.calibrate import run_calibration
 
     try:
         run_calibration(
@@ -200,7 +200,7 @@ def calibrate(
 
 def _register_subcommands() -> None:
     """Commands of later layers live in their own modules, each exposing ``register(app)``."""
-    from training import (
+    from defialloc.training import (
         cli_cascades,
         cli_evaluate,
         cli_paper,

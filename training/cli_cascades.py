@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
 
 console = Console()
 
@@ -42,10 +42,10 @@ def calibrate_cascades_command(
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Square-root-law targets vs modelled extra drawdowns on documented liquidation days."""
-    from envs.cascade_calibration import cascade_event_table, collateral_share_sweep
+    from defialloc.envs.cascade_calibration import cascade_event_table, collateral_share_sweep
 
     if print_config:
-        from envs.config import ConfigError, load_config
+        from defialloc.envs.config import ConfigError, load_config
 
         try:
             echo_config(load_config(config))
@@ -73,7 +73,7 @@ def calibrate_cascades_command(
 
 
 def format_event_table(frame) -> str:
-    """Plain-text table of :func:`envs.cascade_calibration.cascade_event_table` (no wrapping)."""
+    """Plain-text table of :func:`defialloc.envs.cascade_calibration.cascade_event_table` (no wrapping)."""
     header = (
         "event", "days", "documented liq.", "ETH vol/day", "sigma/day", "ETH open->low",
         "sqrt-law target", "modelled old -> new", "in target",

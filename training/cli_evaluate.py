@@ -10,9 +10,9 @@ from pathlib import Path
 
 import typer
 
-from evaluation.table_fit import label, output_console, print_fitted
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
-from training.kill_switch_options import (
+from defialloc.evaluation.table_fit import label, output_console, print_fitted
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
     describe_kill_switch,
@@ -76,10 +76,10 @@ def evaluate(
     ``--kill-switch`` runs every policy behind the kill-switch wrapper (parameters: the eval
     config's ``kill_switch:`` section, then ``--kill-switch-param``); they are logged with the run.
     """
-    from agents.baselines.policies import UPPER_REFERENCES
-    from envs.config import ConfigError, load_config, parse_cli_overrides
-    from envs.seeds import scenario_seeds
-    from evaluation.backtest import (
+    from defialloc.agents.baselines.policies import UPPER_REFERENCES
+    from defialloc.envs.config import ConfigError, load_config, parse_cli_overrides
+    from defialloc.envs.seeds import scenario_seeds
+    from defialloc.evaluation.backtest import (
         load_evaluation_config,
         resolve_period,
         run_backtest,
@@ -103,7 +103,7 @@ def evaluate(
         p.strip() for p in (policies.split(",") if policies else ev.policies_to_run) if p.strip()
     ]
     if not policies:  # the defaults: only those the config (and the market) can run
-        from agents.baselines.policies import baselines_for
+        from defialloc.agents.baselines.policies import baselines_for
 
         names, dropped = baselines_for(cfg, names, synthetic_truth=None if not period else False)
         for name, why in dropped.items():
@@ -156,8 +156,8 @@ def evaluate(
         _fail(str(exc))
     print_metrics_summary(result)
     if track:
-        from agents.mlflow_store import default_experiment, display_tracking_uri
-        from evaluation.tracking import log_backtest
+        from defialloc.agents.mlflow_store import default_experiment, display_tracking_uri
+        from defialloc.evaluation.tracking import log_backtest
 
         name = experiment or ev.experiment or default_experiment()
         run_id = log_backtest(result, name, run_name, result.config)
@@ -235,8 +235,8 @@ def compare_cmd(
     n_boot: int = typer.Option(2000, min=100, help="bootstrap resamples"),
 ) -> None:
     """Compare the evaluation runs of an experiment: means, IQM, 95% CIs, P(improvement), PSR/DSR."""
-    from agents.mlflow_store import default_experiment
-    from evaluation.report import compare
+    from defialloc.agents.mlflow_store import default_experiment
+    from defialloc.evaluation.report import compare
 
     try:
         compare(
@@ -277,12 +277,12 @@ def bench_baselines_cmd(
 ) -> None:
     """Backtest steps/s of every baseline vs equal weight on the same scenarios (goal: >= 1/5),
     spot and leveraged; with --solvers also our optimizers vs PyPortfolioOpt."""
-    from envs.config import ConfigError
-    from evaluation.bench_backtests import bench_backtests, print_backtest_bench
+    from defialloc.envs.config import ConfigError
+    from defialloc.evaluation.bench_backtests import bench_backtests, print_backtest_bench
 
     names = [p.strip() for p in policies.split(",") if p.strip()] if policies else None
     if print_config:  # one resolved simulation config per --config
-        from envs.config import load_config
+        from defialloc.envs.config import load_config
 
         try:
             paths = configs or [Path(c) for c in BENCH_CONFIGS]
@@ -300,7 +300,7 @@ def bench_baselines_cmd(
         _fail(str(exc))
     solver_result = None
     if solvers:
-        from agents.baselines.bench import bench_baselines
+        from defialloc.agents.baselines.bench import bench_baselines
 
         solver_result = bench_baselines(
             n_assets=n_assets, n_problems=n_problems, seed=seed, max_weight=max_weight
@@ -311,7 +311,7 @@ def bench_baselines_cmd(
     for path, result in backtests.items():
         print_backtest_bench(result, title=path)
     if solver_result is not None:
-        from agents.baselines.bench import print_bench_table
+        from defialloc.agents.baselines.bench import print_bench_table
 
         print_bench_table(solver_result)
 

@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from agents.mlflow_store import default_experiment
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
-from training.kill_switch_options import (
+from defialloc.agents.mlflow_store import default_experiment
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.kill_switch_options import (
     KILL_SWITCH_OPTION,
     KILL_SWITCH_PARAM_OPTION,
     describe_kill_switch,
@@ -79,20 +79,20 @@ def export_command(
         raise _fail("give exactly one of --run-id RUN_ID or --model PATH|models:/NAME@ALIAS")
     if which not in ("auto", "best", "final"):
         raise _fail(f"--which={which!r} must be auto, best or final")
-    from agents.export import export_policy, load_config_file, source_from_files
-    from agents.export_mlflow import log_export, source_from_run
-    from agents.onnx_policy import load_manifest
-    from envs.config import ConfigError
+    from defialloc.agents.export import export_policy, load_config_file, source_from_files
+    from defialloc.agents.export_mlflow import log_export, source_from_run
+    from defialloc.agents.onnx_policy import load_manifest
+    from defialloc.envs.config import ConfigError
 
     registered = model is not None and model.startswith("models:/")
     try:
         if print_config and not registered and run_id is None:
-            from agents.export import find_config_next_to
+            from defialloc.agents.export import find_config_next_to
 
             echo_config(load_config_file(config or find_config_next_to(Path(model)))[0])
             return
         if registered:
-            from agents.registry import download_registered_export, resolve_version
+            from defialloc.agents.registry import download_registered_export, resolve_version
 
             version = resolve_version(model)  # type: ignore[arg-type]
             if print_config:
@@ -134,8 +134,8 @@ def _registered_manifest(version: Any) -> Any:
     """The manifest of a registered ONNX policy version (downloaded to a temporary folder)."""
     import tempfile
 
-    from agents.onnx_policy import load_manifest
-    from agents.registry import download_registered_export
+    from defialloc.agents.onnx_policy import load_manifest
+    from defialloc.agents.registry import download_registered_export
 
     with tempfile.TemporaryDirectory() as tmp:
         if download_registered_export(version, tmp) is None:
@@ -147,13 +147,13 @@ def _registered_manifest(version: Any) -> Any:
 
 
 def _make_feed(kind: str, cfg: Any, manifest: Any, opts: dict[str, Any]):
-    from envs.market.config import load_market_config
-    from training.paper.feeds import ReplayFeed, SimulatedFeed
+    from defialloc.envs.market.config import load_market_config
+    from defialloc.training.paper.feeds import ReplayFeed, SimulatedFeed
 
     market = load_market_config(opts["market_config"]) if opts["market_config"] else None
     if kind.startswith("ccxt:"):
-        from training.paper.ccxt_feed import CcxtFeed
-        from training.paper.lending_quotes import parse_constants
+        from defialloc.training.paper.ccxt_feed import CcxtFeed
+        from defialloc.training.paper.lending_quotes import parse_constants
 
         if opts["start"] is None:
             raise ValueError(
@@ -282,10 +282,10 @@ def paper_command(
     ``--kill-switch`` puts the policy behind the kill-switch wrapper (recorded in the ledger and the
     MLflow run; a ledger resumes only with the setting it was started with).
     """
-    from agents.onnx_policy import OnnxPolicy
-    from envs.config import ConfigError, load_config
-    from training.paper.runner import PaperTrader
-    from training.paper.view import LiveView, render_ledger
+    from defialloc.agents.onnx_policy import OnnxPolicy
+    from defialloc.envs.config import ConfigError, load_config
+    from defialloc.training.paper.runner import PaperTrader
+    from defialloc.training.paper.view import LiveView, render_ledger
 
     opts = {"start": start, "end": end, "data_dir": data_dir, "market_config": market_config, "seed": seed,
             "bars": bars, "speed": speed, "quote": quote, "gas_gwei": gas_gwei,
@@ -362,7 +362,7 @@ def paper_view_command(
 ) -> None:
     """Show a paper-trading ledger (equity, levered state, positions, last actions); safe while a
     paper run writes it."""
-    from training.paper.view import render_ledger
+    from defialloc.training.paper.view import render_ledger
 
     if not ledger.is_file():
         raise _fail(f"--ledger {ledger}: file not found")
@@ -371,7 +371,7 @@ def paper_view_command(
     except Exception as exc:  # sqlite3 errors for a file that is not a ledger
         raise _fail(f"--ledger {ledger}: not a paper ledger ({exc})") from None
     if plot is not None:
-        from training.paper.plots import equity_figure
+        from defialloc.training.paper.plots import equity_figure
 
         figure = equity_figure(ledger)
         if figure is None:
@@ -391,7 +391,7 @@ def bench_policy_command(
 
     import numpy as np
 
-    from agents.onnx_policy import OnnxPolicy
+    from defialloc.agents.onnx_policy import OnnxPolicy
 
     try:
         pol = OnnxPolicy(policy)

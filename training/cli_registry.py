@@ -28,8 +28,8 @@ def promote_command(
     alias: str = typer.Option("champion", "--alias", help="alias to set"),
 ) -> None:
     """Set @champion (or --alias) on the @candidate version (or --version) of a registered policy."""
-    from agents.mlflow_store import display_tracking_uri, setup_mlflow
-    from agents.registry import SCORE_TAG, promote
+    from defialloc.agents.mlflow_store import display_tracking_uri, setup_mlflow
+    from defialloc.agents.registry import SCORE_TAG, promote
 
     if version is not None and not version.isdigit():
         console.print(f"[red]--version {version!r} must be a version number, e.g. 3[/red]")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
 
 console = Console()
 
@@ -44,9 +44,9 @@ def sweep_command(
 ) -> None:
     """Grid, random or Optuna search over hyperparameters x training seeds, scored on validation
     scenarios only; trials nested under the sweep's MLflow run; the best config written out."""
-    from envs.config import ConfigError, parse_cli_overrides
-    from training.sweeps.config import load_sweep
-    from training.sweeps.driver import plan_from_sweep, run_plan
+    from defialloc.envs.config import ConfigError, parse_cli_overrides
+    from defialloc.training.sweeps.config import load_sweep
+    from defialloc.training.sweeps.driver import plan_from_sweep, run_plan
 
     try:
         sweep, base = load_sweep(config, parse_cli_overrides(overrides or []))
@@ -83,8 +83,8 @@ def bench_sweep_command(
 
     from rich.table import Table
 
-    from envs.config import ConfigError, parse_cli_overrides
-    from training.sweeps.bench import bench_sweep
+    from defialloc.envs.config import ConfigError, parse_cli_overrides
+    from defialloc.training.sweeps.bench import bench_sweep
 
     try:
         counts = [int(w) for w in workers.split(",") if w.strip()]

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
 
 console = Console()
 
@@ -42,7 +42,7 @@ CACHE_OPT = typer.Option(
 
 
 def _overrides(items: list[str] | None, device: str | None) -> dict[str, Any]:
-    from envs.config import parse_cli_overrides
+    from defialloc.envs.config import parse_cli_overrides
 
     overrides = parse_cli_overrides(items or [])
     if device is not None:
@@ -66,9 +66,9 @@ def train_command(
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """Train a PPO or SAC agent from a config, tracked in MLflow; evaluate it against the baselines."""
-    from envs.config import ConfigError
-    from training.config import load_train_config
-    from training.train import RunAlreadyFinished, load_resume_config, train
+    from defialloc.envs.config import ConfigError
+    from defialloc.training.config import load_train_config
+    from defialloc.training.train import RunAlreadyFinished, load_resume_config, train
 
     if (config is None) == (resume is None):
         raise _fail("give exactly one of --config (a new run) or --resume RUN_ID (continue a run)")
@@ -129,15 +129,15 @@ def bench_train_command(
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
     """PPO and SAC training throughput (env-steps/s) and the share of wall time spent in the env."""
-    from envs.config import ConfigError
-    from training.bench_train import bench_train
+    from defialloc.envs.config import ConfigError
+    from defialloc.training.bench_train import bench_train
 
     paths = {"ppo": str(ppo_config), "sac": str(sac_config)}
     if algo not in ("ppo", "sac", "both"):
         raise _fail(f"--algo {algo!r} must be ppo, sac or both")
     chosen = {k: v for k, v in paths.items() if algo in (k, "both")}
     if print_config:  # the training configs as bench_train resolves them (overrides applied)
-        from training.config import load_train_config
+        from defialloc.training.config import load_train_config
 
         try:
             items = _overrides(overrides, None)
@@ -217,8 +217,8 @@ def experiment_command(
     (through the sweep machinery: nested runs, resume, local or Ray backend)."""
     from rich.console import Console
 
-    from envs.config import ConfigError
-    from training.experiment import load_experiment, run_experiment
+    from defialloc.envs.config import ConfigError
+    from defialloc.training.experiment import load_experiment, run_experiment
 
     try:
         if print_config:
@@ -251,8 +251,8 @@ def curves_command(
     """Plot the validation learning curves of an experiment's training runs (mean over seeds)."""
     from rich.console import Console
 
-    from agents.mlflow_store import default_experiment
-    from evaluation.learning_curves import flattening, load_curves, write_learning_curves
+    from defialloc.agents.mlflow_store import default_experiment
+    from defialloc.evaluation.learning_curves import flattening, load_curves, write_learning_curves
 
     console = Console()
     experiment = experiment or default_experiment()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from evaluation.table_fit import output_console
-from training.cli_common import PRINT_CONFIG_OPTION, echo_config
+from defialloc.evaluation.table_fit import output_console
+from defialloc.training.cli_common import PRINT_CONFIG_OPTION, echo_config
 
 console = output_console()  # the terminal width, else $COLUMNS, else 160
 
@@ -44,10 +44,10 @@ def tune_baselines_cmd(
     Every grid point of a baseline runs on the same validation scenarios; the best mean objective
     wins. Test scenarios and held-out periods are never touched (asserted in code).
     """
-    from agents.baselines.policies import DEFAULT_PARAMS_PATH
-    from envs.config import ConfigError, load_config, parse_cli_overrides
-    from evaluation.tuning import tune_baselines
-    from evaluation.tuning_yaml import write_tuned_params
+    from defialloc.agents.baselines.policies import DEFAULT_PARAMS_PATH
+    from defialloc.envs.config import ConfigError, load_config, parse_cli_overrides
+    from defialloc.evaluation.tuning import tune_baselines
+    from defialloc.evaluation.tuning_yaml import write_tuned_params
 
     path = out or DEFAULT_PARAMS_PATH
     names = [b.strip() for b in baselines.split(",") if b.strip()] if baselines else None

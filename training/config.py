@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agents.mlflow_store import default_experiment
-from envs.config import (
+from defialloc.agents.mlflow_store import default_experiment
+from defialloc.envs.config import (
     REPO_ROOT,
     ConfigError,
     SimulationConfig,
@@ -31,13 +31,13 @@ from envs.config import (
     format_validation_error,
     load_config,
 )
-from envs.yaml_io import read_yaml_mapping, resolve_config_path
+from defialloc.envs.yaml_io import read_yaml_mapping, resolve_config_path
 
 SIMULATION_PREFIXES = ("simulation.", "env.", "market.")
 
 
 class PolicyNetConfig(StrictModel):
-    """Actor/critic networks (see ``agents.sb3.policy_kwargs``)."""
+    """Actor/critic networks (see ``defialloc.agents.sb3.policy_kwargs``)."""
 
     net_arch: list[int] = Field(default_factory=lambda: [64, 64], min_length=1, max_length=6)
     critic_arch: list[int] | None = Field(
@@ -246,7 +246,7 @@ class TrainConfig(StrictModel):
 
     # ---------------------------------------------------------------- views
     def agent_kwargs(self) -> dict[str, Any]:
-        """The mapping ``agents.sb3.make_agent`` takes: the policy block plus the algorithm's keys."""
+        """The mapping ``defialloc.agents.sb3.make_agent`` takes: the policy block plus the algorithm's keys."""
         policy = self.policy.model_dump()
         hyper = self.ppo.model_dump() if self.algo == "ppo" else self.sac.model_dump()
         final = hyper.pop("learning_rate_final")

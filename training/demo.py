@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from training.config import load_train_config
+from defialloc.training.config import load_train_config
 
 DEMO_CONFIGS = ("configs/train/demo_ppo.yaml", "configs/train/demo_sac.yaml")
 
@@ -23,11 +23,11 @@ def run_demo(
     """Train every demo config, then print ``defialloc compare`` for their experiment.
 
     With ``cache`` the agents share the baselines' backtests (same simulation config and seeds):
-    each baseline runs once, and not again in later demos (:mod:`evaluation.backtest_cache`).
+    each baseline runs once, and not again in later demos (:mod:`defialloc.evaluation.backtest_cache`).
     """
-    from agents.mlflow_store import display_tracking_uri
-    from evaluation.report import compare
-    from training.train import train
+    from defialloc.agents.mlflow_store import display_tracking_uri
+    from defialloc.evaluation.report import compare
+    from defialloc.training.train import train
 
     start = time.perf_counter()
     experiments = []

@@ -3,7 +3,7 @@
 An experiment file (``configs/experiments/*.yaml``) lists training configs, the training seeds of each and
 overrides; every run trains, keeps its best validated model and is then backtested against the baselines
 on the test scenarios and the held-out period (the training config's ``eval`` section). The comparison
-(``evaluation.report.compare``) stratifies the bootstrap over training seeds.
+(``defialloc.evaluation.report.compare``) stratifies the bootstrap over training seeds.
 
 An optional ``ablation`` section runs first: each variant (a set of overrides: action kind, decision
 interval, observation blocks, reward, ...) of a base training config is trained on its seeds WITHOUT
@@ -13,7 +13,7 @@ live in their own MLflow experiment (``<experiment>-ablation``), nested under a 
 table, so the test scenarios and the held-out period are evaluated once, at the end, on the chosen
 settings.
 
-Both phases run through the sweep machinery (:mod:`training.sweeps.driver`): every training run is a
+Both phases run through the sweep machinery (:mod:`defialloc.training.sweeps.driver`): every training run is a
 trial nested under a parent run (``ablation`` in ``<experiment>-ablation``, ``<experiment>-runs`` in
 the experiment), one after another in this process by default or on Ray (``--backend ray``, with
 ``--workers`` and ``--address``); running the same command again resumes an interrupted experiment
@@ -29,11 +29,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 
-from envs.config import ConfigError, format_validation_error
-from training.config import load_train_config
-from training.sweeps.config import TRIAL_OVERRIDES
-from training.sweeps.driver import SweepPlan
-from training.sweeps.trials import FixedTrials, TrialSpec
+from defialloc.envs.config import ConfigError, format_validation_error
+from defialloc.training.config import load_train_config
+from defialloc.training.sweeps.config import TRIAL_OVERRIDES
+from defialloc.training.sweeps.driver import SweepPlan
+from defialloc.training.sweeps.trials import FixedTrials, TrialSpec
 
 
 class ExperimentRun(BaseModel):
@@ -100,16 +100,16 @@ def run_experiment(
     fresh: bool = False,
 ) -> None:
     """Train every (config, seed) of the experiment through the sweep machinery
-    (:mod:`training.sweeps.driver`: nested MLflow runs, resume, local or Ray backend), then print
+    (:mod:`defialloc.training.sweeps.driver`: nested MLflow runs, resume, local or Ray backend), then print
     and write the comparison.
 
     With ``cache`` the baselines' backtests run once per scenario set, not once per trained run
-    (:mod:`evaluation.backtest_cache`). ``only`` trains just the runs of these configs (as written
+    (:mod:`defialloc.evaluation.backtest_cache`). ``only`` trains just the runs of these configs (as written
     under ``runs``), e.g. to run two halves of an experiment in two processes; the ablation (reused
     once finished) and the comparison still cover the whole experiment.
     """
-    from evaluation.report import compare
-    from training.sweeps.driver import run_plan
+    from defialloc.evaluation.report import compare
+    from defialloc.training.sweeps.driver import run_plan
 
     spec = load_experiment(path)
     known = [run.config for run in spec.runs]
@@ -180,8 +180,8 @@ def run_ablation(
     ``<experiment>-ablation``, score each variant by the mean of its runs' best validation metric,
     log the table on the ablation's parent run (tag ``kind=ablation``, the winner's overrides as
     params ``winner.<key>``), and return the winning variant's overrides."""
-    from training.sweeps.driver import run_plan
-    from training.sweeps.tracking import finished_parent
+    from defialloc.training.sweeps.driver import run_plan
+    from defialloc.training.sweeps.tracking import finished_parent
 
     base = load_train_config(ablation.config, {**ablation.overrides, **TRIAL_OVERRIDES})
     if base.eval.every_steps <= 0:

@@ -1,8 +1,8 @@
 """``--kill-switch`` and ``--kill-switch-param KEY=VALUE``: the policy-side kill-switch on the CLI.
 
 Shared by ``defialloc evaluate``, ``simulate`` and ``paper``. The kill-switch
-(:class:`agents.kill_switch_policy.KillSwitchPolicy`) is off unless asked for; ``--kill-switch``
-turns it on with the defaults of :class:`envs.kill_switch.KillSwitchConfig` (or the evaluation
+(:class:`defialloc.agents.kill_switch_policy.KillSwitchPolicy`) is off unless asked for; ``--kill-switch``
+turns it on with the defaults of :class:`defialloc.envs.kill_switch.KillSwitchConfig` (or the evaluation
 YAML's ``kill_switch:`` section), and each ``--kill-switch-param`` overrides one parameter.
 Heavy imports stay inside the functions so ``--help`` stays fast.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from envs.kill_switch import KillSwitchConfig
+    from defialloc.envs.kill_switch import KillSwitchConfig
 
 KILL_SWITCH_OPTION = typer.Option(
     None,
@@ -32,7 +32,7 @@ KILL_SWITCH_PARAM_OPTION = typer.Option(
 
 def _allowed(key: str) -> str:
     """What ``key`` accepts, from the config's own field constraints (e.g. ``0 < max_drawdown < 1``)."""
-    from envs.kill_switch import KillSwitchConfig
+    from defialloc.envs.kill_switch import KillSwitchConfig
 
     info = KillSwitchConfig.model_fields[key]
     if info.annotation is bool:
@@ -70,8 +70,8 @@ def resolve_kill_switch(
     """
     from pydantic import ValidationError
 
-    from agents.kill_switch_policy import KILL_SWITCH_KEYS
-    from envs.kill_switch import KillSwitchConfig
+    from defialloc.agents.kill_switch_policy import KILL_SWITCH_KEYS
+    from defialloc.envs.kill_switch import KillSwitchConfig
 
     base = base or KillSwitchConfig()
     on = base.enabled if enabled is None else enabled
@@ -118,7 +118,7 @@ def describe_kill_switch(config: KillSwitchConfig | None) -> str:
     """One line for the terminal: ``kill-switch: on (max_drawdown=0.35, ...)`` or ``off``."""
     if config is None or not config.enabled:
         return "kill-switch: off"
-    from agents.kill_switch_policy import KILL_SWITCH_KEYS
+    from defialloc.agents.kill_switch_policy import KILL_SWITCH_KEYS
 
     values = config.model_dump(mode="json")
     shown = ", ".join(f"{k}={str(values[k]).lower()}" for k in KILL_SWITCH_KEYS)

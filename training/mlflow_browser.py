@@ -1,6 +1,6 @@
 """Look at an evaluation in MLflow's own UI with headless Chromium: the runs table as DOM text and PNG.
 
-``python -m training.mlflow_browser --ui http://127.0.0.1:5000 [--experiment NAME] [--run-id ID]
+``python -m defialloc.training.mlflow_browser --ui http://127.0.0.1:5000 [--experiment NAME] [--run-id ID]
 --out shot.png`` opens the saved comparison view of an evaluation (its policy runs, sorted by Sharpe,
 with the headline metric columns: ``evaluation/tracking_policies.py``), prints the page's visible
 text and writes a screenshot. The tracking server must be running (``mlflow server`` or ``mlflow
@@ -101,7 +101,7 @@ def runs_table_text(dom: str) -> str:
 
 def capture_view(ui_base: str, experiment_id: str, key: str, out: Path) -> str:
     """DOM text of the saved comparison view ``key`` and its screenshot at ``out``."""
-    from evaluation.tracking_policies import comparison_view_url
+    from defialloc.evaluation.tracking_policies import comparison_view_url
 
     binary = find_chromium()
     if binary is None:
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     import mlflow
 
-    from agents.mlflow_store import default_experiment, tracking_uri
-    from evaluation.tracking import EVALUATION_KIND, EVALUATION_TAG
-    from evaluation.tracking_policies import save_comparison_view
+    from defialloc.agents.mlflow_store import default_experiment, tracking_uri
+    from defialloc.evaluation.tracking import EVALUATION_KIND, EVALUATION_TAG
+    from defialloc.evaluation.tracking_policies import save_comparison_view
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(

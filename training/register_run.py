@@ -11,17 +11,17 @@ import mlflow
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.export import ExportSource, export_policy
-from agents.export_mlflow import MLFLOW_EXPORT_DIR
-from agents.onnx_policy import PolicyManifest
-from agents.registry import Validation, log_policy_model, register_policy
-from agents.sb3 import ObsNormalizer, load_model
-from agents.sb3_io import find_statistics, save_statistics
-from training.callbacks import MODEL_FILE
-from training.config import TrainConfig
+from defialloc.agents.export import ExportSource, export_policy
+from defialloc.agents.export_mlflow import MLFLOW_EXPORT_DIR
+from defialloc.agents.onnx_policy import PolicyManifest
+from defialloc.agents.registry import Validation, log_policy_model, register_policy
+from defialloc.agents.sb3 import ObsNormalizer, load_model
+from defialloc.agents.sb3_io import find_statistics, save_statistics
+from defialloc.training.callbacks import MODEL_FILE
+from defialloc.training.config import TrainConfig
 
 if TYPE_CHECKING:
-    from training.train import TrainResult
+    from defialloc.training.train import TrainResult
 
 
 def finish_run(

@@ -6,8 +6,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from envs.config import SimulationConfig
-from evaluation.rollout import EpisodeRecord
+from defialloc.envs.config import SimulationConfig
+from defialloc.evaluation.rollout import EpisodeRecord
 
 #: cost kinds the lending market and the perps add (a config with either on reports them)
 PROTOCOL_COSTS = ("interest", "funding", "liquidation")

@@ -1,11 +1,11 @@
-"""Train a PPO or SAC agent from a :class:`~training.config.TrainConfig`, tracked in MLflow.
+"""Train a PPO or SAC agent from a :class:`~defialloc.training.config.TrainConfig`, tracked in MLflow.
 
 One call of :func:`train` is one MLflow run (or the continuation of one, with ``resume_run_id``):
 
 1. seeds (python, numpy, torch, envs) and torch threads (1 by default: fastest for small MLPs on CPU);
-2. the batched env (``envs.make_vec_env``, training path seeds) under ``VecNormalize``;
+2. the batched env (``defialloc.envs.make_vec_env``, training path seeds) under ``VecNormalize``;
 3. params (the flattened resolved config), tags (algo, config hash, git commit), the resolved config
-   YAML as an artifact; SB3's metrics streamed through :class:`~training.mlflow_logger.MLflowKVWriter`;
+   YAML as an artifact; SB3's metrics streamed through :class:`~defialloc.training.mlflow_logger.MLflowKVWriter`;
 4. periodic validation on ``scenario_seeds("validation", n)`` with the best model kept, and
    checkpoints at rollout boundaries (Ctrl-C stops at the next boundary with a checkpoint);
 5. the final and best models (+ VecNormalize statistics as plain arrays) as artifacts; the policy
@@ -38,21 +38,21 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.baselines.policies import UPPER_REFERENCES, baselines_for
-from agents.mlflow_store import redact_uri
-from agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
-from agents.sb3_io import (
+from defialloc.agents.baselines.policies import UPPER_REFERENCES, baselines_for
+from defialloc.agents.mlflow_store import redact_uri
+from defialloc.agents.sb3 import SB3Policy, load_model, make_agent, resolve_device
+from defialloc.agents.sb3_io import (
     LEGACY_REPLAY_FILE,
     NormalizationStats,
     find_statistics,
     load_replay_buffer,
 )
-from envs import make_vec_env
-from envs.config import ConfigError
-from envs.seeds import scenario_seeds
-from evaluation.progress import is_terminal
-from evaluation.tracking import git_commit, setup_mlflow, tracking_uri
-from training.callbacks import (
+from defialloc.envs import make_vec_env
+from defialloc.envs.config import ConfigError
+from defialloc.envs.seeds import scenario_seeds
+from defialloc.evaluation.progress import is_terminal
+from defialloc.evaluation.tracking import git_commit, setup_mlflow, tracking_uri
+from defialloc.training.callbacks import (
     BEST_FILE,
     MODEL_FILE,
     REPLAY_BUFFER_FILE,
@@ -66,9 +66,9 @@ from training.callbacks import (
     ValidationCallback,
     save_checkpoint,
 )
-from training.config import TrainConfig, load_train_config
-from training.mlflow_logger import log_metrics, make_sb3_logger
-from training.register_run import finish_run
+from defialloc.training.config import TrainConfig, load_train_config
+from defialloc.training.mlflow_logger import log_metrics, make_sb3_logger
+from defialloc.training.register_run import finish_run
 
 RUN_DIR_TAG = "defialloc.run_dir"
 STATUS_TAG = "defialloc.status"
@@ -195,7 +195,7 @@ def check_checkpoint(run_id: str, folder: Path, algo: str) -> None:
     """Refuse (ConfigError) a checkpoint whose files the safe loaders would not read, before the
     run is reopened: the model zip's serialized entries, the statistics (npz, or a legacy pickle
     through the restricted unpickler), the SAC replay buffer. Nothing in them is executed."""
-    from agents.sb3_io import read_model_data, safe_custom_objects
+    from defialloc.agents.sb3_io import read_model_data, safe_custom_objects
 
     try:
         safe_custom_objects(algo, read_model_data(folder / MODEL_FILE))
@@ -315,12 +315,12 @@ def train(
         resume_run_id: continue this run from its last checkpoint; the step count carries on and
             training stops at ``cfg.total_timesteps`` (SB3 rounds up to whole rollouts).
         progress: show progress: SB3's bar (tqdm + rich) on a terminal, else a plain line every
-            few seconds (:class:`~training.callbacks.LineProgressCallback`).
+            few seconds (:class:`~defialloc.training.callbacks.LineProgressCallback`).
         callbacks: extra SB3 callbacks (run after validation and checkpointing).
         register: override ``cfg.mlflow.register_model``.
         final_evaluation: override ``cfg.eval.final`` (backtest vs the baselines when training ends).
         cache: take the baselines' backtests from the on-disk cache when they were already run
-            on the same scenarios (:mod:`evaluation.backtest_cache`), and store new ones.
+            on the same scenarios (:mod:`defialloc.evaluation.backtest_cache`), and store new ones.
         parent_run_id: a new run is nested under this MLflow run (a sweep's parent run).
         tags: extra MLflow tags of a new run (a sweep's trial key, ...).
 
@@ -453,13 +453,13 @@ def evaluate_against_baselines(
     run's experiment (``defialloc compare`` pairs them). Returns ``{"test": run_id, "held_out": ...}``.
     With ``cache`` every baseline runs once per scenario set across agents (the agent always runs).
     """
-    from evaluation.backtest import (
+    from defialloc.evaluation.backtest import (
         load_evaluation_config,
         resolve_period,
         run_backtest,
         run_period_backtest,
     )
-    from evaluation.tracking import log_backtest
+    from defialloc.evaluation.tracking import log_backtest
 
     folder = result.policy_dir()
     policy = SB3Policy.load(

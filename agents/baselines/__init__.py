@@ -5,8 +5,8 @@ Pure numpy/scipy/scikit-learn (no env code). Optimizers return ``(N,)`` weights 
 ``(T, N)`` window of per-step returns and return per-step moments. See docs/baselines.md.
 """
 
-from agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
-from agents.baselines.optimizers import (
+from defialloc.agents.baselines.estimators import ewma_cov, ledoit_wolf_cov, sample_cov, shrunk_mean
+from defialloc.agents.baselines.optimizers import (
     SolveInfo,
     SolverFallbackWarning,
     max_sharpe_weights,
@@ -35,7 +35,7 @@ __all__ = [
     "solve_min_variance",
     "solve_risk_parity",
 ]
-from agents.baselines.policies import (  # noqa: E402, F401
+from defialloc.agents.baselines.policies import (  # noqa: E402, F401
     BASELINES,
     FEASIBLE_BASELINES,
     UPPER_REFERENCES,

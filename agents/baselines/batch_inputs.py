@@ -1,7 +1,7 @@
 """Inputs and outcomes of the batched optimizers: validation, covariance preparation, fallbacks.
 
-The batched counterparts of :mod:`agents.baselines.constraints`' checks and of the optimizers'
-failure policy (see :mod:`agents.baselines.batch_optimizers`): one set of numpy calls per batch of
+The batched counterparts of :mod:`defialloc.agents.baselines.constraints`' checks and of the optimizers'
+failure policy (see :mod:`defialloc.agents.baselines.batch_optimizers`): one set of numpy calls per batch of
 ``B`` problems instead of one per problem, with the same statuses and the same errors (naming the
 problem's index in the batch).
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import lapack
 
-from agents.baselines import constraints as cons_mod
-from agents.baselines.constraints import FEAS_TOL, SYMMETRY_RTOL, WeightConstraints
-from agents.baselines.optimizers import SolverFallbackWarning
+from defialloc.agents.baselines import constraints as cons_mod
+from defialloc.agents.baselines.constraints import FEAS_TOL, SYMMETRY_RTOL, WeightConstraints
+from defialloc.agents.baselines.optimizers import SolverFallbackWarning
 
 
 @dataclass
@@ -77,7 +77,7 @@ def as_rows(values: np.ndarray | None, b: int, n: int, name: str) -> np.ndarray 
 
 
 def prepare_cov_batch(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`agents.baselines.constraints.prepare_cov` per matrix of ``cov (B, N, N)``.
+    """:func:`defialloc.agents.baselines.constraints.prepare_cov` per matrix of ``cov (B, N, N)``.
 
     Returns ``(hessian (B, N, N), scale (B,), status (B,))``: the symmetrized matrices divided by
     their mean variance ``scale``, and ``""`` or ``"nan_input"`` / ``"singular_cov"`` per matrix

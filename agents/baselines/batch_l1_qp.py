@@ -1,8 +1,8 @@
-"""The turnover-penalized QP of :func:`agents.baselines.l1_qp.solve_qp_l1` over ``B`` problems.
+"""The turnover-penalized QP of :func:`defialloc.agents.baselines.l1_qp.solve_qp_l1` over ``B`` problems.
 
 ``min 0.5 x'H_b x + g_b'x + tau_b ||x - anchor_b||_1`` over the budget row and the box: every
 variable lives on one piece between its kinks (``x_i = anchor_i``), where the L1 term is linear, and
-the lockstep loop of :mod:`agents.baselines.batch_qp` moves a variable held at its kink to the next
+the lockstep loop of :mod:`defialloc.agents.baselines.batch_qp` moves a variable held at its kink to the next
 piece as soon as its multiplier exceeds the slope jump ``2 tau``. Problems that start at their anchor
 (the current weights, as the baselines' do) are first checked for "no trade" and otherwise start from
 the pieces their subgradient intervals point to (:func:`_anchored_guess`).
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.baselines.batch_qp import (
+from defialloc.agents.baselines.batch_qp import (
     BatchQPResult,
     _active_set_batch,
     _batch,
@@ -21,8 +21,8 @@ from agents.baselines.batch_qp import (
     _piece,
     initial_bound_set_batch,
 )
-from agents.baselines.l1_qp import solve_qp_l1
-from agents.baselines.qp import QPResult
+from defialloc.agents.baselines.l1_qp import solve_qp_l1
+from defialloc.agents.baselines.qp import QPResult
 
 
 def solve_qp_l1_batch(
@@ -38,7 +38,7 @@ def solve_qp_l1_batch(
     turnover_penalty: np.ndarray | float,
     max_rounds: int | None = None,
 ) -> BatchQPResult:
-    """:func:`agents.baselines.l1_qp.solve_qp_l1` with a turnover term (no gross cap, no general
+    """:func:`defialloc.agents.baselines.l1_qp.solve_qp_l1` with a turnover term (no gross cap, no general
     rows) on ``B`` problems: ``min 0.5 x'H_b x + g_b'x + tau_b ||x - anchor_b||_1`` over the
     equality rows and the box.
 

@@ -1,12 +1,12 @@
 """The baselines' optimizers over ``B`` problems at once (long-only, one budget, optional cap).
 
 Same problems, same starting points, same fallbacks and same statuses as the per-problem
-:func:`~agents.baselines.optimizers.solve_min_variance`, :func:`~agents.baselines.optimizers.solve_mean_variance`,
-:func:`~agents.baselines.optimizers.solve_max_sharpe` and :func:`~agents.baselines.optimizers.solve_risk_parity`
-(long-only, no gross cap: what the policies of :mod:`agents.baselines.policies` solve), with the
+:func:`~defialloc.agents.baselines.optimizers.solve_min_variance`, :func:`~defialloc.agents.baselines.optimizers.solve_mean_variance`,
+:func:`~defialloc.agents.baselines.optimizers.solve_max_sharpe` and :func:`~defialloc.agents.baselines.optimizers.solve_risk_parity`
+(long-only, no gross cap: what the policies of :mod:`defialloc.agents.baselines.policies` solve), with the
 Python work done once per batch instead of once per problem: input validation and covariance
 preparation (:func:`prepare_cov_batch`), warm starts, the active-set solves
-(:mod:`agents.baselines.batch_qp`) and the feasibility checks. Results equal the per-problem
+(:mod:`defialloc.agents.baselines.batch_qp`) and the feasibility checks. Results equal the per-problem
 functions to rounding (tested to 1e-8).
 
 Covariances that do not change between calls (the oracle's per-regime matrices) are prepared once
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.baselines.batch_inputs import (
+from defialloc.agents.baselines.batch_inputs import (
     BatchSolveInfo,
     as_cov_batch,
     as_prev_rows,
@@ -28,11 +28,11 @@ from agents.baselines.batch_inputs import (
     prepare_cov_batch,
     warn_fallbacks,
 )
-from agents.baselines.batch_l1_qp import solve_qp_l1_batch
-from agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
-from agents.baselines.constraints import WeightConstraints
-from agents.baselines.risk_parity import risk_parity_newton_batch
-from agents.baselines.sharpe import EXCESS_RTOL
+from defialloc.agents.baselines.batch_l1_qp import solve_qp_l1_batch
+from defialloc.agents.baselines.batch_qp import initial_bound_set_batch, solve_qp_batch
+from defialloc.agents.baselines.constraints import WeightConstraints
+from defialloc.agents.baselines.risk_parity import risk_parity_newton_batch
+from defialloc.agents.baselines.sharpe import EXCESS_RTOL
 
 
 def _solve_weights(
@@ -124,7 +124,7 @@ def solve_min_variance_batch(
     budget: float = 1.0,
     prev_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, BatchSolveInfo]:
-    """Long-only :func:`~agents.baselines.optimizers.solve_min_variance` of each ``cov[b] (N, N)``.
+    """Long-only :func:`~defialloc.agents.baselines.optimizers.solve_min_variance` of each ``cov[b] (N, N)``.
 
     Args:
         cov: ``(B, N, N)`` per-step covariances.
@@ -178,7 +178,7 @@ def solve_mean_variance_batch(
     prev_weights: np.ndarray | None = None,
     turnover_penalty: float = 0.0,
 ) -> tuple[np.ndarray, BatchSolveInfo]:
-    """Long-only :func:`~agents.baselines.optimizers.solve_mean_variance` of each problem.
+    """Long-only :func:`~defialloc.agents.baselines.optimizers.solve_mean_variance` of each problem.
 
     Args:
         mu: ``(B, N)`` per-step expected returns. cov: ``(B, N, N)`` per-step covariances.
@@ -224,7 +224,7 @@ def max_sharpe_prepared(
     cons: WeightConstraints, prev: np.ndarray | None,
 ) -> tuple[np.ndarray, BatchSolveInfo]:  # fmt: skip
     """Long-only tangency weights on prepared matrices (the kappa substitution of
-    :mod:`agents.baselines.sharpe`); minimum variance where no portfolio beats ``risk_free``."""
+    :mod:`defialloc.agents.baselines.sharpe`); minimum variance where no portfolio beats ``risk_free``."""
     b, n = mu.shape
     weights = np.empty((b, n))
     info = BatchSolveInfo.empty(b)
@@ -296,7 +296,7 @@ def solve_max_sharpe_batch(
     budget: float = 1.0,
     prev_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, BatchSolveInfo]:
-    """Long-only :func:`~agents.baselines.optimizers.solve_max_sharpe` of each problem.
+    """Long-only :func:`~defialloc.agents.baselines.optimizers.solve_max_sharpe` of each problem.
 
     Args:
         mu: ``(B, N)`` per-step expected returns. cov: ``(B, N, N)`` per-step covariances.
@@ -324,8 +324,8 @@ def solve_max_sharpe_batch(
 def solve_risk_parity_batch(
     cov: np.ndarray, *, budget: float = 1.0, prev_weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, BatchSolveInfo]:
-    """:func:`~agents.baselines.optimizers.solve_risk_parity` of each ``cov[b] (N, N)``: Newton's
-    method on every problem at once (:func:`~agents.baselines.risk_parity.risk_parity_newton_batch`).
+    """:func:`~defialloc.agents.baselines.optimizers.solve_risk_parity` of each ``cov[b] (N, N)``: Newton's
+    method on every problem at once (:func:`~defialloc.agents.baselines.risk_parity.risk_parity_newton_batch`).
 
     Returns:
         ``(weights (B, N), BatchSolveInfo)`` with ``iterations`` = Newton steps.

@@ -1,14 +1,14 @@
-"""The active-set QP solves of :mod:`agents.baselines.qp` over ``B`` same-size problems at once.
+"""The active-set QP solves of :mod:`defialloc.agents.baselines.qp` over ``B`` same-size problems at once.
 
 A backtest step rebalances ``B`` envs, each one small QP (5-11 variables). Solved one by one, the
 ~50 numpy calls per problem cost ~100-400 us of Python overhead against ~2 us of LAPACK work (one
 oracle step on 64 envs took ~40 ms). Here each primal-dual active-set round (Hintermueller, Ito &
-Kunisch 2002; :func:`agents.baselines.qp._pdas`) is one masked KKT assembly and one batched
+Kunisch 2002; :func:`defialloc.agents.baselines.qp._pdas`) is one masked KKT assembly and one batched
 ``np.linalg.solve`` for all problems: a fixed variable's row and column become the identity (its
 value, the bound, moves to the right-hand side) and a general row not held becomes
 ``lambda_r = 0``, so each ``(n + k + m)`` system is the per-problem KKT system up to a permutation
 plus decoupled unit rows. Guess updates and tolerances are the per-problem ones, vectorized.
-:mod:`agents.baselines.batch_l1_qp` adds the turnover L1 term on the same loop.
+:mod:`defialloc.agents.baselines.batch_l1_qp` adds the turnover L1 term on the same loop.
 
 Problems are strictly convex (``H`` positive definite): the method stops only at the KKT point, the
 unique optimum, which is the per-problem solvers' answer to rounding (tested to 1e-8). A problem the
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.baselines import qp as qp_mod
-from agents.baselines.qp import REL_TOL, QPResult
+from defialloc.agents.baselines import qp as qp_mod
+from defialloc.agents.baselines.qp import REL_TOL, QPResult
 
 #: batched rounds a problem gets before the per-problem solver takes it over
 BATCH_ROUNDS = 12
@@ -59,7 +59,7 @@ class BatchQPResult:
 def initial_bound_set_batch(
     x0: np.ndarray, lower: np.ndarray, upper: np.ndarray, n_eq: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`agents.baselines.qp.initial_bound_set` per row of ``x0 (B, n)``: the bounds each start
+    """:func:`defialloc.agents.baselines.qp.initial_bound_set` per row of ``x0 (B, n)``: the bounds each start
     sits on, freeing the lowest-index ones until at least ``n_eq`` variables are free."""
     at_lower = x0 <= lower
     at_upper = (x0 >= upper) & ~at_lower
@@ -226,7 +226,7 @@ def _active_set_batch(
     Primal-dual active-set rounds for all problems in lockstep: one batched KKT solve per round,
     then each problem's guess update (``qp._pdas``'s rule). With ``pieces = (anchor, tau, kinks,
     seg_lo, seg_hi)`` every variable lives on one piece between its kinks (as in
-    :func:`~agents.baselines.l1_qp.solve_qp_l1`), and a variable held at a kink moves to the next
+    :func:`~defialloc.agents.baselines.l1_qp.solve_qp_l1`), and a variable held at a kink moves to the next
     piece as soon as its multiplier exceeds the slope jump there (``2 tau``) instead of after its
     piecewise QP converged: one semismooth-Newton loop instead of nested loops.
 
@@ -403,7 +403,7 @@ def solve_qp_batch(
     at_upper: np.ndarray | None = None,
     active_rows: np.ndarray | None = None,
 ) -> BatchQPResult:
-    """:func:`agents.baselines.qp.solve_qp` on ``B`` problems: ``min 0.5 x'H_b x + g_b'x`` s.t.
+    """:func:`defialloc.agents.baselines.qp.solve_qp` on ``B`` problems: ``min 0.5 x'H_b x + g_b'x`` s.t.
     ``E_b x = e_b``, ``lower_b <= x <= upper_b``, ``G_b x <= h_b``.
 
     Args:

@@ -12,7 +12,7 @@ at a working-set optimum drop the row with the most negative multiplier. A state
 is zero and every working multiplier is ``>= 0``: the KKT conditions hold, so (``H`` definite) its
 ``z`` is THE optimum; nothing else is accepted as "optimal".
 
-Why not :func:`agents.baselines.qp.solve_qp` per state: its primal-dual guesses cycle on the ceiling's
+Why not :func:`defialloc.agents.baselines.qp.solve_qp` per state: its primal-dual guesses cycle on the ceiling's
 problems (many rows binding at once) and every problem then pays 15 wasted rounds plus a Python-level
 primal loop (~1 ms each). Here one KKT system of FIXED size ``n + m`` per state,
 ``[[H, A'], [D A, I - D]] [p; lam] = [-g; 0]`` with ``D = diag(row in W)`` (rows outside ``W`` get
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.baselines.qp import solve_qp
+from defialloc.agents.baselines.qp import solve_qp
 
 #: a step below this (relative to max(1, |z|)) is a working-set optimum
 NULL_STEP_RTOL = 1e-11

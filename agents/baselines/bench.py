@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines.optimizers import (
+from defialloc.agents.baselines.optimizers import (
     SolveInfo,
     solve_max_sharpe,
     solve_mean_variance,

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines.batch_inputs import BatchSolveInfo
-from agents.baselines.batch_optimizers import solve_mean_variance_batch
-from agents.baselines.optimizers import solve_mean_variance
+from defialloc.agents.baselines.batch_inputs import BatchSolveInfo
+from defialloc.agents.baselines.batch_optimizers import solve_mean_variance_batch
+from defialloc.agents.baselines.optimizers import solve_mean_variance
 
 #: variance of the optional cash asset relative to the mean asset variance (keeps the QP definite)
 CASH_VARIANCE_SHARE = 1e-6

@@ -1,7 +1,7 @@
 """The TRUE CEILING: the growth-optimal portfolio under the synthetic market's true next-step moments.
 
 An UPPER REFERENCE, not a strategy: at every decision time it is told the scenario's true state
-(``MarketView.oracle``, see ``evaluation.rollout.oracle_info``: the current regime, the next step's
+(``MarketView.oracle``, see ``defialloc.evaluation.rollout.oracle_info``: the current regime, the next step's
 GARCH variance ``h_{t+1}`` and, with protocols, the rates, basis and funding quoted at ``t``) and it
 knows the generating parameters. It maximizes the second-order expected log growth of equity
 
@@ -14,12 +14,12 @@ over ``v = (x, d, y)`` within the env's own constraints:
   leverage clip ``l <= S / (1 - S)``, ``S = ltv_buffer * sum_i w_i LTV_i``, written in exposures);
 * cash ``c = 1 + d - sum(x) >= 0`` (spot: ``sum(x) <= 1``);
 * with perps: ``|y_i| <= x_i`` (hedge ratio in ``[-1, 1]`` of the spot target) and the margin rule
-  ``margin_buffer * sum_i IMF_i |y_i| <= c`` (``envs.leverage.LeverageEngine._trade_perps``, without
+  ``margin_buffer * sum_i IMF_i |y_i| <= c`` (``defialloc.envs.leverage.LeverageEngine._trade_perps``, without
   its fee allowance: the ceiling pays no costs).
 
 It is a QP in ``(x, d, y, t)`` with ``t_i >= |y_i|`` (rows ``y - t <= 0``, ``-y - t <= 0``,
 ``t - x <= 0``), solved exactly by the batched primal active-set method of
-:mod:`agents.baselines.batched_qp` (all envs of a step at once; a state is accepted only when the KKT
+:mod:`defialloc.agents.baselines.batched_qp` (all envs of a step at once; a state is accepted only when the KKT
 conditions hold), warm-started from each env's previous solution: the constraint set never changes,
 so the previous optimum is feasible and its working set is usually nearly the new one. ``d`` and
 ``t`` carry no risk, so a ridge of ``RIDGE`` (relative to the mean asset variance) on every variable
@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agents.baselines.batched_qp import BatchResult, solve_batch
-from agents.policy import MarketView, Policy
-from envs.actions import weights_to_actions
-from envs.config import SimulationConfig, format_validation_error
-from envs.leverage_actions import ActionLayout
-from envs.step_moments import InstrumentSpec, StepMoments, step_moments
+from defialloc.agents.baselines.batched_qp import BatchResult, solve_batch
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import SimulationConfig, format_validation_error
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.step_moments import InstrumentSpec, StepMoments, step_moments
 
 #: ridge on every variable, relative to the mean asset variance (keeps the QP's Hessian definite)
 RIDGE = 1e-9
@@ -56,7 +56,7 @@ class CeilingProblem:
     """The ceiling's QP for one env layout: static rows, a Hessian per state.
 
     Variables ``z = (x (N), d (1 if lending), y (N if perps), t (N if perps))``; the first
-    ``spec.n_vars`` entries are the decision vector ``v`` of :mod:`envs.step_moments`. Every
+    ``spec.n_vars`` entries are the decision vector ``v`` of :mod:`defialloc.envs.step_moments`. Every
     constraint is a row of ``A z <= b`` (bounds included). With perps, ``t_i >= |y_i|`` (rows
     ``y - t <= 0``, ``-y - t <= 0``) carries the margin and ``t - x <= 0`` the hedge limit; ``x >= 0``
     and ``t >= 0`` are then implied and deliberately NOT rows: at an unused asset

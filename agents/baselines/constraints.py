@@ -3,7 +3,7 @@
 Weights are over the ``N`` risky assets only; ``budget`` is their sum (``1 - budget`` is cash, so
 ``budget < 1`` holds cash and ``budget > 1`` borrows it: a levered book). Errors here are caller
 mistakes and raise ``ValueError``; non-finite numbers in ``cov``/``mu`` are data problems, which the
-optimizers answer with a fallback (see :mod:`agents.baselines.optimizers`).
+optimizers answer with a fallback (see :mod:`defialloc.agents.baselines.optimizers`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every estimator takes ``returns_window``: a ``(T, N)`` array of per-step returns (rows oldest to
 newest, one column per asset), simple ``p_t / p_{t-1} - 1`` or log ``log(p_t / p_{t-1})``: the
 formulas do not care, but the caller must pass the kind its optimizer assumes (simple returns for a
-one-step mean-variance portfolio; :attr:`agents.policy.MarketView.log_returns` gives log returns, and
+one-step mean-variance portfolio; :attr:`defialloc.agents.policy.MarketView.log_returns` gives log returns, and
 at daily crypto volatility the two differ by ~``r^2 / 2``, e.g. 0.05% on a 3% day). Outputs are
 per-step moments in the same units; annualize (x365 for daily crypto) only in reports.
 """

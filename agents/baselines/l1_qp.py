@@ -1,7 +1,7 @@
 """Exact solution of portfolio QPs with L1 terms (turnover penalty, gross-leverage cap).
 
 Lifting ``|x|`` into split variables ``x = u - v`` makes the Hessian singular, which the active-set
-solver of :mod:`agents.baselines.qp` cannot take; instead each variable is confined to one piece
+solver of :mod:`defialloc.agents.baselines.qp` cannot take; instead each variable is confined to one piece
 between its kinks, where the L1 terms are linear, and moved across a kink only when the KKT
 conditions of the full problem say so.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.baselines.qp import REL_TOL, QPResult, initial_bound_set, solve_qp
+from defialloc.agents.baselines.qp import REL_TOL, QPResult, initial_bound_set, solve_qp
 
 
 def _segments(

@@ -1,11 +1,11 @@
 """Baselines that use the DeFi levers: ``levered_vol_target`` (borrows) and ``carry`` (perp hedges).
 
 They need the lending market / the perps venue (``configs/leverage.yaml``) and refuse a spot-only
-config. Like every baseline they see only the :class:`~agents.policy.MarketView` (trailing prices,
+config. Like every baseline they see only the :class:`~defialloc.agents.policy.MarketView` (trailing prices,
 current weights, health factor, and the protocol rates quoted at the decision time,
 ``MarketView.rates``), act through the env (same fees, slippage, gas, interest, funding) and emit
-the env's full action (``envs.leverage_actions.ActionLayout.compose``). Forecast vols: the EWMA of
-:mod:`agents.baselines.risk_based` (per step, simple returns).
+the env's full action (``defialloc.envs.leverage_actions.ActionLayout.compose``). Forecast vols: the EWMA of
+:mod:`defialloc.agents.baselines.risk_based` (per step, simple returns).
 
 Notation: ``E`` equity (USD, net of debt), ``l`` leverage = debt / equity, spot weights ``w``
 ``(N,)`` = risky value / gross assets ``(1 + l) E`` (the action's spot block), ``LT_i`` / ``LTV_i``
@@ -51,8 +51,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from agents.baselines.policies import BaselinePolicy, _clean_weights
-from agents.baselines.risk_based import (
+from defialloc.agents.baselines.policies import BaselinePolicy, _clean_weights
+from defialloc.agents.baselines.risk_based import (
     VolParams,
     VolTargetParams,
     VolTargetPolicy,
@@ -60,12 +60,12 @@ from agents.baselines.risk_based import (
     forecast_cov,
     forecast_vol,
 )
-from agents.policy import MarketView
-from envs.actions import weights_to_actions
-from envs.config import SimulationConfig
-from envs.leverage_actions import ActionLayout
-from envs.leverage_paths import ProtocolSetup
-from envs.market.config import DAYS_PER_YEAR
+from defialloc.agents.policy import MarketView
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_actions import ActionLayout
+from defialloc.envs.leverage_paths import ProtocolSetup
+from defialloc.envs.market.config import DAYS_PER_YEAR
 
 
 # ---------------------------------------------------------------------------------------- formulas

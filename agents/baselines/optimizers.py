@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.baselines import constraints as cons_mod
-from agents.baselines.constraints import WeightConstraints, make_constraints
-from agents.baselines.l1_qp import solve_qp_l1
-from agents.baselines.qp import QPResult, initial_bound_set, solve_qp
-from agents.baselines.risk_parity import risk_parity_newton
-from agents.baselines.sharpe import solve_tangency
+from defialloc.agents.baselines import constraints as cons_mod
+from defialloc.agents.baselines.constraints import WeightConstraints, make_constraints
+from defialloc.agents.baselines.l1_qp import solve_qp_l1
+from defialloc.agents.baselines.qp import QPResult, initial_bound_set, solve_qp
+from defialloc.agents.baselines.risk_parity import risk_parity_newton
+from defialloc.agents.baselines.sharpe import solve_tangency
 
 
 class SolverFallbackWarning(RuntimeWarning):
@@ -306,7 +306,7 @@ def solve_max_sharpe(
 ) -> tuple[np.ndarray, SolveInfo]:
     """Tangency weights maximizing ``(mu - risk_free)'w / sqrt(w'Σw)`` s.t. ``sum(w) = budget``.
 
-    Solved by the kappa substitution (see :mod:`agents.baselines.sharpe`). When no feasible
+    Solved by the kappa substitution (see :mod:`defialloc.agents.baselines.sharpe`). When no feasible
     portfolio has a positive excess return (e.g. no asset has ``mu > risk_free`` long-only), or the
     long-short tangency is net short, it returns the minimum-variance weights under the same
     constraints, warns, and reports ``fallback="min_variance"``.

@@ -2,9 +2,9 @@
 
 They need the options venue (``env.options.enabled``; the delta-hedger also the perps venue) and
 refuse other configs. Each holds an equal-weight spot book on the ``equal_weight`` schedule
-(``rebalance_every`` steps, ``no_trade_band``; :class:`~agents.baselines.policies.BaselinePolicy`)
+(``rebalance_every`` steps, ``no_trade_band``; :class:`~defialloc.agents.baselines.policies.BaselinePolicy`)
 and asks, at every decision, for an option overlay on the held units of every listed asset
-(:class:`envs.leverage_actions.OptionOrder`): the env keeps a contract until it expires and then
+(:class:`defialloc.envs.leverage_actions.OptionOrder`): the env keeps a contract until it expires and then
 rolls it into the chosen strike and tenor (docs/options.md), so the overlay costs nothing between
 rolls.
 
@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from agents.baselines.policies import BaselineParams, BaselinePolicy
-from agents.policy import MarketView
-from envs.actions import weights_to_actions
-from envs.config import SimulationConfig
-from envs.leverage_actions import ActionLayout, OptionOrder
-from envs.leverage_paths import resolve_params_path
-from envs.protocols.options_params import load_options_params
+from defialloc.agents.baselines.policies import BaselineParams, BaselinePolicy
+from defialloc.agents.policy import MarketView
+from defialloc.envs.actions import weights_to_actions
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_actions import ActionLayout, OptionOrder
+from defialloc.envs.leverage_paths import resolve_params_path
+from defialloc.envs.protocols.options_params import load_options_params
 
 
 class OptionOverlayParams(BaselineParams):

@@ -5,9 +5,9 @@ It is told what no real strategy can know (the scenario's true current regime,
 on anything: it uses each asset's UNCONDITIONAL (long-run) GARCH variance instead of the conditional
 one, a fixed risk aversion and a turnover penalty, so a feasible strategy can beat it (a static
 long-only tangency portfolio on calibrated moments scored a higher Sharpe, if not significantly).
-The bound is the true ceiling, :mod:`agents.baselines.ceiling`. :class:`OracleMeanVariancePolicy`
+The bound is the true ceiling, :mod:`defialloc.agents.baselines.ceiling`. :class:`OracleMeanVariancePolicy`
 solves the same cost-aware mean-variance utility as ``mean_variance`` (see
-:mod:`agents.baselines.policies`) on the moments of :func:`true_moments_by_regime`. It is only valid on ``market.source = synthetic``; the registry lists
+:mod:`defialloc.agents.baselines.policies`) on the moments of :func:`true_moments_by_regime`. It is only valid on ``market.source = synthetic``; the registry lists
 it as ``oracle_mean_variance`` in ``UPPER_REFERENCES``, outside ``FEASIBLE_BASELINES``.
 """
 
@@ -18,21 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from agents.baselines.batch_inputs import prepare_cov_batch
-from agents.baselines.batch_optimizers import mean_variance_prepared
-from agents.baselines.cash import cash_prev, mean_variance_with_cash, with_cash
-from agents.baselines.constraints import make_constraints
-from agents.baselines.optimizers import SolverFallbackWarning
-from agents.baselines.policies import (
+from defialloc.agents.baselines.batch_inputs import prepare_cov_batch
+from defialloc.agents.baselines.batch_optimizers import mean_variance_prepared
+from defialloc.agents.baselines.cash import cash_prev, mean_variance_with_cash, with_cash
+from defialloc.agents.baselines.constraints import make_constraints
+from defialloc.agents.baselines.optimizers import SolverFallbackWarning
+from defialloc.agents.baselines.policies import (
     BaselineParams,
     BaselinePolicy,
     UtilityParams,
     _penalty,
 )
-from agents.policy import MarketView
-from envs.config import SimulationConfig
-from envs.market.config import DAYS_PER_YEAR, MarketConfig
-from envs.market.synthetic_model import expected_simple_return_step, step_transition
+from defialloc.agents.policy import MarketView
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.market.config import DAYS_PER_YEAR, MarketConfig
+from defialloc.envs.market.synthetic_model import expected_simple_return_step, step_transition
 
 
 class OracleParams(BaselineParams, UtilityParams):
@@ -47,7 +47,7 @@ def true_moments_by_regime(market: MarketConfig) -> tuple[np.ndarray, np.ndarray
     ``envs/market/synthetic.py``: a mixture over the next regime ``j ~ P_step[i, j]`` of per-regime
     laws, with ``h`` each asset's UNCONDITIONAL GARCH variance (the oracle is not told the conditional
     one). Means: the model-implied expected simple return under the config's drift convention,
-    :func:`envs.market.synthetic_model.expected_simple_return_step` at ``(j, h)`` (arithmetic: the same
+    :func:`defialloc.envs.market.synthetic_model.expected_simple_return_step` at ``(j, h)`` (arithmetic: the same
     in every regime; sharpe: ``exp(S sqrt(dt/365) vm_j sqrt(h)) - 1``; log: ``drift_j`` in log terms,
     jumps compensated in log terms). Covariances: log covariance ``vm_j^2 sqrt(h h') C_j + jump
     covariance`` turned into simple-return covariance by lognormal moment matching around those means
@@ -95,7 +95,7 @@ class OracleMeanVariancePolicy(BaselinePolicy):
     It is told each env's true current regime (``MarketView.oracle["regime"]``; it ignores the
     rest of the true state the rollout passes) and knows the synthetic model's parameters, so its
     moments are the model's mean and covariance of the next step's simple returns given that regime
-    at the UNCONDITIONAL GARCH variance (see :mod:`agents.baselines.oracle`). Only valid on
+    at the UNCONDITIONAL GARCH variance (see :mod:`defialloc.agents.baselines.oracle`). Only valid on
     ``market.source = synthetic``.
     """
 

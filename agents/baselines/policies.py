@@ -1,11 +1,11 @@
-"""Baseline allocators as :class:`~agents.policy.Policy` objects, batched over ``B`` envs.
+"""Baseline allocators as :class:`~defialloc.agents.policy.Policy` objects, batched over ``B`` envs.
 
 They act through the env like any agent (so they pay the same fees, slippage and gas) and see only the
-:class:`~agents.policy.MarketView`: trailing close prices up to the decision time and the current
+:class:`~defialloc.agents.policy.MarketView`: trailing close prices up to the decision time and the current
 weights. Two registered references are exceptions, told what no real strategy can know on a
-synthetic market (and refused elsewhere): :class:`~agents.baselines.oracle.OracleMeanVariancePolicy`
+synthetic market (and refused elsewhere): :class:`~defialloc.agents.baselines.oracle.OracleMeanVariancePolicy`
 (``oracle_mean_variance``, a REGIME-INFORMED REFERENCE, NOT A BOUND: the true regime, but the
-long-run variance) and :class:`~agents.baselines.ceiling.CeilingPolicy` (``ceiling``, the TRUE
+long-run variance) and :class:`~defialloc.agents.baselines.ceiling.CeilingPolicy` (``ceiling``, the TRUE
 CEILING of the ex-ante growth: the full true state, growth-optimal within the env's constraints).
 
 Cost awareness (so the baselines are not strawmen):
@@ -35,20 +35,20 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agents.baselines.batch_inputs import BatchSolveInfo
-from agents.baselines.batch_optimizers import (
+from defialloc.agents.baselines.batch_inputs import BatchSolveInfo
+from defialloc.agents.baselines.batch_optimizers import (
     solve_max_sharpe_batch,
     solve_min_variance_batch,
     solve_risk_parity_batch,
 )
-from agents.baselines.cash import (  # noqa: F401 (CASH_VARIANCE_SHARE: re-exported)
+from defialloc.agents.baselines.cash import (  # noqa: F401 (CASH_VARIANCE_SHARE: re-exported)
     CASH_VARIANCE_SHARE,
     cash_prev,
     mean_variance_with_cash,
     mean_variance_with_cash_batch,
     with_cash,
 )
-from agents.baselines.estimators import (
+from defialloc.agents.baselines.estimators import (
     ewma_cov,
     ewma_cov_batch,
     ledoit_wolf_cov,
@@ -58,18 +58,18 @@ from agents.baselines.estimators import (
     shrunk_mean,
     shrunk_mean_batch,
 )
-from agents.baselines.optimizers import (
+from defialloc.agents.baselines.optimizers import (
     SolveInfo,
     SolverFallbackWarning,
     solve_max_sharpe,
     solve_min_variance,
     solve_risk_parity,
 )
-from agents.policy import MarketView, Policy
-from envs.config import REPO_ROOT, SimulationConfig, format_validation_error
+from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.config import REPO_ROOT, SimulationConfig, format_validation_error
 
 if TYPE_CHECKING:
-    from agents.baselines.oracle import OracleParams
+    from defialloc.agents.baselines.oracle import OracleParams
 
 DEFAULT_PARAMS_PATH = REPO_ROOT / "configs" / "evaluation" / "default.yaml"
 
@@ -210,7 +210,7 @@ class BaselinePolicy(Policy):
         positive excess return, ...) instead of repeating thousands of warnings in a backtest.
         ``serial_qp``: solves the batched active-set method handed to the per-problem solver (its
         guesses gave up, or it was among the last few iterating; see
-        :mod:`agents.baselines.batch_qp`), when there were any.
+        :mod:`defialloc.agents.baselines.batch_qp`), when there were any.
         """
         serial = {"serial_qp": self.serial_solves} if self.serial_solves else {}
         return (
@@ -263,7 +263,7 @@ class EstimatingPolicy(BaselinePolicy):
     """Baselines that estimate moments on the trailing window and solve an optimizer per env.
 
     All due envs are estimated and solved together (batched estimators and
-    :mod:`agents.baselines.batch_optimizers`); ``batched = False`` runs the per-env loop of the
+    :mod:`defialloc.agents.baselines.batch_optimizers`); ``batched = False`` runs the per-env loop of the
     per-problem functions instead, the reference the batched path is tested against.
     """
 
@@ -425,20 +425,20 @@ class RiskParityPolicy(EstimatingPolicy):
 # ---------------------------------------------------------------------------------------- registry
 # imported here, not at the top: the oracle, the ceiling and the strong feasible baselines
 # (docs/baselines.md) subclass BaselinePolicy and import it from this module
-from agents.baselines.ceiling import CeilingPolicy  # noqa: E402
-from agents.baselines.levered import CarryPolicy, LeveredVolTargetPolicy  # noqa: E402
-from agents.baselines.option_overlays import (  # noqa: E402
+from defialloc.agents.baselines.ceiling import CeilingPolicy  # noqa: E402
+from defialloc.agents.baselines.levered import CarryPolicy, LeveredVolTargetPolicy  # noqa: E402
+from defialloc.agents.baselines.option_overlays import (  # noqa: E402
     CoveredCallPolicy,
     DeltaHedgerPolicy,
     ProtectivePutPolicy,
 )
-from agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
-from agents.baselines.risk_based import (  # noqa: E402
+from defialloc.agents.baselines.oracle import OracleMeanVariancePolicy  # noqa: E402
+from defialloc.agents.baselines.risk_based import (  # noqa: E402
     EqualWeightBandPolicy,
     InverseVolPolicy,
     VolTargetPolicy,
 )
-from agents.baselines.static import StaticTangencyPolicy  # noqa: E402
+from defialloc.agents.baselines.static import StaticTangencyPolicy  # noqa: E402
 
 BASELINES: dict[str, type[BaselinePolicy] | type[CeilingPolicy]] = {
     "equal_weight": EqualWeightPolicy,
@@ -471,7 +471,7 @@ PROTOCOL_REQUIREMENTS: dict[str, tuple[str, ...]] = {
 PROTOCOL_BASELINES: tuple[str, ...] = tuple(PROTOCOL_REQUIREMENTS)
 #: references told the synthetic scenario's true state: refused on replayed/bootstrapped markets and
 #: never a yardstick. ``oracle_mean_variance`` is regime-informed, NOT a bound; ``ceiling`` bounds
-#: the ex-ante growth (``evaluation.ex_ante``), not realized results.
+#: the ex-ante growth (``defialloc.evaluation.ex_ante``), not realized results.
 UPPER_REFERENCES: tuple[str, ...] = ("oracle_mean_variance", "ceiling")
 #: baselines that are feasible strategies (the yardsticks a policy is compared against)
 FEASIBLE_BASELINES: tuple[str, ...] = tuple(n for n in BASELINES if n not in UPPER_REFERENCES)

@@ -1,15 +1,15 @@
 """Risk-based baselines that need no expected returns: banded equal weight, inverse vol, vol target.
 
-Each is a :class:`~agents.baselines.policies.BaselinePolicy` (schedule + policy-level no-trade
-band, pydantic parameters, same env costs) and sees only the :class:`~agents.policy.MarketView`.
+Each is a :class:`~defialloc.agents.baselines.policies.BaselinePolicy` (schedule + policy-level no-trade
+band, pydantic parameters, same env costs) and sees only the :class:`~defialloc.agents.policy.MarketView`.
 
-Volatility forecast (shared with :mod:`agents.baselines.levered`): on the trailing ``lookback``
+Volatility forecast (shared with :mod:`defialloc.agents.baselines.levered`): on the trailing ``lookback``
 prices, per-step SIMPLE returns ``r_t = p_t / p_{t-1} - 1`` ``(T, N)``, and the zero-mean
 RiskMetrics EWMA covariance ``Sigma = sum_t w_t r_t r_t' / sum_t w_t`` with
 ``w_t = 0.5 ** (age_t / ewma_halflife)`` (age 0 = the newest return): the forecast of the next
 step's covariance, per step. Zero-mean because a 60-day mean return is noise that would only bias
 the variance down (the standard RiskMetrics choice); it equals
-:func:`agents.baselines.estimators.ewma_cov` with ``demean=False``, batched over envs. The forecast
+:func:`defialloc.agents.baselines.estimators.ewma_cov` with ``demean=False``, batched over envs. The forecast
 vol of asset ``i`` is ``sqrt(Sigma_ii)`` (the EWMA of its squared returns).
 
 - ``equal_weight_band``: ``(1 - cash_weight) / N`` each, checked every step, traded only when a
@@ -28,9 +28,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from agents.baselines.policies import BaselineParams, BaselinePolicy
-from agents.policy import MarketView
-from envs.market.config import DAYS_PER_YEAR
+from defialloc.agents.baselines.policies import BaselineParams, BaselinePolicy
+from defialloc.agents.policy import MarketView
+from defialloc.envs.market.config import DAYS_PER_YEAR
 
 
 # ---------------------------------------------------------------------------------------- params
@@ -62,7 +62,7 @@ def ewma_cov_batch(returns: np.ndarray, halflife: float) -> np.ndarray:
     """Zero-mean EWMA covariance ``(M, N, N)`` per step of ``(M, T, N)`` per-step returns.
 
     ``sum_t w_t r_t r_t' / sum_t w_t`` with ``w_t = 0.5 ** ((T - 1 - t) / halflife)`` (row ``T-1``
-    is the newest): :func:`agents.baselines.estimators.ewma_cov` with ``demean=False``, per env.
+    is the newest): :func:`defialloc.agents.baselines.estimators.ewma_cov` with ``demean=False``, per env.
     """
     r = np.asarray(returns, dtype=np.float64)
     t = r.shape[1]

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linprog
 
-from agents.baselines.constraints import WeightConstraints
-from agents.baselines.l1_qp import solve_qp_l1
-from agents.baselines.qp import initial_bound_set, solve_qp
+from defialloc.agents.baselines.constraints import WeightConstraints
+from defialloc.agents.baselines.l1_qp import solve_qp_l1
+from defialloc.agents.baselines.qp import initial_bound_set, solve_qp
 
 #: an excess return this small relative to max|mu - rf| counts as not positive
 EXCESS_RTOL = 1e-12

@@ -5,7 +5,7 @@ calibration behind ``configs/market/default.yaml``) knows its UNCONDITIONAL mome
 about the current state. The policy computes once, at construction, the model-implied mean and
 covariance of one step's simple returns in the stationary regime mix
 (:func:`unconditional_moments`), solves the long-only tangency portfolio on them
-(:func:`agents.baselines.optimizers.solve_max_sharpe`, capped at ``max_weight``, risky budget
+(:func:`defialloc.agents.baselines.optimizers.solve_max_sharpe`, capped at ``max_weight``, risky budget
 ``1 - cash_weight``), and then only keeps those weights: checked every ``rebalance_every`` steps
 (default every step), traded when some weight has drifted by at least ``no_trade_band``.
 
@@ -14,7 +14,7 @@ calibration), never the replayed prices. ``defialloc evaluate --period NAME`` ke
 section of ``--config``; a market config without one (``configs/market/replay_heldout.yaml`` on
 its own) gets the package's default synthetic parameters, which are not a fit: a warning says so.
 
-Unlike ``oracle_mean_variance`` (:mod:`agents.baselines.oracle`) it is never told the regime.
+Unlike ``oracle_mean_variance`` (:mod:`defialloc.agents.baselines.oracle`) it is never told the regime.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from agents.baselines.optimizers import SolverFallbackWarning, solve_max_sharpe
-from agents.baselines.oracle import true_moments_by_regime
-from agents.baselines.policies import BaselinePolicy
-from agents.baselines.risk_based import BandParams
-from agents.policy import MarketView
-from envs.config import SimulationConfig
-from envs.market.config import MarketConfig, SyntheticParams
+from defialloc.agents.baselines.optimizers import SolverFallbackWarning, solve_max_sharpe
+from defialloc.agents.baselines.oracle import true_moments_by_regime
+from defialloc.agents.baselines.policies import BaselinePolicy
+from defialloc.agents.baselines.risk_based import BandParams
+from defialloc.agents.policy import MarketView
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.market.config import MarketConfig, SyntheticParams
 
 
 class StaticTangencyParams(BandParams):
@@ -57,7 +57,7 @@ def mixture_moments(
 def unconditional_moments(market: MarketConfig) -> tuple[np.ndarray, np.ndarray]:
     """Model-implied unconditional per-step SIMPLE-return mean ``(N,)`` and covariance ``(N, N)``.
 
-    :func:`agents.baselines.oracle.true_moments_by_regime` gives the next step's moments given the
+    :func:`defialloc.agents.baselines.oracle.true_moments_by_regime` gives the next step's moments given the
     current regime; averaged over the stationary law of the regime chain (the long-run share of
     each regime, which a trader without a regime signal faces) they are the unconditional moments.
     """

@@ -1,10 +1,10 @@
 """Order execution: optimal splitting across a pair's pools and multi-hop swaps (see docs/execution.md).
 
-The batched rebalance (:mod:`envs.execution.rebalance`) and pool state (:mod:`envs.execution.pools`)
+The batched rebalance (:mod:`defialloc.envs.execution.rebalance`) and pool state (:mod:`defialloc.envs.execution.pools`)
 live in their own modules and are imported from there.
 """
 
-from envs.execution.router import (
+from defialloc.envs.execution.router import (
     Pool,
     PoolSet,
     RouteResult,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import GasConfig
-from envs.protocols.gas import usd_per_gas_unit
+from defialloc.envs.config import GasConfig
+from defialloc.envs.protocols.gas import usd_per_gas_unit
 
 
 @dataclass

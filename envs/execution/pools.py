@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.execution.router import route_pool_major
-from envs.protocols.amm import FeeTerms, band_multipliers, fee_terms
+from defialloc.envs.execution.router import route_pool_major
+from defialloc.envs.protocols.amm import FeeTerms, band_multipliers, fee_terms
 
 
 class PoolBook:
@@ -141,7 +141,7 @@ class PoolBook:
         """Sell ``amount[i]`` units of asset ``asset[i]`` for the numeraire in env ``env[i]``'s pools.
 
         Each order is split optimally across the pair's fee tiers with no gas (a liquidator's
-        router; the same fills as :func:`~envs.execution.router.route_order`), and the reserves move
+        router; the same fills as :func:`~defialloc.envs.execution.router.route_order`), and the reserves move
         in place. ``env``, ``asset``, ``amount``: ``(n,)``, distinct ``(env, asset)`` pairs, amounts
         ``>= 0`` in asset units. Returns ``(n,)`` the pair's liquidity-weighted price (sum of
         numeraire / sum of asset reserves over its tiers) after the sale over before it.

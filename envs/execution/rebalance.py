@@ -3,7 +3,7 @@
 Every asset trades against the numeraire, so a move from asset A to asset B is two orders, A -> numeraire
 then numeraire -> B (the hop through the numeraire). Sells and buys of all assets are routed in one
 vectorized call; each order is split across the pair's fee tiers by the router
-(:func:`~envs.execution.router.route_order`'s core), which also decides how many pools are worth
+(:func:`~defialloc.envs.execution.router.route_order`'s core), which also decides how many pools are worth
 their gas.
 
 Cash never goes negative: when the buys plus gas would overdraw the cash that the sells leave (plus any
@@ -11,7 +11,7 @@ Cash never goes negative: when the buys plus gas would overdraw the cash that th
 re-quoted); if even the sells cannot pay their own gas, that env does not trade this step.
 
 Layout: the public arrays are ``(B, N)``; internally every per-order array is ``(N, B)`` and every
-per-pool array ``(K, N, B)``, the pool book's layout (see :mod:`envs.execution.pools`), so sums over
+per-pool array ``(K, N, B)``, the pool book's layout (see :mod:`defialloc.envs.execution.pools`), so sums over
 the assets are row additions. Sells and buys are stacked ``(2, N, B)`` (``side``) so that one call
 sums both sides. Every quantity is computed with the same floating-point operations as the plain
 ``(B, N, K)`` formulation, so the fills are bit-for-bit the same.
@@ -24,10 +24,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from envs.execution.costs import GasModel, TradeCosts
-from envs.execution.pools import PoolBook
-from envs.execution.router import route_pool_major
-from envs.protocols.amm import amount_out_keep
+from defialloc.envs.execution.costs import GasModel, TradeCosts
+from defialloc.envs.execution.pools import PoolBook
+from defialloc.envs.execution.router import route_pool_major
+from defialloc.envs.protocols.amm import amount_out_keep
 
 
 @dataclass

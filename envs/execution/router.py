@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from envs.protocols.amm import FeeTerms, amount_out_keep, check_in_range, fee_terms
+from defialloc.envs.protocols.amm import FeeTerms, amount_out_keep, check_in_range, fee_terms
 
 __all__ = [
     "MAX_POOLS",

@@ -5,7 +5,7 @@ only gathers a row. The paper trader calls the same :func:`market_features` on i
 history and takes the last row: there is no second copy of feature code.
 
 ``env.observation.blocks`` picks the blocks and their order (default
-``envs.config.DEFAULT_OBSERVATION_BLOCKS``: returns, realized_vol, correlations, market, weights,
+``defialloc.envs.config.DEFAULT_OBSERVATION_BLOCKS``: returns, realized_vol, correlations, market, weights,
 drawdown, protocol). For ``N`` assets and return window ``W`` (float32, every entry clipped to
 ``[-clip, clip]``; row ``t`` uses data up to and including ``t`` only):
 
@@ -26,7 +26,7 @@ block              size                value
                                        ``(numeraire_usd - 1) * 20`` (a 5% depeg -> -1)
 ``weights``        ``N + 1``           the portfolio's weights now, cash last
 ``drawdown``       1                   ``1 - value / running peak``
-``protocol``       0, 3, ``2N``, ...   lending / perps / options block (``envs.leverage``), empty
+``protocol``       0, 3, ``2N``, ...   lending / perps / options block (``defialloc.envs.leverage``), empty
                                        in spot mode
 ``greeks``         ``4 N``             portfolio Greeks per asset over spot, perps and options
                                        (``envs/greeks.py``): ``delta_a = Delta_a S_a / V``,
@@ -34,13 +34,13 @@ block              size                value
                                        per vol point / V, ``theta_a`` = 1e4 x theta per day / V
 =================  ==================  =====================================================
 
-Modules: :mod:`~envs.features.blocks` (sizes, names, layout), :mod:`~envs.features.market`
-(:func:`market_features`), :mod:`~envs.features.windows` (rolling and EWMA statistics),
-:mod:`~envs.features.model` (the trader's model of the market config),
-:mod:`~envs.features.garch` and :mod:`~envs.features.regime` (the model blocks' recursions).
+Modules: :mod:`~defialloc.envs.features.blocks` (sizes, names, layout), :mod:`~defialloc.envs.features.market`
+(:func:`market_features`), :mod:`~defialloc.envs.features.windows` (rolling and EWMA statistics),
+:mod:`~defialloc.envs.features.model` (the trader's model of the market config),
+:mod:`~defialloc.envs.features.garch` and :mod:`~defialloc.envs.features.regime` (the model blocks' recursions).
 """
 
-from envs.features.blocks import (
+from defialloc.envs.features.blocks import (
     MARKET_BLOCKS,
     ObservationLayout,
     block_names,
@@ -49,11 +49,11 @@ from envs.features.blocks import (
     n_market_features,
     observation_size,
 )
-from envs.features.garch import garch_forecast
-from envs.features.market import GAS_REFERENCE_GWEI, market_features
-from envs.features.model import GarchModel, RegimeModel, TraderModel, trader_model_for
-from envs.features.regime import emission_loglik, regime_filter
-from envs.features.windows import ewma_correlation
+from defialloc.envs.features.garch import garch_forecast
+from defialloc.envs.features.market import GAS_REFERENCE_GWEI, market_features
+from defialloc.envs.features.model import GarchModel, RegimeModel, TraderModel, trader_model_for
+from defialloc.envs.features.regime import emission_loglik, regime_filter
+from defialloc.envs.features.windows import ewma_correlation
 
 __all__ = [
     "GAS_REFERENCE_GWEI",

@@ -1,7 +1,7 @@
 """Observation blocks: their sizes, their entries' names and where each sits in the observation.
 
-``env.observation.blocks`` is an ordered list of block names (``envs.config.OBSERVATION_BLOCKS``).
-The market blocks are computed for a whole path at reset (:func:`envs.features.market_features`,
+``env.observation.blocks`` is an ordered list of block names (``defialloc.envs.config.OBSERVATION_BLOCKS``).
+The market blocks are computed for a whole path at reset (:func:`defialloc.envs.features.market_features`,
 in their order of ``blocks``, into the env's feature rows); the portfolio blocks (``weights``,
 ``drawdown``) and the ``protocol`` and ``greeks`` blocks are written at each step. :class:`ObservationLayout` maps
 both into the observation.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import ObservationConfig
-from envs.market.regime_values import REGIME_NAMES
+from defialloc.envs.config import ObservationConfig
+from defialloc.envs.market.regime_values import REGIME_NAMES
 
 #: Blocks precomputed per path at reset (the others depend on the portfolio and are read per step).
 MARKET_BLOCKS = ("returns", "realized_vol", "garch_vol", "correlations", "regime", "market")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter
 
-from envs.features.model import GarchModel
-from envs.features.windows import _LOOP_MIN_ROW
+from defialloc.envs.features.model import GarchModel
+from defialloc.envs.features.windows import _LOOP_MIN_ROW
 
 
 def iir_columns(x: np.ndarray, decay: np.ndarray, cap: np.ndarray | None = None) -> np.ndarray:

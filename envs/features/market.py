@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.config import MODEL_BLOCKS, ObservationConfig
-from envs.features.blocks import MARKET_BLOCKS, n_market_features
-from envs.features.garch import garch_forecast
-from envs.features.model import TraderModel
-from envs.features.regime import regime_filter
-from envs.features.windows import _pair_correlations, _rolling_std
+from defialloc.envs.config import MODEL_BLOCKS, ObservationConfig
+from defialloc.envs.features.blocks import MARKET_BLOCKS, n_market_features
+from defialloc.envs.features.garch import garch_forecast
+from defialloc.envs.features.model import TraderModel
+from defialloc.envs.features.regime import regime_filter
+from defialloc.envs.features.windows import _pair_correlations, _rolling_std
 
 GAS_REFERENCE_GWEI = 30.0
 
@@ -31,7 +31,7 @@ def market_features(
     Args:
         close: ``(B, L, N)`` USD prices. numeraire_usd, depth_multiplier, gas_price_gwei: ``(B, L)``.
         cfg: the blocks, window sizes and scales. step_days: step length, for annualizing the vols.
-        model: the trader's model (:class:`envs.features.model.TraderModel`) of the market config;
+        model: the trader's model (:class:`defialloc.envs.features.model.TraderModel`) of the market config;
             required by the ``garch_vol`` and ``regime`` blocks (its ``step_days`` must match).
         dtype: of the result. Every feature is computed in float64; float32 rounds each value once,
             exactly as storing the float64 result in a float32 array would (the env's features).

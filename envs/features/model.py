@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from envs.config import MODEL_BLOCKS, SimulationConfig, observation_model_missing
-from envs.market.config import DAYS_PER_YEAR, MarketConfig
-from envs.market.synthetic_model import drift_terms, step_transition
+from defialloc.envs.config import MODEL_BLOCKS, SimulationConfig, observation_model_missing
+from defialloc.envs.market.config import DAYS_PER_YEAR, MarketConfig
+from defialloc.envs.market.synthetic_model import drift_terms, step_transition
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class RegimeModel:
         drift_const, drift_vol_coef, drift_var_coef: the drift convention: a step of regime ``k``
             with diffusive vol ``s = vm[k] sqrt(h)`` has mean log return
             ``drift_const[k] + drift_vol_coef s - drift_var_coef s^2`` (``drift_const`` ``(3, N)``;
-            :class:`envs.market.synthetic_model.DriftTerms`).
+            :class:`defialloc.envs.market.synthetic_model.DriftTerms`).
         nu: Student-t degrees of freedom. emission: ``student_t`` or ``gaussian``.
     """
 

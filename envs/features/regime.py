@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.features.model import RegimeModel
+from defialloc.envs.features.model import RegimeModel
 
 #: Floor on the likelihood ratio to the most likely regime, ``exp(-30)``: one step moves the odds
 #: between two regimes by at most ``e^30 ~ 1e13`` (binds only for extreme moves under the Gaussian
@@ -96,7 +96,7 @@ def regime_filter(r: np.ndarray, h: np.ndarray, model: RegimeModel) -> np.ndarra
 
     Args:
         r: ``(L, ..., N)`` log returns, time first (``r[t]``: the step ending at ``t``; ``r[0]`` ignored).
-        h: ``(L, ..., N)`` GARCH forecasts (:func:`envs.features.garch.garch_forecast`: ``h[t]`` is
+        h: ``(L, ..., N)`` GARCH forecasts (:func:`defialloc.envs.features.garch.garch_forecast`: ``h[t]`` is
             the forecast made at ``t`` for step ``t + 1``).
         model: the regime model.
 

@@ -5,10 +5,10 @@ Entry point: :func:`sample_paths` (``cfg.source`` picks the generator). ``docs/m
 model, its parameters and the calibration.
 """
 
-from envs.market.config import REGIME_NAMES, MarketConfig, load_market_config
-from envs.market.paths import MarketPaths
-from envs.market.replay import available_dates, label_regimes, load_ohlcv
-from envs.market.sources import sample_paths
+from defialloc.envs.market.config import REGIME_NAMES, MarketConfig, load_market_config
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.replay import available_dates, label_regimes, load_ohlcv
+from defialloc.envs.market.sources import sample_paths
 
 __all__ = [
     "REGIME_NAMES",

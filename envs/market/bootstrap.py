@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.market.config import REGIME_NAMES, MarketConfig, check_sample_request
-from envs.market.paths import MarketPaths
-from envs.market.replay import label_regimes, load_panel
-from envs.market.synthetic import liquidity_and_gas
+from defialloc.envs.market.config import REGIME_NAMES, MarketConfig, check_sample_request
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.replay import label_regimes, load_panel
+from defialloc.envs.market.synthetic import liquidity_and_gas
 
 
 def stationary_bootstrap_indices(

@@ -35,13 +35,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from envs.market.calibration_report import (
+from defialloc.envs.market.calibration_report import (
     calibration_report,
     expected_return_report,
     print_report,
     simulate_report_paths,
 )
-from envs.market.config import (
+from defialloc.envs.market.config import (
     DAYS_PER_YEAR,
     DRIFT_KINDS,
     LAST_DEVELOPMENT_DATE,
@@ -60,8 +60,8 @@ from envs.market.config import (
     SyntheticParams,
     resolve_data_dir,
 )
-from envs.market.replay import label_regimes, load_ohlcv
-from envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.market.replay import label_regimes, load_ohlcv
+from defialloc.envs.market.synthetic import generate_synthetic_paths
 
 JUMP_THRESHOLD_SIGMA = 4.0
 ROBUST_WINDOW_DAYS = 60

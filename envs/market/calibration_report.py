@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, MarketConfig
-from envs.market.paths import MarketPaths
-from envs.market.replay import label_regimes
-from envs.market.synthetic import generate_synthetic_paths
-from envs.market.synthetic_model import expected_simple_return_step, step_transition
+from defialloc.envs.market.config import DAYS_PER_YEAR, REGIME_NAMES, MarketConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.replay import label_regimes
+from defialloc.envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.market.synthetic_model import expected_simple_return_step, step_transition
 
 
 def _mean_offdiag_corr(x: np.ndarray) -> float:

@@ -25,7 +25,7 @@ Mixture: ``mu = sum_j pi_j E[X | j] - 1`` and ``cov = sum_j pi_j Cov_j + sum_j p
 (within-regime covariance plus the dispersion of the regime means; the latter is 0 under the default
 ``arithmetic`` drift, whose mean is the same in every regime).
 
-This generalizes :func:`agents.baselines.oracle.true_moments_by_regime`, which fixes ``h`` at the
+This generalizes :func:`defialloc.agents.baselines.oracle.true_moments_by_regime`, which fixes ``h`` at the
 UNCONDITIONAL variance and matches the jumps by a lognormal approximation. Everything here is numpy
 float64, vectorized over any batch of states.
 """
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.market.config import MarketConfig
-from envs.market.synthetic_model import (
+from defialloc.envs.market.config import MarketConfig
+from defialloc.envs.market.synthetic_model import (
     expected_simple_return_step,
     jump_probability,
     model_of,

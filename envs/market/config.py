@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from envs.market.defaults import default_correlations, default_garch, default_jumps
-from envs.market.drift_config import (  # noqa: F401  (re-exported)
+from defialloc.envs.market.defaults import default_correlations, default_garch, default_jumps
+from defialloc.envs.market.drift_config import (  # noqa: F401  (re-exported)
     DRIFT_KINDS,
     ArithmeticDrift,
     DriftParams,
@@ -27,7 +27,7 @@ from envs.market.drift_config import (  # noqa: F401  (re-exported)
     SharpeDrift,
     old_drift_key_error,
 )
-from envs.market.regime_values import (  # noqa: F401  (re-exported)
+from defialloc.envs.market.regime_values import (  # noqa: F401  (re-exported)
     REGIME_NAMES,
     PositiveRegimeValues,
     ProbabilityRegimeValues,
@@ -35,7 +35,7 @@ from envs.market.regime_values import (  # noqa: F401  (re-exported)
     RegimeValues,
     StrictModel,
 )
-from envs.yaml_io import format_validation_error, read_yaml_mapping
+from defialloc.envs.yaml_io import format_validation_error, read_yaml_mapping
 
 CALM, BULL, CRASH = 0, 1, 2
 DAYS_PER_YEAR = 365.0

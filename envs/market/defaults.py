@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from envs.market.config import GarchParams, JumpParams, RegimeCorrelations
+    from defialloc.envs.market.config import GarchParams, JumpParams, RegimeCorrelations
 
 
 def default_garch() -> dict[str, GarchParams]:
     """GARCH(1,1) priors of the default assets (``SyntheticParams.garch``)."""
-    from envs.market.config import GarchParams
+    from defialloc.envs.market.config import GarchParams
 
     # Reference-level priors (docs/market.md); configs/market/default.yaml holds the fitted values.
     table = {
@@ -33,7 +33,7 @@ def default_garch() -> dict[str, GarchParams]:
 
 def default_correlations() -> RegimeCorrelations:
     """Constant-correlation matrices of the default assets per regime (``SyntheticParams.correlation``)."""
-    from envs.market.config import DEFAULT_ASSETS, RegimeCorrelations
+    from defialloc.envs.market.config import DEFAULT_ASSETS, RegimeCorrelations
 
     n = len(DEFAULT_ASSETS)
 
@@ -47,7 +47,7 @@ def default_correlations() -> RegimeCorrelations:
 
 def default_jumps() -> JumpParams:
     """Jump intensities and sizes of the default assets (``SyntheticParams.jumps``)."""
-    from envs.market.config import JumpParams, RateRegimeValues
+    from defialloc.envs.market.config import JumpParams, RateRegimeValues
 
     return JumpParams(
         common_intensity_per_year=RateRegimeValues(calm=2.0, bull=2.0, crash=20.0),

@@ -11,7 +11,7 @@ union discriminated on ``kind``:
 * ``{kind: log, log_return_per_year: {calm, bull, crash}}``: the expected LOG return per regime, common
   to all assets (the convention before the drift became explicit, kept for comparison).
 
-The formulas that turn these into each step's log drift are in :mod:`envs.market.synthetic_model`.
+The formulas that turn these into each step's log drift are in :mod:`defialloc.envs.market.synthetic_model`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
 
-from envs.market.regime_values import REGIME_NAMES, RegimeValues, StrictModel
+from defialloc.envs.market.regime_values import REGIME_NAMES, RegimeValues, StrictModel
 
 DRIFT_KINDS: tuple[str, ...] = ("arithmetic", "log", "sharpe")
 

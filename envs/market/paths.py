@@ -47,7 +47,7 @@ class MarketPaths:
             BEFORE the regime's vol multiplier) of the step that ends at each time point (synthetic
             only; None for replay/bootstrap paths). ``cond_var[:, t + 1]`` depends on the shocks up to
             ``t`` only: it is known at decision time ``t``, but only upper references are told it
-            (``evaluation.rollout.oracle_info``); features and baselines never read it.
+            (``defialloc.evaluation.rollout.oracle_info``); features and baselines never read it.
     """
 
     asset_names: tuple[str, ...]

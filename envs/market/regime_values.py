@@ -1,8 +1,8 @@
 """Base pieces of the market config models: the strict base model and the per-regime value tables.
 
-One job: the building blocks that :mod:`envs.market.config` and :mod:`envs.market.drift_config` both
+One job: the building blocks that :mod:`defialloc.envs.market.config` and :mod:`defialloc.envs.market.drift_config` both
 use (kept apart so that the drift models can live in their own module without an import cycle). They
-are re-exported by :mod:`envs.market.config`.
+are re-exported by :mod:`defialloc.envs.market.config`.
 """
 
 from __future__ import annotations

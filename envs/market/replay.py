@@ -4,7 +4,7 @@ Files are ``SYMBOL-USD.csv`` with columns ``Date,Open,High,Low,Close[,Volume]`` 
 Loading refuses anything doubtful and names the file, the CSV line/date and the column.
 
 Regime rule (:func:`label_regimes`), causal: on the equal-weight index of the risky assets (mean daily
-log return ``m_t``), with the windows of :class:`~envs.market.config.RegimeRuleParams` ending at ``t``:
+log return ``m_t``), with the windows of :class:`~defialloc.envs.market.config.RegimeRuleParams` ending at ``t``:
 
 * crash if ``sum(m, crash_window) <= -crash_return`` or (``std(m, vol_window) * sqrt(365) >=
   crash_vol_ann`` and ``sum(m, trend_window) < 0``);
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from envs.market.config import (
+from defialloc.envs.market.config import (
     BULL,
     CALM,
     CRASH,
@@ -37,7 +37,7 @@ from envs.market.config import (
     check_sample_request,
     resolve_data_dir,
 )
-from envs.market.paths import MarketPaths
+from defialloc.envs.market.paths import MarketPaths
 
 PRICE_COLUMNS = ("Open", "High", "Low", "Close")
 _REL_TOL = 1e-9  # high/low consistency tolerance (CSV rounding)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.market.bootstrap import bootstrap_paths
-from envs.market.config import MarketConfig
-from envs.market.paths import MarketPaths
-from envs.market.replay import replay_paths
-from envs.market.synthetic import generate_synthetic_paths
+from defialloc.envs.market.bootstrap import bootstrap_paths
+from defialloc.envs.market.config import MarketConfig
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.replay import replay_paths
+from defialloc.envs.market.synthetic import generate_synthetic_paths
 
 _SOURCES = {
     "synthetic": generate_synthetic_paths,

@@ -2,7 +2,7 @@
 
 Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t`` in calm/bull/crash):
 
-* ``k_t`` is a Markov chain with per-step transition matrix ``P_daily^dt`` (see :func:`envs.market.synthetic_model.step_transition`).
+* ``k_t`` is a Markov chain with per-step transition matrix ``P_daily^dt`` (see :func:`defialloc.envs.market.synthetic_model.step_transition`).
   ``regime[t]`` is the regime of the step that ends at ``t`` (the same meaning as the replay label at
   ``t``); it also sets the pool depth and the gas price at ``t``.
 * ``r_t = mu_t + e_t + J_t`` with diffusive shock ``e_t = vm[k_t] sqrt(h_t) x_t`` and
@@ -16,7 +16,7 @@ Model of one path (all returns are log returns; ``dt = step_days``; regime ``k_t
 * ``J_t``: with probability ``1 - exp(-lambda_common[k_t] dt / 365)`` a common event moves every asset by
   ``m_a + s_a (sqrt(rho) f + sqrt(1 - rho) xi_a)``; otherwise each asset jumps on its own with the
   idiosyncratic intensity. ``m_a < 0``: jumps are biased down (negative skew).
-* Drift ``mu_t`` (``synthetic.drift``, :class:`envs.market.synthetic_model.DriftTerms`), with
+* Drift ``mu_t`` (``synthetic.drift``, :class:`defialloc.envs.market.synthetic_model.DriftTerms`), with
   ``s_t^2 = vm[k_t]^2 h_t`` and ``p_k`` the probability that the asset jumps in the step:
   arithmetic ``log(1+R) dt/365 - s_t^2/2 - log(1 - p_k + p_k exp(m_a + s_a^2/2))`` (the expected SIMPLE
   return is ``(1+R)^(dt/365) - 1`` in every regime and at every variance); sharpe
@@ -46,7 +46,7 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.special import ndtri
 
-from envs.market.config import (
+from defialloc.envs.market.config import (
     DAYS_PER_YEAR,
     REGIME_NAMES,
     GasParams,
@@ -54,9 +54,9 @@ from envs.market.config import (
     MarketConfig,
     check_sample_request,
 )
-from envs.market.paths import MarketPaths
-from envs.market.synthetic_model import F32 as _F
-from envs.market.synthetic_model import GarchConstants, SyntheticModel, model_of
+from defialloc.envs.market.paths import MarketPaths
+from defialloc.envs.market.synthetic_model import F32 as _F
+from defialloc.envs.market.synthetic_model import GarchConstants, SyntheticModel, model_of
 
 # Blocks drawn per path (T = burn-in + L steps): uniforms U (T, 4 + N); diffusion normals (T, N [+1 for
 # the ETH fallback]); normals Z (L, 3) for gas, depth and peg noise; exponentials E (L, 2N) for the
@@ -378,7 +378,7 @@ def _log_returns(
     burn-in and path; the first ``burn`` steps only warm up the GARCH.
 
     The drift is ``mean_step[k_t]`` plus, for the arithmetic and sharpe kinds, ``vol_coef s_t - s_t^2 / 2``
-    with ``s_t = vm[k_t] sqrt(h_t)`` (:class:`envs.market.synthetic_model.DriftTerms`).
+    with ``s_t = vm[k_t] sqrt(h_t)`` (:class:`defialloc.envs.market.synthetic_model.DriftTerms`).
     """
     vm = model.vol_multiplier[reg].T
     # Multivariate t with unit variance (shared chi2 mixing), times the regime's vol multiplier.

@@ -1,7 +1,7 @@
 """The synthetic generator's constants for one market config, derived once and cached.
 
 A single-env reset would otherwise spend ~15 % of its time re-deriving them from the pydantic model
-(:mod:`envs.market.synthetic` is the generator; its docstring has the model).
+(:mod:`defialloc.envs.market.synthetic` is the generator; its docstring has the model).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from envs.market.config import DAYS_PER_YEAR, MarketConfig
+from defialloc.envs.market.config import DAYS_PER_YEAR, MarketConfig
 
 F32 = np.float32  # random blocks and shocks; prices are accumulated in float64
 
@@ -37,7 +37,7 @@ def jump_probability(intensity_per_year: np.ndarray, step_days: float) -> np.nda
 
 
 class DriftTerms(NamedTuple):
-    """How a step's log drift is set (module ``envs.market.drift_config``; docs/market.md, Drift convention).
+    """How a step's log drift is set (module ``defialloc.envs.market.drift_config``; docs/market.md, Drift convention).
 
     The log drift of column ``a`` in a step of regime ``k`` whose diffusive variance is ``s^2 = vm[k]^2 h``
     (``h`` the GARCH conditional variance of the step) is ``const[k, a] + vol_coef s - var_coef s^2``:

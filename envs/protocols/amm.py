@@ -9,7 +9,7 @@ dropped).
 Public functions validate their inputs and raise ``ValueError`` naming the argument, the bad value and
 the allowed range. The ``_unchecked`` variants skip validation for the batched simulator's hot path.
 
-The simulator's pools (:class:`envs.execution.pools.PoolBook`) hold an asset side in asset units and a
+The simulator's pools (:class:`defialloc.envs.execution.pools.PoolBook`) hold an asset side in asset units and a
 numeraire side in numeraire units for every (fee tier, asset, env); a pool's price is numeraire
 reserve / asset reserve (numeraire per asset).
 """

@@ -2,11 +2,11 @@
 
 One job: model the population of leveraged borrowers (one stablecoin debt and a single collateral
 asset each, discretized into ``K`` health-factor buckets per asset) that enter at a price, are
-liquidated with the Aave rules of :mod:`envs.protocols.lending` when a step's LOW crosses their
+liquidated with the Aave rules of :mod:`defialloc.envs.protocols.lending` when a step's LOW crosses their
 liquidation price, re-lever at the close, and whose liquidators sell the seized collateral; the
 share ``pool_share_of_sales`` of those sales trades in the agent's pools (:func:`pool_sales`).
 Sizes and shares are calibrated on documented liquidation days (docs/leverage.md,
-:mod:`envs.protocols.cascade_events`).
+:mod:`defialloc.envs.protocols.cascade_events`).
 Pure vectorized numpy; shapes are ``(..., N, K)`` for ``...`` any batch, ``N`` the collateral assets
 and ``K`` the HF buckets (see docs/leverage.md).
 """
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.protocols.lending import snap_to_bag
-from envs.protocols.params import PopulationParams, check_range
+from defialloc.envs.protocols.lending import snap_to_bag
+from defialloc.envs.protocols.params import PopulationParams, check_range
 
 
 @dataclass(frozen=True)

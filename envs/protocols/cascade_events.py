@@ -1,7 +1,7 @@
 """Documented DeFi liquidation episodes and market-structure figures behind the cascade calibration.
 
 Data only (no network at run time): each number carries where it was published. The calibration
-(:mod:`envs.cascade_calibration`, ``defialloc calibrate-cascades``) turns an episode's documented
+(:mod:`defialloc.envs.cascade_calibration`, ``defialloc calibrate-cascades``) turns an episode's documented
 liquidation volume into a target extra price move with the square-root law and compares it with
 what the env's borrower population does on the replayed days (docs/leverage.md, "Borrower
 population"). Only 2021-2022 episodes: the held-out period starts 2023-01-01.

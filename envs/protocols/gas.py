@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from envs.protocols.amm import check_in_range
+from defialloc.envs.protocols.amm import check_in_range
 
 __all__ = ["GAS_UNITS", "GAS_UNITS_RANGE", "gas_cost_usd", "swap_gas_units"]
 

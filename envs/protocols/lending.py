@@ -19,7 +19,7 @@ Liquidation semantics (see docs/leverage.md):
   ``"pro_rata"`` spreads the repayment over all collateral by USD value (smoother approximation).
 
 The borrower population behind liquidation cascades (``BorrowerPopulation``, ``population_step``,
-...) lives in :mod:`envs.protocols.borrowers`; its names stay importable from this module.
+...) lives in :mod:`defialloc.envs.protocols.borrowers`; its names stay importable from this module.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from envs.protocols.params import (
+from defialloc.envs.protocols.params import (
     LendingParams,
     RegimeProcess,
     ReserveArrays,
@@ -485,4 +485,4 @@ def regime_utilization(
 
 
 # ---------------------------------------------------------------------------------------- population
-#: names of :mod:`envs.protocols.borrowers` that docs/leverage.md documents as part of this module;
+#: names of :mod:`defialloc.envs.protocols.borrowers` that docs/leverage.md documents as part of this module;

@@ -3,8 +3,8 @@
 Pure vectorized numpy: every function takes arrays of any broadcastable shape (``...``) and never
 loops over them in Python, so the env's option step stays one array computation per batch. The
 venue's parameters (listed strikes and expiries, premia, skew, spreads, fees, margin) are in
-:mod:`envs.protocols.options_params`; how the env holds and trades contracts is in
-:mod:`envs.option_book`.
+:mod:`defialloc.envs.protocols.options_params`; how the env holds and trades contracts is in
+:mod:`defialloc.envs.option_book`.
 
 Black-76 (a European option on a forward ``F`` with discount factor ``DF = exp(-r T)``)::
 

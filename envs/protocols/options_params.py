@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from envs.market.regime_values import RegimeValues
-from envs.protocols.params import REPO_ROOT, _load, _Strict
+from defialloc.envs.market.regime_values import RegimeValues
+from defialloc.envs.protocols.params import REPO_ROOT, _load, _Strict
 
 DEFAULT_OPTIONS_PATH = REPO_ROOT / "configs" / "protocols" / "options.yaml"
 

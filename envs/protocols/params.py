@@ -7,7 +7,7 @@ the real values, so a snapshot pins its date. Every rate or fraction here is a p
 
 The models turn into numpy arrays aligned with the simulator's asset and regime order via
 ``reserve_arrays`` / ``margin_arrays`` / ``RegimeProcess``; the array functions in
-:mod:`envs.protocols.lending` and :mod:`envs.protocols.perps` only see arrays.
+:mod:`defialloc.envs.protocols.lending` and :mod:`defialloc.envs.protocols.perps` only see arrays.
 
 Regime-driven quantities (pool utilization, perp basis) follow a mean-reverting AR(1) around the
 current regime's mean (:class:`RegimeProcess`)::
@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from envs.yaml_io import format_validation_error
+from defialloc.envs.yaml_io import format_validation_error
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LENDING_PATH = REPO_ROOT / "configs" / "protocols" / "aave_v3_2023-10-31.yaml"

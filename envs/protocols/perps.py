@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.protocols.params import FundingParams, RegimeProcess, check_range
+from defialloc.envs.protocols.params import FundingParams, RegimeProcess, check_range
 
 
 def mark_price(index: np.ndarray, basis: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.protocols.amm import check_in_range
+from defialloc.envs.protocols.amm import check_in_range
 
 __all__ = ["MAX_AMPLIFICATION", "MAX_ITERATIONS", "get_D", "get_dy", "get_y"]
 

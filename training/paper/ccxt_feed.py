@@ -19,7 +19,7 @@ close of ``start``, like a replay) and closing at ``C_i = O_i + step``; its ``ti
   bar (``O_i < t <= C_i``: three 8 h periods a day on Binance), the quote charged over the next step
   (the env's convention: the rate known at ``t`` applies over ``[t, t + 1]``; the realized rate of that
   step is only known at its end, so paper funding is this persistence forecast);
-- with lending: the rates of :mod:`training.paper.lending_quotes` (snapshot or constants).
+- with lending: the rates of :mod:`defialloc.training.paper.lending_quotes` (snapshot or constants).
 
 Where each field comes from is :meth:`CcxtFeed.protocol_sources` (stored in the ledger's meta and
 the MLflow params). Polling: a bar is fetched ``settle_seconds`` after its close; if the venue does
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.streaming import MarketBar, check_bar
-from envs.streaming_protocol import ProtocolState, required_fields
-from training.paper.feeds import SECONDS_PER_DAY, Feed, bar_time, check_spacing
-from training.paper.lending_quotes import lending_quotes
-from training.paper.venue_errors import (
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.streaming import MarketBar, check_bar
+from defialloc.envs.streaming_protocol import ProtocolState, required_fields
+from defialloc.training.paper.feeds import SECONDS_PER_DAY, Feed, bar_time, check_spacing
+from defialloc.training.paper.lending_quotes import lending_quotes
+from defialloc.training.paper.venue_errors import (
     Backoff,
     GapInVenueData,
     MissingFunding,

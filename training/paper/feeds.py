@@ -2,9 +2,9 @@
 
 - :class:`ReplayFeed`: real daily OHLCV files replayed at a chosen speed, any period including the
   held-out one (2023-01-01 onward: evaluate on it, never tune on it). The bars are exactly the rows of
-  the replay ``MarketPaths`` a backtest of the same dates uses (``envs.market.replay``), so paper
+  the replay ``MarketPaths`` a backtest of the same dates uses (``defialloc.envs.market.replay``), so paper
   trading and the backtest see the same market.
-- :class:`SimulatedFeed`: a "live" feed drawn from the scenario generator (``envs.market.sources``):
+- :class:`SimulatedFeed`: a "live" feed drawn from the scenario generator (``defialloc.envs.market.sources``):
   a fresh synthetic path per seed, delivered bar by bar at a chosen speed.
 - :class:`LiveFeedAdapter`: the documented template for a live exchange or on-chain source:
   implement :meth:`LiveFeedAdapter.fetch_bar`. ``training/paper/ccxt_feed.py`` is the adapter for
@@ -12,7 +12,7 @@
 
 Levered and hedged policies: every bar carries the protocol state (``MarketBar.protocol``). The
 replay and simulated feeds stream the rows the env generates for the same path and path seed
-(``envs.streaming_protocol.generate_protocol_series``: seed 0 for a replayed period, as
+(``defialloc.envs.streaming_protocol.generate_protocol_series``: seed 0 for a replayed period, as
 ``run_period_backtest``; the scenario seed for a simulated feed), so a paper run equals the backtest.
 
 Bar ``0`` is the first history (warmup) bar; the first decision is at bar ``env.warmup``. A feed must
@@ -31,11 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.market.config import MarketConfig
-from envs.market.paths import POSITIVE_FIELDS, MarketPaths
-from envs.streaming import MarketBar, check_bar
-from envs.streaming_protocol import ProtocolState, generate_protocol_series, required_fields
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.market.config import MarketConfig
+from defialloc.envs.market.paths import POSITIVE_FIELDS, MarketPaths
+from defialloc.envs.streaming import MarketBar, check_bar
+from defialloc.envs.streaming_protocol import (
+    ProtocolState,
+    generate_protocol_series,
+    required_fields,
+)
 
 SECONDS_PER_DAY = 86_400.0
 #: nominal date of bar 0 of a simulated feed (synthetic paths have no calendar)
@@ -63,7 +67,7 @@ class Feed(ABC):
     numeraire: str = "USDC"
     step_days: float = 1.0
     regime_names: tuple[str, ...] = ()
-    #: the protocol state every bar carries (``envs.streaming_protocol``; empty: spot only)
+    #: the protocol state every bar carries (``defialloc.envs.streaming_protocol``; empty: spot only)
     protocol_fields: tuple[str, ...] = ()
 
     def protocol_sources(self) -> dict[str, str]:
@@ -146,7 +150,7 @@ class PathFeed(Feed):
 
     ``protocol``: the path's lending / perps series (``{name: (1, L, ...)}``, as
     ``ProtocolPaths.generate`` returns them) when the policy is levered or hedged: each bar carries
-    its row (:class:`envs.streaming_protocol.ProtocolState`); ``protocol_seed``: the path seed they
+    its row (:class:`defialloc.envs.streaming_protocol.ProtocolState`); ``protocol_seed``: the path seed they
     were drawn from (the backtest of the same path draws them from the same seed);
     ``backtest_seed``: the seed a backtest of this path uses (replay: 0, simulated: the scenario
     seed), for the reference backtest a paper run is shown against (None: none).
@@ -284,7 +288,7 @@ class ReplayFeed(PathFeed):
     ) -> ReplayFeed:
         """The replay of ``start..end`` for a policy trained on ``config`` (its assets, numeraire and
         regime rule; ``market`` replaces the market section, ``data_dir`` the data folder)."""
-        from envs.market.replay import load_panel, replay_paths
+        from defialloc.envs.market.replay import load_panel, replay_paths
 
         base = market or config.market
         update: dict[str, Any] = {
@@ -339,7 +343,7 @@ class SimulatedFeed(PathFeed):
         epoch: str = SIMULATED_EPOCH,
     ) -> SimulatedFeed:
         """``n_bars`` bars (``env.warmup`` of them history) of the path of scenario ``seed``."""
-        from envs.market.sources import sample_paths
+        from defialloc.envs.market.sources import sample_paths
 
         warmup = config.env.warmup
         if n_bars < warmup + 2:
@@ -398,10 +402,10 @@ class LiveFeedAdapter(Feed):
     asks again for the first bar it has not recorded, which may lie in the past.
 
     A levered or hedged policy needs every bar to carry its protocol state
-    (``MarketBar.protocol``, :class:`envs.streaming_protocol.ProtocolState`, e.g. built with
+    (``MarketBar.protocol``, :class:`defialloc.envs.streaming_protocol.ProtocolState`, e.g. built with
     ``ProtocolState.from_quotes``); declare the fields with ``protocol_fields``
-    (``envs.streaming_protocol.required_fields``) and say where they come from in
-    :meth:`Feed.protocol_sources`. :class:`training.paper.ccxt_feed.CcxtFeed` is a complete example.
+    (``defialloc.envs.streaming_protocol.required_fields``) and say where they come from in
+    :meth:`Feed.protocol_sources`. :class:`defialloc.training.paper.ccxt_feed.CcxtFeed` is a complete example.
     """
 
     kind = "live"

@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from envs.streaming import MarketBar
-from envs.streaming_protocol import PER_ASSET_FIELDS, ProtocolState
+from defialloc.envs.streaming import MarketBar
+from defialloc.envs.streaming_protocol import PER_ASSET_FIELDS, ProtocolState
 
 LEDGER_FORMAT = "defialloc.paper_ledger/2"
 #: earlier formats this code reads and resumes (format 1: spot only; its missing tables are added)

@@ -1,13 +1,13 @@
 """Lending rates for a feed whose venue has none (a centralized exchange has no Aave market).
 
 A levered policy's bars must carry the numeraire's borrow and supply rates and the risky assets'
-supply rates (``envs.streaming_protocol``). A live feed from an exchange gets them from one of two
+supply rates (``defialloc.envs.streaming_protocol``). A live feed from an exchange gets them from one of two
 documented sources, recorded per field in the ledger's meta (``protocol_sources``) and the MLflow
 params of the run:
 
 - ``snapshot`` (default): the dated Aave v3 snapshot the policy was trained with
   (``env.lending.params_path``, e.g. ``configs/protocols/aave_v3_2023-10-31.yaml``): its kinked rate
-  model (``envs.protocols.lending.borrow_rate``/``supply_rate``) at the snapshot's calm-regime mean
+  model (``defialloc.envs.protocols.lending.borrow_rate``/``supply_rate``) at the snapshot's calm-regime mean
   utilization of each reserve. A constant: the env's rates move with the regime, these do not.
 - a configured constant: ``--protocol-constant borrow_rate=0.06`` (annual fraction), likewise
   ``cash_supply_rate``, ``supply_rate`` (every risky asset) or ``supply_rate.<ASSET>`` (one asset);
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.config import SimulationConfig
-from envs.leverage_paths import ProtocolSetup, resolve_params_path
-from envs.protocols.lending import borrow_rate, supply_rate
-from envs.streaming_protocol import check_no_rate_arbitrage
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.leverage_paths import ProtocolSetup, resolve_params_path
+from defialloc.envs.protocols.lending import borrow_rate, supply_rate
+from defialloc.envs.streaming_protocol import check_no_rate_arbitrage
 
 #: the keys ``--protocol-constant`` accepts (``supply_rate.<ASSET>`` too)
 CONSTANT_KEYS = ("borrow_rate", "cash_supply_rate", "supply_rate")

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from envs.step_records import StepResult
-from envs.streaming import OrderIntent, StreamingSimulator
+from defialloc.envs.step_records import StepResult
+from defialloc.envs.streaming import OrderIntent, StreamingSimulator
 
 DEBT_SUFFIX = "-DEBT"
 PERP_SUFFIX = "-PERP"

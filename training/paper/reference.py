@@ -2,8 +2,8 @@
 
 When the feed streams a path a backtest can also run (a replayed period, or a simulated scenario),
 the runner backtests the policy on it once, when the ledger is created, with the code every backtest
-uses (:func:`evaluation.rollout.run_policy`: the replayed period's path seed is 0, as in
-``evaluation.backtest.run_period_backtest``; a simulated scenario's is its seed), behind the same
+uses (:func:`defialloc.evaluation.rollout.run_policy`: the replayed period's path seed is 0, as in
+``defialloc.evaluation.backtest.run_period_backtest``; a simulated scenario's is its seed), behind the same
 kill-switch wrapper when one is on. The marked values go to the ledger's ``reference`` table, one
 row per decision bar: paper-view and the MLflow run show paper equity against it (on a replayed
 period the two are equal at every bar; tests/test_paper_levered.py). Live feeds have no reference.
@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from agents.kill_switch_policy import KillSwitchPolicy
-from agents.onnx_policy import OnnxPolicy
-from envs.config import SimulationConfig, load_config
-from envs.kill_switch import KillSwitchConfig
-from envs.seeds import TRAIN_SEED_BASE
-from training.paper.feeds import Feed, PathFeed
+from defialloc.agents.kill_switch_policy import KillSwitchPolicy
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.seeds import TRAIN_SEED_BASE
+from defialloc.training.paper.feeds import Feed, PathFeed
 
 
 def reference_backtest(
@@ -37,7 +37,7 @@ def reference_backtest(
     seed = getattr(feed, "backtest_seed", None)
     if not isinstance(feed, PathFeed) or seed is None or not 0 <= seed < TRAIN_SEED_BASE:
         return None
-    from evaluation.rollout import run_policy
+    from defialloc.evaluation.rollout import run_policy
 
     warmup = config.env.warmup
     horizon = feed.length - warmup - 1
@@ -50,7 +50,7 @@ def reference_backtest(
     rows = [(warmup + k, float(v)) for k, v in enumerate(values)]
     description = {
         "kind": "backtest",
-        "code": "evaluation.rollout.run_policy",
+        "code": "defialloc.evaluation.rollout.run_policy",
         "path_seed": int(seed),
         "kill_switch": None if kill_switch is None else kill_switch.model_dump(mode="json"),
         "first_bar": warmup,

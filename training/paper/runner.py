@@ -3,11 +3,11 @@
 For every bar, in one ledger transaction:
 
 1. check the bar (consecutive index, one step after the previous bar, finite positive prices);
-2. load it into the :class:`~envs.streaming.StreamingSimulator`; history bars stop here;
+2. load it into the :class:`~defialloc.envs.streaming.StreamingSimulator`; history bars stop here;
 3. at the first decision bar open the portfolio (the env's reset); at later bars ``advance``: mark
    the holdings to the new prices, realign the pools, update the peak and the kill-switch's clock;
 4. observe (the env's own feature code), run the ONNX policy, apply the policy-side kill-switch
-   when asked for (``--kill-switch``: :class:`~agents.kill_switch_policy.KillSwitchPolicy` on the
+   when asked for (``--kill-switch``: :class:`~defialloc.agents.kill_switch_policy.KillSwitchPolicy` on the
    policy's action, with the simulator's value and health factor), ``execute`` (the env's own
    kill-switch if its config enables it, no-trade band, routing across fee tiers, fees, slippage,
    gas: the env's execution model);
@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
-from agents.onnx_policy import OnnxPolicy
-from envs.config import SimulationConfig, load_config
-from envs.kill_switch import KillSwitchConfig
-from envs.step_records import StepResult
-from envs.streaming import MarketBar, StreamingSimulator, check_bar
-from training.paper.feeds import Feed, check_spacing
-from training.paper.ledger import (
+from defialloc.agents.kill_switch_policy import KillSwitchPolicy, kill_switch_params
+from defialloc.agents.onnx_policy import OnnxPolicy
+from defialloc.envs.config import SimulationConfig, load_config
+from defialloc.envs.kill_switch import KillSwitchConfig
+from defialloc.envs.step_records import StepResult
+from defialloc.envs.streaming import MarketBar, StreamingSimulator, check_bar
+from defialloc.training.paper.feeds import Feed, check_spacing
+from defialloc.training.paper.ledger import (
     LEVERED_COLUMNS,
     BarRecord,
     Ledger,
@@ -46,10 +46,16 @@ from training.paper.ledger import (
     check_ledger_matches,
     inspect_ledger,
 )
-from training.paper.records import debt_usd, fill_rows, levered_rows, order_rows, position_rows
-from training.paper.reference import reference_backtest
-from training.paper.tracking import MetricsStream, bar_metrics
-from training.paper.writer_lock import WriterLock
+from defialloc.training.paper.records import (
+    debt_usd,
+    fill_rows,
+    levered_rows,
+    order_rows,
+    position_rows,
+)
+from defialloc.training.paper.reference import reference_backtest
+from defialloc.training.paper.tracking import MetricsStream, bar_metrics
+from defialloc.training.paper.writer_lock import WriterLock
 
 DEFAULT_CAPACITY = 1024
 #: the MLflow artifact of a paper run: equity vs the reference backtest, levered state
@@ -97,7 +103,7 @@ class PaperTrader:
         ledger_path: SQLite file; created on the first run, resumed afterwards.
         mlflow_experiment: stream metrics to a run in this experiment (None: no MLflow).
         on_bar: called after each committed bar with the record and the trader (the terminal view).
-        history_rows: see :class:`~envs.streaming.StreamingSimulator` (None: exact backtest features).
+        history_rows: see :class:`~defialloc.envs.streaming.StreamingSimulator` (None: exact backtest features).
         kill_switch: run the policy behind the policy-side kill-switch with these parameters (None or
             ``enabled=False``: off). Recorded in the ledger's meta and the MLflow params; a ledger
             resumes only with the setting it was started with.
@@ -470,7 +476,7 @@ class PaperTrader:
         """The equity (and, with a reference, the backtest's) plot as the run's artifact."""
         if self.stream is None or self.ledger is None:
             return
-        from training.paper.plots import equity_figure
+        from defialloc.training.paper.plots import equity_figure
 
         figure = equity_figure(self.ledger_path)
         if figure is not None:

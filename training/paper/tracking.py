@@ -75,7 +75,7 @@ class MetricsStream:
         """Create a new run in ``experiment`` (created if missing)."""
         from mlflow import MlflowClient
 
-        from agents.mlflow_store import setup_mlflow
+        from defialloc.agents.mlflow_store import setup_mlflow
 
         experiment_id = setup_mlflow(experiment)
         client = MlflowClient()

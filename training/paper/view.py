@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from training.paper.ledger import LEVERED_COLUMNS
+from defialloc.training.paper.ledger import LEVERED_COLUMNS
 
 #: decisions shown in the "last actions" table
 LAST_ACTIONS = 5

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from envs.config import ConfigError
+from defialloc.envs.config import ConfigError
 
 
 def bench_sweep(
@@ -29,8 +29,8 @@ def bench_sweep(
 
     ``console`` receives the sweeps' own output (default: a console writing nowhere).
     """
-    from training.sweeps.config import load_sweep
-    from training.sweeps.driver import plan_from_sweep, run_plan
+    from defialloc.training.sweeps.config import load_sweep
+    from defialloc.training.sweeps.driver import plan_from_sweep, run_plan
 
     if not workers or any(w < 1 for w in workers):
         raise ConfigError(f"--workers {workers}: allowed: positive integers, e.g. 1,2")

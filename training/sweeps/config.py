@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from envs.config import ConfigError, StrictModel, format_validation_error
-from envs.yaml_io import read_yaml_mapping
-from training.config import TrainConfig, load_train_config
+from defialloc.envs.config import ConfigError, StrictModel, format_validation_error
+from defialloc.envs.yaml_io import read_yaml_mapping
+from defialloc.training.config import TrainConfig, load_train_config
 
 #: trials never evaluate on the test scenarios or the held-out period, nor register a model
 TRIAL_OVERRIDES = {"eval.final": False, "mlflow.register_model": False}

@@ -1,7 +1,7 @@
 """The sweep driver: parent run, trials on a backend, result table, best config.
 
 :func:`run_plan` runs any :class:`SweepPlan`: a sweep file (:func:`plan_from_sweep`, ``defialloc
-sweep``) or an experiment's ablation and runs (:mod:`training.experiment`). Running the same plan
+sweep``) or an experiment's ablation and runs (:mod:`defialloc.training.experiment`). Running the same plan
 again resumes its unfinished parent run (finished trials are not re-run, unfinished ones continue
 from their checkpoints); ``fresh=True`` starts a new one.
 """
@@ -18,10 +18,15 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
-from envs.config import ConfigError
-from training.sweeps.config import TRIAL_OVERRIDES, ResourcesConfig, SchedulerConfig, SweepConfig
-from training.sweeps.context import SweepContext
-from training.sweeps.tracking import (
+from defialloc.envs.config import ConfigError
+from defialloc.training.sweeps.config import (
+    TRIAL_OVERRIDES,
+    ResourcesConfig,
+    SchedulerConfig,
+    SweepConfig,
+)
+from defialloc.training.sweeps.context import SweepContext
+from defialloc.training.sweeps.tracking import (
     ParentRun,
     TrialRun,
     check_store_for_address,
@@ -32,7 +37,7 @@ from training.sweeps.tracking import (
     redact_uri,
     trial_runs,
 )
-from training.sweeps.trials import FixedTrials, OptunaTrials, TrialSpec, sweep_source
+from defialloc.training.sweeps.trials import FixedTrials, OptunaTrials, TrialSpec, sweep_source
 
 Backend = Literal["local", "ray"]
 Finished = dict[str, tuple[dict[str, Any], int, float | None]]
@@ -104,7 +109,7 @@ def plan_from_sweep(sweep: SweepConfig, base: Any) -> SweepPlan:
 
 def absolute_tracking_uri() -> str:
     """The tracking URI with a relative SQLite path made absolute (trials run elsewhere)."""
-    from evaluation.tracking import tracking_uri
+    from defialloc.evaluation.tracking import tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
@@ -118,8 +123,8 @@ def _resume_state(
     """Finished trials (not re-run) and unfinished runs with a checkpoint (continued)."""
     from mlflow import MlflowClient
 
-    from training.callbacks import STATE_FILE
-    from training.train import run_dir_of
+    from defialloc.training.callbacks import STATE_FILE
+    from defialloc.training.train import run_dir_of
 
     if not parent.resumed:
         return {}, {}
@@ -212,13 +217,13 @@ def _execute(
         console.print(text, highlight=False)
 
     if backend == "local":
-        from training.sweeps.local_backend import run_local
+        from defialloc.training.sweeps.local_backend import run_local
 
         def on_result(spec: TrialSpec, result: dict[str, Any]) -> None:
             say(f"trial {spec.key}: score {result.get('score', float('nan')):+.4f}")
 
         return run_local(source, ctx, on_result)
-    from training.sweeps.ray_backend import run_on_ray
+    from defialloc.training.sweeps.ray_backend import run_on_ray
 
     storage = Path(ctx.output_dir) / "sweeps" / f"{plan.name}-{ctx.parent_run_id[:8]}"
     return run_on_ray(
@@ -242,7 +247,7 @@ def _conclude(
     import mlflow
     from mlflow import MlflowClient
 
-    from training.sweeps import results
+    from defialloc.training.sweeps import results
 
     runs: list[TrialRun] = list(
         latest_by_key(trial_runs(parent.run_id, parent.experiment_id, plan.metric)).values()
@@ -295,7 +300,7 @@ def _conclude(
 
 
 def _print_table(table: Any, plan: SweepPlan, n_trials: int, console: Console) -> None:
-    from training.sweeps.results import display_rows, legend
+    from defialloc.training.sweeps.results import display_rows, legend
 
     header, cells = display_rows(table, plan.metric)
     out = Table(

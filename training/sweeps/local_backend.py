@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from training.sweeps.context import SweepContext
-from training.sweeps.trials import WAIT, FixedTrials, OptunaTrials, TrialSpec
+from defialloc.training.sweeps.context import SweepContext
+from defialloc.training.sweeps.trials import WAIT, FixedTrials, OptunaTrials, TrialSpec
 
 
 def run_local(
@@ -21,7 +21,7 @@ def run_local(
     on_result: Callable[[TrialSpec, dict[str, Any]], None],
 ) -> list[str]:
     """Run every trial the source hands out; returns the keys of failed trials (none: it raises)."""
-    from training.sweeps.trial import LocalSession, run_trial
+    from defialloc.training.sweeps.trial import LocalSession, run_trial
 
     while True:
         spec = source.next_trial()

@@ -5,7 +5,7 @@
   on the others; docs/sweeps.md). Every node needs this repository installed at the same version.
 - Each trial asks for ``resources`` (CPUs, GPUs); ``workers`` caps the trials running at once.
 - A trial whose worker dies is retried up to ``max_failures`` times from its last checkpoint
-  (:mod:`training.sweeps.trial`); the Ray checkpoints live under ``storage_path`` (absolute; on a
+  (:mod:`defialloc.training.sweeps.trial`); the Ray checkpoints live under ``storage_path`` (absolute; on a
   cluster it must be a folder every node sees, e.g. NFS).
 - ASHA or the median stopping rule stop trials early on ``score`` (the best validation metric so
   far) with env steps as time.
@@ -20,15 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.sweeps.config import ResourcesConfig, SchedulerConfig
-from training.sweeps.context import SweepContext
-from training.sweeps.tracking import check_store_for_nodes
-from training.sweeps.trials import WAIT, FixedTrials, OptunaTrials, TrialSpec
+from defialloc.training.sweeps.config import ResourcesConfig, SchedulerConfig
+from defialloc.training.sweeps.context import SweepContext
+from defialloc.training.sweeps.tracking import check_store_for_nodes
+from defialloc.training.sweeps.trials import WAIT, FixedTrials, OptunaTrials, TrialSpec
 
 
 def _trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     """The Ray Tune function trainable: one trial (runs in a Ray worker)."""
-    from training.sweeps.trial import RaySession, run_trial
+    from defialloc.training.sweeps.trial import RaySession, run_trial
 
     run_trial(TrialSpec.from_dict(config["trial"]), ctx, RaySession())
 
@@ -150,8 +150,8 @@ def _mark_stopped(grid: Any) -> None:
     here, so a resumed driver does not continue a trial the scheduler stopped."""
     from mlflow import MlflowClient
 
-    from training.sweeps.context import EARLY_STOPPED
-    from training.train import STATUS_TAG
+    from defialloc.training.sweeps.context import EARLY_STOPPED
+    from defialloc.training.train import STATUS_TAG
 
     client = MlflowClient()
     for result in grid:

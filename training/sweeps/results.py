@@ -7,11 +7,11 @@ One row per configuration (its trials = its training seeds), sorted by the selec
 - ``IQM`` and ``mean`` of the best models' per-scenario validation values (log growth for the
   log-growth metrics, annualized Sharpe for ``mean_sharpe``), shaped ``(trials, scenarios)``, with
   95% stratified bootstrap intervals (scenarios resampled within each trial,
-  :func:`evaluation.statistics.stratified_bootstrap_ci`);
+  :func:`defialloc.evaluation.statistics.stratified_bootstrap_ci`);
 - ``Sharpe``: annualized Sharpe of the per-step returns pooled over the configuration's scenarios and
   trials; ``DSR``: the deflated Sharpe ratio of those pooled returns against the per-period Sharpe
   ratios of every trial actually run (N = that count, early-stopped trials included: they were tried;
-  :func:`evaluation.statistics.deflated_sharpe_ratio`). With N < 2 there is nothing to deflate by.
+  :func:`defialloc.evaluation.statistics.deflated_sharpe_ratio`). With N < 2 there is nothing to deflate by.
 
 The winner (highest ``score`` among configurations with at least one completed trial) is written
 out as a full, resolved training config that ``defialloc train --config`` takes as it is.
@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from evaluation.statistics import (
+from defialloc.evaluation.statistics import (
     deflated_sharpe_ratio,
     sharpe_per_period,
     stratified_bootstrap_ci,
 )
-from training.sweeps.context import EARLY_STOPPED, SCORES_ARTIFACT
-from training.sweeps.tracking import TrialRun
+from defialloc.training.sweeps.context import EARLY_STOPPED, SCORES_ARTIFACT
+from defialloc.training.sweeps.tracking import TrialRun
 
 N_BOOT = 2000
 SCORES_FILE = "validation.npz"
@@ -196,7 +196,7 @@ def collect(runs: list[TrialRun], metric: str) -> list[TrialScores]:
 
 def best_config_yaml(base: dict[str, Any], overrides: dict[str, Any], header: str) -> str:
     """The base config with the winner's overrides, resolved (loads back as it is)."""
-    from training.config import load_train_config
+    from defialloc.training.config import load_train_config
 
     cfg = load_train_config(base, {**overrides, "mlflow.run_name": None})
     comment = "".join(f"# {line}\n" for line in header.splitlines())

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from envs.config import ConfigError
-from training.sweeps.context import (
+from defialloc.envs.config import ConfigError
+from defialloc.training.sweeps.context import (
     CONFIG_TAG,
     DONE_STATUSES,
     LABEL_TAG,
@@ -148,7 +148,7 @@ def open_parent(
     ``fresh``), else a new one."""
     from mlflow import MlflowClient
 
-    from evaluation.tracking import setup_mlflow
+    from defialloc.evaluation.tracking import setup_mlflow
 
     experiment_id = setup_mlflow(experiment)
     client = MlflowClient()
@@ -178,7 +178,7 @@ def finished_parent(experiment: str, name: str, digest: str) -> Any | None:
     a plan that already ran to the end (e.g. an experiment's ablation) is reused, not re-run."""
     from mlflow import MlflowClient
 
-    from evaluation.tracking import setup_mlflow
+    from defialloc.evaluation.tracking import setup_mlflow
 
     found = MlflowClient().search_runs(
         [setup_mlflow(experiment)],
@@ -229,7 +229,7 @@ def trial_runs(parent_run_id: str, experiment_id: str, metric: str) -> list[Tria
     """Every trial run nested under the parent (several per key if a trial restarted from 0)."""
     from mlflow import MlflowClient
 
-    from training.train import STATUS_TAG
+    from defialloc.training.train import STATUS_TAG
 
     runs = MlflowClient().search_runs(
         [experiment_id], f"tags.`{SWEEP_TAG}` = '{parent_run_id}'", max_results=50_000

@@ -1,7 +1,7 @@
 """What one trial runs, wherever it runs (a Ray worker on any node, or this process).
 
 :func:`run_trial` builds the trial's training config (base + shared + searched overrides, with
-``eval.final`` off for sweeps), trains it with :func:`training.train.train` as a run nested under the
+``eval.final`` off for sweeps), trains it with :func:`defialloc.training.train.train` as a run nested under the
 sweep's parent run, and reports after every validation through a *session*:
 
 - :class:`RaySession` (``ray.tune.report``): each report carries a Ray checkpoint holding a copy of
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from training.callbacks import BEST_SCORES_FILE, RunAwareCallback, TrainingInterrupted
-from training.sweeps.context import (
+from defialloc.training.callbacks import BEST_SCORES_FILE, RunAwareCallback, TrainingInterrupted
+from defialloc.training.sweeps.context import (
     CONFIG_TAG,
     EARLY_STOPPED,
     LABEL_TAG,
@@ -43,7 +43,7 @@ from training.sweeps.context import (
     TRIAL_TAG,
     SweepContext,
 )
-from training.sweeps.trials import TrialSpec
+from defialloc.training.sweeps.trials import TrialSpec
 
 TRIAL_FILE = "trial.json"
 CONFIG_FILE = "config.yaml"  # the run folder's resolved config (training.train.CONFIG_FILE)
@@ -184,7 +184,7 @@ def pack_checkpoint(run_dir: Path, run_id: str, folder: Path) -> None:
 def unpack_checkpoint(folder: Path) -> str:
     """Put a Ray checkpoint's files back into its run's folder (from the run's MLflow tag; created
     if this node never had it) and return the run id to resume."""
-    from training.train import run_dir_of
+    from defialloc.training.train import run_dir_of
 
     run_id = str(json.loads((folder / TRIAL_FILE).read_text())["run_id"])
     run_dir = run_dir_of(run_id)
@@ -200,7 +200,7 @@ def unpack_checkpoint(folder: Path) -> str:
 
 def trial_config(spec: TrialSpec, ctx: SweepContext):  # noqa: ANN201 - TrainConfig (lazy import)
     """The trial's training config: its base, its overrides, its seed, the sweep's destination."""
-    from training.config import load_train_config
+    from defialloc.training.config import load_train_config
 
     overrides = {
         **spec.overrides,
@@ -229,8 +229,8 @@ def run_trial(spec: TrialSpec, ctx: SweepContext, session: TrialSession) -> dict
     import mlflow
     from mlflow import MlflowClient
 
-    import training.train as train_module
-    from training.train import STATUS_TAG, RunAlreadyFinished, load_resume_config
+    import defialloc.training.train as train_module
+    from defialloc.training.train import STATUS_TAG, RunAlreadyFinished, load_resume_config
 
     os.environ["MLFLOW_TRACKING_URI"] = ctx.tracking_uri
     mlflow.set_tracking_uri(ctx.tracking_uri)
@@ -293,7 +293,7 @@ def final_result(spec: TrialSpec, run_id: str, metric: str) -> dict[str, Any]:
     """A finished trial's result, read back from its MLflow run (latest ``val/*`` values)."""
     from mlflow import MlflowClient
 
-    from training.train import STATUS_TAG
+    from defialloc.training.train import STATUS_TAG
 
     client = MlflowClient()
     run = client.get_run(run_id)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from training.sweeps.config import ParamSpec, SweepConfig
+from defialloc.training.sweeps.config import ParamSpec, SweepConfig
 
 WAIT = "wait"  # a source has nothing to hand out until a running trial completes
 
