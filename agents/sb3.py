@@ -1,7 +1,7 @@
 """stable-baselines3 agents: the PPO/SAC factory and the :class:`SB3Policy` adapter.
 
 ``make_agent`` turns a plain mapping of hyperparameters (the ``policy`` block plus the algorithm's
-own keys, as ``training.config.TrainConfig.agent_kwargs()`` produces it) into an SB3 model on a
+own keys, as ``defialloc.training.config.TrainConfig.agent_kwargs()`` produces it) into an SB3 model on a
 VecEnv. ``SB3Policy`` wraps a trained model and a frozen copy of its observation-normalization
 statistics so that it acts on the env's *raw* observations, deterministically, behind the shared
 :class:`~defialloc.agents.policy.Policy` interface (backtests, validation, paper trading).

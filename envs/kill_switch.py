@@ -95,7 +95,7 @@ class KillSwitch:
         Args:
             actions: ``(B, A)`` the policy's actions.
             safe_action: ``(A,)`` the action meaning all numeraire, no debt, no perps (e.g.
-                ``envs.leverage.ActionLayout.safe_action()``).
+                ``defialloc.envs.leverage.ActionLayout.safe_action()``).
             drawdown, health_factor: as in :meth:`update`.
 
         Returns:

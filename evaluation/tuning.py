@@ -2,7 +2,7 @@
 
 For each feasible baseline, every point of a small grid (:data:`GRIDS`; the parameters it does
 not name keep their values in the evaluation YAML) runs on the same ``K`` validation scenarios
-(``envs.seeds.scenario_seeds("validation", K)``, paired: one set of market paths for every point),
+(``defialloc.envs.seeds.scenario_seeds("validation", K)``, paired: one set of market paths for every point),
 and the point with the best mean objective wins:
 
 - ``sharpe`` (default): the mean over scenarios of each scenario's annualized Sharpe ratio
