@@ -127,11 +127,17 @@ def demo(
         "--cache/--no-cache",
         help="reuse baseline backtests already run on the same scenarios",
     ),
+    sac: bool = typer.Option(
+        False,
+        "--sac",
+        help="also train the small SAC (configs/train/demo_sac.yaml; a few minutes more)",
+    ),
 ) -> None:
-    """Train a small PPO and SAC, backtest them against the baselines, print the table (`make demo`)."""
-    from defialloc.training.demo import run_demo
+    """Train a small PPO in the DeFi market, backtest it against the baselines and the ceiling,
+    print the table (`make demo`)."""
+    from defialloc.training.demo import DEMO_CONFIGS, SAC_DEMO_CONFIG, run_demo
 
-    run_demo(console, cache=cache)
+    run_demo(console, DEMO_CONFIGS + ((SAC_DEMO_CONFIG,) if sac else ()), cache=cache)
 
 
 @bench_app.command("env")
