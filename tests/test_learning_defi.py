@@ -18,7 +18,7 @@ import yaml
 
 from defialloc.agents.policy import RandomPolicy
 from defialloc.agents.sb3 import ObsNormalizer, SB3Policy, make_agent
-from defialloc.envs.config import REPO_ROOT
+from defialloc.envs.config import DEFAULT_OBSERVATION_BLOCKS, REPO_ROOT
 from defialloc.envs.protocols.params import DEFAULT_PERPS_PATH
 from defialloc.envs.seeds import scenario_seeds
 from defialloc.evaluation.rollout import EpisodeRecord, run_policy
@@ -53,6 +53,7 @@ def test_ppo_learns_the_hedged_carry_in_the_defi_market(tmp_path: Path):
         # at most 0.25 a decision) needs 4 of its 12 decisions to reach the full hedge in 60 days
         "env.action.kind": "target",
         "env.decision_every": 1,
+        "env.observation.blocks": list(DEFAULT_OBSERVATION_BLOCKS),  # the settings it was sized on
         "n_envs": 16,
         "ppo.batch_size": 256,
         "total_timesteps": 120_000,
