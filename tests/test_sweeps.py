@@ -312,3 +312,18 @@ def test_sweep_print_config_shows_the_sweep_and_its_base_and_runs_nothing(tmp_pa
     assert data["sweep"]["sweep"] == "smoke" and data["base"]["n_envs"] == 8
     assert data["base"]["total_timesteps"] == 16384  # the sweep file's shared override
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_sweeps_extra_is_refused_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    from defialloc.envs.config import ConfigError
+    from defialloc.training.sweeps.config import require_extra
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[sweeps\]'"):
+        require_extra("ray", "--backend ray")
+    require_extra("numpy", "anything")  # installed: no error

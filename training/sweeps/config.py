@@ -194,3 +194,17 @@ def load_sweep(
                 f"{base.total_timesteps} (else nothing can be stopped)"
             )
     return sweep, base
+
+
+def require_extra(module: str, what: str) -> None:
+    """Refuse, with the install command, when the optional ``sweeps`` extra (Ray Tune, Optuna) is
+    missing: `make demo` installs the runtime only; `make test` and ``pip install -e '.[sweeps]'`` add it."""
+    import importlib.util
+
+    from defialloc.envs.config import ConfigError
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"{what} needs the optional package {module!r}, which is not installed: "
+            "pip install -e '.[sweeps]' (or use --backend local and a grid or random search)"
+        )

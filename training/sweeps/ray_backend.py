@@ -199,6 +199,9 @@ def run_on_ray(
     say: Callable[[str], None],
 ) -> list[str]:
     """Run the sweep's trials on Ray Tune; returns the keys of trials that failed every retry."""
+    from defialloc.training.sweeps.config import require_extra
+
+    require_extra("ray", "--backend ray")
     import ray
     from ray import tune
 

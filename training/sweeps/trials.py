@@ -154,6 +154,9 @@ class OptunaTrials:
         prefix: str,
         finished: dict[str, tuple[dict[str, Any], int, float | None]] | None = None,
     ) -> None:
+        from defialloc.training.sweeps.config import require_extra
+
+        require_extra("optuna", "method: optuna")
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
