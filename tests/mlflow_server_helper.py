@@ -25,7 +25,7 @@ import pytest
 STARTUP_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -47,7 +47,7 @@ def post_json(url: str, body: dict) -> dict:
         return json.loads(resp.read())
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -65,11 +65,11 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     pgid = proc.pid  # start_new_session=True: the server leads its own group
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             return
         os.killpg(pgid, sig)
         deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 
@@ -77,7 +77,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """Run ``mlflow server`` (SQLite store and artifacts under ``tmp_path``); yields its URL."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     # no background job runner (huey consumers): faster start and stop, nothing left behind
     env = dict(
         os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
@@ -123,4 +123,4 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     finally:
         _stop(proc)
         log.close()
-        assert proc.poll() is not None and not _group_alive(proc.pid)
+        assert proc.poll() is not None and not group_alive(proc.pid)

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import yaml
 from mlflow import MlflowClient
 
 from defialloc.training.config import load_train_config
+from tests.mlflow_server_helper import free_port, group_alive
 
 pytestmark = pytest.mark.slow
 
@@ -198,20 +198,6 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert continued.data.tags["defialloc.status"] == "completed"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stop_node(proc: subprocess.Popen) -> None:
     """SIGTERM to the node's ``ray start --block`` PID (it stops its GCS, raylet and workers);
     then whatever is left in its process group (it leads its own group)."""
@@ -222,16 +208,16 @@ def _stop_node(proc: subprocess.Popen) -> None:
         proc.kill()
         proc.wait(timeout=10)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not _group_alive(proc.pid):
+        if not group_alive(proc.pid):
             return
         os.killpg(proc.pid, sig)
         deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
+        while group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
 def test_two_local_ray_nodes_share_a_sweep(tmp_path):
-    port = _free_port()
+    port = free_port()
     # a private token for this test's cluster (Ray 2.60 refuses unauthenticated nodes)
     env = _env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
     # a temp folder of its own: Ray's default (/tmp/ray) would keep this cluster's address as the
@@ -273,7 +259,7 @@ def test_two_local_ray_nodes_share_a_sweep(tmp_path):
             _stop_node(node)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
-    assert not any(_group_alive(n.pid) for n in nodes)
+    assert not any(group_alive(n.pid) for n in nodes)
     _, parent, trials = _parent_and_trials(tmp_path)
     assert len(trials) == 2 and all(r.data.tags["defialloc.status"] == "completed" for r in trials)
     assert len({r.data.tags["defialloc.node"] for r in trials}) == 2  # one trial on each node
