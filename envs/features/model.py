@@ -16,23 +16,15 @@ from scipy.linalg import solve_triangular
 
 from defialloc.envs.config import MODEL_BLOCKS, SimulationConfig, observation_model_missing
 from defialloc.envs.market.config import DAYS_PER_YEAR, MarketConfig
-from defialloc.envs.market.synthetic_model import drift_terms, step_transition
+from defialloc.envs.market.synthetic_model import (
+    GarchConstants,
+    drift_terms,
+    garch_constants,
+    step_transition,
+)
 
-
-@dataclass(frozen=True)
-class GarchModel:
-    """Per-asset GARCH(1,1) of the log returns, per step, float64 ``(N,)`` arrays.
-
-    ``h' = omega + alpha r^2 + beta h`` with ``omega = omega_daily * step_days`` ((log return)^2 per
-    step); ``h_bar = omega / (1 - alpha - beta)`` the unconditional variance; ``h_cap`` the
-    generator's cap on ``h`` (``max_variance_multiple * h_bar``).
-    """
-
-    omega: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    h_bar: np.ndarray
-    h_cap: np.ndarray
+#: The trader's GARCH(1,1) per asset: the generator's constants (:class:`GarchConstants`) in float64.
+GarchModel = GarchConstants
 
 
 @dataclass(frozen=True)
@@ -91,12 +83,9 @@ class TraderModel:
         if missing:
             raise ValueError(f"the market model lacks: {', '.join(missing)}")
         p, dt, assets = market.synthetic, market.step_days, list(market.assets)
-        g = [p.garch[a] for a in assets]
-        omega = np.array([x.omega_daily for x in g]) * dt
-        alpha = np.array([x.alpha for x in g])
-        beta = np.array([x.beta for x in g])
-        h_bar = omega / (1.0 - alpha - beta)
-        garch = GarchModel(omega, alpha, beta, h_bar, p.max_variance_multiple * h_bar)
+        garch = garch_constants(
+            [p.garch[a] for a in assets], dt, p.max_variance_multiple, np.float64
+        )
         regime = None
         if with_regime:
             n = len(assets)

@@ -7,7 +7,7 @@ A single-env reset would otherwise spend ~15 % of its time re-deriving them from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -137,13 +137,26 @@ def expected_simple_return_step(
 
 
 class GarchConstants(NamedTuple):
-    """Per-column GARCH constants, ``(M,)`` float32: ``omega dt``, alpha, beta, ``h_bar``, the cap."""
+    """Per-column GARCH(1,1) constants per step, ``(M,)``: ``omega dt``, alpha, beta, ``h_bar`` (the
+    unconditional variance) and the generator's cap ``max_variance_multiple * h_bar``. The generator
+    holds them in float32, the trader's model (:mod:`defialloc.envs.features.model`) in float64."""
 
     omega: np.ndarray
     alpha: np.ndarray
     beta: np.ndarray
     h_bar: np.ndarray
     h_cap: np.ndarray
+
+
+def garch_constants(
+    params: list[Any], step_days: float, max_variance_multiple: float, dtype: Any
+) -> GarchConstants:
+    """:class:`GarchConstants` of the per-asset ``market.synthetic.garch`` entries, in ``dtype``."""
+    omega = (np.array([g.omega_daily for g in params]) * step_days).astype(dtype)
+    alpha = np.array([g.alpha for g in params], dtype=dtype)
+    beta = np.array([g.beta for g in params], dtype=dtype)
+    h_bar = omega / (1 - alpha - beta)
+    return GarchConstants(omega, alpha, beta, h_bar, (max_variance_multiple * h_bar).astype(dtype))
 
 
 @dataclass(frozen=True)
@@ -181,11 +194,6 @@ class SyntheticModel:
         has_eth = "ETH" in assets
         m = n if has_eth else n + 1
         garch = [p.garch[a] for a in assets] + ([] if has_eth else [p.eth_fallback.garch])
-        omega = (np.array([g.omega_daily for g in garch]) * dt).astype(F32)
-        alpha = np.array([g.alpha for g in garch], dtype=F32)
-        beta = np.array([g.beta for g in garch], dtype=F32)
-        h_bar = omega / (1 - alpha - beta)
-        h_cap = (p.max_variance_multiple * h_bar).astype(F32)
         p0 = [p.initial_price_usd[a] for a in assets]
         p0 += [] if has_eth else [p.eth_fallback.initial_price_usd]
         jp = p.jumps
@@ -199,7 +207,7 @@ class SyntheticModel:
             initial=p.stationary_distribution(),
             vol_multiplier=p.vol_multiplier.array().astype(F32),
             chol=np.linalg.cholesky(corr).astype(F32),
-            garch=GarchConstants(omega, alpha, beta, h_bar, h_cap),
+            garch=garch_constants(garch, dt, p.max_variance_multiple, F32),
             mean_step=drift.const.astype(F32),
             drift=drift,
             drift_vol_coef=F32(drift.vol_coef),
