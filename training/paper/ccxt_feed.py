@@ -45,7 +45,13 @@ import numpy as np
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.streaming import MarketBar, check_bar
 from defialloc.envs.streaming_protocol import ProtocolState, required_fields
-from defialloc.training.paper.feeds import SECONDS_PER_DAY, Feed, bar_time, check_spacing
+from defialloc.training.paper.feeds import (
+    SECONDS_PER_DAY,
+    Feed,
+    bar_time,
+    check_spacing,
+    parse_date,
+)
 from defialloc.training.paper.lending_quotes import lending_quotes
 from defialloc.training.paper.venue_errors import (
     Backoff,
@@ -139,8 +145,8 @@ class CcxtFeed(Feed):
         self.exchange = getattr(ccxt, exchange)({**options, **(exchange_options or {})})
         self.step_ms = int(round(self.step_days * SECONDS_PER_DAY * MS))
         self.timeframe = self._timeframe()
-        self.start = _date(start, "start")
-        self.end = None if end is None else _date(end, "end")
+        self.start = parse_date(start, "start")
+        self.end = None if end is None else parse_date(end, "end")
         first_decision = int(dt.datetime.combine(self.start, dt.time(), dt.UTC).timestamp() * MS)
         self.origin_ms = first_decision - self.warmup * self.step_ms
         self._length = None
@@ -440,12 +446,3 @@ class CcxtFeed(Feed):
                 self._sleep(self.poll_seconds)
                 continue
             self._cache.update({bar.index: bar for bar in got})
-
-
-def _date(value: str | dt.date, name: str) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"--{name}={value!r} is not a date (YYYY-MM-DD)") from None

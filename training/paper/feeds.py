@@ -293,8 +293,8 @@ class ReplayFeed(PathFeed):
         base = market or config.market
         update: dict[str, Any] = {
             "source": "replay",
-            "start": _date(start, "start"),
-            "end": _date(end, "end"),
+            "start": parse_date(start, "start"),
+            "end": parse_date(end, "end"),
         }
         if data_dir is not None:
             update["data_dir"] = str(data_dir)
@@ -375,7 +375,8 @@ class SimulatedFeed(PathFeed):
         )
 
 
-def _date(value: str | dt.date, name: str) -> dt.date:
+def parse_date(value: str | dt.date, name: str) -> dt.date:
+    """A ``--start``/``--end`` value as a date, or a clear error naming the option."""
     if isinstance(value, dt.date):
         return value
     try:
