@@ -1,25 +1,56 @@
-"""Throughput benchmark of the single and the batched env (``defialloc bench env``).
+"""Throughput and memory benchmark of the single and the batched env (``defialloc bench env``).
 
 Actions are drawn uniformly from the Box in advance so the figure measures the env, not the sampler.
-Episodes reset as they end, so resets (market path generation and features) are included.
+Episodes reset as they end, so resets (market path generation and features) are included. Every
+figure is measured for the runtime (compiled) simulator and, in the same run, for the numpy reference
+(:class:`~defialloc.envs.simulator.PortfolioSimulator`): the "before" and "after" of the compiled step.
+
+The standard grid (:func:`bench_grid`): spot (``configs/default.yaml``'s env) and all protocols
+(``configs/leverage.yaml``: lending, perps, cascades) on the benchmark market
+``configs/market/bench_15_assets.yaml`` (its first 5, 10 or 15 assets), at 1, 64, 256 and 1024 envs.
+Memory per env is what the batched env allocates (tracemalloc: numpy reports its buffers) divided by
+the number of envs, at the largest batch.
 """
 
 from __future__ import annotations
 
 import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from defialloc.envs.config import SimulationConfig
+from defialloc.envs.config import REPO_ROOT, SimulationConfig, load_config
+
+BENCH_MARKET = REPO_ROOT / "configs" / "market" / "bench_15_assets.yaml"
+BENCH_LENDING = REPO_ROOT / "configs" / "protocols" / "bench_15_assets_lending.yaml"
+MARKETS = {"spot": "configs/default.yaml", "all_protocols": "configs/leverage.yaml"}
+SIMULATORS = ("compiled", "numpy")
 
 
-def bench_single(config: SimulationConfig, steps: int = 20_000, seed: int = 0) -> float:
-    """Env steps per second of one :class:`DeFiMarketEnv` under uniform random actions."""
+def _simulator_class(name: str) -> Any:
+    """None (the runtime simulator) for ``compiled``, the numpy reference class for ``numpy``."""
+    if name not in SIMULATORS:
+        raise ValueError(f"simulator={name!r} must be one of {SIMULATORS}")
+    if name == "numpy":
+        from defialloc.envs.simulator import PortfolioSimulator
+
+        return PortfolioSimulator
+    return None
+
+
+def bench_single(
+    config: SimulationConfig, steps: int = 20_000, seed: int = 0, simulator: str = "compiled"
+) -> float:
+    """Env steps per second of one :class:`DeFiMarketEnv` (its ``info`` dict included)."""
     from defialloc.envs.env import DeFiMarketEnv
 
-    env = DeFiMarketEnv(config)
+    env = DeFiMarketEnv(config, simulator=_simulator_class(simulator))
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-1.0, 1.0, size=(steps, env.action_space.shape[0])).astype(np.float32)
+    env.reset(seed=seed)
+    env.step(actions[0])  # compiles (or loads) the kernels outside the timed loop
     env.reset(seed=seed)
     start = time.perf_counter()
     for i in range(steps):
@@ -29,32 +60,128 @@ def bench_single(config: SimulationConfig, steps: int = 20_000, seed: int = 0) -
     return steps / (time.perf_counter() - start)
 
 
-def bench_batched(config: SimulationConfig, n_envs: int, steps: int, seed: int = 0) -> float:
-    """Env steps per second (summed over envs) of the batched VecEnv with ``n_envs`` envs."""
+def bench_batched(
+    config: SimulationConfig,
+    n_envs: int,
+    steps: int,
+    seed: int = 0,
+    simulator: str = "compiled",
+) -> tuple[float, float]:
+    """Env steps per second (summed over envs) of the batched VecEnv with ``n_envs`` envs, and the
+    memory it holds per env in MiB (everything allocated from construction through the run)."""
     from defialloc.envs.vec_env import DeFiMarketVecEnv
 
-    venv = DeFiMarketVecEnv(config, n_envs=n_envs, seed=seed)
-    rng = np.random.default_rng(seed)
-    actions = rng.uniform(-1.0, 1.0, size=(steps, n_envs, venv.action_space.shape[0])).astype(
-        np.float32
-    )
-    venv.reset()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        venv = DeFiMarketVecEnv(
+            config, n_envs=n_envs, seed=seed, simulator=_simulator_class(simulator)
+        )
+        rng = np.random.default_rng(seed)
+        dim = venv.action_space.shape[0]
+        venv.reset()
+        venv.step(rng.uniform(-1.0, 1.0, size=(n_envs, dim)).astype(np.float32))  # compile/load
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    actions = rng.uniform(-1.0, 1.0, size=(steps, n_envs, dim)).astype(np.float32)
     start = time.perf_counter()
     for i in range(steps):
         venv.step(actions[i])
-    return n_envs * steps / (time.perf_counter() - start)
+    return n_envs * steps / (time.perf_counter() - start), held / n_envs / 2**20
+
+
+def grid_config(market: str, n_assets: int) -> SimulationConfig:
+    """The bench config of ``market`` (``spot`` / ``all_protocols``) on the first ``n_assets`` of
+    the benchmark market."""
+    if market not in MARKETS:
+        raise ValueError(f"market={market!r} must be one of {sorted(MARKETS)}")
+    base = load_config(REPO_ROOT / MARKETS[market])
+    bench_market = load_config(base, {"market": str(BENCH_MARKET)}).market
+    if not 1 <= n_assets <= len(bench_market.assets):
+        raise ValueError(f"n_assets={n_assets} must be in [1, {len(bench_market.assets)}]")
+    overrides: dict[str, Any] = {
+        "market": str(BENCH_MARKET),
+        "market.assets": bench_market.assets[:n_assets],
+    }
+    if base.env.lending.enabled:
+        overrides["env.lending.params_path"] = str(BENCH_LENDING)
+    return load_config(base, overrides)
+
+
+def _batch_steps(n_envs: int, scale: float) -> int:
+    """Enough batched steps for ~2 s at the compiled step's speed (at least 30)."""
+    return max(int(scale * max(200_000 // n_envs, 40)), 30)
+
+
+def bench_config(
+    config: SimulationConfig,
+    *,
+    n_envs: Sequence[int] = (1, 64, 256, 1024),
+    simulators: Sequence[str] = SIMULATORS,
+    quick: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Rows ``{simulator, env, n_envs, env_steps_per_s, mib_per_env}`` for one config: the single
+    env, then the batched env at every ``n_envs``."""
+    scale = 0.1 if quick else 1.0
+    rows = []
+    for simulator in simulators:
+        single = bench_single(config, steps=max(int(20_000 * scale), 200), simulator=simulator)
+        found = [{"simulator": simulator, "env": "single", "n_envs": 1, "env_steps_per_s": single}]
+        for n in n_envs:
+            speed, mib = bench_batched(config, n, _batch_steps(n, scale), simulator=simulator)
+            found.append(
+                {
+                    "simulator": simulator,
+                    "env": "batched",
+                    "n_envs": n,
+                    "env_steps_per_s": speed,
+                    "mib_per_env": mib,
+                }
+            )
+        for row in found:
+            row["n_assets"] = len(config.market.assets)
+            if on_row is not None:
+                on_row(row)
+        rows += found
+    return rows
+
+
+def bench_grid(
+    *,
+    markets: Sequence[str] = tuple(MARKETS),
+    n_assets: Sequence[int] = (5, 10, 15),
+    n_envs: Sequence[int] = (1, 64, 256, 1024),
+    simulators: Sequence[str] = SIMULATORS,
+    quick: bool = False,
+    on_row: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """:func:`bench_config` over markets x asset counts (rows gain ``market``)."""
+    rows = []
+    for market in markets:
+        for k in n_assets:
+
+            def tagged(row: dict, market: str = market) -> None:
+                row["market"] = market
+                if on_row is not None:
+                    on_row(row)
+
+            rows += bench_config(
+                grid_config(market, k),
+                n_envs=n_envs,
+                simulators=simulators,
+                quick=quick,
+                on_row=tagged,
+            )
+    return rows
 
 
 def bench_env(config: SimulationConfig, quick: bool = False) -> dict:
-    """Run the env benchmark; returns ``{"single_steps_per_s": x, "batched_env_steps_per_s": {...}}``."""
-    scale = 0.2 if quick else 1.0
-    single = bench_single(config, steps=int(20_000 * scale))
-    batched = {}
-    for n_envs, steps in ((1, 10_000), (64, 2_000), (256, 1_000)):
-        batched[str(n_envs)] = bench_batched(config, n_envs, max(int(steps * scale), 50))
+    """One config's figures as a dict (the JSON form of ``defialloc bench env --config``)."""
+    rows = bench_config(config, quick=quick)
     return {
-        "single_steps_per_s": round(single, 1),
-        "batched_env_steps_per_s": {k: round(v, 1) for k, v in batched.items()},
+        "rows": rows,
         "horizon": config.env.horizon,
         "n_assets": len(config.market.assets),
         "market_source": config.market.source,

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from defialloc.envs.compiled import make_simulator
 from defialloc.envs.config import SimulationConfig, load_config
 from defialloc.envs.seeds import draw_training_path_seed
 from defialloc.envs.simulator import PortfolioSimulator
@@ -29,12 +30,20 @@ class DeFiMarketEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(
-        self, config: SimulationConfig | dict | str | Path | None = None, **overrides: Any
+        self,
+        config: SimulationConfig | dict | str | Path | None = None,
+        *,
+        simulator: type[PortfolioSimulator] | None = None,
+        **overrides: Any,
     ) -> None:
+        """``overrides``: dotted config keys (``**{"env.horizon": 100}``). ``simulator``: None for the
+        runtime simulator (compiled where it covers the config); ``PortfolioSimulator`` for the
+        numpy reference (equivalence checks, the bench's reference figures)."""
         super().__init__()
         self.config = load_config(config, overrides or None)
         self.config.env.check_decision_interval()
-        self.sim = PortfolioSimulator(self.config, n_envs=1)
+        sim_class = simulator or make_simulator
+        self.sim = sim_class(self.config, n_envs=1)
         clip = self.config.env.observation.clip
         self.action_space = gym.spaces.Box(
             -1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32

@@ -20,6 +20,7 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
+from defialloc.envs.compiled import make_simulator
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.episode_prefetch import EpisodePrefetch
 from defialloc.envs.seeds import draw_training_path_seed
@@ -30,11 +31,23 @@ from defialloc.envs.step_records import StepResult, combine_steps
 class DeFiMarketVecEnv(VecEnv):
     """``n_envs`` DeFi market envs sharing one :class:`PortfolioSimulator`."""
 
-    def __init__(self, config: SimulationConfig, n_envs: int, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        config: SimulationConfig,
+        n_envs: int,
+        seed: int | None = None,
+        *,
+        simulator: type[PortfolioSimulator] | None = None,
+    ) -> None:
+        """``simulator``: None for the runtime simulator (compiled where it covers the config,
+        :func:`defialloc.envs.compiled.make_simulator`); ``PortfolioSimulator`` runs the numpy
+        reference instead (equivalence checks, the bench's reference figures)."""
         self.config = config
         self.render_mode = None
         config.env.check_decision_interval()
-        self.sim = PortfolioSimulator(config, n_envs)
+        self.sim = (
+            make_simulator(config, n_envs) if simulator is None else simulator(config, n_envs)
+        )
         clip = config.env.observation.clip
         action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.sim.action_dim,), dtype=np.float32)
         obs_space = gym.spaces.Box(-clip, clip, shape=(self.sim.obs_dim,), dtype=np.float32)

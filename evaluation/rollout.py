@@ -20,6 +20,7 @@ import numpy as np
 
 from defialloc.agents.kill_switch_policy import KillSwitchPolicy
 from defialloc.agents.policy import MarketView, Policy
+from defialloc.envs.compiled import make_simulator
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.market.paths import MarketPaths
 from defialloc.envs.seeds import check_evaluation_seeds
@@ -175,6 +176,7 @@ def run_policy(
     paths: MarketPaths | None = None,
     *,
     on_step: Callable[[int], None] | None = None,
+    simulator: type[PortfolioSimulator] | None = None,
 ) -> EpisodeRecord:
     """Run ``policy`` for one full episode on each scenario ``seeds[k]`` (or on the given ``paths``).
 
@@ -187,10 +189,12 @@ def run_policy(
         seeds: ``(K,)`` evaluation scenario seeds (training-range seeds are refused).
         paths: optional ready market paths (``K = paths.n_paths``) instead of sampling from seeds.
         on_step: optional callback called with the step index after every step (progress bars).
+        simulator: None for the runtime (compiled) simulator; ``PortfolioSimulator`` for the numpy
+            reference (the paper trader's reference backtest: the streaming trader steps it too).
     """
     seeds = check_evaluation_seeds(seeds)
     k = len(seeds) if paths is None else paths.n_paths
-    sim = PortfolioSimulator(config, n_envs=k)
+    sim = make_simulator(config, n_envs=k) if simulator is None else simulator(config, n_envs=k)
     if paths is None:  # drawn here, as reset_envs would, so that oracle_info can read them
         drawn = sim.sample_episodes(seeds)
         sim.reset_envs(np.arange(k), seeds, drawn=drawn)

@@ -140,32 +140,110 @@ def demo(
     run_demo(console, DEMO_CONFIGS + ((SAC_DEMO_CONFIG,) if sac else ()), cache=cache)
 
 
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        console.print(f"[red]--{name}={text!r} must be comma-separated positive integers[/red]")
+        raise typer.Exit(code=2)
+    return values
+
+
 @bench_app.command("env")
 def bench_env_cmd(
     overrides: list[str] = OVERRIDES_ARG,
-    config: Path = CONFIG_OPTION,
+    config: Path = typer.Option(
+        None, "--config", "-c", help="bench this simulation config only (default: the grid)"
+    ),
+    markets: str = typer.Option(
+        "spot,all_protocols",
+        help="grid markets: spot and/or all_protocols (lending, perps, cascades)",
+    ),
+    assets: str = typer.Option("5,10,15", help="grid asset counts (of the 15-asset bench market)"),
+    envs: str = typer.Option("1,64,256,1024", help="batch sizes of the batched env"),
+    simulator: str = typer.Option(
+        "both", help="compiled (the runtime step), numpy (the reference) or both"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
     quick: bool = typer.Option(False, help="fewer steps (smoke run)"),
     print_config: bool = PRINT_CONFIG_OPTION,
 ) -> None:
-    """Steps/s of the single env and of the batched env at n_envs 1, 64 and 256."""
-    from defialloc.envs.bench import bench_env
+    """Env-steps/s of the single env and of the batched env, and memory per env, for the compiled
+    step and the numpy reference (envs/bench.py)."""
+    from defialloc.envs.bench import MARKETS, SIMULATORS, bench_config, bench_grid
 
-    cfg = _load(config, overrides)
-    if print_config:
-        echo_config(cfg)
-        return
-    result = bench_env(cfg, quick=quick)
+    sims = list(SIMULATORS) if simulator == "both" else [simulator]
+    if not set(sims) <= set(SIMULATORS):
+        console.print(f"[red]--simulator={simulator!r} must be compiled, numpy or both[/red]")
+        raise typer.Exit(code=2)
+    grid_markets = [m.strip() for m in markets.split(",") if m.strip()]
+    if not grid_markets or not set(grid_markets) <= set(MARKETS):
+        console.print(f"[red]--markets={markets!r} must be a subset of {','.join(MARKETS)}[/red]")
+        raise typer.Exit(code=2)
+    n_envs = _int_list(envs, "envs")
+
+    def progress(row: dict) -> None:
+        if not as_json:
+            console.print(
+                f"{row.get('market', 'config')} n_assets={row['n_assets']} {row['simulator']} "
+                f"{row['env']} n_envs={row['n_envs']}: {row['env_steps_per_s']:,.0f} env-steps/s",
+                highlight=False,
+            )
+
+    if config is not None or overrides:
+        cfg = _load(config, overrides)
+        if print_config:
+            echo_config(cfg)
+            return
+        rows = bench_config(cfg, n_envs=n_envs, simulators=sims, quick=quick, on_row=progress)
+        for row in rows:
+            row["market"] = str(config or "configs/default.yaml")
+    else:
+        if print_config:
+            console.print("[red]--print-config needs --config[/red]")
+            raise typer.Exit(code=2)
+        rows = bench_grid(
+            markets=grid_markets,
+            n_assets=_int_list(assets, "assets"),
+            n_envs=n_envs,
+            simulators=sims,
+            quick=quick,
+            on_row=progress,
+        )
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(rows))
         return
+    console.print(_bench_table(rows, sims))
+
+
+def _bench_table(rows: list[dict], sims: list[str]) -> Table:
+    """One row per (market, assets, env, n_envs); a column per simulator, the speed-up and MiB/env."""
     table = Table(title="env throughput (uniform random actions, resets included)")
-    table.add_column("env")
-    table.add_column("env-steps/s", justify="right")
-    table.add_row("single DeFiMarketEnv", f"{result['single_steps_per_s']:,.0f}")
-    for n, v in result["batched_env_steps_per_s"].items():
-        table.add_row(f"batched, n_envs={n}", f"{v:,.0f}")
-    console.print(table)
+    for name in ("market", "assets", "env", "n_envs"):
+        table.add_column(name, justify="right" if name in ("assets", "n_envs") else "left")
+    for sim in sims:
+        table.add_column(f"{sim} env-steps/s", justify="right")
+    if len(sims) == 2:
+        table.add_column("speed-up", justify="right")
+    for sim in sims:
+        table.add_column(f"{sim} MiB/env", justify="right")
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        key = (row["market"], row["n_assets"], row["env"], row["n_envs"])
+        keyed.setdefault(key, {})[row["simulator"]] = row
+    for (market, k, env, n), by_sim in keyed.items():
+        speeds = [by_sim[s]["env_steps_per_s"] if s in by_sim else None for s in sims]
+        cells = [f"{v:,.0f}" if v is not None else "" for v in speeds]
+        if len(sims) == 2:
+            ok = None not in speeds and speeds[1]
+            cells.append(f"{speeds[0] / speeds[1]:.1f}x" if ok else "")
+        for s in sims:
+            mib = by_sim.get(s, {}).get("mib_per_env")
+            cells.append("" if mib is None else f"{mib:.3f}")
+        table.add_row(str(market), str(k), env, str(n), *cells)
+    return table
 
 
 @app.command()

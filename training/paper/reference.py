@@ -22,6 +22,7 @@ from defialloc.agents.onnx_policy import OnnxPolicy
 from defialloc.envs.config import SimulationConfig, load_config
 from defialloc.envs.kill_switch import KillSwitchConfig
 from defialloc.envs.seeds import TRAIN_SEED_BASE
+from defialloc.envs.simulator import PortfolioSimulator
 from defialloc.training.paper.feeds import Feed, PathFeed
 
 
@@ -45,7 +46,16 @@ def reference_backtest(
         return None
     cfg = load_config(config, {"env.horizon": horizon})
     runner = policy if kill_switch is None else KillSwitchPolicy(policy, kill_switch, cfg)
-    record = run_policy(cfg, runner, np.array([seed], dtype=np.int64), paths=feed.paths)
+    # the numpy reference simulator, the one the streaming trader steps (one bar at a time, where a
+    # compiled step gains nothing): the two are equal bar for bar, and the paper runtime never loads
+    # compiled kernels (numba's on-disk cache is read with pickle)
+    record = run_policy(
+        cfg,
+        runner,
+        np.array([seed], dtype=np.int64),
+        paths=feed.paths,
+        simulator=PortfolioSimulator,
+    )
     values = record.value_usd[0]
     rows = [(warmup + k, float(v)) for k, v in enumerate(values)]
     description = {

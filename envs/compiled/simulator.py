@@ -1,0 +1,455 @@
+"""The runtime simulator: :class:`defialloc.envs.simulator.PortfolioSimulator`'s step, compiled.
+
+:class:`CompiledSimulator` keeps the numpy simulator's interface, episode drawing, resets,
+snapshots and ``info`` (all inherited), and replaces its step (``execute``, ``advance``, ``step``,
+``observe``) by the fused numba kernels of :mod:`defialloc.envs.compiled.kernels_batch`. Its state and path
+arrays are views into the packed tables of :mod:`defialloc.envs.compiled.layout`, so the inherited numpy
+code writes them in place. The numpy step stays as the reference the equivalence test compares
+against (``tests/test_compiled_step.py``: 10,000 random steps with everything on, to 1e-12).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numba
+import numpy as np
+
+from defialloc.envs.actions import validate_actions
+from defialloc.envs.compiled import kernels_batch as kb
+from defialloc.envs.compiled.layout import (
+    B_KILL,
+    B_ROWS,
+    B_TERMINATED,
+    B_TRUNCATED,
+    E_CASH_DURING,
+    E_DEBT_DURING,
+    E_FEES,
+    E_GAS,
+    E_KILL,
+    E_SLIPPAGE,
+    E_TURNOVER,
+    E_VALUE_BEFORE,
+    I_COLUMNS,
+    I_NOW,
+    I_OVERRIDE,
+    I_REMAINING,
+    I_T,
+    M_DEPTH,
+    M_ETH,
+    M_GAS,
+    M_NUM,
+    P_BORROW,
+    P_CASH_GROWTH,
+    P_CASH_SUPPLY,
+    P_DEBT_GROWTH,
+    R_BAD_DEBT,
+    R_COLLATERAL,
+    R_DEBT_USD,
+    R_FEES,
+    R_FUNDING,
+    R_GAS,
+    R_HF,
+    R_INSURANCE,
+    R_INTEREST,
+    R_LIQUIDATION,
+    R_PENALTY,
+    R_PERP_NOTIONAL,
+    R_REWARD,
+    R_ROWS,
+    R_SLIPPAGE,
+    R_TURNOVER,
+    R_VALUE,
+    S_CASH,
+    S_DEBT,
+    S_EMA_MEAN,
+    S_EMA_SQ,
+    S_HF,
+    S_PEAK,
+    S_VALUE,
+    Layout,
+)
+from defialloc.envs.compiled.params import IP_KIND, KIND_CODES, pack_params
+from defialloc.envs.compiled.population import CompiledCascades
+from defialloc.envs.compiled.scratch import work_columns
+from defialloc.envs.config import SimulationConfig
+from defialloc.envs.execution.costs import TradeCosts
+from defialloc.envs.greeks import greeks_block
+from defialloc.envs.indexing import flat_time_index
+from defialloc.envs.leverage import StepCosts
+from defialloc.envs.simulator import PortfolioSimulator
+from defialloc.envs.step_records import Execution, StepResult
+
+
+class CompiledSimulator(PortfolioSimulator):
+    """``n_envs`` portfolios stepped by compiled kernels (same results as the numpy reference)."""
+
+    def __init__(self, config: SimulationConfig, n_envs: int) -> None:
+        super().__init__(config, n_envs)
+        engine = self.protocols
+        kb_buckets = 0
+        if engine is not None and engine.cascades is not None:
+            kb_buckets = engine.cascades.params.n_buckets
+        self.layout = layout = Layout(
+            self.n_assets,
+            len(self.pools.fees),
+            kb_buckets,
+            engine is not None and engine.lending_on,
+            engine is not None and engine.perps_on,
+        )
+        b = n_envs
+        self._fstate = np.zeros((b, layout.state_columns))
+        self._istate = np.zeros((b, I_COLUMNS), dtype=np.int64)
+        self._mtab = np.ones((b, self.path_length, layout.path_columns))
+        self._rec = np.zeros((b, layout.rec_columns))
+        self._bind_views()
+        if engine is not None and engine.cascades is not None:
+            engine.cascades = CompiledCascades.over(engine.cascades, self._fstate, layout)
+        self._fp, self._ip = pack_params(self, layout)
+        self._ip_kinds: dict[str, np.ndarray] = {}
+        self._work = np.zeros((numba.config.NUMBA_NUM_THREADS, work_columns(layout.n, layout.k)))
+        self._no_actions = np.zeros((b, self.action_dim))
+        self._parallel = n_envs >= kb.PARALLEL_MIN_ENVS
+        self._move = SimpleNamespace(
+            units_during_move=self._rec[
+                :, layout.e_units_during : layout.e_units_during + layout.n
+            ],
+            cash_during_move=self._rec[:, E_CASH_DURING],
+            debt_during_move=self._rec[:, E_DEBT_DURING],
+            perp_size_during_move=self._rec[
+                :, layout.e_perp_during : layout.e_perp_during + layout.n
+            ],
+            low_effective=self._rec[:, layout.e_low_eff : layout.e_low_eff + layout.n],
+            cascade_sale_units=self._rec[:, layout.e_sales : layout.e_sales + layout.n],
+        )
+        self._issued: Execution | None = None
+
+    # ------------------------------------------------------------------ packed views
+    def _views(self) -> list[tuple[object, str, np.ndarray]]:
+        """``(owner, attribute, view)`` of every array the inherited code reads or writes."""
+        lay, b, n = self.layout, self.n_envs, self.n_assets
+        fs, ist, mt = self._fstate, self._istate, self._mtab
+        scal = lay.m_scalars
+        views: list[tuple[object, str, np.ndarray]] = [
+            (self, "units", fs[:, lay.units : lay.units + n]),
+            (self, "cash", fs[:, S_CASH]),
+            (self, "peak", fs[:, S_PEAK]),
+            (self, "value", fs[:, S_VALUE]),
+            (self, "t", ist[:, I_T]),
+            (self, "_now", ist[:, I_NOW]),
+            (self.kill_switch, "remaining", ist[:, I_REMAINING]),
+            (self.rewards, "ema_mean", fs[:, S_EMA_MEAN]),
+            (self.rewards, "ema_sq", fs[:, S_EMA_SQ]),
+            (
+                self.pools,
+                "reserves",
+                fs[:, lay.reserves : lay.population].reshape(b, 2, lay.k, n).transpose(1, 2, 3, 0),
+            ),
+            (self, "close", mt[:, :, lay.m_close : lay.m_close + n]),
+            (self, "low", mt[:, :, lay.m_low : lay.m_low + n]),
+            (self, "high", mt[:, :, lay.m_high : lay.m_high + n]),
+            (self, "numeraire", mt[:, :, scal + M_NUM]),
+            (self, "depth", mt[:, :, scal + M_DEPTH]),
+            (self, "gas_gwei", mt[:, :, scal + M_GAS]),
+            (self, "eth", mt[:, :, scal + M_ETH]),
+        ]
+        engine = self.protocols
+        if engine is not None:
+            views += [
+                (engine, "debt", fs[:, S_DEBT]),
+                (engine, "perp_size", fs[:, lay.perp : lay.perp + n]),
+                (engine, "hf_now", fs[:, S_HF]),
+            ]
+            paths, prot = engine.paths, lay.m_protocol
+            if lay.lending:
+                views += [
+                    (paths, "borrow_rate", mt[:, :, prot + P_BORROW]),
+                    (paths, "cash_supply_rate", mt[:, :, prot + P_CASH_SUPPLY]),
+                    (paths, "debt_growth", mt[:, :, prot + P_DEBT_GROWTH]),
+                    (paths, "cash_growth", mt[:, :, prot + P_CASH_GROWTH]),
+                    (paths, "supply_rate", mt[:, :, lay.m_supply_rate : lay.m_supply_rate + n]),
+                    (
+                        paths,
+                        "supply_growth",
+                        mt[:, :, lay.m_supply_growth : lay.m_supply_growth + n],
+                    ),
+                ]
+            if lay.perps:
+                views += [
+                    (paths, "basis", mt[:, :, lay.m_basis : lay.m_basis + n]),
+                    (paths, "mark", mt[:, :, lay.m_mark : lay.m_mark + n]),
+                    (paths, "funding", mt[:, :, lay.m_funding : lay.m_funding + n]),
+                ]
+        return views
+
+    def _bind_views(self) -> None:
+        """Copy the current arrays into the packed tables and point the attributes at them."""
+        self._bound = self._views()
+        for owner, name, view in self._bound:
+            view[...] = getattr(owner, name)
+            setattr(owner, name, view)
+
+    def _rebind(self) -> None:
+        """Re-point attributes that inherited code replaced by new arrays (values copied in)."""
+        for owner, name, view in self._bound:
+            current = getattr(owner, name)
+            if current is not view:
+                view[...] = current
+                setattr(owner, name, view)
+
+    def sync_time_index(self) -> None:
+        self._now[...] = flat_time_index(self.n_envs, self.path_length, self._tau())
+
+    # ------------------------------------------------------------------ resets
+    def reset_envs(self, index, seeds, paths=None, drawn=None) -> None:  # noqa: ANN001
+        super().reset_envs(index, seeds, paths=paths, drawn=drawn)
+        self._rebind()
+
+    def restore(self, index: int, state: dict) -> None:
+        super().restore(index, state)
+        self._rebind()
+
+    # ------------------------------------------------------------------ step
+    def _kernels(self, name: str):  # noqa: ANN202
+        return getattr(kb, f"{name}_{'parallel' if self._parallel else 'serial'}")
+
+    def _prepare(self, actions: np.ndarray) -> tuple[np.ndarray, bool]:
+        """``(B, width)`` float64 actions and whether they are spot-only (shape checked here,
+        finiteness by the kernel)."""
+        try:
+            arr = np.asarray(actions, dtype=np.float64)
+        except (TypeError, ValueError):  # text or ragged input: the reference's clear message
+            validate_actions(actions, self.n_envs, self.action_dim)
+            raise
+        if arr.ndim == 1 and self.n_envs == 1:
+            arr = arr[None, :]
+        width = arr.shape[-1] if arr.ndim == 2 else -1
+        spot_only = width == self.n_assets + 1 < self.action_dim
+        if arr.shape != (self.n_envs, self.n_assets + 1 if spot_only else self.action_dim):
+            validate_actions(actions, self.n_envs, self.action_dim)  # raises with the shapes
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        return arr, spot_only
+
+    def _override(self, override: np.ndarray | None) -> None:
+        if override is None:
+            self._istate[:, I_OVERRIDE] = 0
+        else:
+            self._istate[:, I_OVERRIDE] = np.asarray(override, dtype=bool)
+
+    def _raise_bad(self, code: int, actions: np.ndarray | None) -> None:
+        if code > 0:
+            validate_actions(actions, self.n_envs, actions.shape[-1])  # type: ignore[union-attr]
+        ended = np.flatnonzero(self.t >= self.horizon).tolist()
+        raise RuntimeError(f"envs {ended} are at the end of their path; reset them first")
+
+    def execute(
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
+    ) -> Execution:
+        """:meth:`PortfolioSimulator.execute`, compiled (same arguments and record)."""
+        if hold:
+            kb.hold_all(self._fstate, self._rec)
+        else:
+            if actions is None:
+                raise ValueError(
+                    "actions is None: only a hold step (hold=True) trades without actions"
+                )
+            arr, spot_only = self._prepare(actions)
+            self._override(override)
+            code = self._kernels("execute")(
+                arr, spot_only, self._fstate, self._istate, self._mtab, self._work, self._fp,
+                self._ip_for(action_kind), self._rec,
+            )  # fmt: skip
+            if code:
+                self._raise_bad(code, arr)
+        self._pending = self._issued = self._execution(hold)
+        return self._pending
+
+    def _execution(self, hold: bool) -> Execution:
+        """The last execute's record (copies of ``rec``'s columns)."""
+        rec, lay = self._rec, self.layout
+        costs = TradeCosts(rec[:, E_FEES].copy(), rec[:, E_SLIPPAGE].copy(), rec[:, E_GAS].copy())
+        done = Execution(
+            rec[:, E_VALUE_BEFORE].copy(),
+            costs,
+            rec[:, E_TURNOVER].copy(),
+            rec[:, E_KILL] != 0.0,
+        )
+        if self.protocols is None and not hold:
+            n = self.n_assets
+            done.current_weights = rec[:, lay.e_current : lay.e_current + n + 1].copy()
+            done.target_weights = rec[:, lay.e_target : lay.e_target + n + 1].copy()
+            done.trade_mask = rec[:, lay.e_mask : lay.e_mask + n] != 0.0
+        return done
+
+    def _load_pending(self, done: Execution) -> None:
+        """Put an execution record that did not come from the last execute (a restored paper
+        ledger's) where the kernels read it."""
+        rec = self._rec
+        rec[:, E_VALUE_BEFORE] = done.value_before
+        rec[:, E_FEES] = done.costs.fees_usd
+        rec[:, E_SLIPPAGE] = done.costs.slippage_usd
+        rec[:, E_GAS] = done.costs.gas_usd
+        rec[:, E_TURNOVER] = done.turnover
+        rec[:, E_KILL] = np.asarray(done.kill_switch, dtype=bool)
+
+    def _results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        b = self.n_envs
+        return (
+            np.empty((R_ROWS, b)),
+            np.empty((B_ROWS, b), dtype=bool),
+            np.empty(b, dtype=np.int8),
+            np.zeros(b, dtype=np.int64),
+        )
+
+    def advance(self) -> StepResult:
+        """:meth:`PortfolioSimulator.advance`, compiled."""
+        if self._pending is None:
+            raise RuntimeError("advance() needs an execute() first")
+        done, self._pending = self._pending, None
+        if done is not self._issued:
+            self._load_pending(done)
+        self._issued = None
+        res_f, res_b, res_r, liq = self._results()
+        code = self._kernels("advance")(
+            self._fstate, self._istate, self._mtab, self.regime, self._work, self._fp, self._ip,
+            self._rec, res_f, res_b, res_r, liq,
+        )  # fmt: skip
+        if code:
+            self._pending = done
+            self._raise_bad(code, None)
+        return self._step_result(res_f, res_b, res_r, liq)
+
+    def step(
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
+    ) -> StepResult:
+        """Execute (or hold) and advance every env in one compiled pass (see :meth:`step_observe`)."""
+        return self.step_observe(actions, override=override, hold=hold, action_kind=action_kind)[0]
+
+    def _ip_for(self, action_kind: str | None) -> np.ndarray:
+        """The int parameters with the actions read as ``action_kind`` (None: the config's kind;
+        baselines pass ``"target"``)."""
+        if action_kind is None or action_kind == self.action_map.kind:
+            return self._ip
+        if action_kind not in KIND_CODES:
+            raise ValueError(f"action_kind={action_kind!r} must be one of {sorted(KIND_CODES)}")
+        ip = self._ip_kinds.get(action_kind)
+        if ip is None:
+            ip = self._ip.copy()
+            ip[IP_KIND] = KIND_CODES[action_kind]
+            self._ip_kinds[action_kind] = ip
+        return ip
+
+    def step_observe(
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
+    ) -> tuple[StepResult, np.ndarray]:
+        """:meth:`step` and the observation after it ``(B, obs_dim)`` float32, in one kernel call."""
+        if hold:
+            arr, spot_only, mode = self._no_actions, False, 1
+        else:
+            if actions is None:
+                raise ValueError(
+                    "actions is None: only a hold step (hold=True) trades without actions"
+                )
+            arr, spot_only = self._prepare(actions)
+            self._override(override)
+            mode = 0
+        res_f, res_b, res_r, liq = self._results()
+        obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
+        code = self._kernels("step")(
+            arr, mode, spot_only, self._fstate, self._istate, self._mtab, self.regime,
+            self.features, self._work, self._fp, self._ip_for(action_kind), self._rec, res_f,
+            res_b, res_r, liq, obs,
+        )  # fmt: skip
+        if code:
+            self._raise_bad(code, arr)
+        self._pending = self._issued = None
+        return self._step_result(res_f, res_b, res_r, liq), self._with_greeks(obs)
+
+    def _step_result(
+        self, res_f: np.ndarray, res_b: np.ndarray, res_r: np.ndarray, liq: np.ndarray
+    ) -> StepResult:
+        if self.protocols is None:
+            costs = TradeCosts(res_f[R_FEES], res_f[R_SLIPPAGE], res_f[R_GAS])
+        else:
+            costs = StepCosts(
+                res_f[R_FEES],
+                res_f[R_SLIPPAGE],
+                res_f[R_GAS],
+                res_f[R_INTEREST],
+                res_f[R_FUNDING],
+                res_f[R_LIQUIDATION],
+            )
+        result = StepResult(
+            res_f[R_REWARD],
+            res_b[B_TERMINATED],
+            res_b[B_TRUNCATED],
+            res_f[R_VALUE],
+            costs,
+            res_f[R_TURNOVER],
+            res_r,
+            res_b[B_KILL],
+        )
+        if self.protocols is not None:
+            result.health_factor = res_f[R_HF]
+            result.debt_usd = res_f[R_DEBT_USD]
+            result.collateral_usd = res_f[R_COLLATERAL]
+            result.liquidations = liq
+            result.liquidation_penalty_usd = res_f[R_PENALTY]
+            result.interest_usd = res_f[R_INTEREST]
+            result.funding_usd = res_f[R_FUNDING]
+            result.perp_notional_usd = res_f[R_PERP_NOTIONAL]
+            result.insurance_usd = res_f[R_INSURANCE]
+            result.bad_debt_usd = res_f[R_BAD_DEBT]
+        return result
+
+    def observe(self) -> np.ndarray:
+        """:meth:`PortfolioSimulator.observe`, compiled."""
+        obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
+        kb.observe_serial(
+            self._fstate, self._istate, self._mtab, self.features, self._fp, self._ip, obs
+        )
+        return self._with_greeks(obs)
+
+    def _with_greeks(self, obs: np.ndarray) -> np.ndarray:
+        """Fill the greeks block (spot only here: the weights, no derivatives) with the reference's
+        numpy code; the kernels leave it to this (without options it is rare and cheap)."""
+        block = self.obs_layout.greeks
+        if block is not None:
+            price, _ = self.prices_now()
+            clip = self.config.env.observation.clip
+            obs[:, block] = np.clip(
+                greeks_block(self.greeks(price), price, self.value), -clip, clip
+            )
+        return obs
+
+
+def compiled_unsupported(config: SimulationConfig) -> str | None:
+    """Why ``config`` runs on the numpy reference instead of the compiled step (None: it does not)."""
+    if config.env.options.enabled:
+        return "env.options.enabled: the options venue's step has no compiled kernels yet"
+    return None
+
+
+def make_simulator(config: SimulationConfig, n_envs: int) -> PortfolioSimulator:
+    """The runtime simulator for ``config``: :class:`CompiledSimulator`, or the numpy
+    :class:`PortfolioSimulator` where :func:`compiled_unsupported` names a reason (same interface and
+    results either way)."""
+    if compiled_unsupported(config) is None:
+        return CompiledSimulator(config, n_envs)
+    return PortfolioSimulator(config, n_envs)
