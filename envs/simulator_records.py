@@ -13,6 +13,7 @@ import numpy as np
 from defialloc.envs.features.blocks import GREEK_NAMES
 from defialloc.envs.greeks import greek_totals
 from defialloc.envs.leverage_info import protocol_info
+from defialloc.envs.simulator_views import greeks_now
 
 if TYPE_CHECKING:
     from defialloc.envs.simulator import PortfolioSimulator
@@ -112,8 +113,9 @@ def _greeks_info(sim: PortfolioSimulator, index: int) -> dict:
     """Env ``index``'s portfolio Greeks now (envs/greeks.py): per asset ``delta`` (USD per USD of
     the index), ``gamma`` (USD per USD^2), ``vega`` (USD per vol point), ``theta`` (USD per day),
     and the totals ``delta_usd``, ``gamma_usd``, ``vega_usd``, ``theta_usd``."""
-    price, _ = sim.prices_now()
-    greeks = sim.greeks(price)
-    out: dict = {name: greeks[index, :, k].copy() for k, name in enumerate(GREEK_NAMES)}
-    out.update({k: float(v[index]) for k, v in greek_totals(greeks, price).items()})
+    row = slice(index, index + 1)
+    price = sim.close[row, int(sim._tau()[index])]
+    greeks = greeks_now(sim, price, row)
+    out: dict = {name: greeks[0, :, k].copy() for k, name in enumerate(GREEK_NAMES)}
+    out.update({k: float(v[0]) for k, v in greek_totals(greeks, price).items()})
     return out

@@ -45,19 +45,25 @@ def options_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
     return option_view(engine.options, sim.units, sim._now, price)
 
 
-def greeks_now(sim: PortfolioSimulator, price: np.ndarray) -> np.ndarray:
+def greeks_now(
+    sim: PortfolioSimulator, price: np.ndarray, rows: slice = slice(None)
+) -> np.ndarray:
     """``(B, N, 4)`` portfolio delta, gamma, vega per vol point and theta per day of each asset
-    now (:func:`defialloc.envs.greeks.portfolio_greeks`; ``price`` ``(B, N)`` the index now)."""
+    now (:func:`defialloc.envs.greeks.portfolio_greeks`; ``price`` ``(B, N)`` the index now).
+    ``rows``: only these envs (one env's ``info`` needs one row, not the batch)."""
     engine = sim.protocols
+    units = sim.units[rows]
     if engine is None:
-        return portfolio_greeks(sim.units)
+        return portfolio_greeks(units)
     perp = basis = None
     if engine.perps_on:
-        perp, basis = engine.perp_size, sim.now(engine.paths.basis)
+        perp = engine.perp_size[rows]
+        tau = sim._tau()[rows]
+        basis = engine.paths.basis[rows][np.arange(tau.size), tau]
     book = engine.options
     if book is None:
-        return portfolio_greeks(sim.units, perp, basis)
-    return portfolio_greeks(sim.units, perp, basis, book.units, book.unit_greeks)
+        return portfolio_greeks(units, perp, basis)
+    return portfolio_greeks(units, perp, basis, book.units[rows], book.unit_greeks[rows])
 
 
 def portfolio_state(
