@@ -1,7 +1,8 @@
 """Throughput and memory benchmark of the single and the batched env (``defialloc bench env``).
 
 Actions are drawn uniformly from the Box in advance so the figure measures the env, not the sampler.
-Episodes reset as they end, so resets (market path generation and features) are included. Every
+Each figure steps for a time budget (3 s; ``quick``: 0.3 s) and at least one episode, and episodes
+reset as they end, so resets (market path generation and features) are included. Every
 figure is measured for the runtime (compiled) simulator and, in the same run, for the numpy reference
 (:class:`~defialloc.envs.simulator.PortfolioSimulator`): the "before" and "after" of the compiled step.
 
@@ -40,55 +41,72 @@ def _simulator_class(name: str) -> Any:
     return None
 
 
+def _timed(step: Callable[[int], None], budget_s: float, min_steps: int) -> tuple[int, float]:
+    """Call ``step(i)`` for i = 0, 1, ... until ``budget_s`` seconds and ``min_steps`` calls have
+    passed; returns (calls, seconds)."""
+    start = time.perf_counter()
+    i, elapsed = 0, 0.0
+    while i < min_steps or elapsed < budget_s:
+        step(i)
+        i += 1
+        if i % 16 == 0 or i >= min_steps:
+            elapsed = time.perf_counter() - start
+    return i, time.perf_counter() - start
+
+
 def bench_single(
-    config: SimulationConfig, steps: int = 20_000, seed: int = 0, simulator: str = "compiled"
+    config: SimulationConfig, budget_s: float = 3.0, seed: int = 0, simulator: str = "compiled"
 ) -> float:
-    """Env steps per second of one :class:`DeFiMarketEnv` (its ``info`` dict included)."""
+    """Env steps per second of one :class:`DeFiMarketEnv` (its ``info`` dict included), over
+    ``budget_s`` seconds of stepping (at least one episode's worth of steps)."""
     from defialloc.envs.env import DeFiMarketEnv
 
     env = DeFiMarketEnv(config, simulator=_simulator_class(simulator))
     rng = np.random.default_rng(seed)
-    actions = rng.uniform(-1.0, 1.0, size=(steps, env.action_space.shape[0])).astype(np.float32)
+    actions = rng.uniform(-1.0, 1.0, size=(4096, env.action_space.shape[0])).astype(np.float32)
     env.reset(seed=seed)
-    env.step(actions[0])  # compiles (or loads) the kernels outside the timed loop
+    env.step(actions[0])  # compiles (or loads) the kernels outside the timed part
     env.reset(seed=seed)
-    start = time.perf_counter()
-    for i in range(steps):
-        _, _, terminated, truncated, _ = env.step(actions[i])
+
+    def step(i: int) -> None:
+        _, _, terminated, truncated, _ = env.step(actions[i % len(actions)])
         if terminated or truncated:
             env.reset()
-    return steps / (time.perf_counter() - start)
+
+    steps, seconds = _timed(step, budget_s, config.env.horizon)
+    return steps / seconds
 
 
 def bench_batched(
     config: SimulationConfig,
     n_envs: int,
-    steps: int,
+    budget_s: float = 3.0,
     seed: int = 0,
     simulator: str = "compiled",
 ) -> tuple[float, float]:
-    """Env steps per second (summed over envs) of the batched VecEnv with ``n_envs`` envs, and the
-    memory it holds per env in MiB (everything allocated from construction through the run)."""
+    """Env steps per second (summed over envs) of the batched VecEnv with ``n_envs`` envs over
+    ``budget_s`` seconds (at least one episode), and the memory it holds per env in MiB
+    (everything allocated from its construction through its first step)."""
     from defialloc.envs.vec_env import DeFiMarketVecEnv
 
+    rng = np.random.default_rng(seed)
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         venv = DeFiMarketVecEnv(
             config, n_envs=n_envs, seed=seed, simulator=_simulator_class(simulator)
         )
-        rng = np.random.default_rng(seed)
         dim = venv.action_space.shape[0]
         venv.reset()
         venv.step(rng.uniform(-1.0, 1.0, size=(n_envs, dim)).astype(np.float32))  # compile/load
         held = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-    actions = rng.uniform(-1.0, 1.0, size=(steps, n_envs, dim)).astype(np.float32)
-    start = time.perf_counter()
-    for i in range(steps):
-        venv.step(actions[i])
-    return n_envs * steps / (time.perf_counter() - start), held / n_envs / 2**20
+    actions = rng.uniform(-1.0, 1.0, size=(max(4096 // n_envs, 4), n_envs, dim)).astype(np.float32)
+    steps, seconds = _timed(
+        lambda i: venv.step(actions[i % len(actions)]), budget_s, config.env.horizon
+    )
+    return n_envs * steps / seconds, held / n_envs / 2**20
 
 
 def grid_config(market: str, n_assets: int) -> SimulationConfig:
@@ -109,11 +127,6 @@ def grid_config(market: str, n_assets: int) -> SimulationConfig:
     return load_config(base, overrides)
 
 
-def _batch_steps(n_envs: int, scale: float) -> int:
-    """Enough batched steps for ~2 s at the compiled step's speed (at least 30)."""
-    return max(int(scale * max(200_000 // n_envs, 40)), 30)
-
-
 def bench_config(
     config: SimulationConfig,
     *,
@@ -124,13 +137,13 @@ def bench_config(
 ) -> list[dict]:
     """Rows ``{simulator, env, n_envs, env_steps_per_s, mib_per_env}`` for one config: the single
     env, then the batched env at every ``n_envs``."""
-    scale = 0.1 if quick else 1.0
+    budget_s = 0.3 if quick else 3.0
     rows = []
     for simulator in simulators:
-        single = bench_single(config, steps=max(int(20_000 * scale), 200), simulator=simulator)
+        single = bench_single(config, budget_s, simulator=simulator)
         found = [{"simulator": simulator, "env": "single", "n_envs": 1, "env_steps_per_s": single}]
         for n in n_envs:
-            speed, mib = bench_batched(config, n, _batch_steps(n, scale), simulator=simulator)
+            speed, mib = bench_batched(config, n, budget_s, simulator=simulator)
             found.append(
                 {
                     "simulator": simulator,

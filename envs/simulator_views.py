@@ -45,9 +45,7 @@ def options_now(sim: PortfolioSimulator) -> dict[str, np.ndarray] | None:
     return option_view(engine.options, sim.units, sim._now, price)
 
 
-def greeks_now(
-    sim: PortfolioSimulator, price: np.ndarray, rows: slice = slice(None)
-) -> np.ndarray:
+def greeks_now(sim: PortfolioSimulator, price: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
     """``(B, N, 4)`` portfolio delta, gamma, vega per vol point and theta per day of each asset
     now (:func:`defialloc.envs.greeks.portfolio_greeks`; ``price`` ``(B, N)`` the index now).
     ``rows``: only these envs (one env's ``info`` needs one row, not the batch)."""

@@ -242,3 +242,23 @@ def test_all_in_from_cash_on_a_fresh_simulator_matches_reference(config):
         assert np.isfinite(f_com["costs.slippage_usd"]).all()
         for key, value in f_ref.items():
             _assert_close(key, value, f_com[key], cfg.env.initial_value_usd)
+
+
+def test_bench_reports_both_simulators_and_the_grid_configs_load():
+    """`defialloc bench env`'s rows (a smoke run, no speed asserted) and its 15-asset configs."""
+    from defialloc.envs.bench import bench_config, grid_config
+
+    config = load_config("configs/leverage.yaml", {"env.horizon": 20})
+    rows = bench_config(config, n_envs=(4,), quick=True)
+    assert [(r["simulator"], r["env"]) for r in rows] == [
+        ("compiled", "single"),
+        ("compiled", "batched"),
+        ("numpy", "single"),
+        ("numpy", "batched"),
+    ]
+    assert all(r["env_steps_per_s"] > 0 for r in rows)
+    assert all(r["mib_per_env"] > 0 for r in rows if r["env"] == "batched")
+    big = grid_config("all_protocols", 15)
+    assert len(big.market.assets) == 15 and big.env.lending.enabled and big.env.cascades_enabled
+    with pytest.raises(ValueError, match="n_assets"):
+        grid_config("spot", 16)
