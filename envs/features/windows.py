@@ -72,20 +72,26 @@ def _rolling_std(r: np.ndarray, window: int) -> np.ndarray:
 def _pair_correlations(r: np.ndarray, halflife: float, window: int) -> np.ndarray:
     """Zero-mean EWMA correlations ``(L, ..., N(N-1)/2)`` of the upper-triangle pairs (row-major).
 
-    ``r`` is time-major ``(L, ..., N)``.
+    ``r`` is time-major ``(L, ..., N)``. The pairs are built row by row with slices (pair ``(i, j)``,
+    ``j >= i``, is ``r_i * r_j``), not gathered with index arrays: a gather along a short last axis
+    cost more than the EWMA itself at 15 assets (same products, same bits).
     """
     n = r.shape[-1]
-    iu, ju = np.triu_indices(n, k=0)  # diagonal included: the pairs' scales
-    products = np.take(r, iu, axis=-1)
-    products *= np.take(r, ju, axis=-1)
+    starts = np.concatenate(([0], np.cumsum(np.arange(n, 0, -1))[:-1]))  # pair (i, i) of row i
+    products = np.empty((*r.shape[:-1], n * (n + 1) // 2))
+    for i in range(n):
+        np.multiply(r[..., i : i + 1], r[..., i:], out=products[..., starts[i] : starts[i] + n - i])
     decay = 0.5 ** (1.0 / halflife)
     moments = _window_sum(_iir(products, decay), window, decay)
-    diag = np.flatnonzero(iu == ju)  # position of pair (i, i) is diag[i]
-    off = np.flatnonzero(iu != ju)
-    scale = np.sqrt(np.maximum(np.take(moments, diag, axis=-1), 1e-30))
-    denom = np.take(scale, iu[off], axis=-1)
-    denom *= np.take(scale, ju[off], axis=-1)
-    return np.divide(np.take(moments, off, axis=-1), denom, out=denom)
+    scale = np.sqrt(np.maximum(np.take(moments, starts, axis=-1), 1e-30))
+    out = np.empty((*r.shape[:-1], n * (n - 1) // 2))
+    at = 0
+    for i in range(n - 1):
+        block = out[..., at : at + n - 1 - i]
+        np.multiply(scale[..., i : i + 1], scale[..., i + 1 :], out=block)
+        np.divide(moments[..., starts[i] + 1 : starts[i] + n - i], block, out=block)
+        at += n - 1 - i
+    return out
 
 
 def ewma_correlation(r: np.ndarray, halflife: float, window: int) -> np.ndarray:
