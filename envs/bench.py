@@ -9,7 +9,8 @@ figure is measured for the runtime (compiled) simulator and, in the same run, fo
 The standard grid (:func:`bench_grid`): spot (``configs/default.yaml``'s env) and all protocols
 (``configs/leverage.yaml``: lending, perps, cascades) on the benchmark market
 ``configs/market/bench_15_assets.yaml`` (its first 5, 10 or 15 assets), at 1, 64, 256 and 1024 envs.
-Memory per env is what the batched env allocates (tracemalloc: numpy reports its buffers) divided by
+A ``step only`` row times the simulator's step and observation alone (no wrapper, no ``info``, no
+resets): what the compiled kernels replace. Memory per env is what the batched env allocates (tracemalloc: numpy reports its buffers) divided by
 the number of envs, at the largest batch.
 """
 
@@ -109,6 +110,40 @@ def bench_batched(
     return n_envs * steps / seconds, held / n_envs / 2**20
 
 
+def bench_step(
+    config: SimulationConfig,
+    n_envs: int,
+    budget_s: float = 3.0,
+    seed: int = 0,
+    simulator: str = "compiled",
+) -> float:
+    """Env-steps per second of the simulator's step and observation alone (no Gym/VecEnv wrapper,
+    no ``info``, resets outside the timer): what the compiled kernels replace."""
+    from defialloc.envs.compiled import CompiledSimulator
+    from defialloc.envs.simulator import PortfolioSimulator
+
+    sim_class = PortfolioSimulator if simulator == "numpy" else CompiledSimulator
+    _simulator_class(simulator)  # validates the name
+    sim = sim_class(config, n_envs)
+    rows = np.arange(n_envs)
+    sim.reset_envs(rows, rows + seed)
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(-1.0, 1.0, size=(max(4096 // n_envs, 4), n_envs, sim.action_dim))
+    sim.step(actions[0])  # compile/load
+    sim.observe()
+    steps, seconds, i = 0, 0.0, 0
+    while seconds < budget_s or steps < 10:
+        if int(sim.t.max()) >= sim.horizon:
+            sim.reset_envs(rows, rows + seed + n_envs * (i + 1))
+        start = time.perf_counter()
+        sim.step(actions[i % len(actions)])
+        sim.observe()
+        seconds += time.perf_counter() - start
+        steps += 1
+        i += 1
+    return n_envs * steps / seconds
+
+
 def grid_config(market: str, n_assets: int) -> SimulationConfig:
     """The bench config of ``market`` (``spot`` / ``all_protocols``) on the first ``n_assets`` of
     the benchmark market."""
@@ -136,7 +171,9 @@ def bench_config(
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Rows ``{simulator, env, n_envs, env_steps_per_s, mib_per_env}`` for one config: the single
-    env, then the batched env at every ``n_envs``."""
+    env, the batched env at every ``n_envs`` (``env`` ``single`` / ``batched``: the Gym / SB3
+    wrappers, ``info`` and resets included), then the simulator's step and observation alone at
+    every ``n_envs`` (``step only``)."""
     budget_s = 0.3 if quick else 3.0
     rows = []
     for simulator in simulators:
@@ -151,6 +188,15 @@ def bench_config(
                     "n_envs": n,
                     "env_steps_per_s": speed,
                     "mib_per_env": mib,
+                }
+            )
+        for n in n_envs:
+            found.append(
+                {
+                    "simulator": simulator,
+                    "env": "step only",
+                    "n_envs": n,
+                    "env_steps_per_s": bench_step(config, n, budget_s, simulator=simulator),
                 }
             )
         for row in found:

@@ -253,8 +253,10 @@ def test_bench_reports_both_simulators_and_the_grid_configs_load():
     assert [(r["simulator"], r["env"]) for r in rows] == [
         ("compiled", "single"),
         ("compiled", "batched"),
+        ("compiled", "step only"),
         ("numpy", "single"),
         ("numpy", "batched"),
+        ("numpy", "step only"),
     ]
     assert all(r["env_steps_per_s"] > 0 for r in rows)
     assert all(r["mib_per_env"] > 0 for r in rows if r["env"] == "batched")
