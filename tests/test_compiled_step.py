@@ -17,20 +17,11 @@ from defialloc.envs.compiled import (
     kernels_batch,
     make_simulator,
 )
-from defialloc.envs.config import load_config
+from defialloc.envs.config import OBSERVATION_BLOCKS, load_config
 from defialloc.envs.simulator import PortfolioSimulator
 
 RTOL = 1e-12
-ALL_BLOCKS = [
-    "realized_vol",
-    "garch_vol",
-    "correlations",
-    "regime",
-    "market",
-    "weights",
-    "drawdown",
-    "protocol",
-]
+ALL_BLOCKS = list(OBSERVATION_BLOCKS)  # every block, greeks (numpy-filled) included
 #: everything the compiled step covers on at once: lending, perps, cascades, a kill-switch that
 #: fires (drawdown and health factor), delta actions, holds between decisions, all blocks
 EVERYTHING = {
