@@ -385,6 +385,9 @@ class OptionBook:
         """Drop every position of envs ``rows`` ``(B,)`` bool (ruin: the account was closed out)."""
         keep = ~rows[:, None, None]
         self.units = np.where(keep, self.units, 0.0)
+        # an empty slot reads strike 1 and expiry 0 wherever it was emptied (execute, move, reset)
+        self.strike = np.where(keep, self.strike, 1.0)
+        self.expiry = np.where(keep, self.expiry, 0)
         self.mark = np.where(keep, self.mark, 0.0)
         self.unit_greeks = np.where(keep[..., None], self.unit_greeks, 0.0)
 

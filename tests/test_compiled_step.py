@@ -22,17 +22,24 @@ from defialloc.envs.simulator import PortfolioSimulator
 
 RTOL = 1e-12
 ALL_BLOCKS = list(OBSERVATION_BLOCKS)  # every block, greeks (numpy-filled) included
-#: everything the compiled step covers on at once: lending, perps, cascades, a kill-switch that
-#: fires (drawdown and health factor), delta actions, holds between decisions, all blocks
+#: everything on at once (with configs/options.yaml: lending, perps, cascades and the options
+#: venue): a kill-switch that fires (drawdown and health factor), delta actions, holds between
+#: decisions, every observation block
+EVERYTHING_CONFIG = "configs/options.yaml"
 EVERYTHING = {
     "env.horizon": 60,
     "env.action.kind": "delta",
     "env.observation.blocks": ALL_BLOCKS,
     "env.kill_switch.enabled": True,
-    "env.kill_switch.max_drawdown": 0.05,
-    "env.kill_switch.min_health_factor": 1.3,
+    "env.kill_switch.max_drawdown": 0.15,
+    "env.kill_switch.min_health_factor": 1.1,
     "env.kill_switch.cooldown_steps": 3,
 }
+#: what must have happened in the random run (ruin's insurance and bad debt: their own test)
+EXERCISED = (
+    "liquidations", "kill_switch", "holds", "resets", "gas", "option contracts",
+    "option settlements", "option margin calls",
+)  # fmt: skip
 
 
 def _flat(result) -> dict[str, np.ndarray]:
@@ -57,6 +64,15 @@ def _assert_close(name: str, ref, got, scale: float = 1.0) -> None:
     assert err.size == 0 or err.max() <= RTOL, f"{name}: relative error {err.max():.3g}"
 
 
+def _inverse(health_factor) -> np.ndarray:
+    """``1 / HF`` (debt over liquidation-weighted collateral; 0 without debt). A nearly repaid debt
+    is a small difference of large amounts, so HF itself amplifies its last bits: its inverse is
+    what a risk check reads, and it is well conditioned."""
+    hf = np.asarray(health_factor, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(np.isfinite(hf), 1.0 / hf, 0.0)
+
+
 def _random_action(rng: np.random.Generator, dim: int) -> np.ndarray:
     """Uniform actions mixed with the Box's corners (one-hot, all -1, all +1, zero)."""
     u = rng.uniform()
@@ -67,6 +83,88 @@ def _random_action(rng: np.random.Generator, dim: int) -> np.ndarray:
         a[rng.integers(dim)] = 1.0
         return a
     return np.full(dim, rng.choice([-1.0, 0.0, 1.0]))
+
+
+def assert_same_step(ref, com, r_ref, r_com, where: str, seen: dict[str, float]) -> None:
+    """The step results and the state after a step of both simulators agree (module docstring);
+    adds what happened to ``seen``."""
+    scale = ref.config.env.initial_value_usd
+    f_ref, f_com = _flat(r_ref), _flat(r_com)
+    assert f_ref.keys() == f_com.keys()
+    for key, value in f_ref.items():
+        usd = key.startswith("costs.") or key.endswith("_usd")
+        if key == "health_factor":  # compared as debt / weighted collateral (_inverse)
+            value, f_com[key] = _inverse(value), _inverse(f_com[key])
+        _assert_close(f"{key} at {where}", value, f_com[key], scale if usd else 1.0)
+    for name in ("units", "value", "peak"):
+        _assert_close(f"{name} at {where}", getattr(ref, name), getattr(com, name))
+    _assert_close(f"cash at {where}", ref.cash, com.cash, scale)
+    _assert_close(f"reserves at {where}", ref.pools.reserves, com.pools.reserves)
+    engine = ref.protocols
+    if engine is None:
+        return
+    _assert_close(f"debt at {where}", engine.debt, com.protocols.debt, scale)
+    # positions sized from a nearly spent cash balance (a margin-scaled perp book, option buys that
+    # fit the budget) inherit its rounding: compared in USD at the index
+    price = ref.prices_now()[0]
+    perp_usd = (engine.perp_size * price, com.protocols.perp_size * price)
+    _assert_close(f"perps at {where}", *perp_usd, scale)
+    hf = (_inverse(engine.hf_now), _inverse(com.protocols.hf_now))
+    _assert_close(f"hf at {where}", *hf)
+    seen["liquidations"] = seen.get("liquidations", 0.0) + float(np.sum(r_ref.liquidations))
+    book = engine.options
+    if book is None:
+        return
+    other = com.protocols.options
+    usd = (book.units * price[..., None], other.units * price[..., None])
+    _assert_close(f"option units at {where}", *usd, scale)
+    for name in ("strike", "expiry", "mark", "unit_greeks"):
+        _assert_close(f"option {name} at {where}", getattr(book, name), getattr(other, name))
+    move, move_com = ref._move.options, com._move.options
+    for name in ("liquidation_usd", "insurance_usd"):
+        _assert_close(
+            f"option {name} at {where}", getattr(move, name), getattr(move_com, name), scale
+        )
+    for name in ("units_during_move", "mark_before", "mark_after"):
+        _assert_close(f"option {name} at {where}", getattr(move, name), getattr(move_com, name))
+    for key, happened in (
+        ("option contracts", book.units != 0.0),
+        ("option settlements", r_ref.option_settlement_usd != 0.0),
+        ("option margin calls", move.liquidation_usd > 0.0),
+        ("option insurance", move.insurance_usd > 0.0),
+        ("bad debt", r_ref.bad_debt_usd > 0.0),
+    ):
+        seen[key] = seen.get(key, 0.0) + float(np.sum(happened))
+
+
+def assert_same_info(ref, com, r_ref, r_com, index: int, where: str) -> None:
+    """Env ``index``'s ``info`` agrees (numbers to the tolerance, USD at the account's scale)."""
+    info_ref, info_com = ref.info(index, r_ref), com.info(index, r_com)
+    assert info_ref.keys() == info_com.keys()
+    scale = ref.config.env.initial_value_usd
+    price = np.asarray(info_ref["prices"])  # (N + 1,) USD, numeraire last
+    in_usd = {  # positions (units) compared by their USD value, like the state (assert_same_step)
+        "holdings": price,
+        "holdings_during_move": price,
+        "perp_size_during_move": price[:-1],
+        "option_units": price[:-1, None],
+        "option_units_during_move": price[:-1, None],
+    }
+    for key, value in info_ref.items():
+        if key in in_usd:
+            value, info_com[key] = value * in_usd[key], info_com[key] * in_usd[key]
+        pairs = [(key, value, info_com[key])]
+        if isinstance(value, dict):
+            pairs = [(f"{key}.{k}", v, info_com[key][k]) for k, v in value.items()]
+        for name, a, b in pairs:
+            if isinstance(a, str) or a is None:
+                assert a == b, f"info {name} at {where}"
+                continue
+            if name == "health_factor":
+                a, b = _inverse(a), _inverse(b)
+            usd = name.endswith("_usd") or name.startswith("costs.") or "value" in name
+            usd = usd or name in in_usd
+            _assert_close(f"info {name} at {where}", a, b, scale if usd else 1.0)
 
 
 def run_against_reference(config, n_envs: int, steps: int, seed: int = 0) -> dict[str, float]:
@@ -80,7 +178,6 @@ def run_against_reference(config, n_envs: int, steps: int, seed: int = 0) -> dic
     ref.reset_envs(envs, envs + next_seed)
     com.reset_envs(envs, envs + next_seed)
     next_seed += n_envs
-    scale = config.env.initial_value_usd
     seen = {"liquidations": 0.0, "kill_switch": 0.0, "holds": 0.0, "resets": 0.0, "gas": 0.0}
     for step in range(steps):
         _assert_close(f"obs at {step}", ref.observe(), com.observe())
@@ -93,20 +190,8 @@ def run_against_reference(config, n_envs: int, steps: int, seed: int = 0) -> dic
         kw = {"override": override, "hold": hold, "action_kind": kind}
         r_ref = ref.step(None if hold else actions, **kw)
         r_com = com.step(None if hold else actions, **kw)
-        f_ref, f_com = _flat(r_ref), _flat(r_com)
-        assert f_ref.keys() == f_com.keys()
-        for key, value in f_ref.items():
-            usd = key.startswith("costs.") or key.endswith("_usd")
-            _assert_close(f"{key} at {step}", value, f_com[key], scale if usd else 1.0)
-        for name in ("units", "value", "peak"):
-            _assert_close(f"{name} at {step}", getattr(ref, name), getattr(com, name))
-        _assert_close(f"cash at {step}", ref.cash, com.cash, scale)
-        _assert_close(f"reserves at {step}", ref.pools.reserves, com.pools.reserves)
-        if ref.protocols is not None:
-            _assert_close(f"debt at {step}", ref.protocols.debt, com.protocols.debt, scale)
-            _assert_close(f"perps at {step}", ref.protocols.perp_size, com.protocols.perp_size)
-            _assert_close(f"hf at {step}", ref.protocols.hf_now, com.protocols.hf_now)
-            seen["liquidations"] += float(np.sum(r_ref.liquidations))
+        assert_same_step(ref, com, r_ref, r_com, f"step {step}", seen)
+        assert_same_info(ref, com, r_ref, r_com, step % n_envs, f"step {step}")
         seen["kill_switch"] += float(np.sum(r_ref.kill_switch))
         seen["holds"] += hold
         seen["gas"] += float(np.sum(r_ref.costs.gas_usd))
@@ -121,11 +206,60 @@ def run_against_reference(config, n_envs: int, steps: int, seed: int = 0) -> dic
 
 
 def test_everything_on_matches_numpy_reference_over_10000_random_steps():
-    """32 envs x 313 steps (10,016 env-steps): lending, perps, cascades, kill-switch, delta actions,
-    holds, resets."""
-    config = load_config("configs/leverage.yaml", EVERYTHING)
+    """32 envs x 313 steps (10,016 env-steps): lending, perps, cascades, the options venue (opens,
+    resizes, settlements, margin calls), kill-switch, delta actions, holds, resets."""
+    config = load_config(EVERYTHING_CONFIG, EVERYTHING)
     seen = run_against_reference(config, n_envs=32, steps=313, seed=3)
-    assert all(v > 0 for v in seen.values()), seen
+    assert all(seen[key] > 0 for key in EXERCISED), seen
+
+
+def test_options_ruin_with_insurance_and_bad_debt_matches_reference():
+    """Levered ETH with calls written on all of it; on the calls' expiry a wick liquidates the
+    collateral and ETH closes at 10x the strike: the payoff takes the cash and every unit left, the
+    venue absorbs the rest (insurance) and the account's negative equity is written off (bad debt,
+    every contract closed out)."""
+    from defialloc.envs.leverage_actions import OptionOrder
+    from tests.test_leverage_env import make_paths
+
+    warmup, horizon = 6, 9
+    config = load_config(
+        EVERYTHING_CONFIG,
+        {
+            "market.assets": ["BTC", "ETH"],
+            "env.warmup": warmup,
+            "env.horizon": horizon,
+            "env.observation.return_window": 2,
+            "env.observation.vol_window": 2,
+            "env.observation.corr_window": 5,
+            "env.observation.blocks": ALL_BLOCKS,
+            "env.perps.enabled": False,
+            "env.cascades.enabled": False,
+        },
+    )
+    close = np.tile([100.0, 2000.0], (warmup + horizon + 1, 1))
+    low, high = close.copy(), close.copy()
+    expiry = warmup + 7  # the 7-day tenor, opened at the first decision
+    close[expiry:, 1] = high[expiry:, 1] = 20_000.0
+    low[expiry:, 1] = 20_000.0
+    low[expiry, 1] = 1_000.0
+    paths = make_paths(close, low=low, high=high, warmup=warmup)
+    ref, com = PortfolioSimulator(config, 1), CompiledSimulator(config, 1)
+    for sim in (ref, com):
+        sim.reset_envs(np.zeros(1, dtype=np.int64), np.array([3]), paths=paths)
+    order = OptionOrder(call_share=1.0, call_strike=2, tenor=0)
+    layout = ref.protocols.layout
+    action = layout.compose(np.array([[-1.0, 1.0, -1.0]]), 2.0, 0.0, 2.0, order)
+    seen: dict[str, float] = {}
+    for step in range(horizon):
+        _assert_close(f"obs at {step}", ref.observe(), com.observe())
+        hold = step > 0
+        r_ref = ref.step(None if hold else action, hold=hold)
+        r_com = com.step(None if hold else action, hold=hold)
+        assert_same_step(ref, com, r_ref, r_com, f"step {step}", seen)
+        assert_same_info(ref, com, r_ref, r_com, 0, f"step {step}")
+    assert seen["option insurance"] > 0 and seen["bad debt"] > 0, seen
+    assert seen["option settlements"] > 0 and seen["liquidations"] > 0, seen
+    assert not com.protocols.options.units.any() and com.value[0] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -166,7 +300,7 @@ def test_configurations_match_numpy_reference(config, overrides):
 def test_batched_equals_single_and_parallel_equals_serial():
     """Env ``i`` of a batch steps exactly like a lone env with the same seed and actions, and the
     threaded kernels (from PARALLEL_MIN_ENVS envs) give the serial ones' numbers bit for bit."""
-    config = load_config("configs/leverage.yaml", EVERYTHING)
+    config = load_config(EVERYTHING_CONFIG, EVERYTHING)
     n = 16  # the prange forms run from PARALLEL_MIN_ENVS envs; forced here on a small batch
     assert CompiledSimulator(config, kernels_batch.PARALLEL_MIN_ENVS)._parallel
     batch, serial = CompiledSimulator(config, n), CompiledSimulator(config, n)
@@ -191,13 +325,19 @@ def test_batched_equals_single_and_parallel_equals_serial():
             np.testing.assert_array_equal(single.observe()[0], obs[i])
 
 
-def test_runtime_path_is_compiled_and_options_fall_back_to_reference():
+@pytest.mark.parametrize(
+    "config", ["configs/default.yaml", "configs/leverage.yaml", "configs/options.yaml"]
+)
+def test_runtime_path_is_compiled_for_every_protocol(config):
     from defialloc.envs.env import DeFiMarketEnv
+    from defialloc.envs.vec_env import DeFiMarketVecEnv
 
-    assert isinstance(DeFiMarketEnv("configs/leverage.yaml").sim, CompiledSimulator)
-    options = load_config("configs/options.yaml")
-    assert "env.options.enabled" in compiled_unsupported(options)
-    assert type(make_simulator(options, 1)) is PortfolioSimulator
+    assert compiled_unsupported(load_config(config)) is None
+    assert type(make_simulator(load_config(config), 2)) is CompiledSimulator
+    assert isinstance(DeFiMarketEnv(config).sim, CompiledSimulator)
+    assert isinstance(DeFiMarketVecEnv(load_config(config), n_envs=2).sim, CompiledSimulator)
+    reference = DeFiMarketEnv(config, simulator=PortfolioSimulator).sim
+    assert type(reference) is PortfolioSimulator
 
 
 def test_bad_actions_and_ended_paths_raise_clear_errors():
@@ -217,7 +357,9 @@ def test_bad_actions_and_ended_paths_raise_clear_errors():
         sim.step(np.zeros((2, sim.action_dim)))
 
 
-@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/leverage.yaml"])
+@pytest.mark.parametrize(
+    "config", ["configs/default.yaml", "configs/leverage.yaml", "configs/options.yaml"]
+)
 def test_all_in_from_cash_on_a_fresh_simulator_matches_reference(config):
     """The first trade of a fresh simulator (untouched scratch memory): all cash into one asset,
     which overdraws the cash by its costs, so the buy is scaled down and re-quoted while the other
@@ -260,11 +402,11 @@ def test_bench_reports_both_simulators_and_the_grid_configs_load():
 
 def test_accounting_identity_of_the_compiled_step_with_every_protocol_over_10000_steps():
     """V(t+1) = V(t) - costs + insurance + bad debt + market PnL, to 1e-9, on the compiled step with
-    lending, perps, cascades and the kill-switch on (the options identity test runs the reference)."""
+    lending, perps, cascades, the options venue and the kill-switch on."""
     from defialloc.envs import make_env
     from tests.test_leverage_env import identity_error
 
-    env = make_env("configs/leverage.yaml", seed=7, **EVERYTHING)
+    env = make_env(EVERYTHING_CONFIG, seed=7, **EVERYTHING)
     assert isinstance(env.unwrapped.sim, CompiledSimulator)
     rng = np.random.default_rng(1)
     _, info = env.reset(seed=7)

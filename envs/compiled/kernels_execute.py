@@ -17,11 +17,15 @@ import math
 from numba import njit
 
 from defialloc.envs.compiled.kernels_actions import clip1, current_weights, kill_switch, targets
+from defialloc.envs.compiled.kernels_options import buyback_reserve, execute_options, option_targets
 from defialloc.envs.compiled.kernels_rebalance import rebalance
 from defialloc.envs.compiled.layout import (
     E_FEES,
     E_GAS,
     E_KILL,
+    E_OPT_FEES,
+    E_OPT_PREMIUM,
+    E_OPT_SPREAD,
     E_SLIPPAGE,
     E_TURNOVER,
     E_VALUE_BEFORE,
@@ -51,6 +55,7 @@ from defialloc.envs.compiled.params import (
     IP_LENDING,
     IP_M_MARK,
     IP_M_SCAL,
+    IP_OPTIONS,
     IP_PERP,
     IP_PERPS,
     IP_PROTOCOLS,
@@ -62,6 +67,7 @@ from defialloc.envs.compiled.scratch import (
     V_HEDGE,
     V_MASK,
     V_NEWPERP,
+    V_O_OWED,
     V_PRICE,
     V_TARGET,
     V_TRADED,
@@ -83,6 +89,9 @@ def hold(b, fstate, rec):
     rec[b, E_GAS] = 0.0
     rec[b, E_TURNOVER] = 0.0
     rec[b, E_KILL] = 0.0
+    rec[b, E_OPT_FEES] = 0.0
+    rec[b, E_OPT_SPREAD] = 0.0
+    rec[b, E_OPT_PREMIUM] = 0.0
 
 
 @njit(**JIT)
@@ -103,6 +112,15 @@ def execute_env(b, n, actions, spot_only, fstate, istate, mtab, w, fp, ip, rec):
     current_weights(b, n, value, num, fstate, w, ip)
     forced = kill_switch(b, value, lending, fstate, istate, fp, ip)
     lev = targets(b, n, value, num, actions, spot_only, forced, fstate, mtab, istate, w, fp, ip)
+    options = ip[IP_OPTIONS] != 0
+    picks = (0, 0, 0)
+    if options:
+        picks = option_targets(b, n, actions, spot_only, forced, fstate, w, fp, ip)
+    opt_fee = 0.0
+    opt_spread = 0.0
+    rec[b, E_OPT_FEES] = 0.0
+    rec[b, E_OPT_SPREAD] = 0.0
+    rec[b, E_OPT_PREMIUM] = 0.0
     tgt = vec(V_WTGT, n)
     mask = vec(V_MASK, n)
     target = vec(V_TARGET, n)
@@ -124,7 +142,9 @@ def execute_env(b, n, actions, spot_only, fstate, istate, mtab, w, fp, ip, rec):
             w[mask + i] = 1.0 if trade else 0.0
             w[target + i] = w[tgt + i] * (value / w[price + i])
         cash = fstate[b, S_CASH]
-        cash_delta, fees, slippage, gas = rebalance(b, n, cash, num, usd_per_gas, fstate, w, fp, ip)
+        cash_delta, fees, slippage, gas = rebalance(
+            b, n, cash, num, usd_per_gas, 0.0, fstate, w, fp, ip
+        )
     else:
         eq = value if value > 0.0 else 0.0
         if lending:
@@ -169,10 +189,28 @@ def execute_env(b, n, actions, spot_only, fstate, istate, mtab, w, fp, ip, rec):
                 trade = True
             w[mask + i] = 1.0 if trade else 0.0
             w[target + i] = w[tusd + i] / w[price + i]
-        cash_delta, fees, slippage, gas = rebalance(b, n, cash, num, usd_per_gas, fstate, w, fp, ip)
+        extra = 0.0  # numeraire units the buys leave for buying back calls the sells uncover
+        if options:
+            after = vec(V_O_OWED, n)
+            sells = 0.0
+            for i in range(n):
+                held = fstate[b, units + i]
+                w[after + i] = w[target + i] if w[mask + i] != 0.0 else held
+                sells += max(held - w[after + i], 0.0) * w[price + i]
+            need = buyback_reserve(b, n, tau, fstate, istate, mtab, w, fp, ip, after)
+            extra = -(min(need, cash * num + 0.9 * sells) / num)
+        cash_delta, fees, slippage, gas = rebalance(
+            b, n, cash, num, usd_per_gas, extra, fstate, w, fp, ip
+        )
         for i in range(n):
             fstate[b, units + i] = fstate[b, units + i] + w[vec(V_DELTA, n) + i]
         cash = cash + cash_delta
+        if options:  # before the repay: covering the calls comes first
+            cash = execute_options(
+                b, n, tau, cash, num, eq, picks, fstate, istate, w, mtab, fp, ip, rec
+            )
+            opt_fee = rec[b, E_OPT_FEES]
+            opt_spread = rec[b, E_OPT_SPREAD]
         if lending and move_debt:
             want = 0.0
             if gap < 0.0:
@@ -215,8 +253,8 @@ def execute_env(b, n, actions, spot_only, fstate, istate, mtab, w, fp, ip, rec):
         traded += w[vec(V_TRADED, n) + i]
     live = value if value > 0.0 else math.inf
     rec[b, E_VALUE_BEFORE] = value
-    rec[b, E_FEES] = fees + perp_fee
-    rec[b, E_SLIPPAGE] = slippage
+    rec[b, E_FEES] = fees + perp_fee + opt_fee
+    rec[b, E_SLIPPAGE] = slippage + opt_spread
     rec[b, E_GAS] = gas + borrow_gas + repay_gas + perp_gas
     rec[b, E_TURNOVER] = 0.5 * traded / live
     rec[b, E_KILL] = 1.0 if forced else 0.0

@@ -17,6 +17,7 @@ import math
 from numba import njit
 
 from defialloc.envs.compiled.kernels_amm import realign_pools, sell_ratio
+from defialloc.envs.compiled.kernels_options import close_out_options, move_options, option_value
 from defialloc.envs.compiled.kernels_perps import settle_perps
 from defialloc.envs.compiled.kernels_population import population_step
 from defialloc.envs.compiled.kernels_reward import score
@@ -27,6 +28,7 @@ from defialloc.envs.compiled.layout import (
     I_T,
     M_DEPTH,
     M_NUM,
+    O_VALUE,
     P_CASH_GROWTH,
     P_DEBT_GROWTH,
     R_BAD_DEBT,
@@ -56,6 +58,7 @@ from defialloc.envs.compiled.params import (
     IP_CASCADES,
     IP_CASH_EARNS,
     IP_E_LOW,
+    IP_E_OPT_MOVE,
     IP_E_PERP_DURING,
     IP_E_SALES,
     IP_E_UNITS_DURING,
@@ -65,6 +68,7 @@ from defialloc.envs.compiled.params import (
     IP_M_SCAL,
     IP_M_SUPPLY_GROWTH,
     IP_MAX_ROUNDS,
+    IP_OPTIONS,
     IP_PERP,
     IP_PERPS,
     IP_PROTOCOLS,
@@ -203,7 +207,9 @@ def advance_env(
     value = 0.0
     protocols = ip[IP_PROTOCOLS] != 0
     if protocols:
-        value = _protocol_move(b, n, tau, num1, fstate, mtab, w, fp, ip, rec, res_f, liquidations)
+        value = _protocol_move(
+            b, n, tau, num1, fstate, istate, mtab, w, fp, ip, rec, res_f, liquidations
+        )
     else:
         for i in range(n):
             value += fstate[b, units + i] * w[price1 + i]
@@ -218,7 +224,7 @@ def advance_env(
 
 
 @njit(**JIT)
-def _protocol_move(b, n, tau, num1, fstate, mtab, w, fp, ip, rec, res_f, liquidations):
+def _protocol_move(b, n, tau, num1, fstate, istate, mtab, w, fp, ip, rec, res_f, liquidations):
     """Interest, cascades, liquidations, perps and the write-off of env ``b`` (after the pools
     are realigned); returns the marked value (USD, >= 0)."""
     units = ip[IP_UNITS]
@@ -309,6 +315,14 @@ def _protocol_move(b, n, tau, num1, fstate, mtab, w, fp, ip, rec, res_f, liquida
             b, n, tau, cash, num1, fstate, mtab, w, fp, ip
         )
         count += closed
+    options = ip[IP_OPTIONS] != 0
+    opt_liq = 0.0
+    if options:
+        cash, opt_insurance, opt_liq, opt_count = move_options(
+            b, n, tau1, cash, num1, fstate, istate, mtab, w, fp, ip, rec
+        )
+        insurance = insurance + opt_insurance
+        count += opt_count
     fstate[b, S_CASH] = cash
     for i in range(n):
         rec[b, ip[IP_E_LOW] + i] = w[low + i]
@@ -317,6 +331,8 @@ def _protocol_move(b, n, tau, num1, fstate, mtab, w, fp, ip, rec, res_f, liquida
     for i in range(n):
         value += fstate[b, units + i] * w[price1 + i]
     value = value + (cash - debt) * num1
+    if options:
+        value = value + option_value(b, n, fstate, ip)
     bad_debt = 0.0
     if value < 0.0:  # limited liability: the shortfall is bad debt, every position closes
         bad_debt = -value
@@ -325,13 +341,17 @@ def _protocol_move(b, n, tau, num1, fstate, mtab, w, fp, ip, rec, res_f, liquida
             fstate[b, perp + i] = 0.0
         fstate[b, S_CASH] = 0.0
         fstate[b, S_DEBT] = 0.0
+        if options:
+            close_out_options(b, n, fstate, istate, ip)
         value = 0.0
+    if options:
+        rec[b, ip[IP_E_OPT_MOVE] + O_VALUE] = option_value(b, n, fstate, ip)
     res_f[R_INTEREST, b] = interest
     res_f[R_PENALTY, b] = penalty
     res_f[R_INSURANCE, b] = insurance
     res_f[R_BAD_DEBT, b] = bad_debt
     res_f[R_FUNDING, b] = funding
-    res_f[R_LIQUIDATION, b] = penalty + perp_cost
+    res_f[R_LIQUIDATION, b] = penalty + perp_cost + opt_liq
     liquidations[b] = count
     return value
 

@@ -10,6 +10,7 @@ import math
 
 from numba import njit
 
+from defialloc.envs.compiled.kernels_options import observe_options
 from defialloc.envs.compiled.layout import (
     I_T,
     M_NUM,
@@ -33,6 +34,7 @@ from defialloc.envs.compiled.params import (
     IP_OBS_DRAWDOWN,
     IP_OBS_PROTOCOL,
     IP_OBS_WEIGHTS,
+    IP_OPTIONS,
     IP_PERP,
     IP_PERPS,
     IP_RUNS,
@@ -96,3 +98,6 @@ def observe_env(b, n, fstate, istate, mtab, features, fp, ip, obs):
                 obs[b, at + i] = _clipped(exposure, clip)
                 rate = (mtab[b, tau, funding + i] * fp[F_PER_YEAR]) * fp[F_RATE_SCALE]
                 obs[b, at + n + i] = _clipped(rate, clip)
+            at += 2 * n
+        if ip[IP_OPTIONS]:
+            observe_options(b, n, tau, fstate, istate, mtab, fp, ip, obs, at, clip)

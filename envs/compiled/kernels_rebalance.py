@@ -57,9 +57,10 @@ JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 
 @njit(**JIT)
-def rebalance(b, n, cash, num, usd_per_gas, fstate, w, fp, ip):
+def rebalance(b, n, cash, num, usd_per_gas, extra, fstate, w, fp, ip):
     """Trade env ``b``'s masked assets toward their target units; see the module docstring.
 
+    ``extra`` (numeraire units, <= 0 to hold cash back) is added to the cash the buys may use.
     Mutates the pools in ``fstate`` (not the units or cash: the caller adds the deltas).
     """
     k = ip[IP_K]
@@ -162,7 +163,7 @@ def rebalance(b, n, cash, num, usd_per_gas, fstate, w, fp, ip):
         buy_gas = (
             fp[F_OVERHEAD_UNITS] * orders_buy + fp[F_UNITS_PER_POOL] * pools_buy
         ) * usd_per_gas
-    cash_after_sells = cash + sells_out - sell_gas / num
+    cash_after_sells = cash + sells_out - sell_gas / num + extra
     room_for_buys = (cash_after_sells - buy_gas / num) * (1.0 - 1e-12)
     cancel_all = cash_after_sells < 0.0
     short = buys_in > room_for_buys or cancel_all

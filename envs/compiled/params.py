@@ -20,6 +20,9 @@ from defialloc.envs.protocols.borrowers import inverse_entry_hf, kept_by_liquida
 from defialloc.envs.protocols.gas import GAS_UNITS
 
 if TYPE_CHECKING:
+    from defialloc.envs.config import EnvConfig
+    from defialloc.envs.option_book import OptionBook
+    from defialloc.envs.protocols.options import VarianceForecast
     from defialloc.envs.simulator import PortfolioSimulator
 
 from defialloc.envs.compiled.scratch import MAX_TIERS  # noqa: E402  (1-4 fee tiers per pair: envs.config.AmmConfig)
@@ -64,11 +67,32 @@ from defialloc.envs.compiled.scratch import MAX_TIERS  # noqa: E402  (1-4 fee ti
     F_RATE_SCALE,
     F_PER_YEAR,
     F_CLIP,
-) = range(38)
-F_FEE = 38  # fee per tier, MAX_TIERS slots
+    F_OPT_RATE,
+    F_OPT_FLOOR,
+    F_OPT_CAP,
+    F_OPT_TICK,
+    F_OPT_FEE,
+    F_OPT_FEE_CAP,
+    F_OPT_SETTLE_FEE,
+    F_OPT_SETTLE_CAP,
+    F_OPT_MAINT,
+    F_OPT_LIQ_FEE,
+    F_OPT_STEPS_PER_YEAR,
+    F_OPT_DEVIATION,
+    F_OPT_MAX_CHANGE,
+    F_OPT_DAYS_SCALE,
+) = range(52)
+F_FEE = 52  # fee per tier, MAX_TIERS slots
 F_KEEP = F_FEE + MAX_TIERS  # 1 - fee
 F_INV_KEEP = F_KEEP + MAX_TIERS  # 1 / (1 - fee)
 F_FIXED = F_INV_KEEP + MAX_TIERS
+
+# the options venue's vectors at ip[IP_OPT_VEC]: per-regime premium, skew, smile and half-spread
+# (3 each), then the listed moneyness (S), tenors in steps (T) and the listed mask (N)
+O_PREMIUM, O_SKEW, O_SMILE, O_HALF = 0, 3, 6, 9
+O_MONEYNESS = 12
+# a forecast table at ip[IP_OPT_TABLE]: h_bar (N), then level and decay (3, max_steps + 1, N)
+N_REGIMES = 3
 
 # per-asset rows at ip[IP_ASSETS] + row * N
 A_LTV, A_LT, A_BONUS, A_LB, A_PROTO_FEE, A_KEPT, A_IMF, A_MMF = range(8)
@@ -129,8 +153,23 @@ A_ROWS = 8
     IP_E_LOW,
     IP_E_SALES,
     IP_WORK,
-) = range(53)
-IP_FIXED = 53
+    IP_OPTIONS,
+    IP_OPT_S,
+    IP_OPT_T,
+    IP_OPT_MAX_STEPS,
+    IP_OPT_VEC,
+    IP_OPT_TABLE,
+    IP_OPT_MODEL,
+    IP_OPT_FILTER,
+    IP_OPT_OBS_TENOR,
+    IP_OPT_STATE,
+    IP_OPT_EXPIRY,
+    IP_M_OPT_H,
+    IP_M_REGIME,
+    IP_OPT_ACTIONS,
+    IP_E_OPT_MOVE,
+) = range(68)
+IP_FIXED = 68
 
 KIND_CODES = {"target": 0, "anchored": 1, "delta": 2}
 ANCHOR_CODES = {"equal_weight": 0, "inverse_vol": 1, "cash": 2}
@@ -220,7 +259,11 @@ def pack_params(sim: PortfolioSimulator, layout: Layout) -> tuple[np.ndarray, np
         fp[F_PERP_FEE] = setup.perps.trading_fee
         fp[F_PERP_LIQ_FEE] = setup.perps.liquidation_fee
     side = (0.5 * sim.pools.depth_usd[None, :]) * sim.pools.depth_shares[:, None]  # (K, N) USD
-    tails = [assets.reshape(-1), side.reshape(-1), inv_hf]
+    book = None if engine is None else engine.options
+    opt_vec, filter_table, model_table = np.zeros(0), np.zeros(0), np.zeros(0)
+    if book is not None:
+        opt_vec, filter_table, model_table = _pack_options(fp, book, env)
+    tails = [assets.reshape(-1), side.reshape(-1), inv_hf, opt_vec, filter_table, model_table]
     offsets = np.cumsum([F_FIXED] + [t.size for t in tails])
     fp = np.concatenate([fp, *tails])
 
@@ -277,7 +320,61 @@ def pack_params(sim: PortfolioSimulator, layout: Layout) -> tuple[np.ndarray, np
     ip[IP_E_UNITS_DURING], ip[IP_E_PERP_DURING] = layout.e_units_during, layout.e_perp_during
     ip[IP_E_LOW], ip[IP_E_SALES] = layout.e_low_eff, layout.e_sales
     ip[IP_WORK] = work_columns(n, k)
+    if book is not None:
+        ip[IP_OPTIONS] = 1
+        ip[IP_OPT_S], ip[IP_OPT_T] = book.moneyness.size, book.tenor_steps.size
+        ip[IP_OPT_MAX_STEPS] = book.surface.max_steps
+        ip[IP_OPT_VEC], ip[IP_OPT_FILTER] = offsets[3], offsets[4]
+        ip[IP_OPT_MODEL] = offsets[5] if model_table.size else offsets[4]
+        ip[IP_OPT_TABLE] = ip[IP_OPT_FILTER]
+        ip[IP_OPT_OBS_TENOR] = observation_tenor(book)
+        ip[IP_OPT_STATE], ip[IP_OPT_EXPIRY] = layout.opt_units, layout.i_expiry
+        ip[IP_M_OPT_H], ip[IP_M_REGIME] = layout.m_opt_h, layout.m_regime
+        ip[IP_OPT_ACTIONS] = sim.action_map.layout.options_start
+        ip[IP_E_OPT_MOVE] = layout.e_opt_move
     ip = np.concatenate([ip, np.asarray(runs, dtype=np.int64), np.asarray(masks, dtype=np.int64)])
     fp.setflags(write=False)
     ip.setflags(write=False)
     return fp, ip
+
+
+def observation_tenor(book: OptionBook) -> int:
+    """Steps of the listed tenor nearest 30 days (the observation's implied vol,
+    :func:`defialloc.envs.option_views.option_observation`)."""
+    days = book.tenor_steps * book.surface.step_days
+    return int(book.tenor_steps[int(np.argmin(np.abs(days - 30.0)))])
+
+
+def _pack_options(
+    fp: np.ndarray, book: OptionBook, env: EnvConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write the venue's scalars into ``fp``; return its vectors and forecast tables (filter, model;
+    the model table is empty where the venue has none)."""
+    p, surface = book.params, book.surface
+    fp[F_OPT_RATE] = p.rate
+    fp[F_OPT_FLOOR], fp[F_OPT_CAP] = p.smile_floor_ratio, p.smile_cap_ratio
+    fp[F_OPT_TICK] = p.min_half_spread_of_underlying
+    fp[F_OPT_FEE], fp[F_OPT_FEE_CAP] = p.trading_fee_of_underlying, p.trading_fee_cap_of_price
+    fp[F_OPT_SETTLE_FEE] = p.settlement_fee_of_underlying
+    fp[F_OPT_SETTLE_CAP] = p.settlement_fee_cap_of_value
+    fp[F_OPT_MAINT] = p.short_maintenance_of_underlying
+    fp[F_OPT_LIQ_FEE] = p.liquidation_fee_of_underlying
+    fp[F_OPT_STEPS_PER_YEAR] = surface.steps_per_year
+    fp[F_OPT_DEVIATION] = env.action.option_deviation
+    fp[F_OPT_MAX_CHANGE] = env.action.max_option_change
+    fp[F_OPT_DAYS_SCALE] = surface.step_days / 30.0
+    vec = np.concatenate(
+        [
+            surface.premium, surface.skew, surface.smile, surface.half_spread,
+            book.moneyness, book.tenor_steps.astype(np.float64), book.listed.astype(np.float64),
+        ]
+    )  # fmt: skip
+
+    def table(t: VarianceForecast | None) -> np.ndarray:
+        if t is None:
+            return np.zeros(0)
+        if t.level.shape[0] != N_REGIMES or abs(t.steps_per_year - surface.steps_per_year) > 0:
+            raise ValueError("the options venue's forecast table must have 3 regimes")
+        return np.concatenate([t.h_bar, t.level.reshape(-1), t.decay.reshape(-1)])
+
+    return vec, table(surface.filter_table), table(surface.model_table)

@@ -43,8 +43,17 @@ W_VECTORS = 5 * MAX_TIERS
     V_MARKADV,
     V_RECEIVED,
     V_TUSD,
-) = range(27)
-N_VECTORS = 27
+    V_O_CSHARE,
+    V_O_PSHARE,
+    V_O_NAKED,
+    V_O_OWED,
+    V_O_ADV_MID,
+    V_O_ADV_ASK,
+) = range(33)
+# the option book's per-contract temporaries: two vectors each (slot 0 the call, 1 the put; ``ov``)
+V_O_STRIKE, V_O_EXPIRY, V_O_MID, V_O_ASK, V_O_BID, V_O_VOL, V_O_TY, V_O_FWD = range(33, 49, 2)
+V_O_BUY, V_O_SELL, V_O_FORCED, V_O_MARK1 = range(49, 57, 2)
+N_VECTORS = 57
 # pool matrices (N * K each; the saved reserves take two)
 M_POOL_IN, M_POOL_OUT, M_RIN, M_ROUT, M_SAVED = range(5)
 N_MATRICES = 6
@@ -59,6 +68,12 @@ def work_columns(n: int, k: int) -> int:
 def vec(v, n):
     """Offset of vector ``v`` in a scratch row (``n`` assets)."""
     return W_VECTORS + v * (n + 1)
+
+
+@njit(cache=True, nogil=True)
+def ov(v, n, slot):
+    """Offset of option slot ``slot`` (0 call, 1 put) of the per-contract vector pair ``v``."""
+    return W_VECTORS + (v + slot) * (n + 1)
 
 
 @njit(cache=True, nogil=True)

@@ -27,10 +27,12 @@ from defialloc.envs.compiled.layout import (
     E_FEES,
     E_GAS,
     E_KILL,
+    E_OPT_FEES,
+    E_OPT_PREMIUM,
+    E_OPT_SPREAD,
     E_SLIPPAGE,
     E_TURNOVER,
     E_VALUE_BEFORE,
-    I_COLUMNS,
     I_NOW,
     I_OVERRIDE,
     I_REMAINING,
@@ -39,6 +41,11 @@ from defialloc.envs.compiled.layout import (
     M_ETH,
     M_GAS,
     M_NUM,
+    O_INSURANCE,
+    O_LIQUIDATION,
+    O_SETTLE_FEE,
+    O_SETTLEMENT,
+    O_VALUE,
     P_BORROW,
     P_CASH_GROWTH,
     P_CASH_SUPPLY,
@@ -69,14 +76,21 @@ from defialloc.envs.compiled.layout import (
     S_VALUE,
     Layout,
 )
-from defialloc.envs.compiled.params import IP_KIND, KIND_CODES, pack_params
+from defialloc.envs.compiled.params import (
+    IP_KIND,
+    IP_OPT_MODEL,
+    IP_OPT_TABLE,
+    KIND_CODES,
+    pack_params,
+)
 from defialloc.envs.compiled.population import CompiledCascades
 from defialloc.envs.compiled.scratch import work_columns
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.execution.costs import TradeCosts
-from defialloc.envs.greeks import greeks_block
+from defialloc.envs.greeks import greek_totals, greeks_block
 from defialloc.envs.indexing import flat_time_index
 from defialloc.envs.leverage import StepCosts
+from defialloc.envs.option_book import OptionFills
 from defialloc.envs.simulator import PortfolioSimulator
 from defialloc.envs.step_records import Execution, StepResult
 
@@ -90,23 +104,26 @@ class CompiledSimulator(PortfolioSimulator):
         kb_buckets = 0
         if engine is not None and engine.cascades is not None:
             kb_buckets = engine.cascades.params.n_buckets
+        self._book = None if engine is None else engine.options
         self.layout = layout = Layout(
             self.n_assets,
             len(self.pools.fees),
             kb_buckets,
             engine is not None and engine.lending_on,
             engine is not None and engine.perps_on,
+            self._book is not None,
         )
         b = n_envs
         self._fstate = np.zeros((b, layout.state_columns))
-        self._istate = np.zeros((b, I_COLUMNS), dtype=np.int64)
+        self._istate = np.zeros((b, layout.istate_columns), dtype=np.int64)
         self._mtab = np.ones((b, self.path_length, layout.path_columns))
         self._rec = np.zeros((b, layout.rec_columns))
         self._bind_views()
+        self._fill_regimes(np.arange(n_envs))
         if engine is not None and engine.cascades is not None:
             engine.cascades = CompiledCascades.over(engine.cascades, self._fstate, layout)
         self._fp, self._ip = pack_params(self, layout)
-        self._ip_kinds: dict[str, np.ndarray] = {}
+        self._ip_kinds: dict[tuple[str, bool], np.ndarray] = {}
         self._work = np.zeros((numba.config.NUMBA_NUM_THREADS, work_columns(layout.n, layout.k)))
         self._no_actions = np.zeros((b, self.action_dim))
         self._parallel = n_envs >= kb.PARALLEL_MIN_ENVS
@@ -121,8 +138,29 @@ class CompiledSimulator(PortfolioSimulator):
             ],
             low_effective=self._rec[:, layout.e_low_eff : layout.e_low_eff + layout.n],
             cascade_sale_units=self._rec[:, layout.e_sales : layout.e_sales + layout.n],
+            options=self._option_move_views(),
         )
         self._issued: Execution | None = None
+
+    def _option_move_views(self) -> SimpleNamespace | None:
+        """The option move's record (``OptionMove``'s fields that ``info`` reads), views into ``rec``."""
+        if self._book is None:
+            return None
+        lay, rec, b, n = self.layout, self._rec, self.n_envs, self.n_assets
+
+        def contracts(at: int) -> np.ndarray:
+            return rec[:, at : at + 2 * n].reshape(b, n, 2)
+
+        mv = lay.e_opt_move
+        return SimpleNamespace(
+            settlement_usd=rec[:, mv + O_SETTLEMENT],
+            settlement_fee_usd=rec[:, mv + O_SETTLE_FEE],
+            liquidation_usd=rec[:, mv + O_LIQUIDATION],
+            insurance_usd=rec[:, mv + O_INSURANCE],
+            units_during_move=contracts(lay.e_opt_during),
+            mark_before=contracts(lay.e_opt_mark_before),
+            mark_after=contracts(lay.e_opt_mark_after),
+        )
 
     # ------------------------------------------------------------------ packed views
     def _views(self) -> list[tuple[object, str, np.ndarray]]:
@@ -180,12 +218,30 @@ class CompiledSimulator(PortfolioSimulator):
                     (paths, "mark", mt[:, :, lay.m_mark : lay.m_mark + n]),
                     (paths, "funding", mt[:, :, lay.m_funding : lay.m_funding + n]),
                 ]
+        book = self._book
+        if book is not None:
+
+            def contracts(table: np.ndarray, at: int, per: int = 1) -> np.ndarray:
+                shape = (b, n, 2) if per == 1 else (b, n, 2, per)
+                return table[:, at : at + 2 * n * per].reshape(shape)
+
+            views += [
+                (book, "units", contracts(fs, lay.opt_units)),
+                (book, "strike", contracts(fs, lay.opt_strike)),
+                (book, "mark", contracts(fs, lay.opt_mark)),
+                (book, "unit_greeks", contracts(fs, lay.opt_greeks, 4)),
+                (book, "expiry", contracts(ist, lay.i_expiry)),
+                (book, "h_next", mt[:, :, lay.m_opt_h : lay.m_opt_h + n]),
+            ]
         return views
 
     def _bind_views(self) -> None:
         """Copy the current arrays into the packed tables and point the attributes at them."""
         self._bound = self._views()
+        tables = (self._fstate, self._istate, self._mtab)
         for owner, name, view in self._bound:
+            if not any(np.shares_memory(view, table) for table in tables):  # a reshape that copied
+                raise AssertionError(f"{name}: not a view into the packed tables")
             view[...] = getattr(owner, name)
             setattr(owner, name, view)
 
@@ -204,6 +260,12 @@ class CompiledSimulator(PortfolioSimulator):
     def reset_envs(self, index, seeds, paths=None, drawn=None) -> None:  # noqa: ANN001
         super().reset_envs(index, seeds, paths=paths, drawn=drawn)
         self._rebind()
+        self._fill_regimes(index)
+
+    def _fill_regimes(self, index: np.ndarray) -> None:
+        """The options venue's regime codes of envs ``index`` into their path table (float column)."""
+        if self._book is not None:
+            self._mtab[index, :, self.layout.m_regime] = self._book.regime[index]
 
     def restore(self, index: int, state: dict) -> None:
         super().restore(index, state)
@@ -280,6 +342,13 @@ class CompiledSimulator(PortfolioSimulator):
             rec[:, E_TURNOVER].copy(),
             rec[:, E_KILL] != 0.0,
         )
+        if self._book is not None and not hold:
+            done.options = OptionFills(
+                self.cash.copy(),
+                rec[:, E_OPT_FEES].copy(),
+                rec[:, E_OPT_SPREAD].copy(),
+                rec[:, E_OPT_PREMIUM].copy(),
+            )
         if self.protocols is None and not hold:
             n = self.n_assets
             done.current_weights = rec[:, lay.e_current : lay.e_current + n + 1].copy()
@@ -297,6 +366,10 @@ class CompiledSimulator(PortfolioSimulator):
         rec[:, E_GAS] = done.costs.gas_usd
         rec[:, E_TURNOVER] = done.turnover
         rec[:, E_KILL] = np.asarray(done.kill_switch, dtype=bool)
+        fills = done.options
+        rec[:, E_OPT_FEES] = 0.0 if fills is None else fills.fees_usd
+        rec[:, E_OPT_SPREAD] = 0.0 if fills is None else fills.spread_usd
+        rec[:, E_OPT_PREMIUM] = 0.0 if fills is None else fills.premium_usd
 
     def _results(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         b = self.n_envs
@@ -317,7 +390,8 @@ class CompiledSimulator(PortfolioSimulator):
         self._issued = None
         res_f, res_b, res_r, liq = self._results()
         code = self._kernels("advance")(
-            self._fstate, self._istate, self._mtab, self.regime, self._work, self._fp, self._ip,
+            self._fstate, self._istate, self._mtab, self.regime, self._work, self._fp,
+            self._ip_for(None),
             self._rec, res_f, res_b, res_r, liq,
         )  # fmt: skip
         if code:
@@ -338,16 +412,23 @@ class CompiledSimulator(PortfolioSimulator):
 
     def _ip_for(self, action_kind: str | None) -> np.ndarray:
         """The int parameters with the actions read as ``action_kind`` (None: the config's kind;
-        baselines pass ``"target"``)."""
-        if action_kind is None or action_kind == self.action_map.kind:
+        baselines pass ``"target"``) and the options venue's forecast table of the batch's paths
+        (``OptionBook.table``: the generator's where every path carries its state)."""
+        truth = self._book is not None and bool(self._book.truth.all())
+        if (action_kind is None or action_kind == self.action_map.kind) and not truth:
             return self._ip
-        if action_kind not in KIND_CODES:
+        kind = self.action_map.kind if action_kind is None else action_kind
+        if kind not in KIND_CODES:
             raise ValueError(f"action_kind={action_kind!r} must be one of {sorted(KIND_CODES)}")
-        ip = self._ip_kinds.get(action_kind)
+        ip = self._ip_kinds.get((kind, truth))
         if ip is None:
             ip = self._ip.copy()
-            ip[IP_KIND] = KIND_CODES[action_kind]
-            self._ip_kinds[action_kind] = ip
+            ip.setflags(write=True)
+            ip[IP_KIND] = KIND_CODES[kind]
+            if truth:
+                ip[IP_OPT_TABLE] = ip[IP_OPT_MODEL]
+            ip.setflags(write=False)
+            self._ip_kinds[(kind, truth)] = ip
         return ip
 
     def step_observe(
@@ -387,8 +468,11 @@ class CompiledSimulator(PortfolioSimulator):
         if self.protocols is None:
             costs = TradeCosts(res_f[R_FEES], res_f[R_SLIPPAGE], res_f[R_GAS])
         else:
+            fees = res_f[R_FEES]
+            if self._book is not None:  # the settlement fees join the fees
+                fees = fees + self._rec[:, self.layout.e_opt_move + O_SETTLE_FEE]
             costs = StepCosts(
-                res_f[R_FEES],
+                fees,
                 res_f[R_SLIPPAGE],
                 res_f[R_GAS],
                 res_f[R_INTEREST],
@@ -416,13 +500,28 @@ class CompiledSimulator(PortfolioSimulator):
             result.perp_notional_usd = res_f[R_PERP_NOTIONAL]
             result.insurance_usd = res_f[R_INSURANCE]
             result.bad_debt_usd = res_f[R_BAD_DEBT]
+        if self._book is not None:
+            self._option_fields(result)
         return result
+
+    def _option_fields(self, result: StepResult) -> None:
+        """The options' step fields (``protocol_step_fields``) and the Greek totals at ``t + 1``."""
+        rec, mv = self._rec, self.layout.e_opt_move
+        result.option_value_usd = rec[:, mv + O_VALUE].copy()
+        result.option_premium_usd = rec[:, E_OPT_PREMIUM].copy()
+        result.option_fees_usd = rec[:, E_OPT_FEES].copy()
+        result.option_spread_usd = rec[:, E_OPT_SPREAD].copy()
+        result.option_settlement_usd = rec[:, mv + O_SETTLEMENT].copy()
+        result.option_settlement_fee_usd = rec[:, mv + O_SETTLE_FEE].copy()
+        price, _ = self.prices_now()
+        for name, series in greek_totals(self.greeks(price), price).items():
+            setattr(result, name, series)
 
     def observe(self) -> np.ndarray:
         """:meth:`PortfolioSimulator.observe`, compiled."""
         obs = np.empty((self.n_envs, self.obs_dim), dtype=np.float32)
         kb.observe_serial(
-            self._fstate, self._istate, self._mtab, self.features, self._fp, self._ip, obs
+            self._fstate, self._istate, self._mtab, self.features, self._fp, self._ip_for(None), obs
         )
         return self._with_greeks(obs)
 
@@ -440,9 +539,10 @@ class CompiledSimulator(PortfolioSimulator):
 
 
 def compiled_unsupported(config: SimulationConfig) -> str | None:
-    """Why ``config`` runs on the numpy reference instead of the compiled step (None: it does not)."""
-    if config.env.options.enabled:
-        return "env.options.enabled: the options venue's step has no compiled kernels yet"
+    """Why ``config`` would run on the numpy reference instead of the compiled step (None: it does
+    not). The kernels cover every protocol and the options venue, so no valid config falls back
+    today; the hook stays for a mechanism added to the reference before its kernels."""
+    del config
     return None
 
 
