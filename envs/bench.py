@@ -27,7 +27,7 @@ from defialloc.envs.config import REPO_ROOT, SimulationConfig, load_config
 
 BENCH_MARKET = REPO_ROOT / "configs" / "market" / "bench_15_assets.yaml"
 BENCH_LENDING = REPO_ROOT / "configs" / "protocols" / "bench_15_assets_lending.yaml"
-MARKETS = {"spot": "configs/default.yaml", "all_protocols": "configs/leverage.yaml"}
+MARKETS = {"spot": "configs/default.yaml", "all_protocols": "configs/options.yaml"}
 SIMULATORS = ("compiled", "numpy")
 
 

@@ -422,3 +422,29 @@ def test_accounting_identity_of_the_compiled_step_with_every_protocol_over_10000
             _, info = env.reset()
     assert worst < 1e-9
     assert liquidations > 0 and kills > 0
+
+
+def test_kernel_cache_is_keyed_by_the_sources_and_prunes_stale_versions(tmp_path, monkeypatch):
+    """Kernels of other sources never share a cache folder (a process running older sources cannot
+    save kernels a newer one loads); folders of other sources untouched for a day are removed."""
+    import os
+
+    import numba
+
+    from defialloc.envs.compiled import cache
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    before = numba.config.CACHE_DIR
+    with cache.kernel_cache() as folder:
+        assert numba.config.CACHE_DIR == str(folder)
+        assert folder.parent == tmp_path and cache.sources_hash()[:16] in folder.name
+    assert numba.config.CACHE_DIR == before  # other libraries' kernels cache where they did
+    monkeypatch.setattr(cache, "sources_hash", lambda: "f" * 40)  # an edited kernel
+    with cache.kernel_cache() as edited:
+        assert edited != folder and edited.is_dir() and folder.is_dir()  # the old one is fresh
+    (folder / "k.nbi").write_text("old")
+    day_ago = os.path.getmtime(folder) - 2 * cache.STALE_AFTER_S
+    for path in (folder / "k.nbi", folder):
+        os.utime(path, (day_ago, day_ago))
+    assert cache.prune_stale(tmp_path, keep=edited) == [folder] and not folder.exists()
+    assert edited.is_dir()

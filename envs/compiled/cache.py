@@ -1,20 +1,29 @@
 """Keep numba's on-disk kernel cache in step with the kernels' sources.
 
 numba keys a cached function on its own file's modification time only: a batch kernel compiled
-with an older version of a helper it inlines (from another module) would load stale. Before the
-kernels are imported, :func:`invalidate_stale_cache` hashes every module of this package and, when
-the hash differs from the one stamped next to the cache, deletes the cached kernels so they
-compile afresh (once). The cache is ``__pycache__`` next to the modules, or ``NUMBA_CACHE_DIR``.
+with an older version of a helper it inlines (from another module) would load stale, and a process
+still running older sources would save kernels that a newer process then loads. So the kernels are
+cached in a folder named by a hash of this package's sources (:func:`kernel_cache`): other sources
+never share a folder. The folders live in ``__pycache__`` next to the modules, or under
+``NUMBA_CACHE_DIR`` when set; folders of other sources untouched for a day are pruned (a process
+compiles its kernels in its first minutes, so none is still writing there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numba
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-STAMP = "defialloc-kernels.sha1"
+PREFIX = "defialloc-kernels-"
+STALE_AFTER_S = 24 * 3600.0
 
 
 def sources_hash() -> str:
@@ -26,34 +35,45 @@ def sources_hash() -> str:
     return digest.hexdigest()
 
 
-def cache_dirs() -> list[Path]:
-    """Where numba may keep this package's cached kernels."""
-    dirs = [PACKAGE_DIR / "__pycache__"]
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        dirs += list(Path(os.environ["NUMBA_CACHE_DIR"]).glob("**/compiled"))
-    return dirs
+def cache_root() -> Path:
+    """Where the kernels' cache folders live: ``NUMBA_CACHE_DIR`` or ``__pycache__`` here."""
+    return Path(os.environ.get("NUMBA_CACHE_DIR") or PACKAGE_DIR / "__pycache__")
 
 
-def invalidate_stale_cache() -> bool:
-    """Delete cached kernels compiled from other sources; returns whether it deleted any."""
-    current = sources_hash()
-    deleted = False
-    for folder in cache_dirs():
-        stamp = folder / STAMP
+def prune_stale(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Delete the cache folders of other sources under ``root`` not written for a day; returns
+    them (best effort: a folder another process removed or cannot be removed is skipped)."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in root.glob(f"{PREFIX}*"):
+        if folder == keep or not folder.is_dir():
+            continue
         try:
-            if stamp.read_text() == current:
-                continue
+            newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=0.0)
+            newest = max(newest, folder.stat().st_mtime)
         except OSError:
-            pass
-        for cached in [*folder.glob("*.nbi"), *folder.glob("*.nbc")]:
-            try:
-                cached.unlink()
-                deleted = True
-            except OSError:  # another process got there first, or a read-only install
-                pass
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(current)
-        except OSError:  # read-only: numba then caches elsewhere or compiles in memory
-            pass
-    return deleted
+            continue
+        if now - newest > STALE_AFTER_S:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@contextmanager
+def kernel_cache() -> Iterator[Path]:
+    """Inside this block, kernels decorated with ``cache=True`` cache into the folder of the
+    current sources (numba reads ``numba.config.CACHE_DIR`` when a kernel is decorated); the
+    process's setting is restored after, so other libraries' kernels cache where they did."""
+    root = cache_root()
+    folder = root / f"{PREFIX}{sources_hash()[:16]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        prune_stale(root, folder)
+    except OSError:  # read-only: numba falls back to its own locations (or compiles in memory)
+        pass
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = str(folder)
+    try:
+        yield folder
+    finally:
+        numba.config.CACHE_DIR = previous

@@ -1,7 +1,9 @@
 """One env's observation, compiled (``PortfolioSimulator.observe``): the market feature row of the
 decision time (computed per path at reset), the current weights, the drawdown and the protocol
 block (``LeverageEngine.observation``: ``log min(HF, 10)``, debt / equity, borrow rate x 10; perp
-notional / equity and annualized funding x 10 per asset; clipped to ``[-clip, clip]``), float32.
+notional / equity and annualized funding x 10 per asset; the options' part,
+:func:`defialloc.envs.compiled.kernels_options.observe_options`; clipped to ``[-clip, clip]``) and
+the greeks block (``envs/greeks.py``: the portfolio's Greeks per asset scaled by the equity), float32.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ from defialloc.envs.compiled.params import (
     F_PER_YEAR,
     F_RATE_SCALE,
     IP_LENDING,
+    IP_M_BASIS,
     IP_M_FUNDING,
     IP_M_PROT,
     IP_M_SCAL,
     IP_N_RUNS,
     IP_OBS_DRAWDOWN,
+    IP_OBS_GREEKS,
     IP_OBS_PROTOCOL,
     IP_OBS_WEIGHTS,
+    IP_OPT_STATE,
     IP_OPTIONS,
     IP_PERP,
     IP_PERPS,
+    IP_PROTOCOLS,
     IP_RUNS,
     IP_UNITS,
     IP_WARMUP,
@@ -101,3 +107,38 @@ def observe_env(b, n, fstate, istate, mtab, features, fp, ip, obs):
             at += 2 * n
         if ip[IP_OPTIONS]:
             observe_options(b, n, tau, fstate, istate, mtab, fp, ip, obs, at, clip)
+    at = ip[IP_OBS_GREEKS]
+    if at >= 0:
+        _observe_greeks(b, n, tau, value, fstate, mtab, fp, ip, obs, at)
+
+
+@njit(**JIT)
+def _observe_greeks(b, n, tau, value, fstate, mtab, fp, ip, obs, at):
+    """The greeks block ``(4N,)`` (:func:`defialloc.envs.greeks.greeks_block` of
+    :func:`defialloc.envs.greeks.portfolio_greeks`): delta over spot, perps at the mark and options,
+    the options' gamma, vega and theta, scaled by the equity; clipped."""
+    clip = fp[F_CLIP]
+    inv = 1.0 / value if value > 0.0 else 0.0
+    units = ip[IP_UNITS]
+    perp = ip[IP_PERP]
+    st = ip[IP_OPT_STATE]
+    for i in range(n):
+        price = mtab[b, tau, i]
+        delta = fstate[b, units + i]
+        if ip[IP_PROTOCOLS] and ip[IP_PERPS]:
+            delta = delta + fstate[b, perp + i] * (1.0 + mtab[b, tau, ip[IP_M_BASIS] + i])
+        gamma = 0.0
+        vega = 0.0
+        theta = 0.0
+        if ip[IP_OPTIONS]:
+            g0 = st + 6 * n + 8 * i  # the call's Greeks, then the put's
+            u0 = fstate[b, st + 2 * i]
+            u1 = fstate[b, st + 2 * i + 1]
+            delta = delta + (u0 * fstate[b, g0] + u1 * fstate[b, g0 + 4])
+            gamma = u0 * fstate[b, g0 + 1] + u1 * fstate[b, g0 + 5]
+            vega = u0 * fstate[b, g0 + 2] + u1 * fstate[b, g0 + 6]
+            theta = u0 * fstate[b, g0 + 3] + u1 * fstate[b, g0 + 7]
+        obs[b, at + i] = _clipped(delta * price * inv, clip)
+        obs[b, at + n + i] = _clipped(gamma * price * price * inv, clip)
+        obs[b, at + 2 * n + i] = _clipped(100.0 * vega * inv, clip)
+        obs[b, at + 3 * n + i] = _clipped(1e4 * theta * inv, clip)

@@ -168,8 +168,9 @@ A_ROWS = 8
     IP_M_REGIME,
     IP_OPT_ACTIONS,
     IP_E_OPT_MOVE,
-) = range(68)
-IP_FIXED = 68
+    IP_OBS_GREEKS,
+) = range(69)
+IP_FIXED = 69
 
 KIND_CODES = {"target": 0, "anchored": 1, "delta": 2}
 ANCHOR_CODES = {"equal_weight": 0, "inverse_vol": 1, "cash": 2}
@@ -295,6 +296,7 @@ def pack_params(sim: PortfolioSimulator, layout: Layout) -> tuple[np.ndarray, np
     ip[IP_OBS_WEIGHTS] = -1 if obs.weights is None else obs.weights.start
     ip[IP_OBS_DRAWDOWN] = -1 if obs.drawdown is None else obs.drawdown
     ip[IP_OBS_PROTOCOL] = -1 if obs.protocol is None else obs.protocol.start
+    ip[IP_OBS_GREEKS] = -1 if obs.greeks is None else obs.greeks.start
     ip[IP_N_RUNS] = len(obs.market_runs)
     ip[IP_RUNS] = IP_FIXED
     ip[IP_SUBSET_MASKS] = IP_FIXED + len(runs)

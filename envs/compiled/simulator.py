@@ -87,7 +87,7 @@ from defialloc.envs.compiled.population import CompiledCascades
 from defialloc.envs.compiled.scratch import work_columns
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.execution.costs import TradeCosts
-from defialloc.envs.greeks import greek_totals, greeks_block
+from defialloc.envs.greeks import greek_totals
 from defialloc.envs.indexing import flat_time_index
 from defialloc.envs.leverage import StepCosts
 from defialloc.envs.option_book import OptionFills
@@ -460,7 +460,7 @@ class CompiledSimulator(PortfolioSimulator):
         if code:
             self._raise_bad(code, arr)
         self._pending = self._issued = None
-        return self._step_result(res_f, res_b, res_r, liq), self._with_greeks(obs)
+        return self._step_result(res_f, res_b, res_r, liq), obs
 
     def _step_result(
         self, res_f: np.ndarray, res_b: np.ndarray, res_r: np.ndarray, liq: np.ndarray
@@ -523,18 +523,6 @@ class CompiledSimulator(PortfolioSimulator):
         kb.observe_serial(
             self._fstate, self._istate, self._mtab, self.features, self._fp, self._ip_for(None), obs
         )
-        return self._with_greeks(obs)
-
-    def _with_greeks(self, obs: np.ndarray) -> np.ndarray:
-        """Fill the greeks block (spot only here: the weights, no derivatives) with the reference's
-        numpy code; the kernels leave it to this (without options it is rare and cheap)."""
-        block = self.obs_layout.greeks
-        if block is not None:
-            price, _ = self.prices_now()
-            clip = self.config.env.observation.clip
-            obs[:, block] = np.clip(
-                greeks_block(self.greeks(price), price, self.value), -clip, clip
-            )
         return obs
 
 
