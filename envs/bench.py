@@ -7,15 +7,23 @@ figure is measured for the runtime (compiled) simulator and, in the same run, fo
 (:class:`~defialloc.envs.simulator.PortfolioSimulator`): the "before" and "after" of the compiled step.
 
 The standard grid (:func:`bench_grid`): spot (``configs/default.yaml``'s env) and all protocols
-(``configs/leverage.yaml``: lending, perps, cascades) on the benchmark market
+(``configs/options.yaml``: lending, perps, cascades and the options venue) on the benchmark market
 ``configs/market/bench_15_assets.yaml`` (its first 5, 10 or 15 assets), at 1, 64, 256 and 1024 envs.
 A ``step only`` row times the simulator's step and observation alone (no wrapper, no ``info``, no
 resets): what the compiled kernels replace. Memory per env is what the batched env allocates (tracemalloc: numpy reports its buffers) divided by
 the number of envs, at the largest batch.
+
+``defialloc bench compile`` (:func:`bench_compile`) times the kernels' first compile and their cached
+load in fresh processes on an empty numba cache.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -245,3 +253,43 @@ def bench_env(config: SimulationConfig, quick: bool = False) -> dict:
         "n_assets": len(config.market.assets),
         "market_source": config.market.source,
     }
+
+
+def compile_probe(config_path: str, parallel_envs: int) -> None:
+    """Print (JSON) this process's import time, first single-env step and first step of
+    ``parallel_envs`` envs (the threaded kernels), seconds. Run in a fresh process."""
+    t0 = time.perf_counter()
+    from defialloc.envs.compiled import CompiledSimulator  # noqa: PLC0415 (what is timed)
+
+    t1 = time.perf_counter()
+    config = load_config(config_path, {"env.horizon": 5})
+    out = {"import_s": t1 - t0}
+    for key, n in (("first_single_step_s", 1), ("first_parallel_step_s", parallel_envs)):
+        sim = CompiledSimulator(config, n)
+        sim.reset_envs(np.arange(n), np.arange(n))
+        actions = np.zeros((n, sim.action_dim))
+        start = time.perf_counter()
+        sim.step(actions)
+        sim.observe()
+        out[key] = time.perf_counter() - start
+    print(json.dumps(out))
+
+
+def bench_compile(config_path: str = "configs/options.yaml") -> dict[str, dict[str, float]]:
+    """Compile and cached-load times of the kernels: two fresh processes on one empty numba cache
+    (``NUMBA_CACHE_DIR``), ``{"first_run": {...}, "cached": {...}}`` (see :func:`compile_probe`)."""
+    from defialloc.envs.compiled.kernels_batch import PARALLEL_MIN_ENVS  # noqa: PLC0415
+
+    code = (
+        "from defialloc.envs.bench import compile_probe; "
+        f"compile_probe({str(config_path)!r}, {PARALLEL_MIN_ENVS})"
+    )
+    out = {}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+        for run in ("first_run", "cached"):
+            done = subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            )
+            out[run] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out

@@ -8,6 +8,8 @@ another order than numpy's pairwise sums, so the last bits of a fill can differ.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -378,7 +380,7 @@ def test_all_in_from_cash_on_a_fresh_simulator_matches_reference(config):
             _assert_close(key, value, f_com[key], cfg.env.initial_value_usd)
 
 
-def test_bench_reports_both_simulators_and_the_grid_configs_load():
+def test_bench_reports_both_simulators_and_the_grid_configs_load(capsys):
     """`defialloc bench env`'s rows (a smoke run, no speed asserted) and its 15-asset configs."""
     from defialloc.envs.bench import bench_config, grid_config
 
@@ -394,8 +396,15 @@ def test_bench_reports_both_simulators_and_the_grid_configs_load():
     ]
     assert all(r["env_steps_per_s"] > 0 for r in rows)
     assert all(r["mib_per_env"] > 0 for r in rows if r["env"] == "batched")
+    from defialloc.envs.bench import compile_probe
+
+    compile_probe("configs/options.yaml", 3)  # `defialloc bench compile`'s probe (in-process here)
+    times = json.loads(capsys.readouterr().out)
+    assert set(times) == {"import_s", "first_single_step_s", "first_parallel_step_s"}
+    assert all(t >= 0.0 for t in times.values())
     big = grid_config("all_protocols", 15)
     assert len(big.market.assets) == 15 and big.env.lending.enabled and big.env.cascades_enabled
+    assert big.env.options.enabled and big.env.perps.enabled  # every protocol
     with pytest.raises(ValueError, match="n_assets"):
         grid_config("spot", 16)
 

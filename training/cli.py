@@ -151,6 +151,32 @@ def _int_list(text: str, name: str) -> list[int]:
     return values
 
 
+@bench_app.command("compile")
+def bench_compile_cmd(
+    config: Path = typer.Option(
+        Path("configs/options.yaml"), "--config", "-c", help="the config whose kernels compile"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Seconds to import the compiled step, compile its serial and threaded kernels on an empty numba
+    cache, and load them from the cache (two fresh processes; envs/bench.py)."""
+    from defialloc.envs.bench import bench_compile
+
+    if not config.exists():
+        console.print(f"[red]--config={str(config)!r}: no such file[/red]")
+        raise typer.Exit(code=2)
+    result = bench_compile(str(config))
+    if as_json:
+        print(json.dumps(result))
+        return
+    for run, times in result.items():
+        typer.echo(
+            f"{run}: import {times['import_s']:.1f} s, first single-env step "
+            f"{times['first_single_step_s']:.1f} s, first threaded step "
+            f"{times['first_parallel_step_s']:.1f} s"
+        )
+
+
 @bench_app.command("env")
 def bench_env_cmd(
     overrides: list[str] = OVERRIDES_ARG,
@@ -159,7 +185,7 @@ def bench_env_cmd(
     ),
     markets: str = typer.Option(
         "spot,all_protocols",
-        help="grid markets: spot and/or all_protocols (lending, perps, cascades)",
+        help="grid markets: spot and/or all_protocols (lending, perps, cascades, options)",
     ),
     assets: str = typer.Option("5,10,15", help="grid asset counts (of the 15-asset bench market)"),
     envs: str = typer.Option("1,64,256,1024", help="batch sizes of the batched env"),
