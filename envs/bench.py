@@ -137,15 +137,13 @@ def bench_step(
     sim.reset_envs(rows, rows + seed)
     rng = np.random.default_rng(seed)
     actions = rng.uniform(-1.0, 1.0, size=(max(4096 // n_envs, 4), n_envs, sim.action_dim))
-    sim.step(actions[0])  # compile/load
-    sim.observe()
+    sim.step_observe(actions[0])  # compile/load
     steps, seconds, i = 0, 0.0, 0
     while seconds < budget_s or steps < 10:
         if int(sim.t.max()) >= sim.horizon:
             sim.reset_envs(rows, rows + seed + n_envs * (i + 1))
         start = time.perf_counter()
-        sim.step(actions[i % len(actions)])
-        sim.observe()
+        sim.step_observe(actions[i % len(actions)])
         seconds += time.perf_counter() - start
         steps += 1
         i += 1

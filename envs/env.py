@@ -72,17 +72,18 @@ class DeFiMarketEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step() (and after an episode ends)")
-        result = self.sim.step(np.asarray(action)[None, :] if np.ndim(action) == 1 else action)
+        actions = np.asarray(action)[None, :] if np.ndim(action) == 1 else action
+        result, obs = self.sim.step_observe(actions)
         steps, every = [result], self.config.env.decision_every
         # the steps until the next decision: the market, carry and liquidations move, no order
         while len(steps) < every and not (result.terminated[0] or result.truncated[0]):
-            result = self.sim.step(None, hold=True)
+            result, obs = self.sim.step_observe(None, hold=True)
             steps.append(result)
         result = combine_steps(steps)
         terminated, truncated = bool(result.terminated[0]), bool(result.truncated[0])
         self._needs_reset = terminated or truncated
         return (
-            self.sim.observe()[0],
+            obs[0],
             float(result.reward[0]),
             terminated,
             truncated,

@@ -311,6 +311,19 @@ class PortfolioSimulator:
         self.execute(actions, override=override, hold=hold, action_kind=action_kind)
         return self.advance()
 
+    def step_observe(
+        self,
+        actions: np.ndarray | None,
+        *,
+        override: np.ndarray | None = None,
+        hold: bool = False,
+        action_kind: str | None = None,
+    ) -> tuple[StepResult, np.ndarray]:
+        """:meth:`step` and the observation after it ``(B, obs_dim)`` float32 (the compiled
+        simulator computes both in one pass; the envs step through this)."""
+        result = self.step(actions, override=override, hold=hold, action_kind=action_kind)
+        return result, self.observe()
+
     def action_map_for(self, kind: str | None) -> ActionMap:
         """The config's :class:`ActionMap`, or the same layout read as ``kind`` (e.g. ``"target"``
         for baselines, which express targets whatever the agents' kind)."""

@@ -92,7 +92,7 @@ class DeFiMarketVecEnv(VecEnv):
         self._actions = actions
 
     def step_wait(self):
-        result = self.sim.step(self._actions)
+        result, obs = self.sim.step_observe(self._actions)
         steps = [result]
         ended = result.terminated | result.truncated
         final_obs: np.ndarray | None = None
@@ -102,20 +102,18 @@ class DeFiMarketVecEnv(VecEnv):
             if ended.all():
                 break
             if ended.any():
-                final_obs = self.sim.observe() if final_obs is None else final_obs
-            result = self.sim.step(None, hold=True)
+                final_obs = obs if final_obs is None else final_obs
+            result, obs = self.sim.step_observe(None, hold=True)
             steps.append(result)
             now_ended = (result.terminated | result.truncated) & ~ended
             if now_ended.any():
-                obs_now = self.sim.observe()
-                final_obs = obs_now.copy() if final_obs is None else final_obs
-                final_obs[now_ended] = obs_now[now_ended]
+                final_obs = obs.copy() if final_obs is None else final_obs
+                final_obs[now_ended] = obs[now_ended]
             ended |= now_ended
         result = combine_steps(steps)
         self.last_step = result
         self._episode_return += result.reward
         self._episode_length += 1
-        obs = self.sim.observe()
         if final_obs is not None:  # the ended envs' observations at the moment they ended
             early = result.terminated | result.truncated
             obs[early] = final_obs[early]

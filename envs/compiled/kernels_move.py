@@ -17,7 +17,12 @@ import math
 from numba import njit
 
 from defialloc.envs.compiled.kernels_amm import realign_pools, sell_ratio
-from defialloc.envs.compiled.kernels_options import close_out_options, move_options, option_value
+from defialloc.envs.compiled.kernels_options import (
+    close_out_options,
+    greek_totals,
+    move_options,
+    option_value,
+)
 from defialloc.envs.compiled.kernels_perps import settle_perps
 from defialloc.envs.compiled.kernels_population import population_step
 from defialloc.envs.compiled.kernels_reward import score
@@ -34,6 +39,7 @@ from defialloc.envs.compiled.layout import (
     R_BAD_DEBT,
     R_COLLATERAL,
     R_DEBT_USD,
+    R_DELTA_USD,
     R_FUNDING,
     R_HF,
     R_INSURANCE,
@@ -221,6 +227,8 @@ def advance_env(
     res_r[b] = regime[b, tau1]
     if protocols:
         _protocol_fields(b, n, num1, fstate, w, fp, ip, res_f)
+    if ip[IP_OPTIONS]:
+        greek_totals(b, n, tau1, fstate, mtab, ip, res_f, R_DELTA_USD)
 
 
 @njit(**JIT)

@@ -12,7 +12,7 @@ import math
 
 from numba import njit
 
-from defialloc.envs.compiled.kernels_options import observe_options
+from defialloc.envs.compiled.kernels_options import observe_options, portfolio_greeks
 from defialloc.envs.compiled.layout import (
     I_T,
     M_NUM,
@@ -29,7 +29,6 @@ from defialloc.envs.compiled.params import (
     F_PER_YEAR,
     F_RATE_SCALE,
     IP_LENDING,
-    IP_M_BASIS,
     IP_M_FUNDING,
     IP_M_PROT,
     IP_M_SCAL,
@@ -38,11 +37,9 @@ from defialloc.envs.compiled.params import (
     IP_OBS_GREEKS,
     IP_OBS_PROTOCOL,
     IP_OBS_WEIGHTS,
-    IP_OPT_STATE,
     IP_OPTIONS,
     IP_PERP,
     IP_PERPS,
-    IP_PROTOCOLS,
     IP_RUNS,
     IP_UNITS,
     IP_WARMUP,
@@ -119,25 +116,9 @@ def _observe_greeks(b, n, tau, value, fstate, mtab, fp, ip, obs, at):
     the options' gamma, vega and theta, scaled by the equity; clipped."""
     clip = fp[F_CLIP]
     inv = 1.0 / value if value > 0.0 else 0.0
-    units = ip[IP_UNITS]
-    perp = ip[IP_PERP]
-    st = ip[IP_OPT_STATE]
     for i in range(n):
         price = mtab[b, tau, i]
-        delta = fstate[b, units + i]
-        if ip[IP_PROTOCOLS] and ip[IP_PERPS]:
-            delta = delta + fstate[b, perp + i] * (1.0 + mtab[b, tau, ip[IP_M_BASIS] + i])
-        gamma = 0.0
-        vega = 0.0
-        theta = 0.0
-        if ip[IP_OPTIONS]:
-            g0 = st + 6 * n + 8 * i  # the call's Greeks, then the put's
-            u0 = fstate[b, st + 2 * i]
-            u1 = fstate[b, st + 2 * i + 1]
-            delta = delta + (u0 * fstate[b, g0] + u1 * fstate[b, g0 + 4])
-            gamma = u0 * fstate[b, g0 + 1] + u1 * fstate[b, g0 + 5]
-            vega = u0 * fstate[b, g0 + 2] + u1 * fstate[b, g0 + 6]
-            theta = u0 * fstate[b, g0 + 3] + u1 * fstate[b, g0 + 7]
+        delta, gamma, vega, theta = portfolio_greeks(b, n, i, tau, fstate, mtab, ip)
         obs[b, at + i] = _clipped(delta * price * inv, clip)
         obs[b, at + n + i] = _clipped(gamma * price * price * inv, clip)
         obs[b, at + 2 * n + i] = _clipped(100.0 * vega * inv, clip)

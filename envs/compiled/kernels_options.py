@@ -47,6 +47,7 @@ from defialloc.envs.compiled.params import (
     F_OPT_TICK,
     IP_E_OPT_MOVE,
     IP_KIND,
+    IP_M_BASIS,
     IP_M_OPT_H,
     IP_M_REGIME,
     IP_OPT_ACTIONS,
@@ -58,6 +59,10 @@ from defialloc.envs.compiled.params import (
     IP_OPT_T,
     IP_OPT_TABLE,
     IP_OPT_VEC,
+    IP_OPTIONS,
+    IP_PERP,
+    IP_PERPS,
+    IP_PROTOCOLS,
     IP_UNITS,
     N_REGIMES,
     O_HALF,
@@ -81,6 +86,7 @@ from defialloc.envs.compiled.scratch import (
     V_O_NAKED,
     V_O_OWED,
     V_O_PSHARE,
+    V_O_QUOTED,
     V_O_SELL,
     V_O_STRIKE,
     V_O_TY,
@@ -203,8 +209,11 @@ def _regime(mtab, b, tau, ip):
 
 @njit(**JIT)
 def _quote_book(b, n, tau, index_at, fstate, istate, mtab, w, fp, ip, from_w):
-    """Quote every contract of env ``b`` at time index ``tau`` with the index at ``w[index_at]``:
-    the strikes and expiries of ``w[V_O_STRIKE/EXPIRY]`` (``from_w``) or of the book."""
+    """Quote the contracts of env ``b`` flagged in ``w[V_O_QUOTED]`` at time index ``tau`` with the
+    index at ``w[index_at]``: the strikes and expiries of ``w[V_O_STRIKE/EXPIRY]`` (``from_w``) or
+    of the book. Other slots read zeros (they trade nothing, so the reference's quotes of them are
+    multiplied by zero, and a held contract keeps the mark and Greeks of the same quote, made when
+    the market last moved: :func:`_store_book`)."""
     st = ip[IP_OPT_STATE]
     ex = ip[IP_OPT_EXPIRY]
     regime = _regime(mtab, b, tau, ip)
@@ -212,15 +221,19 @@ def _quote_book(b, n, tau, index_at, fstate, istate, mtab, w, fp, ip, from_w):
         h = mtab[b, tau, ip[IP_M_OPT_H] + i]
         index = w[index_at + i]
         for slot in range(2):
-            if from_w:
-                strike = w[ov(V_O_STRIKE, n, slot) + i]
-                expiry = int(w[ov(V_O_EXPIRY, n, slot) + i])
-            else:
-                strike = fstate[b, st + 2 * n + 2 * i + slot]
-                expiry = istate[b, ex + 2 * i + slot]
-            steps = max(expiry - tau, 1)
-            sign = 1.0 if slot == 0 else -1.0
-            mid, ask, bid, vol, ty, fwd = quote(fp, ip, n, regime, h, i, index, strike, steps, sign)
+            mid = ask = bid = vol = ty = fwd = 0.0
+            if w[ov(V_O_QUOTED, n, slot) + i] != 0.0:
+                if from_w:
+                    strike = w[ov(V_O_STRIKE, n, slot) + i]
+                    expiry = int(w[ov(V_O_EXPIRY, n, slot) + i])
+                else:
+                    strike = fstate[b, st + 2 * n + 2 * i + slot]
+                    expiry = istate[b, ex + 2 * i + slot]
+                steps = max(expiry - tau, 1)
+                sign = 1.0 if slot == 0 else -1.0
+                mid, ask, bid, vol, ty, fwd = quote(
+                    fp, ip, n, regime, h, i, index, strike, steps, sign
+                )
             w[ov(V_O_MID, n, slot) + i] = mid
             w[ov(V_O_ASK, n, slot) + i] = ask
             w[ov(V_O_BID, n, slot) + i] = bid
@@ -231,7 +244,9 @@ def _quote_book(b, n, tau, index_at, fstate, istate, mtab, w, fp, ip, from_w):
 
 @njit(**JIT)
 def _store_book(b, n, fstate, istate, w, fp, ip, strike_from_w, expiry_from_w):
-    """Empty slots get strike 1 and expiry 0; marks and Greeks from the quotes in ``w``."""
+    """Empty slots get strike 1, expiry 0, no mark and no Greeks; quoted live slots the mark and
+    Greeks of their quote in ``w``; a live slot not quoted (held through a decision that did not
+    trade it) keeps its mark and Greeks (those of the same contract at the same time index)."""
     st = ip[IP_OPT_STATE]
     ex = ip[IP_OPT_EXPIRY]
     rate = fp[F_OPT_RATE]
@@ -247,6 +262,8 @@ def _store_book(b, n, fstate, istate, w, fp, ip, strike_from_w, expiry_from_w):
                 expiry = int(w[ov(V_O_EXPIRY, n, slot) + i])
             fstate[b, st + 2 * n + c] = strike if live else 1.0
             istate[b, ex + c] = expiry if live else 0
+            if live and w[ov(V_O_QUOTED, n, slot) + i] == 0.0:
+                continue
             fstate[b, st + 4 * n + c] = w[ov(V_O_MID, n, slot) + i] if live else 0.0
             _unit_greeks(
                 fstate, b, st + 6 * n + 4 * c, w[ov(V_O_FWD, n, slot) + i], strike,
@@ -324,6 +341,8 @@ def buyback_reserve(b, n, tau, fstate, istate, mtab, w, fp, ip, after_at):
     for i in range(n):
         naked = max(-fstate[b, st + 2 * i] - max(w[after_at + i], 0.0), 0.0)
         w[naked_at + i] = naked
+        w[ov(V_O_QUOTED, n, 0) + i] = 1.0 if naked != 0.0 else 0.0
+        w[ov(V_O_QUOTED, n, 1) + i] = 0.0
         if naked != 0.0:
             anything = True
     if not anything:
@@ -390,6 +409,7 @@ def execute_options(b, n, tau, cash, num, eq, picks, fstate, istate, w, mtab, fp
             delta = target - held
             w[ov(V_O_BUY, n, slot) + i] = max(delta, 0.0)
             w[ov(V_O_SELL, n, slot) + i] = max(-delta, 0.0)
+            w[ov(V_O_QUOTED, n, slot) + i] = 1.0 if delta != 0.0 else 0.0
             forced = 0.0
             if slot == 0:
                 forced = min(max(delta, 0.0), max(-held - cover, 0.0))
@@ -497,6 +517,7 @@ def move_options(b, n, tau1, cash, num1, fstate, istate, mtab, w, fp, ip, rec):
         rec[b, during + c] = held
         rec[b, before + c] = fstate[b, st + 4 * n + c]
         rec[b, after + c] = 0.0
+        w[ov(V_O_QUOTED, n, c % 2) + c // 2] = 1.0 if held != 0.0 else 0.0
         if held != 0.0:
             anything = True
     for j in range(O_VALUE):  # the value is written after the write-off (kernels_move)
@@ -674,3 +695,46 @@ def observe_options(b, n, tau, fstate, istate, mtab, fp, ip, obs, at, clip):
 @njit(**JIT)
 def _clip(x, clip):
     return max(min(x, clip), -clip)
+
+
+# ------------------------------------------------------------------------------------ Greeks
+@njit(**JIT)
+def portfolio_greeks(b, n, i, tau, fstate, mtab, ip):
+    """Env ``b``'s delta, gamma, vega per vol point and theta per day of asset ``i`` at time index
+    ``tau`` (:func:`defialloc.envs.greeks.portfolio_greeks`): spot units, perps at the mark
+    (``1 + basis``), and the option slots' units x their per-unit Greeks."""
+    delta = fstate[b, ip[IP_UNITS] + i]
+    if ip[IP_PROTOCOLS] and ip[IP_PERPS]:
+        delta = delta + fstate[b, ip[IP_PERP] + i] * (1.0 + mtab[b, tau, ip[IP_M_BASIS] + i])
+    if not ip[IP_OPTIONS]:
+        return delta, 0.0, 0.0, 0.0
+    st = ip[IP_OPT_STATE]
+    g0 = st + 6 * n + 8 * i  # the call's Greeks, then the put's
+    u0 = fstate[b, st + 2 * i]
+    u1 = fstate[b, st + 2 * i + 1]
+    delta = delta + (u0 * fstate[b, g0] + u1 * fstate[b, g0 + 4])
+    gamma = u0 * fstate[b, g0 + 1] + u1 * fstate[b, g0 + 5]
+    vega = u0 * fstate[b, g0 + 2] + u1 * fstate[b, g0 + 6]
+    theta = u0 * fstate[b, g0 + 3] + u1 * fstate[b, g0 + 7]
+    return delta, gamma, vega, theta
+
+
+@njit(**JIT)
+def greek_totals(b, n, tau, fstate, mtab, ip, res_f, row):
+    """Env ``b``'s totals over assets at ``tau`` (:func:`defialloc.envs.greeks.greek_totals`) into
+    ``res_f[row:row + 4, b]``: delta USD, gamma USD per +1 %, vega and theta USD."""
+    delta_usd = 0.0
+    gamma_usd = 0.0
+    vega_usd = 0.0
+    theta_usd = 0.0
+    for i in range(n):
+        price = mtab[b, tau, i]
+        delta, gamma, vega, theta = portfolio_greeks(b, n, i, tau, fstate, mtab, ip)
+        delta_usd += delta * price
+        gamma_usd += gamma * price * price
+        vega_usd += vega
+        theta_usd += theta
+    res_f[row, b] = delta_usd
+    res_f[row + 1, b] = gamma_usd / 100.0
+    res_f[row + 2, b] = vega_usd
+    res_f[row + 3, b] = theta_usd

@@ -80,8 +80,12 @@ O_SCALARS = 5
     R_DEBT_USD,
     R_COLLATERAL,
     R_PERP_NOTIONAL,
-) = range(16)
-R_ROWS = 16
+    R_DELTA_USD,
+    R_GAMMA_USD,
+    R_VEGA_USD,
+    R_THETA_USD,
+) = range(20)
+R_ROWS = 20
 # rows of the flag results (res_b)
 B_TERMINATED, B_TRUNCATED, B_KILL = range(3)
 B_ROWS = 3

@@ -52,8 +52,8 @@ W_VECTORS = 5 * MAX_TIERS
 ) = range(33)
 # the option book's per-contract temporaries: two vectors each (slot 0 the call, 1 the put; ``ov``)
 V_O_STRIKE, V_O_EXPIRY, V_O_MID, V_O_ASK, V_O_BID, V_O_VOL, V_O_TY, V_O_FWD = range(33, 49, 2)
-V_O_BUY, V_O_SELL, V_O_FORCED, V_O_MARK1 = range(49, 57, 2)
-N_VECTORS = 57
+V_O_BUY, V_O_SELL, V_O_FORCED, V_O_MARK1, V_O_QUOTED = range(49, 59, 2)
+N_VECTORS = 59
 # pool matrices (N * K each; the saved reserves take two)
 M_POOL_IN, M_POOL_OUT, M_RIN, M_ROUT, M_SAVED = range(5)
 N_MATRICES = 6

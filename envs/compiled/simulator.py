@@ -53,6 +53,7 @@ from defialloc.envs.compiled.layout import (
     R_BAD_DEBT,
     R_COLLATERAL,
     R_DEBT_USD,
+    R_DELTA_USD,
     R_FEES,
     R_FUNDING,
     R_GAS,
@@ -87,12 +88,14 @@ from defialloc.envs.compiled.population import CompiledCascades
 from defialloc.envs.compiled.scratch import work_columns
 from defialloc.envs.config import SimulationConfig
 from defialloc.envs.execution.costs import TradeCosts
-from defialloc.envs.greeks import greek_totals
 from defialloc.envs.indexing import flat_time_index
 from defialloc.envs.leverage import StepCosts
 from defialloc.envs.option_book import OptionFills
 from defialloc.envs.simulator import PortfolioSimulator
 from defialloc.envs.step_records import Execution, StepResult
+
+#: the Greek totals' step fields, in the order of their rows from ``R_DELTA_USD``
+GREEK_TOTALS = ("delta_usd", "gamma_usd", "vega_usd", "theta_usd")
 
 
 class CompiledSimulator(PortfolioSimulator):
@@ -501,10 +504,10 @@ class CompiledSimulator(PortfolioSimulator):
             result.insurance_usd = res_f[R_INSURANCE]
             result.bad_debt_usd = res_f[R_BAD_DEBT]
         if self._book is not None:
-            self._option_fields(result)
+            self._option_fields(result, res_f)
         return result
 
-    def _option_fields(self, result: StepResult) -> None:
+    def _option_fields(self, result: StepResult, res_f: np.ndarray) -> None:
         """The options' step fields (``protocol_step_fields``) and the Greek totals at ``t + 1``."""
         rec, mv = self._rec, self.layout.e_opt_move
         result.option_value_usd = rec[:, mv + O_VALUE].copy()
@@ -513,9 +516,8 @@ class CompiledSimulator(PortfolioSimulator):
         result.option_spread_usd = rec[:, E_OPT_SPREAD].copy()
         result.option_settlement_usd = rec[:, mv + O_SETTLEMENT].copy()
         result.option_settlement_fee_usd = rec[:, mv + O_SETTLE_FEE].copy()
-        price, _ = self.prices_now()
-        for name, series in greek_totals(self.greeks(price), price).items():
-            setattr(result, name, series)
+        for name, row in zip(GREEK_TOTALS, range(R_DELTA_USD, R_DELTA_USD + 4), strict=True):
+            setattr(result, name, res_f[row])
 
     def observe(self) -> np.ndarray:
         """:meth:`PortfolioSimulator.observe`, compiled."""
