@@ -44,4 +44,4 @@ bench: $(RUNTIME_STAMP)
 	$(BIN)/defialloc bench env
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis envs/compiled/__pycache__/defialloc-kernels-*
