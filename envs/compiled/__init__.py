@@ -3,8 +3,8 @@
 :class:`~defialloc.envs.compiled.simulator.CompiledSimulator` is the runtime simulator; the numpy
 :class:`~defialloc.envs.simulator.PortfolioSimulator` is the reference it is tested against. Modules:
 ``layout`` (packed tables), ``params`` (packed parameters), ``scratch`` (per-thread temporaries),
-``cache`` (numba's disk cache, one folder per version of the sources), ``kernels_*`` (the step: actions, rebalance, execute, amm, population, perps, move, reward,
-observe, batch), ``population`` (the cascades' state), ``simulator`` (the Python class).
+``cache`` (numba's disk cache, one folder per version of the sources), ``kernels_*`` (the step: actions, rebalance, execute, amm, population, perps, options and their
+quotes, move, reward, observe, batch), ``population`` (the cascades' state), ``simulator`` (the Python class).
 """
 
 from defialloc.envs.compiled.cache import kernel_cache

@@ -17,12 +17,8 @@ import math
 from numba import njit
 
 from defialloc.envs.compiled.kernels_amm import realign_pools, sell_ratio
-from defialloc.envs.compiled.kernels_options import (
-    close_out_options,
-    greek_totals,
-    move_options,
-    option_value,
-)
+from defialloc.envs.compiled.kernels_option_quotes import greek_totals
+from defialloc.envs.compiled.kernels_options import close_out_options, move_options, option_value
 from defialloc.envs.compiled.kernels_perps import settle_perps
 from defialloc.envs.compiled.kernels_population import population_step
 from defialloc.envs.compiled.kernels_reward import score

@@ -12,7 +12,8 @@ import math
 
 from numba import njit
 
-from defialloc.envs.compiled.kernels_options import observe_options, portfolio_greeks
+from defialloc.envs.compiled.kernels_option_quotes import portfolio_greeks
+from defialloc.envs.compiled.kernels_options import observe_options
 from defialloc.envs.compiled.layout import (
     I_T,
     M_NUM,

@@ -1,9 +1,9 @@
 """One env's option book, compiled (:mod:`defialloc.envs.option_book`, its quotes and its observation).
 
-Scalar translations of :meth:`defialloc.envs.option_quotes.VenueSurface.quote` (the forecast table,
-the smile, Black-76 at the mid, ask and bid vols, the tick), the per-unit Greeks, and the book's
-``buyback_reserve``, ``execute``, ``move`` (settlement, the covered calls paid in units, the margin
-call), ``close_out`` and observation, in the same operation order as the numpy reference.
+Scalar translations of the book's ``buyback_reserve``, ``execute``, ``move`` (settlement, the
+covered calls paid in units, the margin call), ``close_out`` and observation, in the same operation
+order as the numpy reference; quotes and Greeks are in
+:mod:`defialloc.envs.compiled.kernels_option_quotes`.
 
 The book's state is in ``fstate[b, ip[IP_OPT_STATE]:]`` (units, strikes, marks ``(N, 2)``, Greeks
 ``(N, 2, 4)``) and ``istate[b, ip[IP_OPT_EXPIRY]:]`` (expiries ``(N, 2)``); contract ``(i, slot)``
@@ -18,6 +18,13 @@ import math
 from numba import njit
 
 from defialloc.envs.compiled.kernels_actions import clip1
+from defialloc.envs.compiled.kernels_option_quotes import (
+    forecast_vol,
+    quote,
+    quote_book,
+    regime_at,
+    store_book,
+)
 from defialloc.envs.compiled.layout import (
     E_OPT_FEES,
     E_OPT_PREMIUM,
@@ -31,12 +38,10 @@ from defialloc.envs.compiled.layout import (
 )
 from defialloc.envs.compiled.params import (
     F_BAND,
-    F_OPT_CAP,
     F_OPT_DAYS_SCALE,
     F_OPT_DEVIATION,
     F_OPT_FEE,
     F_OPT_FEE_CAP,
-    F_OPT_FLOOR,
     F_OPT_LIQ_FEE,
     F_OPT_MAINT,
     F_OPT_MAX_CHANGE,
@@ -44,12 +49,9 @@ from defialloc.envs.compiled.params import (
     F_OPT_SETTLE_CAP,
     F_OPT_SETTLE_FEE,
     F_OPT_STEPS_PER_YEAR,
-    F_OPT_TICK,
     IP_E_OPT_MOVE,
     IP_KIND,
-    IP_M_BASIS,
     IP_M_OPT_H,
-    IP_M_REGIME,
     IP_OPT_ACTIONS,
     IP_OPT_EXPIRY,
     IP_OPT_MAX_STEPS,
@@ -57,19 +59,10 @@ from defialloc.envs.compiled.params import (
     IP_OPT_S,
     IP_OPT_STATE,
     IP_OPT_T,
-    IP_OPT_TABLE,
     IP_OPT_VEC,
-    IP_OPTIONS,
-    IP_PERP,
-    IP_PERPS,
-    IP_PROTOCOLS,
     IP_UNITS,
-    N_REGIMES,
-    O_HALF,
     O_MONEYNESS,
     O_PREMIUM,
-    O_SKEW,
-    O_SMILE,
 )
 from defialloc.envs.compiled.scratch import (
     V_O_ADV_ASK,
@@ -80,7 +73,6 @@ from defialloc.envs.compiled.scratch import (
     V_O_CSHARE,
     V_O_EXPIRY,
     V_O_FORCED,
-    V_O_FWD,
     V_O_MARK1,
     V_O_MID,
     V_O_NAKED,
@@ -89,8 +81,6 @@ from defialloc.envs.compiled.scratch import (
     V_O_QUOTED,
     V_O_SELL,
     V_O_STRIKE,
-    V_O_TY,
-    V_O_VOL,
     V_PRICE,
     V_PRICE1,
     ov,
@@ -101,175 +91,6 @@ JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 DAYS_PER_YEAR = 365.0  # defialloc.envs.option_quotes.DAYS_PER_YEAR
-
-
-# ------------------------------------------------------------------------------------ pricing
-@njit(**JIT)
-def ndtr(a):
-    """Standard normal CDF (cephes' ``ndtr``, scipy.special.ndtr's algorithm)."""
-    x = a * _SQRT1_2
-    z = abs(x)
-    if z < _SQRT1_2:
-        return 0.5 + 0.5 * math.erf(x)
-    y = 0.5 * math.erfc(z)
-    return 1.0 - y if x > 0.0 else y
-
-
-@njit(**JIT)
-def black76(f, k, t, v, r, sign):
-    """Black-76 price (``black76_price_unchecked``); ``sign`` +1 call, -1 put."""
-    std = v * math.sqrt(t)
-    live = std > 0.0
-    safe = std if live else 1.0
-    df = math.exp(-r * t)
-    if not live:
-        return df * max(sign * (f - k), 0.0)
-    d1 = math.log(f / k) / safe + 0.5 * safe
-    d2 = d1 - safe
-    return df * (sign * (f * ndtr(sign * d1) - k * ndtr(sign * d2)))
-
-
-@njit(**JIT)
-def _forecast_vol(fp, ip, n, regime, i, h, s):
-    """Annual forecast vol of asset ``i`` over ``s`` steps (``VarianceForecast.annual_vol``)."""
-    at = ip[IP_OPT_TABLE]
-    rows = ip[IP_OPT_MAX_STEPS] + 1
-    cell = (regime * rows + s) * n + i
-    level = fp[at + n + cell]
-    decay = fp[at + n + N_REGIMES * rows * n + cell]
-    total = level + (h - fp[at + i]) * decay
-    return math.sqrt(max(total, 0.0) / s * fp[F_OPT_STEPS_PER_YEAR])
-
-
-@njit(**JIT)
-def quote(fp, ip, n, regime, h, i, index, strike, steps, sign):
-    """Quote a contract on asset ``i`` (``sign`` +1 call, -1 put) with ``steps`` to expiry, the index
-    at ``index`` USD and the next step's variance ``h``: returns ``(mid, ask, bid, vol, years,
-    forward)`` (``VenueSurface.quote``)."""
-    s = min(max(steps, 1), ip[IP_OPT_MAX_STEPS])
-    opt = ip[IP_OPT_VEC]
-    atm = _forecast_vol(fp, ip, n, regime, i, h, s) * fp[opt + O_PREMIUM + regime]
-    t_years = steps / fp[F_OPT_STEPS_PER_YEAR]
-    rate = fp[F_OPT_RATE]
-    forward = index * math.exp(rate * t_years)
-    std = atm * math.sqrt(t_years)
-    x = math.log(strike / forward) / std if std > 0.0 else 0.0
-    shape = 1.0 + fp[opt + O_SKEW + regime] * x + fp[opt + O_SMILE + regime] * x * x
-    vol = atm * min(max(shape, fp[F_OPT_FLOOR]), fp[F_OPT_CAP])
-    half = fp[opt + O_HALF + regime]
-    tick = fp[F_OPT_TICK] * index
-    return (
-        black76(forward, strike, t_years, vol, rate, sign),
-        black76(forward, strike, t_years, vol + half, rate, sign) + tick,
-        max(black76(forward, strike, t_years, max(vol - half, 0.0), rate, sign) - tick, 0.0),
-        vol,
-        t_years,
-        forward,
-    )
-
-
-@njit(**JIT)
-def _unit_greeks(fstate, b, g, f, k, t, v, r, sign, live):
-    """Per-unit delta, gamma (to the index), vega per vol point, theta per day into
-    ``fstate[b, g:g + 4]`` (``OptionBook._unit_greeks``); zeros where not ``live``."""
-    if not live:
-        for j in range(4):
-            fstate[b, g + j] = 0.0
-        return
-    std = v * math.sqrt(t)
-    ok = std > 0.0
-    safe = std if ok else 1.0
-    df = math.exp(-r * t)
-    d1 = math.log(f / k) / safe + 0.5 * safe
-    d2 = d1 - safe
-    density = _INV_SQRT_2PI * math.exp(-0.5 * d1 * d1)
-    if ok:
-        delta = sign * df * ndtr(sign * d1)
-        gamma = df * density / (f * safe)
-        sqrt_t = math.sqrt(t)
-        vega = df * f * density * sqrt_t
-        value = df * (sign * (f * ndtr(sign * d1) - k * ndtr(sign * d2)))
-        theta = r * value - df * f * density * (safe / sqrt_t) / (2.0 * sqrt_t)
-    else:
-        delta = sign * df if sign * (f - k) > 0.0 else 0.0
-        gamma = 0.0
-        vega = 0.0
-        theta = 0.0
-    carry = math.exp(r * t)
-    fstate[b, g] = delta * carry
-    fstate[b, g + 1] = gamma * carry * carry
-    fstate[b, g + 2] = 0.01 * vega
-    fstate[b, g + 3] = theta / DAYS_PER_YEAR
-
-
-@njit(**JIT)
-def _regime(mtab, b, tau, ip):
-    return int(mtab[b, tau, ip[IP_M_REGIME]])
-
-
-@njit(**JIT)
-def _quote_book(b, n, tau, index_at, fstate, istate, mtab, w, fp, ip, from_w):
-    """Quote the contracts of env ``b`` flagged in ``w[V_O_QUOTED]`` at time index ``tau`` with the
-    index at ``w[index_at]``: the strikes and expiries of ``w[V_O_STRIKE/EXPIRY]`` (``from_w``) or
-    of the book. Other slots read zeros (they trade nothing, so the reference's quotes of them are
-    multiplied by zero, and a held contract keeps the mark and Greeks of the same quote, made when
-    the market last moved: :func:`_store_book`)."""
-    st = ip[IP_OPT_STATE]
-    ex = ip[IP_OPT_EXPIRY]
-    regime = _regime(mtab, b, tau, ip)
-    for i in range(n):
-        h = mtab[b, tau, ip[IP_M_OPT_H] + i]
-        index = w[index_at + i]
-        for slot in range(2):
-            mid = ask = bid = vol = ty = fwd = 0.0
-            if w[ov(V_O_QUOTED, n, slot) + i] != 0.0:
-                if from_w:
-                    strike = w[ov(V_O_STRIKE, n, slot) + i]
-                    expiry = int(w[ov(V_O_EXPIRY, n, slot) + i])
-                else:
-                    strike = fstate[b, st + 2 * n + 2 * i + slot]
-                    expiry = istate[b, ex + 2 * i + slot]
-                steps = max(expiry - tau, 1)
-                sign = 1.0 if slot == 0 else -1.0
-                mid, ask, bid, vol, ty, fwd = quote(
-                    fp, ip, n, regime, h, i, index, strike, steps, sign
-                )
-            w[ov(V_O_MID, n, slot) + i] = mid
-            w[ov(V_O_ASK, n, slot) + i] = ask
-            w[ov(V_O_BID, n, slot) + i] = bid
-            w[ov(V_O_VOL, n, slot) + i] = vol
-            w[ov(V_O_TY, n, slot) + i] = ty
-            w[ov(V_O_FWD, n, slot) + i] = fwd
-
-
-@njit(**JIT)
-def _store_book(b, n, fstate, istate, w, fp, ip, strike_from_w, expiry_from_w):
-    """Empty slots get strike 1, expiry 0, no mark and no Greeks; quoted live slots the mark and
-    Greeks of their quote in ``w``; a live slot not quoted (held through a decision that did not
-    trade it) keeps its mark and Greeks (those of the same contract at the same time index)."""
-    st = ip[IP_OPT_STATE]
-    ex = ip[IP_OPT_EXPIRY]
-    rate = fp[F_OPT_RATE]
-    for i in range(n):
-        for slot in range(2):
-            c = 2 * i + slot
-            live = fstate[b, st + c] != 0.0
-            strike = fstate[b, st + 2 * n + c]
-            if strike_from_w:
-                strike = w[ov(V_O_STRIKE, n, slot) + i]
-            expiry = istate[b, ex + c]
-            if expiry_from_w:
-                expiry = int(w[ov(V_O_EXPIRY, n, slot) + i])
-            fstate[b, st + 2 * n + c] = strike if live else 1.0
-            istate[b, ex + c] = expiry if live else 0
-            if live and w[ov(V_O_QUOTED, n, slot) + i] == 0.0:
-                continue
-            fstate[b, st + 4 * n + c] = w[ov(V_O_MID, n, slot) + i] if live else 0.0
-            _unit_greeks(
-                fstate, b, st + 6 * n + 4 * c, w[ov(V_O_FWD, n, slot) + i], strike,
-                w[ov(V_O_TY, n, slot) + i], w[ov(V_O_VOL, n, slot) + i], rate,
-                1.0 if slot == 0 else -1.0, live,
-            )  # fmt: skip
 
 
 @njit(**JIT)
@@ -348,7 +169,7 @@ def buyback_reserve(b, n, tau, fstate, istate, mtab, w, fp, ip, after_at):
     if not anything:
         return 0.0
     price = vec(V_PRICE, n)
-    _quote_book(b, n, tau, price, fstate, istate, mtab, w, fp, ip, False)
+    quote_book(b, n, tau, price, fstate, istate, mtab, w, fp, ip, False)
     need = 0.0
     for i in range(n):
         naked = w[naked_at + i]
@@ -414,7 +235,7 @@ def execute_options(b, n, tau, cash, num, eq, picks, fstate, istate, w, mtab, fp
             if slot == 0:
                 forced = min(max(delta, 0.0), max(-held - cover, 0.0))
             w[ov(V_O_FORCED, n, slot) + i] = forced
-    _quote_book(b, n, tau, price, fstate, istate, mtab, w, fp, ip, True)
+    quote_book(b, n, tau, price, fstate, istate, mtab, w, fp, ip, True)
     fee_rate, cap = fp[F_OPT_FEE], fp[F_OPT_FEE_CAP]
     income = 0.0
     need = 0.0
@@ -456,7 +277,7 @@ def execute_options(b, n, tau, cash, num, eq, picks, fstate, istate, w, mtab, fp
             spread += buy * (ask - mid) + sell * (mid - bid)
             premium += buy * ask - sell * bid
     cash = max(cash - (premium + fees) / num, 0.0)
-    _store_book(b, n, fstate, istate, w, fp, ip, True, True)
+    store_book(b, n, fstate, istate, w, fp, ip, True, True)
     rec[b, E_OPT_FEES] = fees
     rec[b, E_OPT_SPREAD] = spread
     rec[b, E_OPT_PREMIUM] = premium
@@ -525,7 +346,7 @@ def move_options(b, n, tau1, cash, num1, fstate, istate, mtab, w, fp, ip, rec):
     if not anything:
         return cash, 0.0, 0.0, 0
     price1 = vec(V_PRICE1, n)
-    _quote_book(b, n, tau1, price1, fstate, istate, mtab, w, fp, ip, False)
+    quote_book(b, n, tau1, price1, fstate, istate, mtab, w, fp, ip, False)
     settle_rate, settle_cap = fp[F_OPT_SETTLE_FEE], fp[F_OPT_SETTLE_CAP]
     owed_at = vec(V_O_OWED, n)
     received = 0.0
@@ -579,7 +400,7 @@ def move_options(b, n, tau1, cash, num1, fstate, istate, mtab, w, fp, ip, rec):
             b, n, tau1, cash_usd, fstate, istate, mtab, w, fp, ip
         )
         insurance = insurance + _pay_in_units(b, n, fstate, w, ip, owed_at)
-    _store_book(b, n, fstate, istate, w, fp, ip, False, False)
+    store_book(b, n, fstate, istate, w, fp, ip, False, False)
     for c in range(2 * n):
         rec[b, after + c] = w[ov(V_O_MARK1, n, c % 2) + c // 2]
     rec[b, mv + O_SETTLEMENT] = payoff_sum
@@ -600,7 +421,7 @@ def _margin_call(b, n, tau1, cash_usd, fstate, istate, mtab, w, fp, ip):
     owed_at = vec(V_O_OWED, n)
     adv_mid = vec(V_O_ADV_MID, n)
     adv_ask = vec(V_O_ADV_ASK, n)
-    regime = _regime(mtab, b, tau1, ip)
+    regime = regime_at(mtab, b, tau1, ip)
     need = 0.0
     naked_total = 0.0
     for i in range(n):
@@ -669,13 +490,13 @@ def observe_options(b, n, tau, fstate, istate, mtab, fp, ip, obs, at, clip):
     units = ip[IP_UNITS]
     opt = ip[IP_OPT_VEC]
     listed_at = opt + O_MONEYNESS + ip[IP_OPT_S] + ip[IP_OPT_T]
-    regime = _regime(mtab, b, tau, ip)
+    regime = regime_at(mtab, b, tau, ip)
     s = min(max(ip[IP_OPT_OBS_TENOR], 1), ip[IP_OPT_MAX_STEPS])
     scale = fp[F_OPT_DAYS_SCALE]
     for i in range(n):
         listed = fp[listed_at + i]
         h = mtab[b, tau, ip[IP_M_OPT_H] + i]
-        iv = _forecast_vol(fp, ip, n, regime, i, h, s) * fp[opt + O_PREMIUM + regime]
+        iv = forecast_vol(fp, ip, n, regime, i, h, s) * fp[opt + O_PREMIUM + regime]
         held = fstate[b, units + i]
         calls = -fstate[b, st + 2 * i] / held if held > 0.0 else 0.0
         puts = fstate[b, st + 2 * i + 1] / held if held > 0.0 else 0.0
@@ -695,46 +516,3 @@ def observe_options(b, n, tau, fstate, istate, mtab, fp, ip, obs, at, clip):
 @njit(**JIT)
 def _clip(x, clip):
     return max(min(x, clip), -clip)
-
-
-# ------------------------------------------------------------------------------------ Greeks
-@njit(**JIT)
-def portfolio_greeks(b, n, i, tau, fstate, mtab, ip):
-    """Env ``b``'s delta, gamma, vega per vol point and theta per day of asset ``i`` at time index
-    ``tau`` (:func:`defialloc.envs.greeks.portfolio_greeks`): spot units, perps at the mark
-    (``1 + basis``), and the option slots' units x their per-unit Greeks."""
-    delta = fstate[b, ip[IP_UNITS] + i]
-    if ip[IP_PROTOCOLS] and ip[IP_PERPS]:
-        delta = delta + fstate[b, ip[IP_PERP] + i] * (1.0 + mtab[b, tau, ip[IP_M_BASIS] + i])
-    if not ip[IP_OPTIONS]:
-        return delta, 0.0, 0.0, 0.0
-    st = ip[IP_OPT_STATE]
-    g0 = st + 6 * n + 8 * i  # the call's Greeks, then the put's
-    u0 = fstate[b, st + 2 * i]
-    u1 = fstate[b, st + 2 * i + 1]
-    delta = delta + (u0 * fstate[b, g0] + u1 * fstate[b, g0 + 4])
-    gamma = u0 * fstate[b, g0 + 1] + u1 * fstate[b, g0 + 5]
-    vega = u0 * fstate[b, g0 + 2] + u1 * fstate[b, g0 + 6]
-    theta = u0 * fstate[b, g0 + 3] + u1 * fstate[b, g0 + 7]
-    return delta, gamma, vega, theta
-
-
-@njit(**JIT)
-def greek_totals(b, n, tau, fstate, mtab, ip, res_f, row):
-    """Env ``b``'s totals over assets at ``tau`` (:func:`defialloc.envs.greeks.greek_totals`) into
-    ``res_f[row:row + 4, b]``: delta USD, gamma USD per +1 %, vega and theta USD."""
-    delta_usd = 0.0
-    gamma_usd = 0.0
-    vega_usd = 0.0
-    theta_usd = 0.0
-    for i in range(n):
-        price = mtab[b, tau, i]
-        delta, gamma, vega, theta = portfolio_greeks(b, n, i, tau, fstate, mtab, ip)
-        delta_usd += delta * price
-        gamma_usd += gamma * price * price
-        vega_usd += vega
-        theta_usd += theta
-    res_f[row, b] = delta_usd
-    res_f[row + 1, b] = gamma_usd / 100.0
-    res_f[row + 2, b] = vega_usd
-    res_f[row + 3, b] = theta_usd
