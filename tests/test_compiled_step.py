@@ -23,7 +23,7 @@ from defialloc.envs.config import OBSERVATION_BLOCKS, load_config
 from defialloc.envs.simulator import PortfolioSimulator
 
 RTOL = 1e-12
-ALL_BLOCKS = list(OBSERVATION_BLOCKS)  # every block, greeks (numpy-filled) included
+ALL_BLOCKS = list(OBSERVATION_BLOCKS)  # every block, the greeks block included
 #: everything on at once (with configs/options.yaml: lending, perps, cascades and the options
 #: venue): a kill-switch that fires (drawdown and health factor), delta actions, holds between
 #: decisions, every observation block
