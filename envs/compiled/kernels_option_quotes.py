@@ -50,11 +50,11 @@ from defialloc.envs.compiled.scratch import (
     V_O_VOL,
     ov,
 )
+from defialloc.envs.option_quotes import DAYS_PER_YEAR
 
 JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-DAYS_PER_YEAR = 365.0  # defialloc.envs.option_quotes.DAYS_PER_YEAR
 
 
 # ------------------------------------------------------------------------------------ pricing

@@ -108,6 +108,7 @@ class CompiledSimulator(PortfolioSimulator):
         if engine is not None and engine.cascades is not None:
             kb_buckets = engine.cascades.params.n_buckets
         self._book = None if engine is None else engine.options
+        self._model_table = False  # the options venue's generator table (_fill_regimes)
         self.layout = layout = Layout(
             self.n_assets,
             len(self.pools.fees),
@@ -149,10 +150,10 @@ class CompiledSimulator(PortfolioSimulator):
         """The option move's record (``OptionMove``'s fields that ``info`` reads), views into ``rec``."""
         if self._book is None:
             return None
-        lay, rec, b, n = self.layout, self._rec, self.n_envs, self.n_assets
+        lay, rec = self.layout, self._rec
 
         def contracts(at: int) -> np.ndarray:
-            return rec[:, at : at + 2 * n].reshape(b, n, 2)
+            return _contracts(rec, at, self.n_assets)
 
         mv = lay.e_opt_move
         return SimpleNamespace(
@@ -223,17 +224,12 @@ class CompiledSimulator(PortfolioSimulator):
                 ]
         book = self._book
         if book is not None:
-
-            def contracts(table: np.ndarray, at: int, per: int = 1) -> np.ndarray:
-                shape = (b, n, 2) if per == 1 else (b, n, 2, per)
-                return table[:, at : at + 2 * n * per].reshape(shape)
-
             views += [
-                (book, "units", contracts(fs, lay.opt_units)),
-                (book, "strike", contracts(fs, lay.opt_strike)),
-                (book, "mark", contracts(fs, lay.opt_mark)),
-                (book, "unit_greeks", contracts(fs, lay.opt_greeks, 4)),
-                (book, "expiry", contracts(ist, lay.i_expiry)),
+                (book, "units", _contracts(fs, lay.opt_units, n)),
+                (book, "strike", _contracts(fs, lay.opt_strike, n)),
+                (book, "mark", _contracts(fs, lay.opt_mark, n)),
+                (book, "unit_greeks", _contracts(fs, lay.opt_greeks, n, 4)),
+                (book, "expiry", _contracts(ist, lay.i_expiry, n)),
                 (book, "h_next", mt[:, :, lay.m_opt_h : lay.m_opt_h + n]),
             ]
         return views
@@ -266,9 +262,11 @@ class CompiledSimulator(PortfolioSimulator):
         self._fill_regimes(index)
 
     def _fill_regimes(self, index: np.ndarray) -> None:
-        """The options venue's regime codes of envs ``index`` into their path table (float column)."""
+        """The options venue's regime codes of envs ``index`` into their path table (float column),
+        and which forecast table the batch's paths take (``OptionBook.table``; set at reset only)."""
         if self._book is not None:
             self._mtab[index, :, self.layout.m_regime] = self._book.regime[index]
+            self._model_table = bool(self._book.truth.all())
 
     def restore(self, index: int, state: dict) -> None:
         super().restore(index, state)
@@ -417,7 +415,7 @@ class CompiledSimulator(PortfolioSimulator):
         """The int parameters with the actions read as ``action_kind`` (None: the config's kind;
         baselines pass ``"target"``) and the options venue's forecast table of the batch's paths
         (``OptionBook.table``: the generator's where every path carries its state)."""
-        truth = self._book is not None and bool(self._book.truth.all())
+        truth = self._book is not None and self._model_table
         if (action_kind is None or action_kind == self.action_map.kind) and not truth:
             return self._ip
         kind = self.action_map.kind if action_kind is None else action_kind
@@ -526,6 +524,13 @@ class CompiledSimulator(PortfolioSimulator):
             self._fstate, self._istate, self._mtab, self.features, self._fp, self._ip_for(None), obs
         )
         return obs
+
+
+def _contracts(table: np.ndarray, at: int, n: int, per: int = 1) -> np.ndarray:
+    """The option slots' view ``(B, N, 2[, per])`` of ``table``'s columns from ``at`` (contract
+    ``(i, slot)`` at ``2 i + slot``, ``per`` numbers each)."""
+    shape = (table.shape[0], n, 2) if per == 1 else (table.shape[0], n, 2, per)
+    return table[:, at : at + 2 * n * per].reshape(shape)
 
 
 def compiled_unsupported(config: SimulationConfig) -> str | None:
